@@ -1,0 +1,1 @@
+"""tfgated.export: fold gates, write TFLite and ONNX, check parity, measure latency."""

@@ -1,0 +1,42 @@
+"""tfgated: Gumbel-softmax gated efficient networks for Keras 3.
+
+The mechanism lives here (gates, losses, inference styles, complexity, pruning,
+training recipes, search, data); the models live in :mod:`tfgated.zoo` and
+deployment in :mod:`tfgated.export`.
+"""
+
+import os
+
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+
+from tfgated.gates import ChannelMask, GatedResidual, GumbelGate, channel_gate, residual_gate  # noqa: E402
+from tfgated.inference import (  # noqa: E402
+    gate_layers,
+    gate_probabilities,
+    gate_rates,
+    gate_values,
+    get_inference_style,
+    predict,
+    set_inference_style,
+)
+from tfgated.losses import GateActivationLoss, per_batch_loss, per_gate_loss  # noqa: E402
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ChannelMask",
+    "GateActivationLoss",
+    "GatedResidual",
+    "GumbelGate",
+    "channel_gate",
+    "gate_layers",
+    "gate_probabilities",
+    "gate_rates",
+    "gate_values",
+    "get_inference_style",
+    "per_batch_loss",
+    "per_gate_loss",
+    "predict",
+    "residual_gate",
+    "set_inference_style",
+]

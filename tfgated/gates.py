@@ -1,0 +1,373 @@
+"""Straight-through Gumbel gates and the layers that apply them.
+
+A gate decides; an apply layer acts on the decision:
+
+* :class:`GumbelGate` turns a context tensor into binary gate values ``z`` of
+  shape ``(batch, units)``. ``kind="independent"`` keeps one trainable logit per
+  gate ("Ind", learned pruning); ``kind="dependent"`` computes the logits with a
+  small gate network on the context (global average pool, dense, batch norm,
+  ReLU, dense), as in ConvNet-AIG ("Dep", conditional computation).
+* :class:`ChannelMask` multiplies groups of ``granularity`` channels of a
+  feature map by the gate values.
+* :class:`GatedResidual` computes ``shortcut + z * branch`` (layer gating).
+
+Training always draws hard 0/1 samples in the forward pass and uses the
+gradient of the relaxed sample (straight-through Gumbel estimator; for a binary
+gate the difference of two Gumbel variables is logistic noise). At inference the
+gate follows its *inference style*, stored in a non-trainable variable so it can
+be switched on a built (even compiled or reloaded) model without retracing:
+
+``threshold``   on iff ``sigmoid(logit) > threshold`` (deterministic)
+``always_on``   every gate is 1 (the dense network)
+``stochastic``  a fresh hard Gumbel sample per call
+
+The ensemble style (mean of N stochastic passes) is a model-level operation: see
+:mod:`tfgated.inference`.
+"""
+
+from __future__ import annotations
+
+import math
+
+import keras
+from keras import ops
+
+KINDS = ("independent", "dependent")
+GATE_STYLES = ("threshold", "always_on", "stochastic")
+STYLE_IDS = {name: index for index, name in enumerate(GATE_STYLES)}
+
+#: Initial open probability: sigmoid(4), the logit the paper's reference code starts from.
+DEFAULT_OPEN_PROBABILITY = 0.982
+
+
+def _logit(p):
+    return math.log(p / (1.0 - p))
+
+
+def _check_probability(name, value, *, open_interval=False):
+    low_ok = value > 0 if open_interval else value >= 0
+    high_ok = value < 1 if open_interval else value <= 1
+    if not (low_ok and high_ok):
+        interval = "(0, 1)" if open_interval else "[0, 1]"
+        raise ValueError(f"Expected {name} in {interval}. Received: {name}={value}")
+
+
+def check_style(style, allowed=GATE_STYLES):
+    """Raise a clear error if ``style`` is not one of ``allowed``."""
+    if style not in allowed:
+        raise ValueError(
+            f"Unknown inference style. Expected one of {list(allowed)}. Received: style={style!r}"
+        )
+    return style
+
+
+@keras.saving.register_keras_serializable(package="tfgated")
+class GumbelGate(keras.layers.Layer):
+    """Binary straight-through Gumbel gates.
+
+    Args:
+        units: number of gates produced per example.
+        kind: ``"independent"`` (one trainable logit per gate, learned pruning)
+            or ``"dependent"`` (a gate network on the context tensor).
+        temperature: Gumbel-softmax temperature of the relaxed sample (> 0).
+        open_probability: initial probability that a gate is open, in (0, 1).
+            Defaults to sigmoid(4) ~ 0.982 as in the paper's reference code;
+            ConvNet-AIG starts at about 0.85.
+        hidden_units: width of the dependent gate network's hidden layer.
+        force_open: keep the most probable gate open, so a non-residual layer
+            never loses all its channels.
+        threshold: open-probability threshold of the ``threshold`` style.
+        inference_style: initial inference style (see module docstring).
+        seed: seed of the gate noise.
+
+    Call arguments:
+        inputs: the context tensor, rank >= 2 with the batch first. Independent
+            gates only read its batch size; dependent gates pool it over all
+            axes but the first and the last.
+        training: draws straight-through samples when true.
+
+    Returns:
+        Gate values of shape ``(batch, units)``, each 0 or 1 in the forward pass.
+    """
+
+    def __init__(
+        self,
+        units,
+        kind="independent",
+        temperature=1.0,
+        open_probability=DEFAULT_OPEN_PROBABILITY,
+        hidden_units=16,
+        force_open=False,
+        threshold=0.5,
+        inference_style="threshold",
+        seed=None,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        if not isinstance(units, int) or units < 1:
+            raise ValueError(f"Expected units to be a positive integer. Received: units={units}")
+        if kind not in KINDS:
+            raise ValueError(f"Expected kind to be one of {list(KINDS)}. Received: kind={kind!r}")
+        if not temperature > 0:
+            raise ValueError(f"Expected temperature > 0. Received: temperature={temperature}")
+        _check_probability("open_probability", open_probability, open_interval=True)
+        _check_probability("threshold", threshold, open_interval=True)
+        if not isinstance(hidden_units, int) or hidden_units < 1:
+            raise ValueError(
+                f"Expected hidden_units to be a positive integer. Received: hidden_units={hidden_units}"
+            )
+        check_style(inference_style)
+        self.units = units
+        self.kind = kind
+        self.temperature = float(temperature)
+        self.open_probability = float(open_probability)
+        self.hidden_units = hidden_units
+        self.force_open = bool(force_open)
+        self.threshold = float(threshold)
+        self.inference_style = inference_style
+        self.seed = seed
+        self.seed_generator = keras.random.SeedGenerator(seed)
+        if kind == "dependent":
+            self.hidden = keras.layers.Dense(hidden_units, use_bias=False, name="hidden")
+            self.norm = keras.layers.BatchNormalization(name="norm")
+            self.head = keras.layers.Dense(
+                units,
+                kernel_initializer=keras.initializers.RandomNormal(stddev=0.01),
+                bias_initializer=keras.initializers.Constant(_logit(open_probability)),
+                name="head",
+            )
+
+    def build(self, input_shape):
+        if len(input_shape) < 2:
+            raise ValueError(
+                f"Expected a context tensor of rank >= 2 (batch first). Received: shape={input_shape}"
+            )
+        if self.kind == "independent":
+            self.logits = self.add_weight(
+                name="logits",
+                shape=(self.units,),
+                initializer=keras.initializers.Constant(_logit(self.open_probability)),
+            )
+        else:
+            channels = input_shape[-1]
+            self.hidden.build((None, channels))
+            self.norm.build((None, self.hidden_units))
+            self.head.build((None, self.hidden_units))
+        self.style_id = self.add_weight(
+            name="style_id",
+            shape=(),
+            dtype="int32",
+            trainable=False,
+            initializer=keras.initializers.Constant(STYLE_IDS[self.inference_style]),
+        )
+        self.threshold_value = self.add_weight(
+            name="threshold_value",
+            shape=(),
+            trainable=False,
+            initializer=keras.initializers.Constant(self.threshold),
+        )
+
+    # -- decisions ---------------------------------------------------------------
+
+    def compute_logits(self, inputs, training=None):
+        """Gate logits (log-odds of "open"), shape ``(batch, units)``."""
+        if self.kind == "independent":
+            batch = ops.shape(inputs)[0]
+            return ops.broadcast_to(ops.cast(self.logits, self.compute_dtype), (batch, self.units))
+        pooled = inputs
+        if len(pooled.shape) > 2:
+            pooled = ops.mean(pooled, axis=tuple(range(1, len(pooled.shape) - 1)))
+        hidden = ops.relu(self.norm(self.hidden(pooled), training=training))
+        return self.head(hidden)
+
+    def _logistic_noise(self, shape, dtype):
+        eps = 1e-6
+        u = keras.random.uniform(shape, minval=eps, maxval=1.0 - eps, seed=self.seed_generator)
+        u = ops.cast(u, dtype)
+        return ops.log(u) - ops.log(1.0 - u)
+
+    def call(self, inputs, training=None):
+        logits = self.compute_logits(inputs, training=training)
+        noise = self._logistic_noise(ops.shape(logits), logits.dtype)
+        sampled = ops.cast(logits + noise > 0, logits.dtype)
+        if training:
+            soft = ops.sigmoid((logits + noise) / self.temperature)
+            z = soft + ops.stop_gradient(sampled - soft)
+        else:
+            probabilities = ops.sigmoid(logits)
+            threshold = ops.cast(self.threshold_value, logits.dtype)
+            thresholded = ops.cast(probabilities > threshold, logits.dtype)
+            ones = ops.ones_like(logits)
+            style = self.style_id
+            z = ops.where(
+                ops.equal(style, STYLE_IDS["threshold"]),
+                thresholded,
+                ops.where(ops.equal(style, STYLE_IDS["always_on"]), ones, sampled),
+            )
+        if self.force_open and self.units > 1:
+            most_probable = ops.one_hot(ops.argmax(logits, axis=-1), self.units, dtype=logits.dtype)
+            z = ops.maximum(z, most_probable)
+        elif self.force_open:
+            z = ops.ones_like(z)
+        return z
+
+    def probabilities(self, inputs=None, training=False):
+        """Open probabilities ``sigmoid(logits)``; independent gates need no input."""
+        if self.kind == "independent" and inputs is None:
+            return ops.sigmoid(self.logits)
+        if inputs is None:
+            raise ValueError(f"Gate {self.name!r} is data-dependent: pass the context tensor.")
+        return ops.sigmoid(self.compute_logits(inputs, training=training))
+
+    # -- inference style -----------------------------------------------------------
+
+    def set_inference_style(self, style, threshold=None):
+        """Switch the inference style (and optionally the threshold) in place."""
+        check_style(style)
+        if threshold is not None:
+            _check_probability("threshold", threshold, open_interval=True)
+            self.threshold = float(threshold)
+        self.inference_style = style
+        if self.built:
+            self.style_id.assign(STYLE_IDS[style])
+            self.threshold_value.assign(self.threshold)
+
+    def load_own_variables(self, store):
+        super().load_own_variables(store)
+        # The saved variables are the truth: keep the Python attributes in step.
+        self.inference_style = GATE_STYLES[int(keras.ops.convert_to_numpy(self.style_id))]
+        self.threshold = float(keras.ops.convert_to_numpy(self.threshold_value))
+
+    def compute_output_shape(self, input_shape):
+        return (input_shape[0], self.units)
+
+    def get_config(self):
+        config = super().get_config()
+        return {
+            **config,
+            "units": self.units,
+            "kind": self.kind,
+            "temperature": self.temperature,
+            "open_probability": self.open_probability,
+            "hidden_units": self.hidden_units,
+            "force_open": self.force_open,
+            "threshold": self.threshold,
+            "inference_style": self.inference_style,
+            "seed": self.seed,
+        }
+
+
+@keras.saving.register_keras_serializable(package="tfgated")
+class ChannelMask(keras.layers.Layer):
+    """Multiplies groups of ``granularity`` channels by their gate.
+
+    Gate ``j`` controls channels ``[j * granularity, (j + 1) * granularity)``.
+
+    Call arguments:
+        inputs: ``[features, gates]`` with features ``(batch, ..., channels)``
+            and gates ``(batch, channels // granularity)``.
+    """
+
+    def __init__(self, granularity=1, **kwargs):
+        super().__init__(**kwargs)
+        if not isinstance(granularity, int) or granularity < 1:
+            raise ValueError(
+                f"Expected granularity to be a positive integer. Received: granularity={granularity}"
+            )
+        self.granularity = granularity
+
+    def build(self, input_shape):
+        features_shape, gates_shape = input_shape
+        channels = features_shape[-1]
+        if channels % self.granularity:
+            raise ValueError(
+                f"Expected granularity to divide {channels} channels. "
+                f"Received: granularity={self.granularity}"
+            )
+        expected = channels // self.granularity
+        if gates_shape[-1] is not None and gates_shape[-1] != expected:
+            raise ValueError(
+                f"Expected {expected} gates for {channels} channels at granularity "
+                f"{self.granularity}. Received: {gates_shape[-1]} gates"
+            )
+        self.channels = channels
+
+    def call(self, inputs):
+        features, gates = inputs
+        mask = ops.repeat(ops.cast(gates, features.dtype), self.granularity, axis=-1)
+        for _ in range(len(features.shape) - 2):
+            mask = ops.expand_dims(mask, axis=1)
+        return features * mask
+
+    def compute_output_shape(self, input_shape):
+        return input_shape[0]
+
+    def get_config(self):
+        return {**super().get_config(), "granularity": self.granularity}
+
+
+@keras.saving.register_keras_serializable(package="tfgated")
+class GatedResidual(keras.layers.Layer):
+    """Layer gating of a residual branch: ``shortcut + z * branch``.
+
+    Call arguments:
+        inputs: ``[shortcut, branch, gates]`` with gates of shape ``(batch, 1)``.
+    """
+
+    def build(self, input_shape):
+        shortcut_shape, branch_shape, gates_shape = input_shape
+        if tuple(shortcut_shape[1:]) != tuple(branch_shape[1:]):
+            raise ValueError(
+                "Expected the shortcut and the branch to have the same shape. "
+                f"Received: shortcut={shortcut_shape}, branch={branch_shape}"
+            )
+        if gates_shape[-1] != 1:
+            raise ValueError(f"Expected one gate per example. Received: gates shape={gates_shape}")
+
+    def call(self, inputs):
+        shortcut, branch, gates = inputs
+        z = ops.cast(gates, branch.dtype)
+        for _ in range(len(branch.shape) - 2):
+            z = ops.expand_dims(z, axis=1)
+        return shortcut + z * branch
+
+    def compute_output_shape(self, input_shape):
+        return input_shape[0]
+
+
+def channel_gate(
+    features,
+    granularity=1,
+    kind="independent",
+    context=None,
+    name=None,
+    **gate_kwargs,
+):
+    """Functional helper: gate the channels of ``features``.
+
+    Returns ``(gated_features, gates)``; feed ``gates`` to the activation loss.
+    ``context`` defaults to ``features`` (dependent gates pool it).
+    """
+    channels = features.shape[-1]
+    if channels % granularity:
+        raise ValueError(
+            f"Expected granularity to divide {channels} channels. Received: granularity={granularity}"
+        )
+    prefix = name or "channel"
+    gate = GumbelGate(channels // granularity, kind=kind, name=f"{prefix}_gate", **gate_kwargs)
+    z = gate(features if context is None else context)
+    gated = ChannelMask(granularity, name=f"{prefix}_mask")([features, z])
+    return gated, z
+
+
+def residual_gate(shortcut, branch, kind="independent", context=None, name=None, **gate_kwargs):
+    """Functional helper: ``shortcut + z * branch`` with one gate per example.
+
+    ``context`` (the block input in ConvNet-AIG) defaults to ``shortcut``.
+    Returns ``(output, gates)``.
+    """
+    prefix = name or "residual"
+    gate = GumbelGate(1, kind=kind, name=f"{prefix}_gate", **gate_kwargs)
+    z = gate(shortcut if context is None else context)
+    output = GatedResidual(name=f"{prefix}_add")([shortcut, branch, z])
+    return output, z

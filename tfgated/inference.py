@@ -1,0 +1,155 @@
+"""Model-level inference styles, gate discovery and gate read-out.
+
+The four styles of the Gumbel paper:
+
+``threshold``   each gate on iff its open probability > threshold (default 0.5)
+``always_on``   every gate on: the dense network
+``stochastic``  a hard Gumbel sample per gate and call
+``ensemble``    the mean of ``samples`` stochastic passes' softmax outputs
+
+:func:`set_inference_style` switches a built model in place (no rebuild, no
+retrace: the style lives in each gate's variables and is saved with the model);
+:func:`predict` honours ``ensemble``; the exporter reads the same setting.
+"""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+from keras import ops
+
+from tfgated.gates import GATE_STYLES, GumbelGate, check_style
+from tfgated.losses import GateActivationLoss
+
+STYLES = GATE_STYLES + ("ensemble",)
+DEFAULT_ENSEMBLE_SAMPLES = 5
+
+
+def _walk(layer):
+    yield layer
+    for sub in getattr(layer, "_layers", None) or []:
+        yield from _walk(sub)
+
+
+def find_layers(model, layer_type):
+    """All layers of ``layer_type`` in ``model``, nested models included, in model order."""
+    seen, found = set(), []
+    for layer in _walk(model):
+        if isinstance(layer, layer_type) and id(layer) not in seen:
+            seen.add(id(layer))
+            found.append(layer)
+    return found
+
+
+def gate_layers(model):
+    """Every :class:`~tfgated.gates.GumbelGate` of ``model``."""
+    return find_layers(model, GumbelGate)
+
+
+def activation_loss_layers(model):
+    """Every :class:`~tfgated.losses.GateActivationLoss` of ``model``."""
+    return find_layers(model, GateActivationLoss)
+
+
+def set_inference_style(model, style, threshold=None, samples=None):
+    """Set the inference style of every gate of ``model`` in place.
+
+    Args:
+        model: a built Keras model containing tfgated gates.
+        style: one of ``threshold``, ``always_on``, ``stochastic``, ``ensemble``.
+        threshold: optional new threshold for the ``threshold`` style.
+        samples: passes averaged by the ``ensemble`` style (default 5).
+
+    Returns:
+        ``model``, for chaining.
+    """
+    check_style(style, STYLES)
+    if samples is not None and (not isinstance(samples, int) or samples < 1):
+        raise ValueError(f"Expected samples to be a positive integer. Received: samples={samples}")
+    gates = gate_layers(model)
+    if not gates:
+        raise ValueError(f"Model {model.name!r} has no tfgated gates to set an inference style on.")
+    gate_style = "stochastic" if style == "ensemble" else style
+    for gate in gates:
+        gate.set_inference_style(gate_style, threshold=threshold)
+    model._tfgated_style = style
+    model._tfgated_samples = samples or getattr(model, "_tfgated_samples", DEFAULT_ENSEMBLE_SAMPLES)
+    return model
+
+
+def get_inference_style(model):
+    """The model's inference style (``ensemble`` if it was set with :func:`set_inference_style`)."""
+    gates = gate_layers(model)
+    if not gates:
+        return None
+    styles = {g.inference_style for g in gates}
+    if len(styles) > 1:
+        return "mixed"
+    style = styles.pop()
+    if style == "stochastic" and getattr(model, "_tfgated_style", None) == "ensemble":
+        return "ensemble"
+    return style
+
+
+def predict(model, x, style=None, samples=None, batch_size=256, verbose=0):
+    """``model.predict`` that honours the ``ensemble`` style.
+
+    For ``ensemble`` the model runs ``samples`` times with stochastic gates and
+    the softmax outputs are averaged (outputs that are not already
+    probabilities are passed through a softmax first).
+    """
+    previous = get_inference_style(model)
+    if style is not None:
+        set_inference_style(model, style, samples=samples)
+    try:
+        if get_inference_style(model) != "ensemble":
+            return model.predict(x, batch_size=batch_size, verbose=verbose)
+        n = samples or getattr(model, "_tfgated_samples", DEFAULT_ENSEMBLE_SAMPLES)
+        total = None
+        for _ in range(n):
+            probs = _as_probabilities(model.predict(x, batch_size=batch_size, verbose=verbose))
+            total = probs if total is None else total + probs
+        return total / n
+    finally:
+        if style is not None and previous not in (None, "mixed"):
+            set_inference_style(model, previous)
+
+
+def _as_probabilities(outputs):
+    outputs = np.asarray(outputs, dtype="float64")
+    sums = outputs.sum(axis=-1)
+    if np.all(outputs >= 0) and np.allclose(sums, 1.0, atol=1e-3):
+        return outputs
+    shifted = outputs - outputs.max(axis=-1, keepdims=True)
+    exp = np.exp(shifted)
+    return exp / exp.sum(axis=-1, keepdims=True)
+
+
+def gate_model(model):
+    """A model mapping ``model``'s inputs to a dict ``{gate name: gate values}``.
+
+    Works for functional models whose gates are called once.
+    """
+    gates = gate_layers(model)
+    if not gates:
+        raise ValueError(f"Model {model.name!r} has no tfgated gates.")
+    return keras.Model(model.inputs, {g.name: g.output for g in gates}, name=f"{model.name}_gates")
+
+
+def gate_values(model, x, batch_size=256):
+    """Per-example gate values ``{gate name: array (examples, units)}`` in the current style."""
+    return {k: np.asarray(v) for k, v in gate_model(model).predict(x, batch_size=batch_size, verbose=0).items()}
+
+
+def gate_rates(model, x, batch_size=256):
+    """Mean activation rate of every gate element over ``x``: ``{gate name: array (units,)}``."""
+    return {k: v.mean(axis=0) for k, v in gate_values(model, x, batch_size=batch_size).items()}
+
+
+def gate_probabilities(model):
+    """Open probabilities of the data-independent gates: ``{gate name: array (units,)}``."""
+    return {
+        g.name: np.asarray(ops.convert_to_numpy(g.probabilities()))
+        for g in gate_layers(model)
+        if g.kind == "independent"
+    }

@@ -1,0 +1,155 @@
+"""Activation losses that pull the gates towards a target rate ``t``.
+
+``per_batch`` (PB, the Gumbel paper's): ``(t - mean(z))^2`` with the mean over
+the batch and *all* gates of the model, so some gates may stay on and others off.
+
+``per_gate`` (PG, ConvNet-AIG's): the mean over gates of ``(t - mean_batch(z_g))^2``,
+which pulls every gate to ``t``.
+
+With ``gate_weights`` (for example the MACs each gate controls, see
+:func:`tfgated.complexity.gate_mac_weights`) the means become weighted means,
+so ``t`` targets the expected fraction of gated MACs rather than the plain
+fraction of open gates.
+
+:class:`GateActivationLoss` is an identity layer on the model output that also
+receives every gate tensor; it adds the loss with ``add_loss`` so a plain
+``compile``/``fit`` trains the gates, and it reports the mean activation as the
+``gate_activation`` metric in the progress bar.
+"""
+
+from __future__ import annotations
+
+import keras
+from keras import ops
+
+LOSS_MODES = ("per_batch", "per_gate")
+
+
+def _check_target(target):
+    if not 0.0 <= float(target) <= 1.0:
+        raise ValueError(f"Expected target in [0, 1]. Received: target={target}")
+
+
+def _gate_means(gates):
+    """Per-gate batch means, concatenated: shape ``(total_gates,)``."""
+    return ops.concatenate([ops.mean(ops.cast(g, "float32"), axis=0) for g in gates], axis=0)
+
+
+def _element_weights(gates, gate_weights):
+    """Expand one weight per gate tensor to one weight per gate element."""
+    if gate_weights is None:
+        return None
+    pieces = []
+    for g, w in zip(gates, gate_weights):
+        units = g.shape[-1]
+        pieces.append(ops.full((units,), float(w) / units, dtype="float32"))
+    return ops.concatenate(pieces, axis=0)
+
+
+def mean_activation(gates, gate_weights=None):
+    """Mean gate value over the batch and all gates (weighted if ``gate_weights``)."""
+    means = _gate_means(gates)
+    weights = _element_weights(gates, gate_weights)
+    if weights is None:
+        return ops.mean(means)
+    return ops.sum(means * weights) / ops.sum(weights)
+
+
+def per_batch_loss(gates, target, gate_weights=None):
+    """PB: squared difference between ``target`` and the mean activation."""
+    return ops.square(target - mean_activation(gates, gate_weights))
+
+
+def per_gate_loss(gates, target, gate_weights=None):
+    """PG: mean over gates of the squared difference between ``target`` and each gate's batch mean."""
+    squared = ops.square(target - _gate_means(gates))
+    weights = _element_weights(gates, gate_weights)
+    if weights is None:
+        return ops.mean(squared)
+    return ops.sum(squared * weights) / ops.sum(weights)
+
+
+@keras.saving.register_keras_serializable(package="tfgated")
+class GateActivationLoss(keras.layers.Layer):
+    """Identity on ``outputs`` that adds the gate activation loss.
+
+    Args:
+        target: target activation rate ``t`` in [0, 1]; a non-trainable
+            variable, so :class:`tfgated.callbacks.TargetAnnealing` can move it.
+        weight: multiplier of the loss (>= 0).
+        mode: ``"per_batch"`` (PB) or ``"per_gate"`` (PG).
+        gate_weights: optional list, one non-negative weight per gate tensor
+            (e.g. the MACs it controls), to target the expected fraction of gated
+            MACs instead of the plain gate fraction.
+
+    Call arguments:
+        inputs: ``[outputs, gates_1, ..., gates_n]``. Returns ``outputs``.
+    """
+
+    def __init__(self, target=0.5, weight=1.0, mode="per_batch", gate_weights=None, **kwargs):
+        super().__init__(**kwargs)
+        _check_target(target)
+        if not float(weight) >= 0:
+            raise ValueError(f"Expected weight >= 0. Received: weight={weight}")
+        if mode not in LOSS_MODES:
+            raise ValueError(f"Expected mode to be one of {list(LOSS_MODES)}. Received: mode={mode!r}")
+        if gate_weights is not None:
+            gate_weights = [float(w) for w in gate_weights]
+            if any(w < 0 for w in gate_weights) or sum(gate_weights) <= 0:
+                raise ValueError(
+                    "Expected non-negative gate_weights with a positive sum. "
+                    f"Received: gate_weights={gate_weights}"
+                )
+        self.target = float(target)
+        self.weight = float(weight)
+        self.mode = mode
+        self.gate_weights = gate_weights
+        self.activation_tracker = keras.metrics.Mean(name="gate_activation")
+
+    def build(self, input_shape):
+        if len(input_shape) < 2:
+            raise ValueError("Expected inputs [outputs, gates_1, ...] with at least one gate tensor.")
+        if self.gate_weights is not None and len(self.gate_weights) != len(input_shape) - 1:
+            raise ValueError(
+                f"Expected one gate weight per gate tensor ({len(input_shape) - 1}). "
+                f"Received: {len(self.gate_weights)} gate_weights"
+            )
+        self.target_value = self.add_weight(
+            name="target_value",
+            shape=(),
+            trainable=False,
+            initializer=keras.initializers.Constant(self.target),
+        )
+
+    def set_target(self, target):
+        """Change the target rate in place (used by annealing)."""
+        _check_target(target)
+        self.target = float(target)
+        self.target_value.assign(self.target)
+
+    def call(self, inputs):
+        outputs, gates = inputs[0], list(inputs[1:])
+        target = ops.cast(self.target_value, "float32")
+        if self.mode == "per_batch":
+            loss = per_batch_loss(gates, target, self.gate_weights)
+        else:
+            loss = per_gate_loss(gates, target, self.gate_weights)
+        self.add_loss(self.weight * loss)
+        self.activation_tracker.update_state(mean_activation(gates, self.gate_weights))
+        return outputs
+
+    def load_own_variables(self, store):
+        super().load_own_variables(store)
+        self.target = float(keras.ops.convert_to_numpy(self.target_value))
+
+    def compute_output_shape(self, input_shape):
+        return input_shape[0]
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "target": self.target,
+            "weight": self.weight,
+            "mode": self.mode,
+            "gate_weights": self.gate_weights,
+        }

@@ -1,0 +1,1 @@
+"""tfgated.zoo: the papers' gated architectures, presets and model cards."""
