@@ -20,6 +20,7 @@ from tfgated.inference import (  # noqa: E402
     set_inference_style,
 )
 from tfgated.losses import GateActivationLoss, per_batch_loss, per_gate_loss  # noqa: E402
+from tfgated.models import gated_model  # noqa: E402
 
 __version__ = "0.1.0"
 
@@ -33,6 +34,7 @@ __all__ = [
     "gate_probabilities",
     "gate_rates",
     "gate_values",
+    "gated_model",
     "get_inference_style",
     "per_batch_loss",
     "per_gate_loss",
