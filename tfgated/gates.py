@@ -236,7 +236,9 @@ class GumbelGate(keras.layers.Layer):
         super().load_own_variables(store)
         # The saved variables are the truth: keep the Python attributes in step.
         self.inference_style = GATE_STYLES[int(keras.ops.convert_to_numpy(self.style_id))]
-        self.threshold = float(keras.ops.convert_to_numpy(self.threshold_value))
+        saved = float(keras.ops.convert_to_numpy(self.threshold_value))
+        if abs(saved - self.threshold) > 1e-6:
+            self.threshold = saved
 
     def compute_output_shape(self, input_shape):
         return (input_shape[0], self.units)

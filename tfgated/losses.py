@@ -140,7 +140,9 @@ class GateActivationLoss(keras.layers.Layer):
 
     def load_own_variables(self, store):
         super().load_own_variables(store)
-        self.target = float(keras.ops.convert_to_numpy(self.target_value))
+        saved = float(keras.ops.convert_to_numpy(self.target_value))
+        if abs(saved - self.target) > 1e-6:  # changed (e.g. annealed) after the config was written
+            self.target = saved
 
     def compute_output_shape(self, input_shape):
         return input_shape[0]

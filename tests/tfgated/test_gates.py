@@ -1,0 +1,262 @@
+"""Gate layers, losses and inference styles: behaviour as the papers define it."""
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import tfgated
+from tfgated.gates import ChannelMask, GatedResidual, GumbelGate
+from tfgated.losses import GateActivationLoss, mean_activation, per_batch_loss, per_gate_loss
+
+
+def small_gated_model(kind="dependent", target=0.5, mode="per_batch", weight=1.0, filters=8):
+    """A model containing every core tfgated layer: both gate kinds, channel mask, gated residual, loss."""
+    inputs = keras.Input((28, 28, 1))
+    x = keras.layers.Conv2D(filters, 3, strides=2, padding="same", name="stem")(inputs)
+    x = keras.layers.ReLU()(x)
+    x, z1 = tfgated.channel_gate(x, granularity=2, kind="independent", name="stem", force_open=True)
+    branch = keras.layers.Conv2D(filters, 3, padding="same", name="block1_conv")(x)
+    x, z2 = tfgated.residual_gate(x, branch, kind=kind, name="block1")
+    branch = keras.layers.Conv2D(filters, 3, padding="same", name="block2_conv")(x)
+    x, z3 = tfgated.residual_gate(x, branch, kind="independent", name="block2")
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    outputs = keras.layers.Dense(10, activation="softmax", name="classifier")(x)
+    return tfgated.gated_model(inputs, outputs, [z1, z2, z3], target=target, mode=mode, weight=weight)
+
+
+# -- the gate itself ---------------------------------------------------------------
+
+
+def test_initial_open_probability_sets_logits():
+    gate = GumbelGate(4, open_probability=0.85)
+    gate.build((None, 8))
+    np.testing.assert_allclose(keras.ops.sigmoid(gate.logits).numpy(), 0.85, rtol=1e-6)
+    default = GumbelGate(2)
+    default.build((None, 8))
+    np.testing.assert_allclose(default.logits.numpy(), 4.0, atol=0.01)  # the reference code's logit
+
+
+def test_training_samples_are_hard_with_straight_through_gradient():
+    gate = GumbelGate(64, open_probability=0.5, temperature=0.5, seed=3)
+    context = tf.zeros((32, 8))
+    with tf.GradientTape() as tape:
+        z = gate(context, training=True)
+        objective = tf.reduce_sum(z)
+    values = z.numpy()
+    assert set(np.unique(values)) <= {0.0, 1.0}
+    assert 0.2 < values.mean() < 0.8  # p = 0.5 gives a mix of open and closed
+    grad = tape.gradient(objective, gate.logits).numpy()
+    assert np.all(grad > 0)  # relaxed sample's gradient: pushing z up raises the logits
+
+
+def test_training_step_moves_gate_logits(fashion_mnist_small):
+    x, y = fashion_mnist_small
+    model = small_gated_model(kind="dependent")
+    model.compile(optimizer=keras.optimizers.Adam(0.01), loss="sparse_categorical_crossentropy")
+    ind_before = model.get_layer("block2_gate").logits.numpy().copy()
+    dep_before = model.get_layer("block1_gate").head.kernel.numpy().copy()
+    model.fit(x[:64], y[:64], batch_size=32, epochs=1, verbose=0)
+    assert not np.allclose(model.get_layer("block2_gate").logits.numpy(), ind_before)
+    assert not np.allclose(model.get_layer("block1_gate").head.kernel.numpy(), dep_before)
+
+
+def test_force_open_keeps_one_gate_open():
+    gate = GumbelGate(4, open_probability=0.01, force_open=True)
+    gate.build((None, 3))
+    gate.logits.assign([-9.0, -5.0, -7.0, -8.0])
+    z = gate(tf.zeros((3, 3)), training=False).numpy()
+    np.testing.assert_array_equal(z, [[0, 1, 0, 0]] * 3)
+    z_train = gate(tf.zeros((50, 3)), training=True).numpy()
+    assert np.all(z_train.sum(axis=1) >= 1)
+
+
+def test_channel_mask_applies_groups():
+    features = tf.ones((2, 3, 3, 6))
+    gates = tf.constant([[1.0, 0.0, 1.0], [0.0, 1.0, 1.0]])
+    out = ChannelMask(granularity=2)([features, gates]).numpy()
+    np.testing.assert_array_equal(out[0, 0, 0], [1, 1, 0, 0, 1, 1])
+    np.testing.assert_array_equal(out[1, 2, 2], [0, 0, 1, 1, 1, 1])
+
+
+def test_gated_residual_is_shortcut_plus_gated_branch():
+    shortcut = tf.fill((2, 2, 2, 3), 2.0)
+    branch = tf.fill((2, 2, 2, 3), 5.0)
+    gates = tf.constant([[1.0], [0.0]])
+    out = GatedResidual()([shortcut, branch, gates]).numpy()
+    assert np.all(out[0] == 7.0) and np.all(out[1] == 2.0)
+
+
+# -- inference styles -------------------------------------------------------------
+
+
+def test_inference_styles_behave_as_defined():
+    gate = GumbelGate(256, open_probability=0.5, seed=7)
+    gate.build((None, 4))
+    rng = np.random.default_rng(0)
+    gate.logits.assign(rng.normal(0, 1, 256).astype("float32"))
+    context = tf.zeros((16, 4))
+    expected_threshold = (keras.ops.sigmoid(gate.logits).numpy() > 0.5).astype("float32")
+
+    gate.set_inference_style("always_on")
+    assert np.all(gate(context).numpy() == 1.0)
+
+    gate.set_inference_style("threshold")
+    first, second = gate(context).numpy(), gate(context).numpy()
+    np.testing.assert_array_equal(first, second)
+    np.testing.assert_array_equal(first[0], expected_threshold)
+
+    gate.set_inference_style("threshold", threshold=0.8)
+    np.testing.assert_array_equal(
+        gate(context).numpy()[0], (keras.ops.sigmoid(gate.logits).numpy() > 0.8).astype("float32")
+    )
+
+    gate.set_inference_style("stochastic")
+    first, second = gate(context).numpy(), gate(context).numpy()
+    assert set(np.unique(first)) <= {0.0, 1.0}
+    assert not np.array_equal(first, second)
+    # The stochastic rate follows the open probability.
+    many = np.concatenate([gate(tf.zeros((64, 4))).numpy() for _ in range(8)])
+    np.testing.assert_allclose(many.mean(axis=0).mean(), keras.ops.sigmoid(gate.logits).numpy().mean(), atol=0.03)
+
+
+def test_style_switch_reaches_compiled_model_without_rebuild(fashion_mnist_small):
+    x, _ = fashion_mnist_small
+    model = small_gated_model()
+    model.get_layer("block2_gate").logits.assign([-10.0])  # closed under threshold
+    tfgated.set_inference_style(model, "threshold")
+    closed = tfgated.gate_values(model, x[:8])["block2_gate"]
+    tfgated.set_inference_style(model, "always_on")
+    opened = tfgated.gate_values(model, x[:8])["block2_gate"]
+    assert np.all(closed == 0) and np.all(opened == 1)
+    predictions_on = model.predict(x[:8], verbose=0)
+    tfgated.set_inference_style(model, "threshold")
+    assert not np.allclose(model.predict(x[:8], verbose=0), predictions_on)
+    assert tfgated.get_inference_style(model) == "threshold"
+
+
+def test_ensemble_averages_stochastic_passes(fashion_mnist_small):
+    x, _ = fashion_mnist_small
+    model = small_gated_model()
+    for gate in tfgated.gate_layers(model):
+        if gate.kind == "independent":
+            gate.logits.assign(np.zeros(gate.units, "float32"))  # p = 0.5: passes differ
+    tfgated.set_inference_style(model, "ensemble", samples=6)
+    assert tfgated.get_inference_style(model) == "ensemble"
+    gates = tfgated.gate_layers(model)
+    states = [g.seed_generator.state.numpy() for g in gates]
+    ensemble = tfgated.predict(model, x[:16])
+    for gate, state in zip(gates, states):  # replay the same noise by hand
+        gate.seed_generator.state.assign(state)
+    tfgated.set_inference_style(model, "stochastic")
+    passes = [model.predict(x[:16], verbose=0) for _ in range(6)]
+    np.testing.assert_allclose(ensemble, np.mean(passes, axis=0), atol=1e-6)
+    assert not np.allclose(passes[0], passes[1])
+    np.testing.assert_allclose(ensemble.sum(axis=1), 1.0, atol=1e-5)
+
+
+# -- losses ------------------------------------------------------------------------
+
+
+def test_per_batch_and_per_gate_losses_equal_hand_values():
+    g1 = tf.constant([[1.0, 0.0], [1.0, 1.0]])  # gate means 1.0, 0.5
+    g2 = tf.constant([[0.0], [0.0]])  # gate mean 0.0
+    t = 0.6
+    # PB: mean over batch and all gates = (1 + 0.5 + 0) / 3 = 0.5
+    np.testing.assert_allclose(per_batch_loss([g1, g2], t).numpy(), (0.6 - 0.5) ** 2, rtol=1e-6)
+    # PG: mean over gates of (t - gate mean)^2
+    expected = ((0.6 - 1.0) ** 2 + (0.6 - 0.5) ** 2 + (0.6 - 0.0) ** 2) / 3
+    np.testing.assert_allclose(per_gate_loss([g1, g2], t).numpy(), expected, rtol=1e-6)
+    # MAC-weighted: g1 controls 300 MACs, g2 100 -> (0.75 * 300 + 0 * 100) / 400
+    np.testing.assert_allclose(mean_activation([g1, g2], [300.0, 100.0]).numpy(), 0.5625, rtol=1e-6)
+    np.testing.assert_allclose(per_batch_loss([g1, g2], t, [300.0, 100.0]).numpy(), (0.6 - 0.5625) ** 2, rtol=1e-5)
+
+
+def test_activation_loss_layer_adds_weighted_loss():
+    layer = GateActivationLoss(target=0.2, weight=3.0, mode="per_batch")
+    outputs = tf.ones((2, 10))
+    gates = tf.constant([[1.0, 1.0], [1.0, 0.0]])  # mean 0.75
+    result = layer([outputs, gates])
+    np.testing.assert_array_equal(result.numpy(), outputs.numpy())
+    np.testing.assert_allclose(float(layer.losses[0]), 3.0 * (0.2 - 0.75) ** 2, rtol=1e-6)
+    np.testing.assert_allclose(float(layer.activation_tracker.result()), 0.75)
+
+
+def test_fit_reports_gate_activation_metric(fashion_mnist_small):
+    x, y = fashion_mnist_small
+    model = small_gated_model()
+    model.compile(optimizer="adam", loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    history = model.fit(x[:64], y[:64], batch_size=32, epochs=1, verbose=0)
+    assert "gate_activation" in history.history
+    assert 0.8 < history.history["gate_activation"][0] <= 1.0  # gates start nearly open
+
+
+def test_per_batch_loss_pulls_activation_to_target_on_fashion_mnist(fashion_mnist_small):
+    """A few hundred real training steps move the mean activation from ~0.98 to t = 0.5."""
+    x, y = fashion_mnist_small
+    inputs = keras.Input((28, 28, 1))
+    h = keras.layers.Conv2D(8, 3, strides=2, padding="same", activation="relu")(inputs)
+    h, z = tfgated.channel_gate(h, granularity=1, kind="independent", name="conv")
+    h = keras.layers.GlobalAveragePooling2D()(h)
+    outputs = keras.layers.Dense(10, activation="softmax")(h)
+    model = tfgated.gated_model(inputs, outputs, [z], target=0.5, weight=5.0)
+    model.compile(optimizer=keras.optimizers.Adam(0.03), loss="sparse_categorical_crossentropy")
+    history = model.fit(x, y, batch_size=32, epochs=5, verbose=0)  # 5 x 63 = 315 steps
+    rates = history.history["gate_activation"]
+    assert rates[0] > 0.6
+    assert abs(rates[-1] - 0.5) <= 0.1
+
+
+# -- serialization ------------------------------------------------------------------
+
+
+def test_save_and_safe_load_gives_identical_outputs(tmp_path, fashion_mnist_small):
+    x, y = fashion_mnist_small
+    model = small_gated_model(kind="dependent", target=0.4, mode="per_gate", weight=2.0)
+    model.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
+    model.fit(x[:64], y[:64], batch_size=32, epochs=1, verbose=0)
+    model.get_layer("block2_gate").logits.assign([-3.0])
+    tfgated.set_inference_style(model, "threshold", threshold=0.4)
+    path = tmp_path / "gated.keras"
+    model.save(path)
+    loaded = keras.saving.load_model(path, safe_mode=True)
+    np.testing.assert_array_equal(model.predict(x[:32], verbose=0), loaded.predict(x[:32], verbose=0))
+    gate = loaded.get_layer("block1_gate")
+    assert gate.inference_style == "threshold" and gate.threshold == pytest.approx(0.4)
+    loss_layer = loaded.get_layer("activation_loss")
+    assert (loss_layer.target, loss_layer.mode, loss_layer.weight) == (0.4, "per_gate", 2.0)
+
+
+# -- bad input -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        (lambda: GumbelGate(4, temperature=0.0), "Expected temperature > 0. Received: temperature=0.0"),
+        (lambda: GumbelGate(4, kind="sometimes"), "Received: kind='sometimes'"),
+        (lambda: GumbelGate(4, open_probability=1.0), "Received: open_probability=1.0"),
+        (lambda: GumbelGate(4, inference_style="random"), "Received: style='random'"),
+        (lambda: GateActivationLoss(target=1.5), "Expected target in [0, 1]. Received: target=1.5"),
+        (lambda: GateActivationLoss(target=-0.1), "Received: target=-0.1"),
+        (lambda: GateActivationLoss(mode="per_layer"), "Received: mode='per_layer'"),
+    ],
+)
+def test_bad_arguments_raise_clear_errors(make, message):
+    with pytest.raises(ValueError) as error:
+        make()
+    assert message in str(error.value)
+
+
+def test_granularity_must_divide_channels():
+    features = keras.Input((8, 8, 64))
+    with pytest.raises(ValueError, match=r"Expected granularity to divide 64 channels. Received: granularity=24"):
+        tfgated.channel_gate(features, granularity=24)
+    with pytest.raises(ValueError, match=r"Expected granularity to divide 64 channels. Received: granularity=24"):
+        ChannelMask(24)([features, keras.Input((2,))])
+
+
+def test_unknown_inference_style_on_model():
+    model = small_gated_model()
+    with pytest.raises(ValueError, match=r"Received: style='fastest'"):
+        tfgated.set_inference_style(model, "fastest")
