@@ -33,7 +33,7 @@ setup(
         "matplotlib>=3.7",
     ],
     extras_require={
-        "test": ["pytest>=8", "pytest-timeout>=2.3"],
+        "test": ["pytest>=8"],
     },
     entry_points={"console_scripts": ["tfgated=tfgated.__main__:main"]},
 )

@@ -1,0 +1,51 @@
+"""``python -m tfgated COMMAND``: the command-line entry point.
+
+Commands (each imported lazily, so ``--help`` is fast):
+
+  run        the main job (the full SIPA workflow when available, else the demo)
+  demo       build a gated model, train one epoch on real Fashion-MNIST, print gate rates and MACs
+  train      train a zoo preset with its recipe
+  evaluate   evaluate a model or preset under an inference style
+  score      MicroNet score of a model, per layer
+  search     SIPA architecture search with KerasTuner
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+COMMANDS = {
+    "run": ("tfgated.pipeline", "main_run"),
+    "demo": ("tfgated.demo", "main"),
+    "train": ("tfgated.train", "main_train"),
+    "evaluate": ("tfgated.train", "main_evaluate"),
+    "score": ("tfgated.micronet", "main_score"),
+    "search": ("tfgated.search", "main_search"),
+}
+
+
+def main(argv=None):
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(__doc__.strip())
+        return 0
+    command, rest = argv[0], argv[1:]
+    if command not in COMMANDS:
+        print(f"Unknown command {command!r}. Expected one of: {', '.join(COMMANDS)}", file=sys.stderr)
+        return 2
+    module_name, function_name = COMMANDS[command]
+    if command == "run":
+        try:
+            importlib.import_module(module_name)
+        except ModuleNotFoundError as error:
+            if error.name != module_name:
+                raise
+            module_name, function_name = COMMANDS["demo"]
+    module = importlib.import_module(module_name)
+    result = getattr(module, function_name)(rest)
+    return int(result or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
