@@ -1,0 +1,494 @@
+"""Gated MobileNetV2 (Herrmann et al., ECCV 2020, supplement section 1.1).
+
+The ungated part is exactly ``keras.applications.MobileNetV2`` at ``alpha=1.0``:
+same layers, same order, same names (``Conv1``, ``bn_Conv1``,
+``expanded_conv_depthwise``, ``block_1_expand``, ..., ``Conv_1``,
+``predictions``), so the dense model has the same 3,538,984 parameters and
+ImageNet weights copy into it by name (:func:`copy_weights`).
+
+Gates (all added layers are new names, never a Keras one):
+
+* ``block_{i}_expand_gate`` / ``_mask``: the expansion channels, after the
+  expansion ReLU6 and before the depthwise convolution, ``g_exp`` channels per
+  gate. Block 0 has no expansion convolution; its depthwise output (before the
+  projection) is gated instead, under the name ``expanded_conv_expand_gate``.
+* ``block_{i}_project_gate`` / ``_mask``: the projected block output (after
+  ``project_BN``), ``g_out`` channels per gate. In residual blocks this gates
+  the branch before the addition; in non-residual blocks it gates the block
+  output itself.
+
+Every gate of a non-residual block (a stage's first block, whose output has no
+shortcut around it) keeps one gate forced open, as the supplement prescribes,
+so no layer loses all of its channels. Data-dependent gates read the block
+input, so the decision exists before the gated convolutions run.
+
+Granularity (channels per gate) per stage is the supplement's table
+(:data:`IMAGENET_GRANULARITY`); its ``g_inp`` column is kept as data but not
+used: a block's input channels are the previous block's output channels, which
+the ``g_out`` gates already control.
+"""
+
+from __future__ import annotations
+
+import keras
+
+import tfgated
+
+try:  # the registry is written concurrently; the builders work without it
+    from tfgated.zoo.registry import register_family
+except ImportError:  # pragma: no cover - only while the registry is missing
+
+    def register_family(name):
+        def decorator(builder):
+            return builder
+
+        return decorator
+
+
+#: The MobileNetV2 body at alpha=1.0: (expansion t, output channels c, repeats n, first stride s).
+IMAGENET_BLOCKS = (
+    (1, 16, 1, 1),
+    (6, 24, 2, 2),
+    (6, 32, 3, 2),
+    (6, 64, 4, 2),
+    (6, 96, 3, 1),
+    (6, 160, 3, 2),
+    (6, 320, 1, 1),
+)
+
+#: Channels per gate (g_inp, g_out, g_exp) for each row of IMAGENET_BLOCKS, from the
+#: table in section 1.1 of the Gumbel paper's supplement.
+IMAGENET_GRANULARITY = (
+    (8, 8, 16),
+    (8, 8, 24),
+    (8, 16, 24),
+    (8, 16, 32),
+    (16, 32, 48),
+    (16, 32, 64),
+    (32, 64, 64),
+)
+
+#: A narrow MobileNetV2 for 28x28 grayscale images (Fashion-MNIST): stride-1 stem,
+#: three stride-2 stages (28 -> 14 -> 7 -> 4).
+FASHION_MNIST_BLOCKS = (
+    (1, 8, 1, 1),
+    (6, 16, 2, 2),
+    (6, 24, 2, 2),
+    (6, 32, 2, 2),
+)
+
+#: Channels per gate for FASHION_MNIST_BLOCKS; chosen (not from the paper) to divide
+#: every expansion and output width: 4 gates per expansion of the first block of a
+#: stage, 6 or 8 in the others, 2 to 4 per output.
+FASHION_MNIST_GRANULARITY = (
+    (4, 4, 8),
+    (4, 4, 12),
+    (4, 8, 24),
+    (8, 8, 24),
+)
+
+LOSS_ALIASES = {"pb": "per_batch", "pg": "per_gate", "per_batch": "per_batch", "per_gate": "per_gate"}
+GATE_KEYS = {
+    "kind",
+    "loss",
+    "target",
+    "weight",
+    "granularity",
+    "temperature",
+    "open_probability",
+    "hidden_units",
+    "gate_weights",
+}
+
+
+def make_divisible(value, divisor=8, min_value=None):
+    """Round ``value`` to a multiple of ``divisor`` as keras.applications does (at most 10% down)."""
+    min_value = divisor if min_value is None else min_value
+    rounded = max(min_value, int(value + divisor / 2) // divisor * divisor)
+    if rounded < 0.9 * value:
+        rounded += divisor
+    return rounded
+
+
+def correct_pad(inputs, kernel_size=3):
+    """Zero padding before a stride-2 'valid' convolution, as keras.applications pads."""
+    rows, cols = inputs.shape[1:3]
+    adjust = (1, 1) if rows is None else (1 - rows % 2, 1 - cols % 2)
+    half = kernel_size // 2
+    return ((half - adjust[0], half), (half - adjust[1], half))
+
+
+def _check_blocks(blocks, granularity):
+    blocks = [tuple(int(v) for v in row) for row in blocks]
+    for row in blocks:
+        if len(row) != 4 or min(row) < 1 or row[3] not in (1, 2):
+            raise ValueError(
+                "Expected each block row to be (expansion, channels, repeats, stride) with positive "
+                f"integers and stride 1 or 2. Received: {row}"
+            )
+    if granularity is not None:
+        granularity = [tuple(int(v) for v in row) for row in granularity]
+        if len(granularity) != len(blocks):
+            raise ValueError(
+                f"Expected one granularity row (g_inp, g_out, g_exp) per block row ({len(blocks)}). "
+                f"Received: {len(granularity)} rows"
+            )
+        for row in granularity:
+            if len(row) != 3 or min(row) < 1:
+                raise ValueError(
+                    f"Expected granularity rows (g_inp, g_out, g_exp) of positive integers. Received: {row}"
+                )
+    return blocks, granularity
+
+
+def _normalize_gates(gates, default_granularity):
+    """Fill the defaults of a ``gates`` dict and check its keys and values."""
+    if gates is None:
+        return None
+    unknown = set(gates) - GATE_KEYS
+    if unknown:
+        raise ValueError(
+            f"Unknown gate settings {sorted(unknown)}. Expected keys among {sorted(GATE_KEYS)}."
+        )
+    loss = gates.get("loss", "per_batch")
+    if loss not in LOSS_ALIASES:
+        raise ValueError(
+            f"Expected gates['loss'] to be one of {sorted(LOSS_ALIASES)}. Received: loss={loss!r}"
+        )
+    kind = gates.get("kind", "independent")
+    if kind not in ("independent", "dependent"):
+        raise ValueError(
+            f"Expected gates['kind'] to be 'independent' or 'dependent'. Received: kind={kind!r}"
+        )
+    return {
+        "kind": kind,
+        "loss": LOSS_ALIASES[loss],
+        "target": float(gates.get("target", 0.5)),
+        "weight": float(gates.get("weight", 1.0)),
+        "granularity": gates.get("granularity", default_granularity),
+        "temperature": float(gates.get("temperature", 1.0)),
+        "open_probability": float(gates.get("open_probability", tfgated.gates.DEFAULT_OPEN_PROBABILITY)),
+        "hidden_units": int(gates.get("hidden_units", 16)),
+        "gate_weights": gates.get("gate_weights"),
+    }
+
+
+def _gate(features, granularity, settings, context, name, force_open):
+    """Gate ``features`` in groups of ``granularity`` channels; returns (features, z)."""
+    return tfgated.channel_gate(
+        features,
+        granularity,
+        kind=settings["kind"],
+        context=context,
+        name=name,
+        force_open=force_open,
+        temperature=settings["temperature"],
+        open_probability=settings["open_probability"],
+        hidden_units=settings["hidden_units"],
+    )
+
+
+def inverted_residual_block(inputs, expansion, stride, filters, block_id, gates=None, granularity=None):
+    """One MobileNetV2 block with keras.applications' layer names, optionally gated.
+
+    Args:
+        inputs: block input tensor.
+        expansion, stride, filters: the block's expansion factor, stride and output channels.
+        block_id: index of the block in the network (0 is the unexpanded first block).
+        gates: normalized gate settings, or None for the dense block.
+        granularity: (g_inp, g_out, g_exp) channels per gate.
+
+    Returns:
+        ``(outputs, [z, ...])``: the block output and its gate tensors.
+    """
+    in_channels = inputs.shape[-1]
+    residual = in_channels == filters and stride == 1
+    x = inputs
+    zs = []
+    prefix = f"block_{block_id}_" if block_id else "expanded_conv_"
+    if block_id:
+        x = keras.layers.Conv2D(
+            expansion * in_channels, 1, padding="same", use_bias=False, name=f"{prefix}expand"
+        )(x)
+        x = keras.layers.BatchNormalization(epsilon=1e-3, momentum=0.999, name=f"{prefix}expand_BN")(x)
+        x = keras.layers.ReLU(6.0, name=f"{prefix}expand_relu")(x)
+        if gates is not None:
+            x, z = _gate(x, granularity[2], gates, inputs, f"{prefix}expand", not residual)
+            zs.append(z)
+    if stride == 2:
+        x = keras.layers.ZeroPadding2D(padding=correct_pad(x, 3), name=f"{prefix}pad")(x)
+    x = keras.layers.DepthwiseConv2D(
+        3,
+        strides=stride,
+        use_bias=False,
+        padding="same" if stride == 1 else "valid",
+        name=f"{prefix}depthwise",
+    )(x)
+    x = keras.layers.BatchNormalization(epsilon=1e-3, momentum=0.999, name=f"{prefix}depthwise_BN")(x)
+    x = keras.layers.ReLU(6.0, name=f"{prefix}depthwise_relu")(x)
+    if gates is not None and not block_id:
+        # Block 0 has no expansion convolution: gate its depthwise channels instead.
+        x, z = _gate(x, granularity[2], gates, inputs, f"{prefix}expand", not residual)
+        zs.append(z)
+    x = keras.layers.Conv2D(filters, 1, padding="same", use_bias=False, name=f"{prefix}project")(x)
+    x = keras.layers.BatchNormalization(epsilon=1e-3, momentum=0.999, name=f"{prefix}project_BN")(x)
+    if gates is not None:
+        x, z = _gate(x, granularity[1], gates, inputs, f"{prefix}project", not residual)
+        zs.append(z)
+    if residual:
+        x = keras.layers.Add(name=f"{prefix}add")([inputs, x])
+    return x, zs
+
+
+@register_family("mobilenet_v2")
+def build(
+    num_classes=1000,
+    input_shape=(224, 224, 3),
+    gates=None,
+    blocks=IMAGENET_BLOCKS,
+    stem_filters=32,
+    stem_stride=2,
+    last_filters=1280,
+    dropout=0.0,
+    name=None,
+):
+    """Build a (gated) MobileNetV2 classifier outputting softmax probabilities.
+
+    Args:
+        num_classes: classes of the ``predictions`` layer.
+        input_shape: image shape, channels last.
+        gates: None for the dense network, or a dict with ``kind``
+            ("independent"/"dependent"), ``loss`` ("per_batch"/"pb" or
+            "per_gate"/"pg"), ``target``, ``weight`` and optionally
+            ``granularity`` (one (g_inp, g_out, g_exp) row per row of
+            ``blocks``; defaults to the supplement's table for the ImageNet
+            body), ``temperature``, ``open_probability``, ``hidden_units``,
+            ``gate_weights``.
+        blocks: rows (expansion, channels, repeats, first stride).
+        stem_filters, stem_stride: the ``Conv1`` stem.
+        last_filters: channels of the final 1x1 convolution ``Conv_1``.
+        dropout: dropout rate before the classifier (0 keeps the Keras structure).
+        name: model name.
+
+    Returns:
+        An uncompiled ``keras.Model``.
+    """
+    default_granularity = IMAGENET_GRANULARITY if tuple(map(tuple, blocks)) == IMAGENET_BLOCKS else None
+    settings = _normalize_gates(gates, default_granularity)
+    if settings is not None and settings["granularity"] is None:
+        raise ValueError(
+            "Expected gates['granularity'] (one (g_inp, g_out, g_exp) row per block row) for a "
+            "non-ImageNet MobileNetV2 body. Received: granularity=None"
+        )
+    blocks, granularity = _check_blocks(blocks, settings["granularity"] if settings else None)
+    if stem_stride not in (1, 2):
+        raise ValueError(f"Expected stem_stride to be 1 or 2. Received: stem_stride={stem_stride}")
+    if not 0.0 <= float(dropout) < 1.0:
+        raise ValueError(f"Expected dropout in [0, 1). Received: dropout={dropout}")
+
+    inputs = keras.Input(shape=tuple(input_shape))
+    x = keras.layers.Conv2D(
+        stem_filters, 3, strides=stem_stride, padding="same", use_bias=False, name="Conv1"
+    )(inputs)
+    x = keras.layers.BatchNormalization(epsilon=1e-3, momentum=0.999, name="bn_Conv1")(x)
+    x = keras.layers.ReLU(6.0, name="Conv1_relu")(x)
+
+    all_z = []
+    block_id = 0
+    for row, (expansion, channels, repeats, stride) in enumerate(blocks):
+        for repeat in range(repeats):
+            x, zs = inverted_residual_block(
+                x,
+                expansion=expansion,
+                stride=stride if repeat == 0 else 1,
+                filters=make_divisible(channels, 8),
+                block_id=block_id,
+                gates=settings,
+                granularity=granularity[row] if granularity else None,
+            )
+            all_z.extend(zs)
+            block_id += 1
+
+    x = keras.layers.Conv2D(last_filters, 1, use_bias=False, name="Conv_1")(x)
+    x = keras.layers.BatchNormalization(epsilon=1e-3, momentum=0.999, name="Conv_1_bn")(x)
+    x = keras.layers.ReLU(6.0, name="out_relu")(x)
+    x = keras.layers.GlobalAveragePooling2D(name="avg_pool")(x)
+    if dropout:
+        x = keras.layers.Dropout(dropout, name="dropout")(x)
+    outputs = keras.layers.Dense(num_classes, activation="softmax", name="predictions")(x)
+    if settings is None:
+        return tfgated.gated_model(inputs, outputs, [], name=name or "mobilenet_v2")
+    return tfgated.gated_model(
+        inputs,
+        outputs,
+        all_z,
+        target=settings["target"],
+        mode=settings["loss"],
+        weight=settings["weight"],
+        gate_weights=settings["gate_weights"],
+        name=name or "gumbel_mobilenet_v2",
+    )
+
+
+def copy_weights(source, target, skip_missing=False):
+    """Copy weights layer by layer, matched by name, from ``source`` into ``target``.
+
+    Use it to load ``keras.applications.MobileNetV2(weights="imagenet")`` into a
+    gated MobileNetV2: every Keras layer has its name in both; the gates keep
+    their own initial weights.
+
+    Args:
+        source: a built model with the weights (e.g. a keras.applications model).
+        target: the built model to receive them.
+        skip_missing: if False, a weighted layer of ``source`` that ``target``
+            lacks (or whose weight shapes differ) raises ValueError.
+
+    Returns:
+        The names of the layers copied.
+    """
+    target_layers = {layer.name: layer for layer in target.layers}
+    copied = []
+    for layer in source.layers:
+        weights = layer.get_weights()
+        if not weights:
+            continue
+        other = target_layers.get(layer.name)
+        shapes = [w.shape for w in weights]
+        if other is None or [tuple(w.shape) for w in other.weights] != shapes:
+            if skip_missing:
+                continue
+            found = None if other is None else [tuple(w.shape) for w in other.weights]
+            raise ValueError(
+                f"Cannot copy layer {layer.name!r}: expected the target to have it with weight "
+                f"shapes {shapes}. Received: {found}"
+            )
+        other.set_weights(weights)
+        copied.append(layer.name)
+    return copied
+
+
+def _recipe(epochs, batch_size, learning_rate, optimizer="sgd", **extra):
+    return {
+        "optimizer": optimizer,
+        "learning_rate": learning_rate,
+        "momentum": 0.9,
+        "weight_decay": 4e-5,
+        "epochs": epochs,
+        "batch_size": batch_size,
+        "loss": "sparse_categorical_crossentropy",
+        **extra,
+    }
+
+
+_PAPER = {
+    "source": "Herrmann, Bowen, Zabih: Channel selection using Gumbel Softmax, ECCV 2020, supplement",
+    "table": "Supplement section 1.1, MobileNetV2 gate granularity table",
+    "numbers": {},
+}
+
+
+def _imagenet_preset(kind, loss, target):
+    kind_name = {"independent": "Ind", "dependent": "Dep"}[kind]
+    loss_name = {"per_batch": "PB", "per_gate": "PG"}[loss]
+    return {
+        "family": "mobilenet_v2",
+        "arch": {},
+        "gates": {"kind": kind, "loss": loss, "target": target, "weight": 1.0},
+        "dataset": "imagenet2012",
+        "input_shape": (224, 224, 3),
+        "num_classes": 1000,
+        "recipe": _recipe(epochs=120, batch_size=256, learning_rate=0.045, warm_start="imagenet"),
+        "weights": None,
+        "paper": _PAPER,
+        "description": (
+            f"MobileNetV2 (alpha 1.0, keras.applications layer names) with {kind_name} Gumbel channel "
+            f"gates on every expansion and projection at the supplement's granularities, {loss_name} "
+            f"activation loss, target t={target}; one gate forced open in non-residual blocks. "
+            "ImageNet weights of keras.applications.MobileNetV2 copy in with copy_weights()."
+        ),
+        "test_input_shape": (96, 96, 3),
+    }
+
+
+PRESETS = {
+    "mobilenet_v2_imagenet": {
+        "family": "mobilenet_v2",
+        "arch": {},
+        "gates": None,
+        "dataset": "imagenet2012",
+        "input_shape": (224, 224, 3),
+        "num_classes": 1000,
+        "recipe": _recipe(epochs=300, batch_size=256, learning_rate=0.045),
+        "weights": None,
+        "paper": {
+            "source": "Sandler et al.: MobileNetV2, CVPR 2018 (the Gumbel paper's dense baseline)",
+            "table": "Table 4",
+            "numbers": {"top1": 0.72, "params": 3_400_000, "madds": 300_000_000},
+        },
+        "description": (
+            "Dense MobileNetV2 (alpha 1.0), layer for layer keras.applications.MobileNetV2: "
+            "3,538,984 parameters."
+        ),
+        "test_input_shape": (96, 96, 3),
+    },
+    **{
+        f"gumbel_mobilenet_v2_imagenet_{k[:3]}_{l_short}_t0.5": _imagenet_preset(k, loss, 0.5)
+        for k in ("independent", "dependent")
+        for loss, l_short in (("per_batch", "pb"), ("per_gate", "pg"))
+    },
+    "mobilenet_v2_fashion_mnist": {
+        "family": "mobilenet_v2",
+        "arch": {
+            "blocks": FASHION_MNIST_BLOCKS,
+            "stem_filters": 16,
+            "stem_stride": 1,
+            "last_filters": 128,
+        },
+        "gates": None,
+        "dataset": "fashion_mnist",
+        "input_shape": (28, 28, 1),
+        "num_classes": 10,
+        "recipe": _recipe(epochs=30, batch_size=128, learning_rate=0.05),
+        "weights": None,
+        "paper": {
+            "source": "Fashion-MNIST benchmark table (zalandoresearch/fashion-mnist README)",
+            "table": "Benchmark: MobileNet",
+            "numbers": {"accuracy": 0.950},
+        },
+        "description": (
+            "Narrow dense MobileNetV2 for 28x28x1 images: stride-1 stem of 16 channels, 7 blocks "
+            "(8/16/24/32 channels, three stride-2 stages), 128-channel head."
+        ),
+    },
+    "gumbel_mobilenet_v2_fashion_mnist": {
+        "family": "mobilenet_v2",
+        "arch": {
+            "blocks": FASHION_MNIST_BLOCKS,
+            "stem_filters": 16,
+            "stem_stride": 1,
+            "last_filters": 128,
+        },
+        "gates": {
+            "kind": "independent",
+            "loss": "per_batch",
+            "target": 0.5,
+            "weight": 1.0,
+            "granularity": FASHION_MNIST_GRANULARITY,
+        },
+        "dataset": "fashion_mnist",
+        "input_shape": (28, 28, 1),
+        "num_classes": 10,
+        "recipe": _recipe(epochs=30, batch_size=128, learning_rate=0.05),
+        "weights": None,
+        "paper": {
+            "source": "Herrmann, Bowen, Zabih: Channel selection using Gumbel Softmax, ECCV 2020",
+            "table": "none (the paper reports no Fashion-MNIST numbers)",
+            "numbers": {},
+        },
+        "description": (
+            "The narrow Fashion-MNIST MobileNetV2 with independent (learned-pruning) Gumbel channel "
+            "gates on expansions and projections, PB activation loss, t=0.5. Granularities are "
+            "our choice (the supplement's table is for the ImageNet body): they divide each width."
+        ),
+    },
+}
