@@ -1,0 +1,432 @@
+"""The model registry: families, presets, ``load``, ``list_models``, ``info``.
+
+Contract between the registry and the family modules
+=====================================================
+
+A *family module* (``zoo/sipa.py``, ``zoo/resnet.py``, ``zoo/mobilenet_v2.py``,
+``zoo/densenet.py``) defines
+
+* builder functions, each registered with ``@register_family("NAME")``::
+
+      @register_family("sipa")
+      def build_sipa(num_classes=100, input_shape=(32, 32, 3), gates=None, **arch_args):
+          ...
+          return tfgated.gated_model(inputs, outputs, gates=zs, ...)   # keras.Model
+
+  The builder returns an *uncompiled* ``keras.Model``. When ``gates`` is not
+  ``None`` the model is built with :func:`tfgated.gated_model`, so it carries the
+  activation loss (layer ``"activation_loss"``). ``gates`` is ``None`` or a dict
+  with the keys ``"kind"`` (``"independent"`` | ``"dependent"``), ``"loss"``
+  (``"per_batch"`` | ``"per_gate"``), ``"target"`` (float in [0, 1]),
+  ``"weight"`` (float) and ``"granularity"`` (family-specific: how many
+  channels one gate controls, or a per-stage list), plus optional
+  :class:`tfgated.GumbelGate` keyword arguments (``"temperature"``,
+  ``"open_probability"``, ``"hidden_units"``). :func:`gate_settings` fills the
+  defaults and checks the values; builders should call it.
+
+* a module-level ``PRESETS: dict[str, dict]``. A preset is plain data::
+
+      {
+          "family": "sipa",                       # a registered family
+          "arch": {...},                          # builder keyword arguments
+          "gates": {...} or None,                 # see above
+          "dataset": "cifar100",                  # tfgated.data name
+          "input_shape": [32, 32, 3],
+          "num_classes": 100,
+          "recipe": {"optimizer": "sgd", "learning_rate": 0.1, "epochs": 200,
+                     "batch_size": 128, ...},     # free-form extra keys allowed
+          "weights": None or {"file": "NAME.weights.h5",  # under zoo/weights/
+                              "sha256": "...", "url": optional},
+          "paper": {"source": "...", "table": "...", "numbers": {...}},
+          "description": "one paragraph",
+          "test_input_shape": optional smaller input for the zoo tests,
+      }
+
+The registry imports the family modules lazily, on the first call that needs
+the presets (:data:`FAMILY_MODULES`). A family module that does not exist yet is
+skipped; any error raised *inside* an existing module propagates.
+
+Public API
+==========
+
+``load(name, weights=None, num_classes=None, input_shape=None, compile=True, **overrides)``,
+``list_models(pattern="*")``, ``info(name)``, ``get_preset(name)``,
+``register_family(name)``, ``register_preset(name, preset)``.
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import fnmatch
+import hashlib
+import importlib
+import inspect
+import json
+import os
+
+import keras
+
+FAMILY_MODULES = (
+    "tfgated.zoo.sipa",
+    "tfgated.zoo.resnet",
+    "tfgated.zoo.mobilenet_v2",
+    "tfgated.zoo.densenet",
+)
+ZOO_DIR = os.path.dirname(os.path.abspath(__file__))
+WEIGHTS_DIR = os.path.join(ZOO_DIR, "weights")
+CARDS_DIR = os.path.join(ZOO_DIR, "cards")
+GOLDEN_PATH = os.path.join(ZOO_DIR, "complexity.json")
+
+GATE_KINDS = ("independent", "dependent")
+GATE_LOSSES = ("per_batch", "per_gate")
+GATE_DEFAULTS = {"kind": "independent", "loss": "per_batch", "target": 0.5, "weight": 1.0}
+GATE_LAYER_ARGS = ("temperature", "open_probability", "hidden_units", "threshold", "seed")
+GATE_KEYS = (*GATE_DEFAULTS, "granularity", *GATE_LAYER_ARGS)
+PRESET_REQUIRED = ("family", "arch", "input_shape", "num_classes", "recipe", "description")
+PRESET_OPTIONAL = {"gates": None, "dataset": None, "weights": None, "paper": None}
+OPTIMIZERS = {
+    "sgd": "SGD",
+    "adam": "Adam",
+    "adamw": "AdamW",
+    "rmsprop": "RMSprop",
+    "nadam": "Nadam",
+}
+
+_FAMILIES: dict = {}
+_PRESETS: dict = {}
+_LOADED_MODULES: set = set()
+
+
+# -- registration ----------------------------------------------------------------
+
+
+def register_family(name):
+    """Decorator registering ``builder`` as the builder of family ``name``.
+
+    Registering the same function again (a module reload) is allowed; a
+    different builder under a taken name raises ``ValueError``.
+    """
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"Expected a non-empty family name. Received: name={name!r}")
+
+    def decorator(builder):
+        previous = _FAMILIES.get(name)
+        if previous is not None and _qualname(previous) != _qualname(builder):
+            raise ValueError(
+                f"Family {name!r} is already registered by {_qualname(previous)}; "
+                f"cannot register {_qualname(builder)}."
+            )
+        _FAMILIES[name] = builder
+        return builder
+
+    return decorator
+
+
+def _qualname(function):
+    return f"{function.__module__}.{function.__qualname__}"
+
+
+def register_preset(name, preset):
+    """Register one preset (plain data, see the module docstring) under ``name``."""
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"Expected a non-empty preset name. Received: name={name!r}")
+    if not isinstance(preset, dict):
+        raise ValueError(f"Expected preset {name!r} to be a dict. Received: {type(preset).__name__}")
+    missing = [key for key in PRESET_REQUIRED if key not in preset]
+    if missing:
+        raise ValueError(f"Preset {name!r} lacks the keys {missing}. Expected at least {list(PRESET_REQUIRED)}.")
+    if preset["family"] not in _FAMILIES:
+        raise ValueError(
+            f"Preset {name!r} names family {preset['family']!r}, which is not registered. "
+            f"Registered families: {sorted(_FAMILIES)}."
+        )
+    full = {**copy.deepcopy(PRESET_OPTIONAL), **copy.deepcopy(preset)}
+    if full["gates"] is not None:
+        gate_settings(full["gates"])  # validates
+    _check_weights_entry(name, full["weights"])
+    _PRESETS[name] = full
+
+
+def _check_weights_entry(name, weights):
+    if weights is None:
+        return
+    if not isinstance(weights, dict) or not ("file" in weights or "url" in weights):
+        raise ValueError(
+            f"Expected preset {name!r} weights to be None or a dict with 'file' and 'sha256'. "
+            f"Received: weights={weights!r}"
+        )
+    if "file" in weights and not weights.get("sha256"):
+        raise ValueError(f"Preset {name!r} names weights file {weights['file']!r} without a sha256.")
+
+
+def _ensure_loaded():
+    """Import every family module once and register its ``PRESETS``."""
+    for module_name in FAMILY_MODULES:
+        if module_name in _LOADED_MODULES:
+            continue
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as error:
+            if error.name == module_name:
+                continue  # that family is not written yet
+            raise
+        _LOADED_MODULES.add(module_name)
+        for name, preset in getattr(module, "PRESETS", {}).items():
+            register_preset(name, preset)
+
+
+# -- gate settings -----------------------------------------------------------------
+
+
+def gate_settings(gates, default_granularity=None):
+    """Validate a preset's ``gates`` dict and fill the defaults.
+
+    Returns ``None`` for ``None``; otherwise a new dict with ``kind``, ``loss``,
+    ``target``, ``weight``, ``granularity`` and a ``gate_kwargs`` dict of the
+    :class:`tfgated.GumbelGate` arguments that were given.
+    """
+    if gates is None:
+        return None
+    if not isinstance(gates, dict):
+        raise ValueError(f"Expected gates to be None or a dict. Received: gates={gates!r}")
+    unknown = sorted(set(gates) - set(GATE_KEYS))
+    if unknown:
+        raise ValueError(f"Unknown gate settings {unknown}. Expected keys among {list(GATE_KEYS)}.")
+    settings = {**GATE_DEFAULTS, "granularity": default_granularity, **gates}
+    if settings["kind"] not in GATE_KINDS:
+        raise ValueError(f"Expected gates kind in {list(GATE_KINDS)}. Received: kind={settings['kind']!r}")
+    if settings["loss"] not in GATE_LOSSES:
+        raise ValueError(f"Expected gates loss in {list(GATE_LOSSES)}. Received: loss={settings['loss']!r}")
+    target = settings["target"]
+    if not isinstance(target, (int, float)) or not 0.0 <= target <= 1.0:
+        raise ValueError(f"Expected gates target in [0, 1]. Received: target={target!r}")
+    weight = settings["weight"]
+    if not isinstance(weight, (int, float)) or weight < 0:
+        raise ValueError(f"Expected gates weight >= 0. Received: weight={weight!r}")
+    settings["gate_kwargs"] = {key: settings.pop(key) for key in GATE_LAYER_ARGS if key in settings}
+    return settings
+
+
+# -- queries -----------------------------------------------------------------------
+
+
+def list_models(pattern="*"):
+    """Sorted preset names matching the shell-style ``pattern`` (fnmatch)."""
+    _ensure_loaded()
+    return sorted(name for name in _PRESETS if fnmatch.fnmatchcase(name, pattern))
+
+
+def list_families():
+    """Sorted names of the registered families."""
+    _ensure_loaded()
+    return sorted(_FAMILIES)
+
+
+def get_preset(name):
+    """A deep copy of preset ``name``; unknown names raise ``ValueError`` with the closest names."""
+    _ensure_loaded()
+    if name not in _PRESETS:
+        close = difflib.get_close_matches(str(name), list(_PRESETS), n=5, cutoff=0.4)
+        hint = f" Closest names: {close}." if close else ""
+        raise ValueError(
+            f"Unknown model {name!r}.{hint} Known models: {len(_PRESETS)}; "
+            f"see tfgated.zoo.list_models() or `python -m tfgated.zoo list`."
+        )
+    return copy.deepcopy(_PRESETS[name])
+
+
+def golden():
+    """The committed complexity file ``zoo/complexity.json`` as a dict ({} if absent)."""
+    if not os.path.exists(GOLDEN_PATH):
+        return {}
+    with open(GOLDEN_PATH, encoding="utf-8") as f:
+        return json.load(f)
+
+
+def weights_status(name):
+    """``"none"``, ``"available"`` (file present), ``"missing"`` (file named, absent) or ``"download"``."""
+    entry = get_preset(name)["weights"]
+    if entry is None:
+        return "none"
+    if "file" in entry and os.path.exists(os.path.join(WEIGHTS_DIR, entry["file"])):
+        return "available"
+    if entry.get("url"):
+        return "download"
+    return "missing"
+
+
+def info(name):
+    """The model card as data: the preset, measured complexity, weights status, card path."""
+    preset = get_preset(name)
+    card = os.path.join(CARDS_DIR, f"{name}.md")
+    return {
+        "name": name,
+        **preset,
+        "complexity": golden().get(name),
+        "weights_status": weights_status(name),
+        "card": card if os.path.exists(card) else None,
+        "train_command": train_command(name),
+    }
+
+
+def train_command(name):
+    """The CLI command that trains preset ``name`` on this machine."""
+    return f"python -m tfgated train --model {name}"
+
+
+# -- building and loading ----------------------------------------------------------
+
+
+def build(name, num_classes=None, input_shape=None, **overrides):
+    """Build preset ``name`` (uncompiled, fresh weights) with optional overrides.
+
+    ``overrides`` update the preset's ``arch`` keys; the gate keys
+    (:data:`GATE_KEYS`) update its ``gates`` (creating them on an ungated
+    preset); ``gates=None`` or ``gates={...}`` replaces them entirely.
+    """
+    preset = get_preset(name)
+    arch = dict(preset["arch"])
+    gates = copy.deepcopy(preset["gates"])
+    if "gates" in overrides:
+        gates = copy.deepcopy(overrides.pop("gates"))
+    gate_overrides = {key: overrides.pop(key) for key in list(overrides) if key in GATE_KEYS}
+    if gate_overrides:
+        gates = {**(gates or {}), **gate_overrides}
+    arch.update(overrides)
+    builder = _FAMILIES[preset["family"]]
+    _check_builder_arguments(name, builder, arch)
+    return builder(
+        num_classes=preset["num_classes"] if num_classes is None else num_classes,
+        input_shape=tuple(preset["input_shape"] if input_shape is None else input_shape),
+        gates=gates,
+        **arch,
+    )
+
+
+def _check_builder_arguments(name, builder, arch):
+    parameters = inspect.signature(builder).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
+        return
+    unknown = sorted(set(arch) - set(parameters))
+    if unknown:
+        accepted = sorted(set(parameters) - {"num_classes", "input_shape", "gates"})
+        raise ValueError(
+            f"Unknown argument(s) {unknown} for model {name!r}. "
+            f"Accepted architecture arguments: {accepted}; gate settings: {list(GATE_KEYS)}."
+        )
+
+
+def load(name, weights=None, num_classes=None, input_shape=None, compile=True, **overrides):
+    """Build preset ``name``, optionally load weights, and compile it per its recipe.
+
+    Args:
+        name: a preset name (see :func:`list_models`).
+        weights: ``None`` (fresh initialization), ``"default"`` (the preset's
+            file under ``zoo/weights/``, verified by sha256 first) or a path to
+            a ``.weights.h5`` / ``.keras`` file.
+        num_classes, input_shape: replace the preset's values.
+        compile: compile with the recipe's optimizer, sparse categorical
+            cross-entropy and the metrics ``accuracy`` and ``top5``.
+        **overrides: architecture or gate settings, see :func:`build`.
+
+    Returns:
+        A ``keras.Model``; ``model.fit`` works at once when compiled.
+    """
+    preset = get_preset(name)
+    path = None
+    if weights is not None:
+        path = resolve_weights(name, weights)  # fail before the (slow) build
+    model = build(name, num_classes=num_classes, input_shape=input_shape, **overrides)
+    if path is not None:
+        try:
+            model.load_weights(path)
+        except (ValueError, KeyError) as error:
+            raise ValueError(
+                f"Could not load weights {path!r} into model {name!r} "
+                f"(num_classes={num_classes}, input_shape={input_shape}, overrides={overrides}): {error}"
+            ) from error
+    if compile:
+        compile_model(model, preset["recipe"])
+    return model
+
+
+def sha256_file(path, chunk_size=1 << 20):
+    """Hex sha256 digest of the file at ``path``."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(chunk_size), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def resolve_weights(name, weights):
+    """The verified local path of ``weights`` for preset ``name`` (see :func:`load`)."""
+    if weights != "default":
+        path = os.fspath(weights)
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"Weights file {path!r} for model {name!r} does not exist.")
+        return path
+    preset = get_preset(name)
+    entry = preset["weights"]
+    recipe = json.dumps(preset["recipe"], sort_keys=True)
+    train_hint = f"Train them here with `{train_command(name)}` (recipe: {recipe})."
+    if entry is None:
+        raise ValueError(f"Model {name!r} has no pretrained weights. {train_hint}")
+    if "file" not in entry:
+        raise ValueError(
+            f"The weights of model {name!r} are only published at {entry['url']} and need the "
+            f"internet, which tfgated does not use. Download them yourself, or train them here "
+            f"with `{train_command(name)}` (recipe: {recipe})."
+        )
+    path = os.path.join(WEIGHTS_DIR, entry["file"])
+    if not os.path.isfile(path):
+        where = f" Download them from {entry['url']} to {path}, or" if entry.get("url") else ""
+        raise FileNotFoundError(
+            f"Weights file {path!r} of model {name!r} is missing.{where} {train_hint}"
+        )
+    actual = sha256_file(path)
+    if actual != entry["sha256"]:
+        raise ValueError(
+            f"Weights file {path!r} of model {name!r} is corrupt or outdated: sha256 {actual} "
+            f"does not match the preset's {entry['sha256']}. Delete it and retrain: {train_hint}"
+        )
+    return path
+
+
+def make_optimizer(recipe):
+    """A Keras optimizer from a recipe: ``optimizer`` name, ``learning_rate`` and
+    any other recipe keys that the optimizer's constructor accepts
+    (``momentum``, ``nesterov``, ``weight_decay``, ``beta_1`` ...)."""
+    name = str(recipe.get("optimizer", "adam")).lower()
+    if name not in OPTIMIZERS:
+        raise ValueError(f"Expected recipe optimizer in {sorted(OPTIMIZERS)}. Received: optimizer={name!r}")
+    cls = getattr(keras.optimizers, OPTIMIZERS[name])
+    accepted = set(inspect.signature(cls.__init__).parameters) - {"self", "name", "kwargs"}
+    kwargs = {key: value for key, value in recipe.items() if key in accepted}
+    return cls(**kwargs)
+
+
+def _classification_metrics():
+    return [
+        keras.metrics.SparseCategoricalAccuracy(name="accuracy"),
+        keras.metrics.SparseTopKCategoricalAccuracy(k=5, name="top5"),
+    ]
+
+
+def compile_model(model, recipe):
+    """Compile ``model`` per ``recipe``: optimizer, sparse categorical
+    cross-entropy on every output (the outputs are softmax probabilities) and
+    the metrics ``accuracy`` and ``top5`` per output. Returns ``model``."""
+    outputs = len(model.outputs)
+    loss = keras.losses.SparseCategoricalCrossentropy()
+    if outputs == 1:
+        model.compile(optimizer=make_optimizer(recipe), loss=loss, metrics=_classification_metrics())
+    else:
+        model.compile(
+            optimizer=make_optimizer(recipe),
+            loss=[keras.losses.SparseCategoricalCrossentropy() for _ in range(outputs)],
+            loss_weights=recipe.get("loss_weights"),
+            metrics=[_classification_metrics() for _ in range(outputs)],
+        )
+    return model
