@@ -1,0 +1,199 @@
+"""Recipes: every Improving piece does what it says, on tiny models and real data."""
+
+import os
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import tfgated
+from tfgated import recipes
+from tfgated.recipes import GhostBatchNormalization, Recipe
+
+
+def tiny_gated_model(bn=True, kind="independent", activation="relu"):
+    inputs = keras.Input((8, 8, 1))
+    x = keras.layers.Conv2D(8, 3, padding="same", name="conv1")(inputs)
+    if bn:
+        x = keras.layers.BatchNormalization(name="bn1")(x)
+    x = keras.layers.Activation(activation)(x)
+    x, z = tfgated.channel_gate(x, 2, kind, name="conv1")
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    outputs = keras.layers.Dense(10, activation="softmax", name="head")(x)
+    return tfgated.gated_model(inputs, outputs, [z], target=0.5, name="tiny")
+
+
+def test_unknown_switch_lists_valid_ones():
+    with pytest.raises(ValueError, match=r"Unknown improving switch.*'shake_shake'.*Valid switches: epochs"):
+        Recipe.from_dict({"shake_shake": True})
+    with pytest.raises(ValueError, match="label_smoothing"):
+        Recipe().replace(labl_smoothing=0.1)
+
+
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        ({"epochs": 0}, "epochs"),
+        ({"learning_rate": -1.0}, "learning_rate"),
+        ({"label_smoothing": 1.0}, "label_smoothing"),
+        ({"augment": "cutout"}, "augment"),
+        ({"activation": "gelu"}, "activation"),
+        ({"ghost_batch_norm": -4}, "ghost_batch_norm"),
+        ({"optimizer": "lamb"}, "optimizer"),
+        ({"warmup_epochs": 10.0, "epochs": 5}, "warmup_epochs"),
+    ],
+)
+def test_bad_values_name_the_switch(changes, message):
+    with pytest.raises(ValueError, match=message):
+        Recipe.from_dict(changes)
+
+
+def test_from_dict_coerces_json_numbers_and_round_trips():
+    r = Recipe.from_dict({"epochs": 3.0, "learning_rate": 1, "mixup": 0.2})
+    assert r.epochs == 3 and isinstance(r.learning_rate, float)
+    assert Recipe.from_dict(r.to_dict()) == r
+    assert r.one_hot and not Recipe().one_hot
+    assert Recipe(activation="swish").model_overrides() == {"activation": "swish"}
+
+
+def test_cosine_schedule_with_warmup():
+    r = Recipe(epochs=10, learning_rate=0.1, warmup_epochs=1.0, cosine_decay=True)
+    sched = r.learning_rate_schedule(steps_per_epoch=10)
+    lr = [float(sched(s)) for s in (0, 5, 10, 55, 100)]
+    assert lr[0] == pytest.approx(0.0, abs=1e-7)
+    assert lr[1] == pytest.approx(0.05, rel=1e-4)  # halfway through warmup
+    assert lr[2] == pytest.approx(0.1, rel=1e-4)  # warmup done
+    assert lr[3] == pytest.approx(0.05, rel=1e-3)  # halfway through the decay
+    assert lr[4] == pytest.approx(0.0, abs=1e-6)
+    assert Recipe(cosine_decay=False).learning_rate_schedule() == 0.1
+    with pytest.raises(ValueError, match="steps_per_epoch"):
+        Recipe().learning_rate_schedule()
+
+
+def test_weight_decay_excludes_bias_bn_and_gates_separately():
+    model = tiny_gated_model()
+    by_path = lambda vs: {v.path for v in vs}  # noqa: E731
+    all_ex = by_path(recipes.weight_decay_exclusions(model))
+    assert "conv1/bias" in all_ex and "head/bias" in all_ex
+    assert {"bn1/gamma", "bn1/beta"} <= all_ex
+    assert "conv1_gate/logits" in all_ex
+    assert "conv1/kernel" not in all_ex and "head/kernel" not in all_ex
+    only_bn = by_path(recipes.weight_decay_exclusions(model, bias=False, gates=False))
+    assert only_bn == {"bn1/gamma", "bn1/beta"}
+
+    # Decoupled decay really spares the excluded variables: zero gradients, one step.
+    r = Recipe(weight_decay=0.5, learning_rate=0.1, cosine_decay=False, momentum=0.0)
+    opt = r.build_optimizer(model)
+    for v in model.trainable_variables:
+        v.assign(np.ones(v.shape, "float32"))
+    opt.apply_gradients([(tf.zeros_like(v), v) for v in model.trainable_variables])
+    values = {v.path: float(np.asarray(v).ravel()[0]) for v in model.trainable_variables}
+    assert values["conv1/kernel"] == pytest.approx(1 - 0.1 * 0.5)
+    assert values["bn1/gamma"] == values["conv1/bias"] == values["conv1_gate/logits"] == 1.0
+    # bn_decay=True decays BN parameters but still not biases
+    model2 = tiny_gated_model()
+    opt2 = r.replace(bn_decay=True).build_optimizer(model2)
+    for v in model2.trainable_variables:
+        v.assign(np.ones(v.shape, "float32"))
+    opt2.apply_gradients([(tf.zeros_like(v), v) for v in model2.trainable_variables])
+    values = {v.path: float(np.asarray(v).ravel()[0]) for v in model2.trainable_variables}
+    assert values["bn1/gamma"] < 1.0 and values["conv1/bias"] == 1.0
+
+
+def test_ghost_batch_norm_normalizes_each_virtual_batch():
+    layer = GhostBatchNormalization(virtual_batch_size=4, momentum=0.0, epsilon=1e-6)
+    rng = np.random.default_rng(0)
+    # two virtual batches with very different statistics, plus a smaller remainder
+    x = np.concatenate(
+        [rng.normal(5.0, 2.0, (4, 3, 3, 2)), rng.normal(-3.0, 0.5, (4, 3, 3, 2)), rng.normal(1, 1, (2, 3, 3, 2))]
+    ).astype("float32")
+    y = np.asarray(layer(x, training=True))
+    for chunk in (slice(0, 4), slice(4, 8), slice(8, 10)):
+        part = y[chunk]
+        np.testing.assert_allclose(part.mean(axis=(0, 1, 2)), 0.0, atol=1e-4)
+        np.testing.assert_allclose(part.std(axis=(0, 1, 2)), 1.0, atol=1e-3)
+    # moving mean = mean of the virtual batches' means (momentum 0)
+    expected = np.mean([x[c].mean(axis=(0, 1, 2)) for c in (slice(0, 4), slice(4, 8), slice(8, 10))], axis=0)
+    np.testing.assert_allclose(np.asarray(layer.moving_mean), expected, rtol=1e-4)
+    # inference: ordinary BN with moving statistics
+    plain = keras.layers.BatchNormalization(epsilon=1e-6)
+    plain.build(x.shape)
+    plain.set_weights(layer.get_weights())
+    np.testing.assert_allclose(np.asarray(layer(x, training=False)), np.asarray(plain(x, training=False)), atol=1e-5)
+    with pytest.raises(ValueError, match="virtual_batch_size"):
+        GhostBatchNormalization(virtual_batch_size=0)
+
+
+def test_use_ghost_batch_norm_keeps_weights_and_saves(tmp_path):
+    model = tiny_gated_model()
+    x = np.random.default_rng(1).normal(size=(16, 8, 8, 1)).astype("float32")
+    bn = model.get_layer("bn1")
+    bn.moving_mean.assign(np.full((8,), 0.3, "float32"))
+    ghost = recipes.use_ghost_batch_norm(model, virtual_batch_size=8)
+    assert isinstance(ghost.get_layer("bn1"), GhostBatchNormalization)
+    assert ghost.get_layer("bn1").virtual_batch_size == 8
+    np.testing.assert_allclose(ghost.predict(x, verbose=0), model.predict(x, verbose=0), atol=1e-5)
+    path = os.path.join(tmp_path, "ghost.keras")
+    ghost.save(path)
+    loaded = keras.saving.load_model(path, safe_mode=True)
+    assert isinstance(loaded.get_layer("bn1"), GhostBatchNormalization)
+    np.testing.assert_allclose(loaded.predict(x, verbose=0), ghost.predict(x, verbose=0), atol=1e-5)
+    # and it trains with the gate loss
+    Recipe(cosine_decay=False, learning_rate=0.01).compile(ghost)
+    hist = ghost.fit(x, np.arange(16) % 10, batch_size=16, epochs=1, verbose=0)
+    assert np.isfinite(hist.history["loss"][0]) and "gate_activation" in hist.history
+
+
+def test_mixup_mixes_images_and_labels_consistently():
+    images = tf.constant(np.stack([np.zeros((4, 4, 1)), np.ones((4, 4, 1))]).astype("float32"))
+    labels = tf.one_hot([0, 1], 2)
+    mixed_x, mixed_y = recipes.mixup_batch(0.4, seed=3)(images, labels)
+    mixed_x, mixed_y = np.asarray(mixed_x), np.asarray(mixed_y)
+    # every image is a constant l, and its label puts weight l on class 1
+    np.testing.assert_allclose(mixed_x[:, 0, 0, 0], mixed_y[:, 1], atol=1e-6)
+    np.testing.assert_allclose(mixed_y.sum(axis=1), 1.0, atol=1e-6)
+    with pytest.raises(ValueError, match="alpha"):
+        recipes.mixup_batch(0.0)
+
+
+@pytest.mark.parametrize("policy", ["flip", "shift_flip", "randaugment", "augmix"])
+def test_augmentation_policies_run_on_grayscale_batches(policy):
+    layer = recipes.augmentation_layer(policy, seed=1)
+    x = np.random.default_rng(0).uniform(size=(4, 28, 28, 1)).astype("float32")
+    y = np.asarray(layer(x, training=True))
+    assert y.shape == x.shape and np.isfinite(y).all()
+    assert recipes.augmentation_layer("none") is None
+
+
+def test_label_smoothing_mixup_and_augment_train_on_real_data(fashion_mnist_small):
+    r = Recipe(
+        epochs=1, batch_size=64, learning_rate=0.05, label_smoothing=0.3, mixup=0.2, augment="flip",
+        weight_decay=1e-4, stabilize_epochs=1,
+    )
+    splits = r.datasets("fashion_mnist", limit=256, validation_split=0.25)
+    x, y = next(iter(splits.train))
+    assert y.shape[-1] == 10 and float(tf.reduce_min(tf.reduce_max(y, axis=1))) < 1.0  # mixed one-hot
+    model = tiny_gated_model_28()
+    hist = recipes.fit_recipe(model, r, splits, verbose=0)
+    assert set(hist.history) >= {"loss", "accuracy", "top5", "gate_activation", "val_accuracy"}
+    # the loss really is label-smoothed categorical cross-entropy
+    loss, _ = r.loss_and_metrics()
+    assert isinstance(loss, keras.losses.CategoricalCrossentropy) and loss.label_smoothing == 0.3
+    stab = r.stabilization()
+    assert stab.epochs == 1 and stab.mixup == 0 and stab.learning_rate == r.stabilize_lr
+    assert stab.augment == "flip" and not stab.cosine_decay and stab.stabilization() is None
+    hist2 = recipes.fit_recipe(model, stab, stab.datasets("fashion_mnist", limit=256, validation_split=0.25), verbose=0)
+    assert float(model.optimizer.learning_rate) == pytest.approx(r.stabilize_lr)
+    assert np.isfinite(hist2.history["loss"][0])
+
+
+def tiny_gated_model_28():
+    inputs = keras.Input((28, 28, 1))
+    x = keras.layers.Conv2D(8, 3, strides=2, padding="same", name="conv1")(inputs)
+    x = keras.layers.BatchNormalization(name="bn1")(x)
+    x = keras.layers.ReLU()(x)
+    x, z = tfgated.channel_gate(x, 2, "independent", name="conv1")
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    outputs = keras.layers.Dense(10, activation="softmax", name="head")(x)
+    return tfgated.gated_model(inputs, outputs, [z], target=0.5, name="tiny28")

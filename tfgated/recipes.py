@@ -1,0 +1,616 @@
+"""Training recipes: the "Improving" pieces of SIPA, each a switch.
+
+SIPA (Lee et al., MicroNet Challenge 2019, section 2.2 and Appendix A.2)
+improves a searched network by greedily adopting training tricks. Each trick
+here is a small composable Keras piece with an on/off switch, gathered in one
+:class:`Recipe`:
+
+=====================  =====================================================
+switch                 piece
+=====================  =====================================================
+``learning_rate``      initial learning rate
+``cosine_decay``       ``keras.optimizers.schedules.CosineDecay`` over all
+                       training steps (``warmup_epochs``: linear warmup)
+``weight_decay``       decoupled weight decay (SGDW / AdamW)
+``bias_decay``         ``False``: biases are excluded from weight decay
+``bn_decay``           ``False``: batch-norm gamma/beta are excluded
+``gate_decay``         ``False``: gate logits/gate networks are excluded
+``ghost_batch_norm``   virtual batch size of :class:`GhostBatchNormalization`
+                       swapped in for every BN layer (0: off)
+``mixup``              mixup alpha (0: off), a ``tf.data`` map on batches
+``label_smoothing``    epsilon of label smoothing (SIPA uses 0.3; 0: off)
+``activation``         ``"relu"``/``"swish"``: an architecture switch, passed
+                       as override to ``tfgated.zoo.load(activation=...)``
+``augment``            augmentation policy (Keras layers in the pipeline):
+                       ``none``, ``flip``, ``shift_flip``, ``randaugment``,
+                       ``augmix``
+``stabilize_epochs``   "distribution stabilization": a short fine-tune with a
+                       small constant LR (``stabilize_lr``) and only weak
+                       augmentation (``stabilize_augment``), no mixup
+=====================  =====================================================
+
+Mixup and label smoothing need one-hot labels; :meth:`Recipe.datasets` and
+:meth:`Recipe.compile` agree on this through :attr:`Recipe.one_hot`. Models
+output softmax probabilities (the zoo's convention); pass
+``from_logits=True`` to :meth:`Recipe.compile` otherwise.
+
+Typical use::
+
+    recipe = Recipe(epochs=30, learning_rate=0.1, label_smoothing=0.1)
+    model = recipe.prepare_model(zoo.load(name, **recipe.model_overrides()))
+    splits = recipe.datasets("fashion_mnist")
+    history = fit_recipe(model, recipe, splits)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from typing import Any, Dict, Optional
+
+import keras
+from keras import ops
+
+__all__ = [
+    "AUGMENT_POLICIES",
+    "GhostBatchNormalization",
+    "Recipe",
+    "augmentation_layer",
+    "fit_recipe",
+    "mixup_batch",
+    "use_ghost_batch_norm",
+    "weight_decay_exclusions",
+]
+
+OPTIMIZERS = ("sgd", "adam")
+AUGMENT_POLICIES = ("none", "flip", "shift_flip", "randaugment", "augmix")
+ACTIVATIONS = ("relu", "swish")
+
+
+# --------------------------------------------------------------------------- ghost batch norm
+
+
+@keras.saving.register_keras_serializable(package="tfgated")
+class GhostBatchNormalization(keras.layers.BatchNormalization):
+    """Batch normalization over *virtual* batches (Hoffer et al. 2017).
+
+    In training the batch is split into consecutive virtual batches of
+    ``virtual_batch_size`` examples (the last one may be smaller); each is
+    normalized with its own mean and variance. The moving statistics are
+    updated with the mean over virtual batches of their statistics. At
+    inference it is an ordinary ``BatchNormalization``, and it holds the same
+    weights, so weights transfer both ways.
+
+    Args:
+        virtual_batch_size: examples per virtual batch (positive integer).
+        **kwargs: as for ``keras.layers.BatchNormalization``; only the last
+            axis (channels-last) is supported, and not ``renorm``.
+    """
+
+    def __init__(self, virtual_batch_size=32, **kwargs):
+        super().__init__(**kwargs)
+        if isinstance(virtual_batch_size, bool) or not isinstance(virtual_batch_size, int) or virtual_batch_size < 1:
+            raise ValueError(
+                "Expected virtual_batch_size to be a positive integer. "
+                f"Received: virtual_batch_size={virtual_batch_size!r}"
+            )
+        if self.renorm:
+            raise ValueError("GhostBatchNormalization does not support renorm=True.")
+        self.virtual_batch_size = virtual_batch_size
+
+    def build(self, input_shape):
+        super().build(input_shape)
+        if self.axis not in (-1, len(input_shape) - 1):
+            raise ValueError(
+                "GhostBatchNormalization normalizes the last axis only. "
+                f"Received: axis={self.axis} for inputs of shape {input_shape}"
+            )
+
+    def _ghost_moments(self, inputs):
+        """Per-example mean/variance of its virtual batch, and their batch averages."""
+        rank = len(inputs.shape)
+        spatial_axes = tuple(range(1, rank - 1))
+        batch = ops.shape(inputs)[0]
+        sums = ops.sum(inputs, axis=spatial_axes) if spatial_axes else inputs
+        squares = ops.sum(ops.square(inputs), axis=spatial_axes) if spatial_axes else ops.square(inputs)
+        positions = 1
+        for axis in spatial_axes:
+            positions = positions * ops.shape(inputs)[axis]
+        group = ops.floor_divide(ops.arange(batch), self.virtual_batch_size)
+        num_groups = ops.floor_divide(batch + self.virtual_batch_size - 1, self.virtual_batch_size)
+        # assignment[i, g] = 1 iff example i is in virtual batch g
+        assignment = ops.cast(
+            ops.equal(ops.expand_dims(group, 1), ops.expand_dims(ops.arange(num_groups), 0)),
+            inputs.dtype,
+        )
+        counts = ops.sum(assignment, axis=0) * ops.cast(positions, inputs.dtype)  # (groups,)
+        group_mean = ops.matmul(ops.transpose(assignment), sums) / ops.expand_dims(counts, 1)
+        group_square = ops.matmul(ops.transpose(assignment), squares) / ops.expand_dims(counts, 1)
+        group_var = ops.maximum(group_square - ops.square(group_mean), 0.0)
+        example_mean = ops.matmul(assignment, group_mean)  # (batch, channels)
+        example_var = ops.matmul(assignment, group_var)
+        shape = [-1] + [1] * len(spatial_axes) + [inputs.shape[-1]]
+        return (
+            ops.reshape(example_mean, shape),
+            ops.reshape(example_var, shape),
+            ops.mean(group_mean, axis=0),
+            ops.mean(group_var, axis=0),
+        )
+
+    def call(self, inputs, training=None, mask=None):
+        if not (training and self.trainable) or mask is not None:
+            return super().call(inputs, training=training, mask=mask)
+        x = ops.cast(inputs, "float32")
+        mean, variance, batch_mean, batch_var = self._ghost_moments(x)
+        momentum = self.momentum
+        self.moving_mean.assign(
+            ops.cast(self.moving_mean, "float32") * momentum + batch_mean * (1.0 - momentum)
+        )
+        self.moving_variance.assign(
+            ops.cast(self.moving_variance, "float32") * momentum + batch_var * (1.0 - momentum)
+        )
+        outputs = (x - mean) * ops.rsqrt(variance + self.epsilon)
+        if self.scale:
+            outputs = outputs * ops.cast(self.gamma, "float32")
+        if self.center:
+            outputs = outputs + ops.cast(self.beta, "float32")
+        return ops.cast(outputs, self.compute_dtype)
+
+    def get_config(self):
+        return {**super().get_config(), "virtual_batch_size": self.virtual_batch_size}
+
+
+def use_ghost_batch_norm(model, virtual_batch_size=32):
+    """A clone of a functional/sequential ``model`` with ghost batch norm.
+
+    Every top-level ``keras.layers.BatchNormalization`` (not the BN inside
+    gate networks or other composite layers) is replaced by a
+    :class:`GhostBatchNormalization` with the same config and weights; every
+    other layer is kept with its weights. The clone is not compiled.
+    """
+    if isinstance(virtual_batch_size, bool) or not isinstance(virtual_batch_size, int) or virtual_batch_size < 1:
+        raise ValueError(
+            "Expected virtual_batch_size to be a positive integer. "
+            f"Received: virtual_batch_size={virtual_batch_size!r}"
+        )
+    swapped = []
+
+    def clone(layer):
+        config = layer.get_config()
+        if type(layer) is keras.layers.BatchNormalization or isinstance(layer, GhostBatchNormalization):
+            config.pop("virtual_batch_size", None)
+            new = GhostBatchNormalization(virtual_batch_size=virtual_batch_size, **config)
+            swapped.append((layer, new))
+            return new
+        new = layer.__class__.from_config(config)
+        swapped.append((layer, new))
+        return new
+
+    cloned = keras.models.clone_model(model, clone_function=clone)
+    for old, new in swapped:
+        if old.weights:
+            new.set_weights(old.get_weights())
+    return cloned
+
+
+# --------------------------------------------------------------------------- weight decay
+
+
+def _is_gate_layer(layer):
+    from tfgated.gates import GumbelGate
+
+    return isinstance(layer, GumbelGate)
+
+
+def weight_decay_exclusions(model, bias=True, batch_norm=True, gates=True):
+    """Variables to exclude from weight decay.
+
+    Args:
+        model: a built model.
+        bias: exclude every variable named ``bias``.
+        batch_norm: exclude the ``gamma``/``beta`` of every batch-norm layer.
+        gates: exclude every variable of gate layers (logits, gate networks):
+            decay would pull the gates towards probability 0.5.
+
+    Returns:
+        A list of trainable variables (no duplicates).
+    """
+    from tfgated.inference import find_layers
+
+    excluded, seen = [], set()
+
+    def add(variable):
+        if id(variable) not in seen:
+            seen.add(id(variable))
+            excluded.append(variable)
+
+    if bias:
+        for v in model.trainable_variables:
+            if v.name == "bias" or v.path.endswith("/bias"):
+                add(v)
+    if batch_norm:
+        for layer in find_layers(model, keras.layers.BatchNormalization):
+            for v in layer.trainable_variables:
+                add(v)
+    if gates:
+        for layer in find_layers(model, keras.layers.Layer):
+            if _is_gate_layer(layer):
+                for v in layer.trainable_variables:
+                    add(v)
+    return excluded
+
+
+# --------------------------------------------------------------------------- data pieces
+
+
+def augmentation_layer(policy, value_range=(0.0, 1.0), seed=None):
+    """The Keras augmentation layer of a policy name (``None`` for ``"none"``).
+
+    Policies: ``flip`` (random horizontal flip), ``shift_flip`` (random
+    translation by up to 1/8 of the size, reflect padding, plus flip),
+    ``randaugment`` (``keras.layers.RandAugment``, 2 ops, factor 0.5),
+    ``augmix`` (``keras.layers.AugMix``, an AutoAugment-style mixture).
+    Images are float in ``value_range`` (``tfgated.data`` augments in [0, 1]).
+    """
+    if policy not in AUGMENT_POLICIES:
+        raise ValueError(f"Unknown augment policy {policy!r}. Expected one of {list(AUGMENT_POLICIES)}.")
+    if policy == "none":
+        return None
+    if policy == "flip":
+        return keras.layers.RandomFlip("horizontal", seed=seed, name="augment_flip")
+    if policy == "shift_flip":
+        return keras.Sequential(
+            [
+                keras.layers.RandomTranslation(0.125, 0.125, fill_mode="reflect", seed=seed),
+                keras.layers.RandomFlip("horizontal", seed=seed),
+            ],
+            name="augment_shift_flip",
+        )
+    if policy == "randaugment":
+        return keras.layers.RandAugment(value_range=value_range, seed=seed, name="augment_randaugment")
+    return keras.layers.AugMix(value_range=value_range, seed=seed, name="augment_augmix")
+
+
+def mixup_batch(alpha, seed=None):
+    """A ``tf.data`` map ``(images, one_hot_labels) -> mixed batch`` (Zhang et al. 2018).
+
+    One ``lambda ~ Beta(alpha, alpha)`` per batch mixes the batch with a
+    shuffled copy of itself: ``x = l x + (1 - l) x[perm]``, same for labels.
+    Labels must be one-hot (float).
+    """
+    import tensorflow as tf  # data pipeline code, not a layer
+
+    if not alpha > 0:
+        raise ValueError(f"Expected mixup alpha > 0. Received: alpha={alpha}")
+
+    def fn(images, labels):
+        if labels.shape.rank is not None and labels.shape.rank < 2:
+            raise ValueError("mixup needs one-hot labels: load the data with one_hot=True.")
+        a = tf.random.gamma([], alpha, seed=seed)
+        b = tf.random.gamma([], alpha, seed=None if seed is None else seed + 1)
+        lam = a / (a + b)
+        perm = tf.random.shuffle(tf.range(tf.shape(images)[0]), seed=seed)
+        images = lam * images + (1.0 - lam) * tf.gather(images, perm)
+        labels = tf.cast(labels, images.dtype)
+        labels = lam * labels + (1.0 - lam) * tf.gather(labels, perm)
+        return images, labels
+
+    return fn
+
+
+# --------------------------------------------------------------------------- recipe
+
+
+def _positive_int(value):
+    return not isinstance(value, bool) and isinstance(value, int) and value > 0
+
+
+def _non_negative_number(value):
+    return not isinstance(value, bool) and isinstance(value, (int, float)) and value >= 0
+
+
+@dataclasses.dataclass(frozen=True)
+class Recipe:
+    """All Improving switches of one training run (see the module docstring).
+
+    Build with keyword arguments, :meth:`from_dict` or :meth:`replace`; any
+    unknown switch name raises ``ValueError`` listing the valid ones.
+    """
+
+    epochs: int = 10
+    batch_size: int = 128
+    optimizer: str = "sgd"
+    learning_rate: float = 0.1
+    momentum: float = 0.9
+    cosine_decay: bool = True
+    warmup_epochs: float = 0.0
+    min_lr_fraction: float = 0.0
+    weight_decay: float = 0.0
+    bias_decay: bool = False
+    bn_decay: bool = False
+    gate_decay: bool = False
+    ghost_batch_norm: int = 0
+    mixup: float = 0.0
+    label_smoothing: float = 0.0
+    activation: Optional[str] = None
+    augment: str = "none"
+    stabilize_epochs: int = 0
+    stabilize_lr: float = 0.001
+    stabilize_augment: str = "flip"
+
+    def __post_init__(self):
+        if not _positive_int(self.epochs):
+            raise ValueError(f"Expected epochs to be a positive integer. Received: epochs={self.epochs!r}")
+        if not _positive_int(self.batch_size):
+            raise ValueError(
+                f"Expected batch_size to be a positive integer. Received: batch_size={self.batch_size!r}"
+            )
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"Expected optimizer to be one of {list(OPTIMIZERS)}. Received: optimizer={self.optimizer!r}")
+        for name in ("learning_rate", "stabilize_lr"):
+            value = getattr(self, name)
+            if not _non_negative_number(value) or value == 0:
+                raise ValueError(f"Expected {name} > 0. Received: {name}={value!r}")
+        for name in ("momentum", "warmup_epochs", "weight_decay", "mixup"):
+            value = getattr(self, name)
+            if not _non_negative_number(value):
+                raise ValueError(f"Expected {name} >= 0. Received: {name}={value!r}")
+        if not 0 <= self.momentum < 1:
+            raise ValueError(f"Expected momentum in [0, 1). Received: momentum={self.momentum!r}")
+        if not _non_negative_number(self.min_lr_fraction) or self.min_lr_fraction > 1:
+            raise ValueError(f"Expected min_lr_fraction in [0, 1]. Received: min_lr_fraction={self.min_lr_fraction!r}")
+        if not _non_negative_number(self.label_smoothing) or self.label_smoothing >= 1:
+            raise ValueError(f"Expected label_smoothing in [0, 1). Received: label_smoothing={self.label_smoothing!r}")
+        if self.warmup_epochs >= self.epochs:
+            raise ValueError(
+                f"Expected warmup_epochs < epochs ({self.epochs}). Received: warmup_epochs={self.warmup_epochs!r}"
+            )
+        if isinstance(self.ghost_batch_norm, bool) or not isinstance(self.ghost_batch_norm, int) or self.ghost_batch_norm < 0:
+            raise ValueError(
+                "Expected ghost_batch_norm to be a virtual batch size (positive integer) or 0 (off). "
+                f"Received: ghost_batch_norm={self.ghost_batch_norm!r}"
+            )
+        if self.activation is not None and self.activation not in ACTIVATIONS:
+            raise ValueError(
+                f"Expected activation to be None or one of {list(ACTIVATIONS)}. Received: activation={self.activation!r}"
+            )
+        for name in ("augment", "stabilize_augment"):
+            if getattr(self, name) not in AUGMENT_POLICIES:
+                raise ValueError(
+                    f"Expected {name} to be one of {list(AUGMENT_POLICIES)}. Received: {name}={getattr(self, name)!r}"
+                )
+        if isinstance(self.stabilize_epochs, bool) or not isinstance(self.stabilize_epochs, int) or self.stabilize_epochs < 0:
+            raise ValueError(
+                f"Expected stabilize_epochs to be an integer >= 0. Received: stabilize_epochs={self.stabilize_epochs!r}"
+            )
+        for name in ("cosine_decay", "bias_decay", "bn_decay", "gate_decay"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"Expected {name} to be True or False. Received: {name}={getattr(self, name)!r}")
+
+    # -- construction ---------------------------------------------------------------
+
+    @classmethod
+    def switch_names(cls):
+        """The valid switch names, in declaration order."""
+        return [f.name for f in dataclasses.fields(cls)]
+
+    @classmethod
+    def check_switches(cls, names):
+        """Raise ``ValueError`` naming any unknown switch in ``names``."""
+        valid = cls.switch_names()
+        unknown = [n for n in names if n not in valid]
+        if unknown:
+            raise ValueError(
+                f"Unknown improving switch(es) {unknown}. Valid switches: {', '.join(valid)}."
+            )
+
+    @classmethod
+    def from_dict(cls, values: Optional[Dict[str, Any]] = None, **overrides):
+        """A recipe from plain data (e.g. a zoo preset's ``"recipe"``), with overrides."""
+        merged = {**(values or {}), **overrides}
+        cls.check_switches(merged)
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        coerced = {}
+        for name, value in merged.items():
+            default = fields[name].default
+            # JSON/CLI values: ints where the default is float are fine; floats that are
+            # whole numbers where an int is expected are turned into ints.
+            if isinstance(default, int) and not isinstance(default, bool) and isinstance(value, float) and value.is_integer():
+                value = int(value)
+            if isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
+                value = float(value)
+            coerced[name] = value
+        return cls(**coerced)
+
+    def replace(self, **changes):
+        """A copy with ``changes`` applied (validated like the constructor)."""
+        return Recipe.from_dict(self.to_dict(), **changes)
+
+    def to_dict(self):
+        """Plain-data form (JSON-serializable)."""
+        return dataclasses.asdict(self)
+
+    def to_json(self):
+        """Canonical JSON (sorted keys): equal recipes give equal strings."""
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    # -- derived ------------------------------------------------------------------
+
+    @property
+    def one_hot(self):
+        """Whether labels must be one-hot (mixup or label smoothing is on)."""
+        return self.mixup > 0 or self.label_smoothing > 0
+
+    def model_overrides(self):
+        """Architecture overrides for ``tfgated.zoo.load(name, **overrides)``."""
+        return {} if self.activation is None else {"activation": self.activation}
+
+    def prepare_model(self, model):
+        """Apply model-level switches (ghost batch norm) to a built model."""
+        if self.ghost_batch_norm:
+            model = use_ghost_batch_norm(model, self.ghost_batch_norm)
+        return model
+
+    def stabilization(self):
+        """The recipe of the distribution-stabilization fine-tune, or ``None`` if off.
+
+        A few epochs (``stabilize_epochs``) at the small constant learning rate
+        ``stabilize_lr``, with weak augmentation (``stabilize_augment``) and
+        neither mixup nor warmup, so the network adapts to the clean data
+        distribution it is evaluated on.
+        """
+        if not self.stabilize_epochs:
+            return None
+        return self.replace(
+            epochs=self.stabilize_epochs,
+            learning_rate=self.stabilize_lr,
+            cosine_decay=False,
+            warmup_epochs=0.0,
+            mixup=0.0,
+            augment=self.stabilize_augment,
+            ghost_batch_norm=self.ghost_batch_norm,
+            stabilize_epochs=0,
+        )
+
+    def learning_rate_schedule(self, steps_per_epoch=None):
+        """The learning rate: a float, or a ``CosineDecay`` schedule (with warmup)."""
+        if not (self.cosine_decay or self.warmup_epochs):
+            return float(self.learning_rate)
+        if not _positive_int(steps_per_epoch):
+            raise ValueError(
+                "Expected steps_per_epoch (a positive integer) for cosine decay or warmup. "
+                f"Received: steps_per_epoch={steps_per_epoch!r}"
+            )
+        total = self.epochs * steps_per_epoch
+        warmup = int(round(self.warmup_epochs * steps_per_epoch))
+        if not self.cosine_decay:
+            # warmup then constant: a cosine decay that never decays
+            decay_steps, alpha = 1, 1.0
+        else:
+            decay_steps, alpha = max(1, total - warmup), self.min_lr_fraction
+        if warmup:
+            return keras.optimizers.schedules.CosineDecay(
+                initial_learning_rate=0.0,
+                decay_steps=decay_steps,
+                alpha=alpha,
+                warmup_target=float(self.learning_rate),
+                warmup_steps=warmup,
+            )
+        return keras.optimizers.schedules.CosineDecay(
+            initial_learning_rate=float(self.learning_rate), decay_steps=decay_steps, alpha=alpha
+        )
+
+    def build_optimizer(self, model, steps_per_epoch=None):
+        """SGD(W) with Nesterov momentum or Adam(W), with the weight-decay exclusions."""
+        lr = self.learning_rate_schedule(steps_per_epoch)
+        wd = float(self.weight_decay) or None
+        if self.optimizer == "sgd":
+            optimizer = keras.optimizers.SGD(
+                learning_rate=lr, momentum=self.momentum, nesterov=self.momentum > 0, weight_decay=wd
+            )
+        elif wd:
+            optimizer = keras.optimizers.AdamW(learning_rate=lr, weight_decay=wd)
+        else:
+            optimizer = keras.optimizers.Adam(learning_rate=lr)
+        if wd:
+            excluded = weight_decay_exclusions(
+                model, bias=not self.bias_decay, batch_norm=not self.bn_decay, gates=not self.gate_decay
+            )
+            optimizer.exclude_from_weight_decay(var_list=excluded)
+        return optimizer
+
+    def loss_and_metrics(self, from_logits=False):
+        """Loss (with label smoothing) and the ``accuracy``/``top5`` metrics."""
+        if self.one_hot:
+            loss = keras.losses.CategoricalCrossentropy(
+                from_logits=from_logits, label_smoothing=float(self.label_smoothing)
+            )
+            metrics = [
+                keras.metrics.CategoricalAccuracy(name="accuracy"),
+                keras.metrics.TopKCategoricalAccuracy(k=5, name="top5"),
+            ]
+        else:
+            loss = keras.losses.SparseCategoricalCrossentropy(from_logits=from_logits)
+            metrics = [
+                keras.metrics.SparseCategoricalAccuracy(name="accuracy"),
+                keras.metrics.SparseTopKCategoricalAccuracy(k=5, name="top5"),
+            ]
+        return loss, metrics
+
+    def compile(self, model, steps_per_epoch=None, from_logits=False, **compile_kwargs):
+        """Compile ``model`` with this recipe's optimizer, loss and metrics.
+
+        ``steps_per_epoch`` is needed when cosine decay or warmup is on.
+        Returns ``model``.
+        """
+        loss, metrics = self.loss_and_metrics(from_logits=from_logits)
+        model.compile(
+            optimizer=self.build_optimizer(model, steps_per_epoch),
+            loss=loss,
+            metrics=metrics,
+            **compile_kwargs,
+        )
+        return model
+
+    def datasets(self, name="fashion_mnist", seed=42, **load_kwargs):
+        """``tfgated.data.load_dataset`` with this recipe's batch size, labels and augmentation.
+
+        Mixup (if on) is mapped over the training batches.
+        """
+        from tfgated.data import load_dataset
+
+        if "one_hot" in load_kwargs or "augment" in load_kwargs or "batch_size" in load_kwargs:
+            raise ValueError("batch_size, one_hot and augment come from the recipe; change the recipe instead.")
+        splits = load_dataset(
+            name,
+            batch_size=self.batch_size,
+            one_hot=self.one_hot,
+            augment=augmentation_layer(self.augment, seed=seed),
+            seed=seed,
+            **load_kwargs,
+        )
+        if self.mixup > 0:
+            import tensorflow as tf
+
+            train = splits.train.map(mixup_batch(float(self.mixup), seed=seed), num_parallel_calls=tf.data.AUTOTUNE)
+            splits = dataclasses.replace(splits, train=train)
+        return splits
+
+    def callbacks(self):
+        """Callbacks this recipe needs (none today: schedules live in the optimizer)."""
+        return []
+
+
+def steps_per_epoch(dataset):
+    """Batches per epoch of a finite ``tf.data`` dataset (counted if unknown)."""
+    n = int(dataset.cardinality())
+    if n < 0:
+        n = sum(1 for _ in dataset)
+    return max(1, n)
+
+
+def fit_recipe(model, recipe, splits, callbacks=(), verbose="auto", initial_epoch=0, from_logits=False):
+    """Compile ``model`` with ``recipe`` and fit it on ``splits`` (a ``DatasetSplits``).
+
+    Runs only the main phase; for the stabilization fine-tune call it again
+    with ``recipe.stabilization()`` and datasets built from that recipe.
+
+    Returns:
+        The Keras ``History``.
+    """
+    recipe.compile(model, steps_per_epoch=steps_per_epoch(splits.train), from_logits=from_logits)
+    return model.fit(
+        splits.train,
+        validation_data=splits.validation,
+        epochs=recipe.epochs,
+        initial_epoch=initial_epoch,
+        callbacks=list(callbacks) + recipe.callbacks(),
+        verbose=verbose,
+    )
+
+
+def cosine_value(start, end, fraction):
+    """Cosine interpolation from ``start`` (fraction 0) to ``end`` (fraction 1)."""
+    fraction = min(max(float(fraction), 0.0), 1.0)
+    return end + (start - end) * 0.5 * (1.0 + math.cos(math.pi * fraction))
