@@ -1,0 +1,651 @@
+"""Gated ResNets (Herrmann, Bowen, Zabih, "Channel selection using Gumbel Softmax", ECCV 2020).
+
+Two families, both plain functional Keras models built from standard layers plus the
+tfgated gates:
+
+``resnet_cifar`` (:func:`cifar_resnet`)
+    He et al. 2016's CIFAR ResNet: ``6n + 2`` layers, a 3x3 stem, three stages of ``n``
+    basic blocks with 16/32/64 channels (``widths``), global average pooling and a softmax
+    classifier. The first block of stages 2 and 3 downsamples (stride 2); its shortcut is
+    *option B* (1x1 convolution + batch norm projection), not He et al.'s option A (zero
+    padding): option B is a plain layer every exporter understands and costs only a few
+    thousand parameters. With layer gates every block whose shortcut is the identity
+    computes ``relu(x + z * branch(x))`` (``tfgated.residual_gate``, gate
+    ``stage{s}_block{b}_gate``, dependent gates read the block input). As in ConvNet-AIG
+    and the Gumbel paper, the downsampling blocks stay ungated: they change the shape, so
+    skipping them is not possible. Also used, smaller, for 28x28x1 Fashion-MNIST.
+
+``resnet_imagenet`` (:func:`imagenet_resnet`)
+    ResNet-50/101/152 v1 with bottleneck blocks, layer for layer and name for name the
+    structure of ``keras.applications.ResNet50``/``ResNet101``/``ResNet152`` ("conv1_conv",
+    "conv2_block1_1_conv", ..., "conv5_block3_out", "avg_pool", "predictions"), so their
+    ImageNet weights fill every ungated layer (:func:`load_keras_applications_weights`, or
+    ``model.load_weights(h5_file, by_name=True)`` with the legacy keras-applications file).
+    Two gate levels:
+
+    * ``"layer"``: one gate per identity block (block 2.. of each stage; block 1 has a
+      projection shortcut and stays ungated): ``conv{s}_block{b}_add`` becomes
+      ``shortcut + z * branch`` with gate ``conv{s}_block{b}_gate``, context = block input.
+    * ``"channel"``: channel gates inside *every* bottleneck branch, following the
+      supplement ("each gate controls 16, 32, 64 or 128 filters in the four layers'
+      expansions, and half that in the contractions"). Gated tensors, for stage ``s`` with
+      expansion granularity ``g``: the contraction 1x1 conv's output after ReLU
+      (``..._1_relu`` -> mask ``..._1_mask``, ``g/2`` filters per gate), the 3x3 conv's
+      output after ReLU (``..._2_relu`` -> ``..._2_mask``, ``g/2``) and the expansion 1x1
+      conv's output after batch norm, before the residual add (``..._3_bn`` ->
+      ``..._3_mask``, ``g``). Every stage then has 8 + 8 + 16 gates per block. No gate is
+      forced open: every gated tensor lies on a residual branch, so closing all of a
+      tensor's gates cannot cut the network. Dependent gates read the block input.
+
+The ``gates`` argument of both builders is ``None`` (dense network, exactly the
+keras.applications model for ImageNet) or a dict::
+
+    {"kind": "independent" | "dependent",       # required
+     "loss": "per_batch" | "per_gate",           # default "per_batch"
+     "target": 0.5, "weight": 1.0,               # activation loss target rate and weight
+     "level": "layer" | "channel",               # imagenet only; default "layer"
+     "granularity": [16, 32, 64, 128],           # channel level: expansion filters per gate per stage
+     "temperature", "open_probability", "hidden_units", "threshold",
+     "inference_style", "seed"}                  # passed to every GumbelGate
+
+Presets (:data:`PRESETS`) are plain data; see each preset's ``description`` and ``paper``.
+"""
+
+from __future__ import annotations
+
+import os
+
+import keras
+from keras import layers
+
+import tfgated
+try:  # the registry is written concurrently; the builders work without it
+    from tfgated.zoo.registry import register_family
+except ImportError:  # pragma: no cover - only while the registry is missing
+
+    def register_family(name):
+        def decorator(builder):
+            return builder
+
+        return decorator
+
+
+CIFAR_FAMILY = "resnet_cifar"
+IMAGENET_FAMILY = "resnet_imagenet"
+
+#: Blocks per stage of the ImageNet bottleneck ResNets (conv2_x .. conv5_x).
+IMAGENET_BLOCKS = {50: (3, 4, 6, 3), 101: (3, 4, 23, 3), 152: (3, 8, 36, 3)}
+#: Bottleneck (contraction) filters of the four stages; the expansion has 4x as many.
+IMAGENET_FILTERS = (64, 128, 256, 512)
+#: Supplement: filters per gate in the four stages' expansions (contractions: half).
+CHANNEL_GRANULARITY = (16, 32, 64, 128)
+
+GATE_KINDS = ("independent", "dependent")
+LOSS_MODES = ("per_batch", "per_gate")
+GATE_LEVELS = ("layer", "channel")
+_GATE_KWARGS = ("temperature", "open_probability", "hidden_units", "threshold", "inference_style")
+_GATE_KEYS = ("kind", "loss", "target", "weight", "level", "granularity", "seed") + _GATE_KWARGS
+
+_BN_EPSILON = 1.001e-5  # keras.applications' value (Caffe's ResNets)
+
+
+# -- gate configuration --------------------------------------------------------------
+
+
+class _GateSpec:
+    """Checked gate configuration of one model build; hands out per-gate kwargs."""
+
+    def __init__(self, gates, levels):
+        if not isinstance(gates, dict):
+            raise ValueError(
+                f"Expected gates to be None or a dict. Received: gates={gates!r}"
+            )
+        unknown = sorted(set(gates) - set(_GATE_KEYS))
+        if unknown:
+            raise ValueError(
+                f"Unknown gate option(s) {unknown}. Expected keys among {list(_GATE_KEYS)}."
+            )
+        if "kind" not in gates:
+            raise ValueError(f"Expected gates['kind'] in {list(GATE_KINDS)}. Received: gates={gates!r}")
+        self.kind = gates["kind"]
+        if self.kind not in GATE_KINDS:
+            raise ValueError(f"Expected gates['kind'] in {list(GATE_KINDS)}. Received: kind={self.kind!r}")
+        self.mode = gates.get("loss", "per_batch")
+        if self.mode not in LOSS_MODES:
+            raise ValueError(f"Expected gates['loss'] in {list(LOSS_MODES)}. Received: loss={self.mode!r}")
+        self.target = float(gates.get("target", 0.5))
+        if not 0.0 <= self.target <= 1.0:
+            raise ValueError(f"Expected gates['target'] in [0, 1]. Received: target={self.target}")
+        self.weight = float(gates.get("weight", 1.0))
+        if not self.weight >= 0:
+            raise ValueError(f"Expected gates['weight'] >= 0. Received: weight={self.weight}")
+        self.level = gates.get("level", "layer")
+        if self.level not in levels:
+            raise ValueError(f"Expected gates['level'] in {list(levels)}. Received: level={self.level!r}")
+        granularity = gates.get("granularity", CHANNEL_GRANULARITY)
+        if "granularity" in gates and self.level != "channel":
+            raise ValueError(
+                "gates['granularity'] only applies to level='channel'. "
+                f"Received: level={self.level!r}, granularity={granularity!r}"
+            )
+        self.granularity = tuple(granularity)
+        if len(self.granularity) != 4 or not all(
+            isinstance(g, int) and g >= 2 and g % 2 == 0 for g in self.granularity
+        ):
+            raise ValueError(
+                "Expected gates['granularity'] to be 4 even integers >= 2 (expansion filters per "
+                f"gate of the four stages). Received: granularity={granularity!r}"
+            )
+        self.seed = gates.get("seed")
+        self.gate_kwargs = {k: gates[k] for k in _GATE_KWARGS if k in gates}
+        self._count = 0
+
+    def kwargs(self):
+        """GumbelGate kwargs for the next gate (distinct seeds when a seed is given)."""
+        kwargs = dict(self.gate_kwargs)
+        if self.seed is not None:
+            kwargs["seed"] = int(self.seed) + self._count
+        self._count += 1
+        return kwargs
+
+
+def _check_input_shape(input_shape, min_size):
+    shape = tuple(input_shape)
+    if len(shape) != 3 or not all(isinstance(d, int) and d > 0 for d in shape):
+        raise ValueError(
+            f"Expected input_shape (height, width, channels) of positive integers. "
+            f"Received: input_shape={input_shape!r}"
+        )
+    if shape[0] < min_size or shape[1] < min_size:
+        raise ValueError(
+            f"Expected an input of at least {min_size}x{min_size}. Received: input_shape={input_shape!r}"
+        )
+    return shape
+
+
+def _check_num_classes(num_classes):
+    if not isinstance(num_classes, int) or num_classes < 1:
+        raise ValueError(f"Expected num_classes to be a positive integer. Received: num_classes={num_classes!r}")
+
+
+def _finish(inputs, x, num_classes, spec, gate_tensors, name):
+    x = layers.GlobalAveragePooling2D(name="avg_pool")(x)
+    outputs = layers.Dense(num_classes, activation="softmax", name="predictions")(x)
+    if spec is None:
+        return keras.Model(inputs, outputs, name=name)
+    return tfgated.gated_model(
+        inputs, outputs, gates=gate_tensors, target=spec.target, mode=spec.mode, weight=spec.weight, name=name
+    )
+
+
+# -- CIFAR ResNet ----------------------------------------------------------------------
+
+
+def _basic_block(x, filters, stride, name, spec, gate_tensors):
+    """He et al.'s basic block; gated iff the shortcut is the identity and ``spec`` is set."""
+    projection = stride != 1 or x.shape[-1] != filters
+    block_input = x
+    y = layers.Conv2D(filters, 3, strides=stride, padding="same", use_bias=False, name=f"{name}_1_conv")(x)
+    y = layers.BatchNormalization(epsilon=_BN_EPSILON, name=f"{name}_1_bn")(y)
+    y = layers.Activation("relu", name=f"{name}_1_relu")(y)
+    y = layers.Conv2D(filters, 3, padding="same", use_bias=False, name=f"{name}_2_conv")(y)
+    y = layers.BatchNormalization(epsilon=_BN_EPSILON, name=f"{name}_2_bn")(y)
+    if projection:
+        shortcut = layers.Conv2D(filters, 1, strides=stride, use_bias=False, name=f"{name}_0_conv")(x)
+        shortcut = layers.BatchNormalization(epsilon=_BN_EPSILON, name=f"{name}_0_bn")(shortcut)
+        x = layers.Add(name=f"{name}_add")([shortcut, y])
+    elif spec is not None:
+        x, z = tfgated.residual_gate(x, y, spec.kind, context=block_input, name=name, **spec.kwargs())
+        gate_tensors.append(z)
+    else:
+        x = layers.Add(name=f"{name}_add")([x, y])
+    return layers.Activation("relu", name=f"{name}_out")(x)
+
+
+@register_family(CIFAR_FAMILY)
+def cifar_resnet(
+    num_classes=10,
+    input_shape=(32, 32, 3),
+    gates=None,
+    depth=110,
+    widths=(16, 32, 64),
+    name=None,
+):
+    """CIFAR-style ResNet (``depth = 6n + 2``) with optional layer gates.
+
+    Args:
+        num_classes: classes of the softmax classifier.
+        input_shape: ``(height, width, channels)``, at least 8x8 (e.g. 32x32x3 or 28x28x1).
+        gates: ``None`` for the dense network, or a gate dict (see the module docstring;
+            only ``level="layer"``).
+        depth: ``6n + 2`` layers, e.g. 20, 32, 44, 56, 110 (``n`` basic blocks per stage).
+        widths: channels of the three stages (the stem has ``widths[0]``).
+        name: model name; defaults to ``"resnet{depth}"`` or ``"gumbel_resnet{depth}"``.
+
+    Returns:
+        An uncompiled ``keras.Model`` mapping images to softmax probabilities. Gated models
+        end with the ``activation_loss`` layer (:func:`tfgated.gated_model`).
+    """
+    _check_num_classes(num_classes)
+    input_shape = _check_input_shape(input_shape, 8)
+    if not isinstance(depth, int) or depth < 8 or (depth - 2) % 6:
+        raise ValueError(f"Expected depth = 6n + 2 with n >= 1 (8, 14, 20, ..., 110). Received: depth={depth!r}")
+    widths = tuple(widths)
+    if len(widths) != 3 or not all(isinstance(w, int) and w > 0 for w in widths):
+        raise ValueError(f"Expected widths to be 3 positive integers. Received: widths={widths!r}")
+    spec = None if gates is None else _GateSpec(gates, levels=("layer",))
+    blocks = (depth - 2) // 6
+    name = name or (f"resnet{depth}" if spec is None else f"gumbel_resnet{depth}")
+
+    inputs = keras.Input(shape=input_shape, name="image")
+    x = layers.Conv2D(widths[0], 3, padding="same", use_bias=False, name="conv1_conv")(inputs)
+    x = layers.BatchNormalization(epsilon=_BN_EPSILON, name="conv1_bn")(x)
+    x = layers.Activation("relu", name="conv1_relu")(x)
+    gate_tensors = []
+    for stage, filters in enumerate(widths, start=1):
+        for block in range(1, blocks + 1):
+            stride = 2 if (stage > 1 and block == 1) else 1
+            x = _basic_block(x, filters, stride, f"stage{stage}_block{block}", spec, gate_tensors)
+    return _finish(inputs, x, num_classes, spec, gate_tensors, name)
+
+
+# -- ImageNet bottleneck ResNet -----------------------------------------------------------
+
+
+def _bottleneck_block(x, filters, stride, conv_shortcut, name, spec, granularity, gate_tensors):
+    """``keras.applications`` ``residual_block_v1`` with optional layer or channel gates."""
+    block_input = x
+    channel = spec is not None and spec.level == "channel"
+
+    def mask(tensor, index, g):
+        gated, z = tfgated.channel_gate(
+            tensor, g, spec.kind, context=block_input, name=f"{name}_{index}", **spec.kwargs()
+        )
+        gate_tensors.append(z)
+        return gated
+
+    if conv_shortcut:
+        shortcut = layers.Conv2D(4 * filters, 1, strides=stride, name=f"{name}_0_conv")(x)
+        shortcut = layers.BatchNormalization(epsilon=_BN_EPSILON, name=f"{name}_0_bn")(shortcut)
+    else:
+        shortcut = x
+    y = layers.Conv2D(filters, 1, strides=stride, name=f"{name}_1_conv")(x)
+    y = layers.BatchNormalization(epsilon=_BN_EPSILON, name=f"{name}_1_bn")(y)
+    y = layers.Activation("relu", name=f"{name}_1_relu")(y)
+    if channel:
+        y = mask(y, 1, granularity // 2)
+    y = layers.Conv2D(filters, 3, padding="same", name=f"{name}_2_conv")(y)
+    y = layers.BatchNormalization(epsilon=_BN_EPSILON, name=f"{name}_2_bn")(y)
+    y = layers.Activation("relu", name=f"{name}_2_relu")(y)
+    if channel:
+        y = mask(y, 2, granularity // 2)
+    y = layers.Conv2D(4 * filters, 1, name=f"{name}_3_conv")(y)
+    y = layers.BatchNormalization(epsilon=_BN_EPSILON, name=f"{name}_3_bn")(y)
+    if channel:
+        y = mask(y, 3, granularity)
+    if spec is not None and spec.level == "layer" and not conv_shortcut:
+        x, z = tfgated.residual_gate(shortcut, y, spec.kind, context=block_input, name=name, **spec.kwargs())
+        gate_tensors.append(z)
+    else:
+        x = layers.Add(name=f"{name}_add")([shortcut, y])
+    return layers.Activation("relu", name=f"{name}_out")(x)
+
+
+@register_family(IMAGENET_FAMILY)
+def imagenet_resnet(
+    num_classes=1000,
+    input_shape=(224, 224, 3),
+    gates=None,
+    depth=50,
+    name=None,
+):
+    """ImageNet ResNet-50/101/152 v1 (keras.applications layout and names) with optional gates.
+
+    Args:
+        num_classes: classes of the softmax classifier ("predictions").
+        input_shape: ``(height, width, channels)``, at least 32x32.
+        gates: ``None`` for the dense keras.applications network, or a gate dict (see the
+            module docstring) with ``level="layer"`` (identity blocks) or ``"channel"``.
+        depth: 50, 101 or 152.
+        name: model name; defaults to ``"resnet{depth}"`` or ``"gumbel_resnet{depth}"``.
+
+    Returns:
+        An uncompiled ``keras.Model`` mapping images (keras.applications' "caffe"
+        preprocessing for its pretrained weights) to softmax probabilities.
+    """
+    _check_num_classes(num_classes)
+    input_shape = _check_input_shape(input_shape, 32)
+    if depth not in IMAGENET_BLOCKS:
+        raise ValueError(f"Expected depth in {sorted(IMAGENET_BLOCKS)}. Received: depth={depth!r}")
+    spec = None if gates is None else _GateSpec(gates, levels=GATE_LEVELS)
+    name = name or (f"resnet{depth}" if spec is None else f"gumbel_resnet{depth}")
+
+    inputs = keras.Input(shape=input_shape, name="image")
+    x = layers.ZeroPadding2D(padding=((3, 3), (3, 3)), name="conv1_pad")(inputs)
+    x = layers.Conv2D(64, 7, strides=2, name="conv1_conv")(x)
+    x = layers.BatchNormalization(epsilon=_BN_EPSILON, name="conv1_bn")(x)
+    x = layers.Activation("relu", name="conv1_relu")(x)
+    x = layers.ZeroPadding2D(padding=((1, 1), (1, 1)), name="pool1_pad")(x)
+    x = layers.MaxPooling2D(3, strides=2, name="pool1_pool")(x)
+    gate_tensors = []
+    granularities = spec.granularity if spec is not None else CHANNEL_GRANULARITY
+    for index, (blocks, filters) in enumerate(zip(IMAGENET_BLOCKS[depth], IMAGENET_FILTERS)):
+        stage = index + 2
+        for block in range(1, blocks + 1):
+            first = block == 1
+            stride = 2 if (first and stage > 2) else 1
+            x = _bottleneck_block(
+                x,
+                filters,
+                stride,
+                conv_shortcut=first,
+                name=f"conv{stage}_block{block}",
+                spec=spec,
+                granularity=granularities[index],
+                gate_tensors=gate_tensors,
+            )
+    return _finish(inputs, x, num_classes, spec, gate_tensors, name)
+
+
+def resnet50(num_classes=1000, input_shape=(224, 224, 3), gates=None, name=None):
+    """Shortcut for ``imagenet_resnet(depth=50, ...)``."""
+    return imagenet_resnet(num_classes=num_classes, input_shape=input_shape, gates=gates, depth=50, name=name)
+
+
+def resnet101(num_classes=1000, input_shape=(224, 224, 3), gates=None, name=None):
+    """Shortcut for ``imagenet_resnet(depth=101, ...)``."""
+    return imagenet_resnet(num_classes=num_classes, input_shape=input_shape, gates=gates, depth=101, name=name)
+
+
+# -- pretrained weights -----------------------------------------------------------------------
+
+
+def load_keras_applications_weights(model, source, skip=()):
+    """Copy keras.applications ResNet weights into ``model`` by layer name.
+
+    Args:
+        model: a model from :func:`imagenet_resnet` (gated or dense).
+        source: a ``keras.applications`` ResNet model (e.g.
+            ``keras.applications.ResNet50(weights="imagenet")``) or the path of a legacy
+            keras-applications ``.h5`` weights file (e.g.
+            ``resnet50_weights_tf_dim_ordering_tf_kernels.h5``), read by layer name.
+        skip: layer names not to copy (e.g. ``("predictions",)`` for another number of
+            classes).
+
+    Returns:
+        The sorted names of the copied layers. Layers of ``model`` missing from the source
+        (the gates) keep their values.
+
+    Raises:
+        FileNotFoundError: ``source`` is a path that does not exist.
+        ValueError: a source layer is missing from ``model`` or its weights differ in shape.
+    """
+    skip = set(skip)
+    if isinstance(source, (str, os.PathLike)):
+        return _load_h5_by_name(model, os.fspath(source), skip)
+    if not isinstance(source, keras.Model):
+        raise ValueError(
+            f"Expected source to be a keras.Model or a weights file path. Received: source={source!r}"
+        )
+    copied = []
+    for layer in source.layers:
+        weights = layer.get_weights()
+        if not weights or layer.name in skip:
+            continue
+        _set_layer_weights(model, layer.name, weights)
+        copied.append(layer.name)
+    return sorted(copied)
+
+
+def _set_layer_weights(model, layer_name, weights):
+    try:
+        target = model.get_layer(layer_name)
+    except ValueError:
+        raise ValueError(
+            f"Layer {layer_name!r} of the source has no counterpart in model {model.name!r}."
+        ) from None
+    current = target.get_weights()
+    shapes = [tuple(w.shape) for w in weights]
+    expected = [tuple(w.shape) for w in current]
+    if shapes != expected:
+        raise ValueError(
+            f"Expected weights of shapes {expected} for layer {layer_name!r}. Received: shapes {shapes}"
+        )
+    target.set_weights(weights)
+
+
+def _load_h5_by_name(model, path, skip):
+    import h5py
+
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"No weights file at {path!r}.")
+    copied = []
+    with h5py.File(path, "r") as f:
+        if "layer_names" not in f.attrs and "model_weights" in f:
+            f = f["model_weights"]
+        if "layer_names" not in f.attrs:
+            raise ValueError(f"Expected a legacy Keras .h5 weights file with 'layer_names'. Received: {path!r}")
+        for raw in f.attrs["layer_names"]:
+            layer_name = raw.decode("utf8") if isinstance(raw, bytes) else str(raw)
+            group = f[layer_name]
+            weight_names = [
+                n.decode("utf8") if isinstance(n, bytes) else str(n) for n in group.attrs.get("weight_names", [])
+            ]
+            if not weight_names or layer_name in skip:
+                continue
+            _set_layer_weights(model, layer_name, [group[n][()] for n in weight_names])
+            copied.append(layer_name)
+    return sorted(copied)
+
+
+# -- presets ------------------------------------------------------------------------------------
+
+_GUMBEL_PAPER = "Herrmann, Bowen, Zabih: Channel selection using Gumbel Softmax, ECCV 2020"
+_GUMBEL_SUPPLEMENT = _GUMBEL_PAPER + " (supplement)"
+_KIND_TAGS = {"ind": "independent", "dep": "dependent"}
+_LOSS_TAGS = {"pb": "per_batch", "pg": "per_gate"}
+_KIND_WORDS = {
+    "ind": "data-independent gates (Ind: learned pruning)",
+    "dep": "data-dependent gates on the block input (Dep: conditional computation)",
+}
+_LOSS_WORDS = {
+    "pb": "per-batch activation loss (PB: one target for the mean over batch and all gates)",
+    "pg": "per-gate activation loss (PG: every gate pulled to the target)",
+}
+
+#: He et al. 2016's CIFAR schedule (164 epochs = 64k iterations at batch 128, lr / 10 at 32k and 48k).
+_CIFAR_RECIPE = {
+    "optimizer": "sgd",
+    "learning_rate": 0.1,
+    "momentum": 0.9,
+    "nesterov": False,
+    "weight_decay": 1e-4,
+    "epochs": 164,
+    "batch_size": 128,
+    "schedule": {"kind": "piecewise", "boundaries_epochs": [82, 123], "factor": 0.1},
+    "warmup": {"epochs": 1, "learning_rate": 0.01},
+    "augment": "pad4_crop_flip",
+    "loss": "sparse_categorical_crossentropy",
+    "note": (
+        "He et al. 2016's ResNet-110 CIFAR schedule (with its 0.01 warm-up). The Gumbel paper's "
+        "own CIFAR schedule is not transcribed here."
+    ),
+}
+
+#: The usual ImageNet ResNet schedule (He et al. 2016; ConvNet-AIG trains gated ResNets 100 epochs).
+_IMAGENET_RECIPE = {
+    "optimizer": "sgd",
+    "learning_rate": 0.1,
+    "momentum": 0.9,
+    "nesterov": False,
+    "weight_decay": 1e-4,
+    "epochs": 100,
+    "batch_size": 256,
+    "schedule": {"kind": "piecewise", "boundaries_epochs": [30, 60, 90], "factor": 0.1},
+    "augment": "random_resized_crop_flip",
+    "loss": "sparse_categorical_crossentropy",
+    "note": (
+        "A standard ImageNet ResNet schedule, not verified against the paper's. Start from the "
+        "keras.applications weights with load_keras_applications_weights (they expect "
+        "keras.applications.resnet.preprocess_input, i.e. 'caffe' BGR mean subtraction)."
+    ),
+}
+
+#: Fashion-MNIST: sized to reach >= 0.92 test accuracy in about 40 minutes on 2 CPU cores.
+_FASHION_RECIPE = {
+    "optimizer": "adam",
+    "learning_rate": 2e-3,
+    "weight_decay": 1e-4,
+    "epochs": 15,
+    "batch_size": 128,
+    "schedule": {"kind": "cosine"},
+    "augment": "pad2_crop_flip",
+    "validation_split": 0.1,
+    "loss": "sparse_categorical_crossentropy",
+    "note": "Our budget recipe for the 2-core benchmark machine; not from either paper.",
+}
+
+_FASHION_ARCH = {"depth": 20, "widths": [12, 24, 48]}
+_FASHION_WHY = (
+    "ResNet-20 (n=3, 7 of 9 blocks gated) at 3/4 width (12/24/48 channels, ~0.15M parameters): "
+    "the full-width 0.27M-parameter ResNet-20 takes ~200 s per Fashion-MNIST epoch on 2 cores, "
+    "so ~12 epochs fit in 40 minutes; 3/4 width costs ~0.56x the MACs (~115 s/epoch), giving "
+    "~15 epochs in ~30-40 minutes, enough for >= 0.92 test accuracy while keeping the depth "
+    "(and so the number of gated blocks) of ResNet-20. Narrower nets (8/16/32) train faster "
+    "but leave little accuracy margin once half the blocks are switched off."
+)
+
+
+def _preset(family, arch, gates, dataset, input_shape, num_classes, recipe, paper, description, test_shape=None):
+    preset = {
+        "family": family,
+        "arch": dict(arch),
+        "gates": None if gates is None else dict(gates),
+        "dataset": dataset,
+        "input_shape": list(input_shape),
+        "num_classes": num_classes,
+        "recipe": {k: (dict(v) if isinstance(v, dict) else v) for k, v in recipe.items()},
+        "weights": None,
+        "paper": paper,
+        "description": description,
+    }
+    if test_shape is not None:
+        preset["test_input_shape"] = list(test_shape)
+    return preset
+
+
+def _gates(kind_tag, loss_tag, target, **extra):
+    return {"kind": _KIND_TAGS[kind_tag], "loss": _LOSS_TAGS[loss_tag], "target": target, "weight": 1.0, **extra}
+
+
+def _build_presets():
+    presets = {}
+    combos = [(k, l) for k in ("ind", "dep") for l in ("pb", "pg")]
+
+    # CIFAR-10 ResNet-110 (supplement Table 2).
+    arch110 = {"depth": 110, "widths": [16, 32, 64]}
+    presets["resnet110_cifar10"] = _preset(
+        CIFAR_FAMILY, arch110, None, "cifar10", (32, 32, 3), 10, _CIFAR_RECIPE,
+        {
+            "source": "He, Zhang, Ren, Sun: Deep Residual Learning for Image Recognition, CVPR 2016",
+            "table": "Table 6 (CIFAR-10)",
+            "numbers": {"test_error_best": 6.43, "test_error_mean": 6.61, "test_error_std": 0.16, "params_m": 1.7},
+            "note": "He et al. use option-A (zero-padding) shortcuts; ours are option B (1x1 conv + BN).",
+        },
+        "Dense ResNet-110 for CIFAR-10 (n=18 basic blocks per stage, 16/32/64 channels, option-B "
+        "projection shortcuts on the two downsampling blocks): the ungated baseline of the Gumbel "
+        "paper's CIFAR experiments.",
+    )
+    for kind, loss in combos:
+        for target in (0.4, 0.5, 0.6):
+            presets[f"gumbel_resnet110_cifar10_{kind}_{loss}_t{target}"] = _preset(
+                CIFAR_FAMILY, arch110, _gates(kind, loss, target), "cifar10", (32, 32, 3), 10, _CIFAR_RECIPE,
+                {
+                    "source": _GUMBEL_SUPPLEMENT,
+                    "table": "Table 2 (CIFAR-10, ResNet-110)",
+                    "numbers": {},
+                    "note": "Numbers not transcribed here: see supplement Table 2.",
+                },
+                f"ResNet-110 on CIFAR-10 with a Gumbel layer gate on each of the 52 shape-keeping "
+                f"residual blocks (the 2 downsampling blocks stay ungated), {_KIND_WORDS[kind]}, "
+                f"{_LOSS_WORDS[loss]}, target rate t={target}.",
+            )
+
+    # ImageNet ResNet-50 / ResNet-101.
+    app_numbers = {50: {"top1": 0.749, "top5": 0.921}, 101: {"top1": 0.764, "top5": 0.928}}
+    for depth in (50, 101):
+        presets[f"resnet{depth}_imagenet"] = _preset(
+            IMAGENET_FAMILY, {"depth": depth}, None, "imagenet2012", (224, 224, 3), 1000, _IMAGENET_RECIPE,
+            {
+                "source": "keras.applications ResNet%d ImageNet weights (keras.io/api/applications)" % depth,
+                "table": "keras.io applications table",
+                "numbers": dict(app_numbers[depth]),
+            },
+            f"Dense ResNet-{depth} v1, layer for layer and name for name keras.applications.ResNet{depth}; "
+            "fill it with load_keras_applications_weights.",
+            test_shape=(64, 64, 3),
+        )
+
+    def imagenet_gumbel(depth, kind, loss, target, level):
+        gated = "identity block" if level == "layer" else "bottleneck"
+        what = (
+            f"a Gumbel layer gate on each identity block ({sum(IMAGENET_BLOCKS[depth]) - 4} gates; the 4 "
+            "projection blocks stay ungated)"
+            if level == "layer"
+            else "Gumbel channel gates in every bottleneck (16/32/64/128 filters per gate on the "
+            "expansion output, half that on the two contraction-width outputs)"
+        )
+        gates = _gates(kind, loss, target, level=level)
+        return _preset(
+            IMAGENET_FAMILY, {"depth": depth}, gates, "imagenet2012", (224, 224, 3), 1000, _IMAGENET_RECIPE,
+            {
+                "source": _GUMBEL_PAPER if level == "layer" else _GUMBEL_SUPPLEMENT,
+                "table": "ImageNet ResNet results (main paper)" if level == "layer" else "Sec. 1.1 granularity",
+                "numbers": {},
+                "note": (
+                    "Per-configuration numbers not transcribed here; the abstract reports 45-52% less "
+                    "computation for ImageNet ResNets."
+                ),
+            },
+            f"ResNet-{depth} v1 on ImageNet with {what}, {_KIND_WORDS[kind]}, {_LOSS_WORDS[loss]}, "
+            f"target rate t={target}. Ungated layers share keras.applications names ({gated} gating).",
+            test_shape=(64, 64, 3),
+        )
+
+    for kind, loss in combos:
+        for target in (0.4, 0.5, 0.6):
+            presets[f"gumbel_resnet50_imagenet_{kind}_{loss}_t{target}"] = imagenet_gumbel(50, kind, loss, target, "layer")
+    for kind, loss in combos:
+        presets[f"gumbel_resnet50_imagenet_channel_{kind}_{loss}_t0.5"] = imagenet_gumbel(50, kind, loss, 0.5, "channel")
+    for kind, loss in combos:
+        presets[f"gumbel_resnet101_imagenet_{kind}_{loss}_t0.5"] = imagenet_gumbel(101, kind, loss, 0.5, "layer")
+
+    # Fashion-MNIST (small, for the 2-core benchmark).
+    fashion_paper = {
+        "source": "Fashion-MNIST benchmark table (zalandoresearch/fashion-mnist)",
+        "table": "benchmark",
+        "numbers": {"two_conv_under_100k_params_accuracy": 0.925},
+        "note": "Reference point only; the Gumbel paper has no Fashion-MNIST results.",
+    }
+    presets["resnet_fashion_mnist"] = _preset(
+        CIFAR_FAMILY, _FASHION_ARCH, None, "fashion_mnist", (28, 28, 1), 10, _FASHION_RECIPE, fashion_paper,
+        "Dense baseline of the Fashion-MNIST gated ResNets. " + _FASHION_WHY,
+    )
+    presets["gumbel_resnet_fashion_mnist"] = _preset(
+        CIFAR_FAMILY, _FASHION_ARCH, _gates("dep", "pb", 0.5), "fashion_mnist", (28, 28, 1), 10,
+        _FASHION_RECIPE, fashion_paper,
+        f"Gated ResNet-20 for Fashion-MNIST, {_KIND_WORDS['dep']}, {_LOSS_WORDS['pb']}, t=0.5. " + _FASHION_WHY,
+    )
+    for kind, loss in combos:
+        for target in (0.4, 0.6):
+            presets[f"gumbel_resnet_fashion_mnist_{kind}_{loss}_t{target}"] = _preset(
+                CIFAR_FAMILY, _FASHION_ARCH, _gates(kind, loss, target), "fashion_mnist", (28, 28, 1), 10,
+                _FASHION_RECIPE, fashion_paper,
+                f"Gated ResNet-20 for Fashion-MNIST, {_KIND_WORDS[kind]}, {_LOSS_WORDS[loss]}, "
+                f"t={target} (Ind/Dep x PB/PG benchmark). " + _FASHION_WHY,
+            )
+    return presets
+
+
+#: Every ResNet preset of the zoo, by name (plain data; see the registry for ``load``).
+PRESETS = _build_presets()
