@@ -69,6 +69,7 @@ __all__ = [
     "PruningState",
     "UpdatePruningStep",
     "RANKINGS",
+    "compute_masks",
     "prunable_weights",
     "prune_low_magnitude",
     "prune_once",

@@ -1,0 +1,212 @@
+"""SIPA pruning table on Fashion-MNIST: global-normalized vs layer-wise magnitude pruning.
+
+Trains (or loads) the zoo's SIPA-style Fashion-MNIST model, then prunes copies of it
+iteratively with SIPA's schedule (10% a round to 50%, then 2.5%, then 2% steps; see
+``tfgated.pruning.sipa_schedule``), fine-tuning between rounds, once per ranking.
+Every round is checkpointed, so a killed run resumes where it stopped.
+
+    python benchmarks/sipa_prune.py                      # full run (hours on 2 CPU cores)
+    python benchmarks/sipa_prune.py --quick              # smoke run: 600 images, 1 epoch
+    python benchmarks/sipa_prune.py --model-file m.keras # start from a saved model
+
+Writes ``benchmarks/results/sipa_prune.json`` (one table per ranking: round, target and
+measured sparsity, validation accuracy, nonzero parameters) and ``sipa_prune.png``
+(validation accuracy against sparsity). ``--quick`` writes under ``runs/`` instead,
+so a smoke run never overwrites the real results.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+RESULTS = os.path.join(HERE, "results")
+RUNS = os.path.join(os.path.dirname(HERE), "runs")
+RANKINGS = ("global_normalized", "layerwise")
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--preset", default="sipa_fashion_mnist", help="zoo preset to prune")
+    p.add_argument("--weights", default=None,
+                   help="weights for zoo.load: 'default' (the preset's file) or a path; "
+                        "default: fresh initialization, trained here for --epochs")
+    p.add_argument("--model-file", default=None,
+                   help="start from this saved .keras model instead of the zoo preset")
+    p.add_argument("--epochs", type=int, default=None,
+                   help="epochs to train the base model before pruning (default 10; 0 with "
+                        "--weights default or --model-file)")
+    p.add_argument("--fine-tune-epochs", type=int, default=None, help="epochs per round (default 2)")
+    p.add_argument("--final", type=float, default=0.7, help="final sparsity (default 0.7)")
+    p.add_argument("--rankings", nargs="+", default=list(RANKINGS),
+                   choices=["global_normalized", "global", "layerwise"])
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--limit", type=int, default=None, help="use only the first N images")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--checkpoint-dir", default=None,
+                   help="round checkpoints (default runs/sipa_prune[_quick])")
+    p.add_argument("--output", default=None,
+                   help="JSON path; the PNG goes next to it (default benchmarks/results/sipa_prune.json)")
+    p.add_argument("--quick", action="store_true",
+                   help="smoke run: 600 images, 1 epoch, schedule [0.3, 0.5, 0.7], output under runs/")
+    args = p.parse_args(argv)
+    if not 0.0 < args.final < 1.0:
+        p.error(f"--final must be in (0, 1). Received: {args.final}")
+    pretrained = args.weights is not None or args.model_file is not None
+    if args.quick:
+        args.limit = args.limit or 600
+        args.epochs = 1 if args.epochs is None else args.epochs
+        args.fine_tune_epochs = 1 if args.fine_tune_epochs is None else args.fine_tune_epochs
+        args.checkpoint_dir = args.checkpoint_dir or os.path.join(RUNS, "sipa_prune_quick")
+        args.output = args.output or os.path.join(RUNS, "sipa_prune_quick", "sipa_prune.json")
+    args.epochs = (0 if pretrained else 10) if args.epochs is None else args.epochs
+    args.fine_tune_epochs = 2 if args.fine_tune_epochs is None else args.fine_tune_epochs
+    args.checkpoint_dir = args.checkpoint_dir or os.path.join(RUNS, "sipa_prune")
+    args.output = args.output or os.path.join(RESULTS, "sipa_prune.json")
+    return args
+
+
+def build_model(args, keras):
+    """The model to prune: a saved file, or the zoo preset (imported lazily)."""
+    if args.model_file:
+        if not os.path.exists(args.model_file):
+            raise FileNotFoundError(f"No model file at {args.model_file!r}")
+        model = keras.saving.load_model(args.model_file, safe_mode=True)
+    else:
+        try:
+            from tfgated import zoo
+
+            names = zoo.list_models()
+        except (ImportError, AttributeError) as e:
+            raise SystemExit(
+                f"sipa_prune: the model zoo is not available ({e}). Build tfgated.zoo "
+                "first, or pass --model-file path/to/model.keras."
+            ) from e
+        if args.preset not in names:
+            raise SystemExit(
+                f"sipa_prune: zoo preset {args.preset!r} does not exist (yet). Available: "
+                f"{', '.join(names) or 'none'}. Pass --preset NAME or --model-file model.keras."
+            )
+        model = zoo.load(args.preset, weights=args.weights)
+    if getattr(model, "optimizer", None) is None or not getattr(model, "compiled", True):
+        model.compile(optimizer="adam", loss="sparse_categorical_crossentropy",
+                      metrics=["accuracy"])
+    return model
+
+
+def atomic_json(path, payload):
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(payload, f, indent=2)
+    os.replace(tmp, path)
+
+
+def plot(tables, path, title):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for ranking, rows in tables.items():
+        pts = [(r["sparsity"], r["val_accuracy"]) for r in rows if r["val_accuracy"] is not None]
+        if pts:
+            xs, ys = zip(*pts)
+            ax.plot([100 * x for x in xs], ys, marker="o", label=ranking)
+    ax.set_xlabel("sparsity of prunable weights (%)")
+    ax.set_ylabel("validation accuracy")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    tmp = f"{path}.tmp{os.getpid()}.png"
+    fig.savefig(tmp, dpi=120)
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    import keras
+
+    from tfgated import pruning
+    from tfgated.data import load_dataset
+
+    keras.utils.set_random_seed(args.seed)
+    os.makedirs(args.checkpoint_dir, exist_ok=True)
+    base_path = os.path.join(args.checkpoint_dir, "base.keras")
+
+    model = build_model(args, keras)  # also imports the zoo, registering its custom objects
+    height, width = (int(d) for d in model.input_shape[1:3])
+    splits = load_dataset(
+        "fashion_mnist", batch_size=args.batch_size, limit=args.limit, seed=args.seed,
+        image_size=None if (height, width) == (28, 28) else (height, width),
+    )
+    if model.input_shape[-1] != 1:
+        raise SystemExit(
+            f"sipa_prune: expected a 1-channel (grayscale) model for Fashion-MNIST. "
+            f"Received input shape {model.input_shape}"
+        )
+
+    started = time.time()
+    if os.path.exists(base_path):
+        print(f"Loading trained base model from {base_path}", flush=True)
+        model = keras.saving.load_model(base_path, safe_mode=True)
+    else:
+        if args.epochs > 0:
+            print(f"Training the base model for {args.epochs} epoch(s)", flush=True)
+            model.fit(splits.train, validation_data=splits.validation, epochs=args.epochs)
+        model.save(base_path + ".tmp.keras")
+        os.replace(base_path + ".tmp.keras", base_path)
+
+    schedule = [0.3, 0.5, args.final] if args.quick else pruning.sipa_schedule(args.final)
+    tables = {}
+    for ranking in args.rankings:
+        print(f"=== {ranking}: schedule {schedule}", flush=True)
+        copy = keras.saving.load_model(base_path, safe_mode=True)
+        tables[ranking] = pruning.iterative_pruning(
+            copy, splits.train, splits.validation, schedule=schedule,
+            fine_tune_epochs=args.fine_tune_epochs, ranking=ranking,
+            checkpoint_dir=os.path.join(args.checkpoint_dir, ranking),
+            fit_kwargs={"verbose": 2},
+        )
+        pruning.strip_pruning(copy)
+
+    payload = {
+        "benchmark": "sipa_prune",
+        "description": "Iterative magnitude pruning (SIPA) on Fashion-MNIST: validation "
+                       "accuracy per round, global ranking with layer-wise L2 normalization "
+                       "vs the same sparsity in every layer.",
+        "config": {k: v for k, v in vars(args).items()},
+        "schedule": schedule,
+        "dataset": {"name": "fashion_mnist", "train_examples": splits.info.num_train,
+                    "validation_examples": splits.info.num_validation},
+        "model": {"name": model.name, "params": int(model.count_params()),
+                  "prunable": pruning.sparsity_report(model)["total"]["total"]},
+        "tables": tables,
+        "environment": {"python": platform.python_version(), "keras": keras.__version__,
+                        "platform": platform.platform()},
+        "seconds": round(time.time() - started, 1),
+    }
+    atomic_json(args.output, payload)
+    png = os.path.splitext(args.output)[0] + ".png"
+    plot(tables, png, f"SIPA pruning, {model.name} on Fashion-MNIST")
+    print(f"Wrote {args.output} and {png}")
+    for ranking, rows in tables.items():
+        print(f"{ranking}:")
+        for r in rows:
+            acc = "n/a" if r["val_accuracy"] is None else f"{r['val_accuracy']:.4f}"
+            print(f"  round {r['round']:2d}  sparsity {r['sparsity']:6.1%}  val_acc {acc}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
