@@ -1,0 +1,227 @@
+"""Keras callbacks for gated training: gate-rate monitoring and target annealing.
+
+* :class:`GateRateLogger` measures every gate's activation rate on a fixed
+  probe set at the end of each epoch (in the model's current inference style,
+  threshold by default) and appends it to a CSV file and to TensorBoard.
+  The CSV (one row per epoch) feeds :func:`tfgated.plots.plot_gate_rates`.
+* :class:`TargetAnnealing` moves the target rate of every
+  :class:`~tfgated.losses.GateActivationLoss` from ``start`` to ``end`` over
+  a number of epochs or optimizer steps, linearly or on a cosine.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+import os
+
+import keras
+import numpy as np
+
+from tfgated.inference import activation_loss_layers, gate_layers
+
+__all__ = ["GateRateLogger", "TargetAnnealing", "read_gate_csv"]
+
+SCHEDULES = ("linear", "cosine")
+
+
+def _probe_inputs(probe, max_examples):
+    """Images of ``probe`` (an array, or a dataset of ``(x, y)`` / ``x`` batches), at most ``max_examples``."""
+    if isinstance(probe, np.ndarray):
+        return probe[:max_examples]
+    if hasattr(probe, "take") and hasattr(probe, "element_spec"):  # tf.data
+        pieces, count = [], 0
+        for element in probe:
+            x = element[0] if isinstance(element, (tuple, list)) else element
+            x = np.asarray(x)
+            pieces.append(x)
+            count += len(x)
+            if count >= max_examples:
+                break
+        if not pieces:
+            raise ValueError("The probe dataset is empty.")
+        return np.concatenate(pieces)[:max_examples]
+    raise ValueError(
+        "Expected the probe to be a numpy array of images or a tf.data.Dataset. "
+        f"Received: {type(probe).__name__}"
+    )
+
+
+def _atomic_write(path, text):
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "w", encoding="utf-8", newline="") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def _scalar_summary(tag, value, step):
+    """A TensorBoard scalar written with TF core ops (works without the tensorboard package)."""
+    import tensorflow as tf
+    from tensorflow.core.framework import summary_pb2
+
+    metadata = summary_pb2.SummaryMetadata(plugin_data=summary_pb2.SummaryMetadata.PluginData(plugin_name="scalars"))
+    tf.summary.write(tag, tf.constant(float(value), tf.float32), step=step, metadata=metadata)
+
+
+def read_gate_csv(path):
+    """Read a :class:`GateRateLogger` CSV: ``(epochs, {column: array})``."""
+    with open(path, encoding="utf-8", newline="") as f:
+        rows = list(csv.DictReader(f))
+    if not rows:
+        raise ValueError(f"No epochs recorded in {path!r}.")
+    epochs = np.array([int(r["epoch"]) for r in rows])
+    columns = {k: np.array([float(r[k]) for r in rows]) for k in rows[0] if k != "epoch"}
+    return epochs, columns
+
+
+class GateRateLogger(keras.callbacks.Callback):
+    """Log every gate's activation rate per epoch to CSV and TensorBoard.
+
+    Args:
+        probe: images to measure on (numpy array) or a ``tf.data`` dataset of
+            ``(images, labels)`` batches; the first ``max_examples`` are used.
+        log_dir: folder for ``gate_rates.csv`` and the TensorBoard event files
+            (``log_dir/gates``).
+        max_examples: probe size.
+        tensorboard: also write ``tf.summary`` scalars ``gate_rate/<gate>`` and
+            ``gate_rate/mean``.
+
+    The CSV has columns ``epoch``, ``mean`` (mean over all gate elements) and
+    one per gate (mean over the gate's units). Epoch numbers are 1-based. When
+    training resumes, the rows of epochs being redone are replaced.
+    """
+
+    def __init__(self, probe, log_dir, max_examples=512, tensorboard=True):
+        super().__init__()
+        if not isinstance(max_examples, int) or max_examples < 1:
+            raise ValueError(f"Expected max_examples to be a positive integer. Received: max_examples={max_examples!r}")
+        self.probe = _probe_inputs(probe, max_examples)
+        self.log_dir = os.fspath(log_dir)
+        self.csv_path = os.path.join(self.log_dir, "gate_rates.csv")
+        self.tensorboard = tensorboard
+        self._writer = None
+        self._gate_model = None
+
+    def _measure(self):
+        if self._gate_model is None:
+            gates = gate_layers(self.model)
+            if not gates:
+                raise ValueError(f"Model {self.model.name!r} has no tfgated gates to monitor.")
+            self._names = [g.name for g in gates]
+            self._gate_model = keras.Model(self.model.inputs, [g.output for g in gates])
+        outputs = self._gate_model.predict(self.probe, batch_size=256, verbose=0)
+        if not isinstance(outputs, (list, tuple)):
+            outputs = [outputs]
+        values = [np.asarray(v, dtype="float64") for v in outputs]
+        rates = {name: float(v.mean()) for name, v in zip(self._names, values)}
+        total = sum(v.mean(axis=0).sum() for v in values)
+        units = sum(v.shape[-1] for v in values)
+        return float(total / units), rates
+
+    def measure(self):
+        """``(mean rate, {gate name: rate})`` of the model on the probe now."""
+        return self._measure()
+
+    def _rows(self):
+        if not os.path.exists(self.csv_path):
+            return []
+        with open(self.csv_path, encoding="utf-8", newline="") as f:
+            return list(csv.DictReader(f))
+
+    def on_epoch_end(self, epoch, logs=None):
+        mean, rates = self._measure()
+        os.makedirs(self.log_dir, exist_ok=True)
+        row = {"epoch": str(epoch + 1), "mean": repr(mean), **{k: repr(v) for k, v in rates.items()}}
+        rows = [r for r in self._rows() if int(r["epoch"]) < epoch + 1] + [row]
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=list(row))
+        writer.writeheader()
+        for r in rows:
+            writer.writerow({k: r.get(k, "") for k in row})
+        _atomic_write(self.csv_path, buffer.getvalue())
+        if logs is not None:
+            logs["gate_rate"] = mean
+        if self.tensorboard:
+            import tensorflow as tf
+
+            if self._writer is None:
+                self._writer = tf.summary.create_file_writer(os.path.join(self.log_dir, "gates"))
+            with self._writer.as_default():
+                _scalar_summary("gate_rate/mean", mean, epoch + 1)
+                for name, value in rates.items():
+                    _scalar_summary(f"gate_rate/{name}", value, epoch + 1)
+            self._writer.flush()
+
+    def on_train_end(self, logs=None):
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+
+
+def annealed_value(start, end, fraction, schedule="linear"):
+    """The target at ``fraction`` in [0, 1] of the annealing (clipped)."""
+    fraction = min(max(float(fraction), 0.0), 1.0)
+    if schedule == "linear":
+        return start + (end - start) * fraction
+    return end + (start - end) * 0.5 * (1.0 + math.cos(math.pi * fraction))
+
+
+class TargetAnnealing(keras.callbacks.Callback):
+    """Move the activation-loss target from ``start`` to ``end``.
+
+    Give exactly one of ``epochs`` (the target is set at the start of each
+    epoch: ``start`` at epoch 0, ``end`` from epoch ``epochs`` on) or
+    ``steps`` (set before each batch from the optimizer's iteration count,
+    so a resumed run continues where it stopped).
+
+    Args:
+        start, end: targets in [0, 1] (typically high to low).
+        epochs: annealing length in epochs.
+        steps: annealing length in optimizer steps.
+        schedule: ``"linear"`` or ``"cosine"``.
+
+    The current target is added to the epoch logs as ``gate_target``.
+    """
+
+    def __init__(self, start, end, epochs=None, steps=None, schedule="linear"):
+        super().__init__()
+        for name, value in (("start", start), ("end", end)):
+            if not 0.0 <= float(value) <= 1.0:
+                raise ValueError(f"Expected {name} in [0, 1]. Received: {name}={value}")
+        if (epochs is None) == (steps is None):
+            raise ValueError(f"Expected exactly one of epochs or steps. Received: epochs={epochs}, steps={steps}")
+        length = epochs if epochs is not None else steps
+        if isinstance(length, bool) or not isinstance(length, int) or length < 1:
+            which = "epochs" if epochs is not None else "steps"
+            raise ValueError(f"Expected {which} to be a positive integer. Received: {which}={length!r}")
+        if schedule not in SCHEDULES:
+            raise ValueError(f"Expected schedule to be one of {list(SCHEDULES)}. Received: schedule={schedule!r}")
+        self.start = float(start)
+        self.end = float(end)
+        self.epochs = epochs
+        self.steps = steps
+        self.schedule = schedule
+        self.current = self.start
+
+    def _set(self, fraction):
+        target = annealed_value(self.start, self.end, fraction, self.schedule)
+        layers = activation_loss_layers(self.model)
+        if not layers:
+            raise ValueError(f"Model {self.model.name!r} has no GateActivationLoss layer to anneal.")
+        for layer in layers:
+            layer.set_target(target)
+        self.current = target
+
+    def on_epoch_begin(self, epoch, logs=None):
+        if self.epochs is not None:
+            self._set(epoch / self.epochs)
+
+    def on_train_batch_begin(self, batch, logs=None):
+        if self.steps is not None:
+            step = int(keras.ops.convert_to_numpy(self.model.optimizer.iterations))
+            self._set(step / self.steps)
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is not None:
+            logs["gate_target"] = self.current
