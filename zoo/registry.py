@@ -179,20 +179,31 @@ def _ensure_loaded():
 # -- gate settings -----------------------------------------------------------------
 
 
-def gate_settings(gates, default_granularity=None):
+def gate_settings(gates, default_granularity=None, extra_keys=None):
     """Validate a preset's ``gates`` dict and fill the defaults.
 
+    Args:
+        gates: ``None`` or the gate settings dict.
+        default_granularity: the family's granularity when none is given.
+        extra_keys: family-specific keys a builder accepts besides
+            :data:`GATE_KEYS` (kept unchanged in the result). ``None`` allows
+            any extra key (the registry's own check); a tuple makes unknown
+            keys a ``ValueError``.
+
     Returns ``None`` for ``None``; otherwise a new dict with ``kind``, ``loss``,
-    ``target``, ``weight``, ``granularity`` and a ``gate_kwargs`` dict of the
-    :class:`tfgated.GumbelGate` arguments that were given.
+    ``target``, ``weight``, ``granularity``, the extra keys, and a
+    ``gate_kwargs`` dict of the :class:`tfgated.GumbelGate` arguments given.
     """
     if gates is None:
         return None
     if not isinstance(gates, dict):
         raise ValueError(f"Expected gates to be None or a dict. Received: gates={gates!r}")
-    unknown = sorted(set(gates) - set(GATE_KEYS))
-    if unknown:
-        raise ValueError(f"Unknown gate settings {unknown}. Expected keys among {list(GATE_KEYS)}.")
+    if extra_keys is not None:
+        unknown = sorted(set(gates) - set(GATE_KEYS) - set(extra_keys))
+        if unknown:
+            raise ValueError(
+                f"Unknown gate settings {unknown}. Expected keys among {[*GATE_KEYS, *extra_keys]}."
+            )
     settings = {**GATE_DEFAULTS, "granularity": default_granularity, **gates}
     if settings["kind"] not in GATE_KINDS:
         raise ValueError(f"Expected gates kind in {list(GATE_KINDS)}. Received: kind={settings['kind']!r}")
@@ -282,7 +293,7 @@ def build(name, num_classes=None, input_shape=None, **overrides):
     """Build preset ``name`` (uncompiled, fresh weights) with optional overrides.
 
     ``overrides`` update the preset's ``arch`` keys; the gate keys
-    (:data:`GATE_KEYS`) update its ``gates`` (creating them on an ungated
+    (:data:`GATE_KEYS` and any key the preset's gates already have) update its ``gates`` (creating them on an ungated
     preset); ``gates=None`` or ``gates={...}`` replaces them entirely.
     """
     preset = get_preset(name)
@@ -290,7 +301,8 @@ def build(name, num_classes=None, input_shape=None, **overrides):
     gates = copy.deepcopy(preset["gates"])
     if "gates" in overrides:
         gates = copy.deepcopy(overrides.pop("gates"))
-    gate_overrides = {key: overrides.pop(key) for key in list(overrides) if key in GATE_KEYS}
+    gate_keys = set(GATE_KEYS) | set(gates or {})
+    gate_overrides = {key: overrides.pop(key) for key in list(overrides) if key in gate_keys}
     if gate_overrides:
         gates = {**(gates or {}), **gate_overrides}
     arch.update(overrides)

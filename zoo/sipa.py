@@ -1,0 +1,525 @@
+"""SIPA: the EfficientNet-style network of Lee, Bae, Oh, Yun (MicroNet Challenge 2019, CIFAR-100).
+
+A Keras 3 reimplementation of the architecture found in SIPA's "Searching" step,
+as published in the authors' reference code (github.com/Lee-Gihun/MicroNet_OSI-AI:
+``models/utils.py`` default block arguments, ``models/EfficientNet.py``,
+``models/early_exit/layers.py``, ``Config/main.json``, README table):
+
+* input upsampled by nearest neighbour to ``ceil(H * r)`` with the resolution
+  coefficient ``r = round(resolution ** resource, 2)``; the reference uses
+  ``resolution=1.4`` and ``resource=2`` ("available resources"), so
+  ``r = 1.96`` and a 32x32 CIFAR image becomes 63x63;
+* stem: 3x3 stride-2 convolution to ``round_filters(24)`` channels, BN, swish;
+* ten MBConv blocks (expansion 1x1 conv, 3x3 depthwise conv, squeeze-and-
+  excitation with ``max(1, int(block_input_channels * 0.2))`` squeezed
+  channels, 1x1 projection; identity skip with drop-connect where stride 1 and
+  the channels match), from the reference's seven block strings, scaled by
+  width 0.9 and depth 1.0 (EfficientNet's ``round_filters`` with divisor 8);
+* head: 1x1 convolution to ``round_filters(150) = 136`` channels, BN, swish,
+  global average pooling, dropout 0.2, dense classifier (softmax output).
+
+Spatial sizes follow the reference exactly: its convolutions use *static* "same"
+padding computed once for the un-upsampled image size (32), so a stride-2
+3x3 convolution pads 0 before and 1 after and 63 -> 31 -> 15 -> 7 (not 32 -> 16 -> 8).
+This module reproduces that with explicit ``ZeroPadding2D`` layers
+(``padding_size``, default the input height).
+
+Counting convention of the reference (README table, "obtained by hand"): 470,776
+parameters = convolution and dense weights plus biases, *BatchNorm excluded*
+(folded); about 117.6M math operations per example (60.46M multiplications +
+57.13M additions at 32 bits, MicroNet rules). Keras' ``count_params`` adds the
+BatchNorm variables (4 per channel).
+
+Early exit (SIPA's "Accelerating", paper Figure 8): ``exit_after=k`` attaches an
+exit head after MBConv block ``k`` (the reference uses block 4, the fifth):
+3x3 depthwise conv, BN, swish, 1x1 conv to ``round_filters(exit_filters)``
+channels, BN, swish, global average pooling, dense classifier. The model then
+has two outputs, **main first**: ``[main_probabilities, exit_probabilities]``.
+At test time the reference answers with the exit when its max softmax
+probability exceeds a confidence threshold (see ``tfgated``'s exit utilities).
+
+Channel gates (the "structured alternative" to SIPA's magnitude pruning):
+``gates={"kind": ..., "granularity": g}`` puts a :func:`tfgated.channel_gate`
+after the expansion convolution's activation of every MBConv block (block 0
+has no expansion: its depthwise channels are gated instead). Dependent gates
+read the block input as context. Blocks without an identity skip keep their
+most probable gate open (``force_open``), so no block can cut the network.
+
+Deviation from the reference: plain ``BatchNormalization`` instead of ghost
+batch normalization (4 splits); nearest-neighbour resizing uses TensorFlow's
+pixel-centre convention (PyTorch's ``nn.Upsample`` picks ``floor(i * in / out)``).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+
+import keras
+
+import tfgated
+from tfgated.losses import GateActivationLoss
+from tfgated.models import ACTIVATION_LOSS_NAME
+from tfgated.zoo.registry import gate_settings, register_family
+
+#: The reference's block strings (``models/utils.py``, before width scaling):
+#: r=repeats, k=kernel, s=stride, e=expansion, i/o=input/output channels, se=SE ratio.
+REFERENCE_BLOCKS = (
+    "r1_k3_s1_e1_i24_o16_se0.2",
+    "r1_k3_s1_e6_i16_o24_se0.2",
+    "r2_k3_s2_e6_i24_o40_se0.2",
+    "r1_k3_s1_e6_i40_o56_se0.2",
+    "r2_k3_s1_e6_i56_o72_se0.2",
+    "r2_k3_s2_e6_i72_o88_se0.2",
+    "r1_k3_s1_e6_i88_o104_se0.2",
+)
+BN_MOMENTUM = 0.9  # PyTorch's momentum 0.1
+BN_EPSILON = 1e-5
+_BLOCK_PATTERN = re.compile(r"^r(\d+)_k(\d+)_s(\d)_e(\d+)_i(\d+)_o(\d+)(?:_se([0-9.]+))?(_noskip)?$")
+
+
+# -- block arguments and scaling ---------------------------------------------------
+
+
+def decode_block(block):
+    """Decode one block string ``"r1_k3_s1_e6_i16_o24_se0.2"`` (or a dict with the
+    keys ``repeats, kernel, stride, expand, filters_in, filters_out, se_ratio,
+    id_skip``) into a dict."""
+    if isinstance(block, dict):
+        required = {"repeats", "kernel", "stride", "expand", "filters_in", "filters_out"}
+        missing = sorted(required - set(block))
+        if missing:
+            raise ValueError(f"Block {block!r} lacks the keys {missing}.")
+        return {"se_ratio": None, "id_skip": True, **block}
+    match = _BLOCK_PATTERN.match(str(block))
+    if not match:
+        raise ValueError(
+            "Expected a block string like 'r1_k3_s1_e6_i16_o24_se0.2' "
+            f"(repeats, kernel, stride, expansion, in, out, SE ratio). Received: {block!r}"
+        )
+    repeats, kernel, stride, expand, filters_in, filters_out, se_ratio, noskip = match.groups()
+    return {
+        "repeats": int(repeats),
+        "kernel": int(kernel),
+        "stride": int(stride),
+        "expand": int(expand),
+        "filters_in": int(filters_in),
+        "filters_out": int(filters_out),
+        "se_ratio": float(se_ratio) if se_ratio else None,
+        "id_skip": noskip is None,
+    }
+
+
+def round_filters(filters, width, divisor=8):
+    """EfficientNet's channel scaling: ``filters * width`` rounded to a multiple
+    of ``divisor``, never more than 10% below the exact value."""
+    if width == 1.0:
+        return int(filters)
+    exact = filters * width
+    rounded = max(divisor, int(exact + divisor / 2) // divisor * divisor)
+    if rounded < 0.9 * exact:
+        rounded += divisor
+    return int(rounded)
+
+
+def round_repeats(repeats, depth):
+    """EfficientNet's depth scaling: ``ceil(repeats * depth)``."""
+    return repeats if depth == 1.0 else int(math.ceil(depth * repeats))
+
+
+def expand_blocks(blocks, width=0.9, depth=1.0, divisor=8):
+    """The per-block arguments after scaling, one dict per MBConv block."""
+    expanded = []
+    for block in blocks:
+        args = decode_block(block)
+        args["filters_in"] = round_filters(args["filters_in"], width, divisor)
+        args["filters_out"] = round_filters(args["filters_out"], width, divisor)
+        for repeat in range(round_repeats(args.pop("repeats"), depth)):
+            expanded.append(dict(args))
+            args = {**args, "filters_in": args["filters_out"], "stride": 1}
+    return expanded
+
+
+def resolution_coefficient(resolution, resource):
+    """The reference's effective input scale: ``round(resolution ** resource, 2)``."""
+    return round(math.pow(resolution, resource), 2)
+
+
+def upsampled_size(size, resolution, resource):
+    """Side of the upsampled input: ``ceil(size * resolution_coefficient)``."""
+    return int(math.ceil(size * resolution_coefficient(resolution, resource)))
+
+
+def static_same_padding(kernel, stride, size):
+    """The reference's static "same" padding for a ``size`` image:
+    ``(before, after)`` with ``pad = max((ceil(size / stride) - 1) * stride + kernel - size, 0)``."""
+    pad = max((math.ceil(size / stride) - 1) * stride + kernel - size, 0)
+    return pad // 2, pad - pad // 2
+
+
+# -- layers ------------------------------------------------------------------------
+
+
+def _bn(name):
+    return keras.layers.BatchNormalization(momentum=BN_MOMENTUM, epsilon=BN_EPSILON, name=name)
+
+
+def _conv_padding(x, kernel, stride, padding_size, name):
+    """Pad ``x`` like the reference; returns (tensor, Keras padding mode)."""
+    if stride == 1:
+        return x, "same"
+    before, after = static_same_padding(kernel, stride, padding_size)
+    x = keras.layers.ZeroPadding2D(((before, after), (before, after)), name=f"{name}_pad")(x)
+    return x, "valid"
+
+
+def _channel_gate(x, granularity, settings, context, name, force_open):
+    return tfgated.channel_gate(
+        x,
+        granularity,
+        kind=settings["kind"],
+        context=context,
+        name=name,
+        force_open=force_open,
+        **settings["gate_kwargs"],
+    )
+
+
+def mbconv_block(
+    inputs,
+    args,
+    index,
+    activation="swish",
+    drop_rate=0.0,
+    padding_size=32,
+    gates=None,
+    granularity=None,
+):
+    """One MBConv block named ``block{index}_...``; returns ``(outputs, [z, ...])``.
+
+    ``args`` is one dict of :func:`expand_blocks`; ``gates`` the output of
+    :func:`tfgated.zoo.registry.gate_settings` or None.
+    """
+    prefix = f"block{index}"
+    filters_in = inputs.shape[-1]
+    if filters_in != args["filters_in"]:
+        raise ValueError(
+            f"Block {index} expects {args['filters_in']} input channels. Received: {filters_in}"
+        )
+    expanded = filters_in * args["expand"]
+    residual = args["id_skip"] and args["stride"] == 1 and filters_in == args["filters_out"]
+    zs = []
+    x = inputs
+    if args["expand"] != 1:
+        x = keras.layers.Conv2D(expanded, 1, use_bias=False, name=f"{prefix}_expand_conv")(x)
+        x = _bn(f"{prefix}_expand_bn")(x)
+        x = keras.layers.Activation(activation, name=f"{prefix}_expand_activation")(x)
+        if gates is not None:
+            x, z = _channel_gate(x, granularity, gates, inputs, f"{prefix}_expand", not residual)
+            zs.append(z)
+    x, padding = _conv_padding(x, args["kernel"], args["stride"], padding_size, f"{prefix}_dwconv")
+    x = keras.layers.DepthwiseConv2D(
+        args["kernel"], strides=args["stride"], padding=padding, use_bias=False, name=f"{prefix}_dwconv"
+    )(x)
+    x = _bn(f"{prefix}_bn")(x)
+    x = keras.layers.Activation(activation, name=f"{prefix}_activation")(x)
+    if gates is not None and args["expand"] == 1:
+        x, z = _channel_gate(x, granularity, gates, inputs, f"{prefix}_expand", not residual)
+        zs.append(z)
+    if args["se_ratio"] is not None and 0 < args["se_ratio"] <= 1:
+        squeezed = max(1, int(filters_in * args["se_ratio"]))
+        s = keras.layers.GlobalAveragePooling2D(keepdims=True, name=f"{prefix}_se_squeeze")(x)
+        s = keras.layers.Conv2D(squeezed, 1, activation=activation, name=f"{prefix}_se_reduce")(s)
+        s = keras.layers.Conv2D(expanded, 1, activation="sigmoid", name=f"{prefix}_se_expand")(s)
+        x = keras.layers.Multiply(name=f"{prefix}_se_excite")([x, s])
+    x = keras.layers.Conv2D(args["filters_out"], 1, use_bias=False, name=f"{prefix}_project_conv")(x)
+    x = _bn(f"{prefix}_project_bn")(x)
+    if residual:
+        if drop_rate > 0:
+            x = keras.layers.Dropout(drop_rate, noise_shape=(None, 1, 1, 1), name=f"{prefix}_drop")(x)
+        x = keras.layers.Add(name=f"{prefix}_add")([x, inputs])
+    return x, zs
+
+
+def exit_head(x, num_classes, filters, activation="swish", name="exit_head"):
+    """SIPA's early-exit module (reference ``EarlyExitBlock``): depthwise 3x3,
+    BN, act, 1x1 conv to ``filters``, BN, act, global average pooling, softmax
+    classifier. Returns the exit probabilities."""
+    x = keras.layers.DepthwiseConv2D(3, padding="same", use_bias=False, name=f"{name}_dwconv")(x)
+    x = _bn(f"{name}_dwconv_bn")(x)
+    x = keras.layers.Activation(activation, name=f"{name}_dwconv_activation")(x)
+    x = keras.layers.Conv2D(filters, 1, use_bias=False, name=f"{name}_conv")(x)
+    x = _bn(f"{name}_conv_bn")(x)
+    x = keras.layers.Activation(activation, name=f"{name}_conv_activation")(x)
+    x = keras.layers.GlobalAveragePooling2D(name=f"{name}_pool")(x)
+    return keras.layers.Dense(num_classes, activation="softmax", name=f"{name}_predictions")(x)
+
+
+def _block_granularities(granularity, blocks):
+    """One granularity per block from an int or a per-block list."""
+    if granularity is None:
+        granularity = 1
+    if isinstance(granularity, int):
+        values = [granularity] * len(blocks)
+    else:
+        values = [int(g) for g in granularity]
+        if len(values) != len(blocks):
+            raise ValueError(
+                f"Expected one granularity per MBConv block ({len(blocks)}). "
+                f"Received: granularity={granularity}"
+            )
+    for index, (g, args) in enumerate(zip(values, blocks)):
+        channels = args["filters_in"] * args["expand"]
+        if g < 1 or channels % g:
+            raise ValueError(
+                f"Expected granularity to divide {channels} channels (block {index}). "
+                f"Received: granularity={g}"
+            )
+    return values
+
+
+# -- the family builder --------------------------------------------------------------
+
+
+@register_family("sipa")
+def build_sipa(
+    num_classes=100,
+    input_shape=(32, 32, 3),
+    gates=None,
+    blocks=REFERENCE_BLOCKS,
+    width=0.9,
+    depth=1.0,
+    resolution=1.4,
+    resource=2,
+    stem_filters=24,
+    head_filters=150,
+    divisor=8,
+    activation="swish",
+    dropout=0.2,
+    drop_connect=0.2,
+    exit_after=None,
+    exit_filters=150,
+    padding_size=None,
+    name=None,
+):
+    """Build a (gated, early-exit) SIPA network outputting softmax probabilities.
+
+    Args:
+        num_classes: classes of the classifier(s).
+        input_shape: ``(H, W, C)`` of the un-upsampled images.
+        gates: ``None`` or gate settings (see :mod:`tfgated.zoo.registry`);
+            ``granularity`` is channels per gate, an int or one per MBConv block
+            (default 1), dividing every gated block's expansion channels.
+        blocks: block strings or dicts (see :func:`decode_block`).
+        width, depth: compound scaling coefficients (channels, repeats).
+        resolution, resource: the input is resized (nearest neighbour) by
+            ``round(resolution ** resource, 2)``; no resizing when that is 1.
+        stem_filters, head_filters: unscaled stem and head channels.
+        divisor: channel rounding divisor of :func:`round_filters`.
+        activation: Keras activation of the whole network (``"swish"``).
+        dropout: dropout before the classifier.
+        drop_connect: maximum drop-connect rate; block ``i`` of ``n`` uses
+            ``drop_connect * i / n`` on its identity branch.
+        exit_after: index of the MBConv block followed by the early-exit head,
+            or None. With an exit the model outputs ``[main, exit]``.
+        exit_filters: unscaled channels of the exit head's 1x1 convolution.
+        padding_size: image side for which the static "same" padding of
+            strided convolutions is computed (reference: the un-upsampled
+            side, the default).
+        name: model name (default ``"sipa"``).
+    """
+    input_shape = tuple(int(v) for v in input_shape)
+    if len(input_shape) != 3:
+        raise ValueError(f"Expected input_shape (height, width, channels). Received: input_shape={input_shape}")
+    if not isinstance(num_classes, int) or num_classes < 1:
+        raise ValueError(f"Expected num_classes to be a positive integer. Received: num_classes={num_classes}")
+    if resolution <= 0 or resource < 0:
+        raise ValueError(
+            f"Expected resolution > 0 and resource >= 0. Received: resolution={resolution}, resource={resource}"
+        )
+    if not 0 <= dropout < 1 or not 0 <= drop_connect < 1:
+        raise ValueError(
+            f"Expected dropout and drop_connect in [0, 1). Received: dropout={dropout}, drop_connect={drop_connect}"
+        )
+    block_args = expand_blocks(blocks, width, depth, divisor)
+    if exit_after is not None and not (isinstance(exit_after, int) and 0 <= exit_after < len(block_args) - 1):
+        raise ValueError(
+            f"Expected exit_after to be a block index in [0, {len(block_args) - 2}]. Received: exit_after={exit_after}"
+        )
+    settings = gate_settings(gates, default_granularity=1, extra_keys=())
+    granularities = _block_granularities(settings["granularity"], block_args) if settings else [None] * len(block_args)
+    padding_size = input_shape[0] if padding_size is None else int(padding_size)
+
+    inputs = keras.Input(shape=input_shape, name="image")
+    x = inputs
+    if resolution_coefficient(resolution, resource) != 1.0:
+        height = upsampled_size(input_shape[0], resolution, resource)
+        width_px = upsampled_size(input_shape[1], resolution, resource)
+        x = keras.layers.Resizing(height, width_px, interpolation="nearest", name="upsample")(x)
+    stem = round_filters(stem_filters, width, divisor)
+    if block_args[0]["filters_in"] != stem:
+        raise ValueError(
+            f"Expected the first block to take the stem's {stem} channels. Received: {block_args[0]['filters_in']}"
+        )
+    x, padding = _conv_padding(x, 3, 2, padding_size, "stem_conv")
+    x = keras.layers.Conv2D(stem, 3, strides=2, padding=padding, use_bias=False, name="stem_conv")(x)
+    x = _bn("stem_bn")(x)
+    x = keras.layers.Activation(activation, name="stem_activation")(x)
+
+    zs = []
+    exit_output = None
+    for index, args in enumerate(block_args):
+        x, block_zs = mbconv_block(
+            x,
+            args,
+            index,
+            activation=activation,
+            drop_rate=drop_connect * index / len(block_args),
+            padding_size=padding_size,
+            gates=settings,
+            granularity=granularities[index],
+        )
+        zs.extend(block_zs)
+        if index == exit_after:
+            exit_output = exit_head(x, num_classes, round_filters(exit_filters, width, divisor), activation)
+
+    x = keras.layers.Conv2D(round_filters(head_filters, width, divisor), 1, use_bias=False, name="top_conv")(x)
+    x = _bn("top_bn")(x)
+    x = keras.layers.Activation(activation, name="top_activation")(x)
+    x = keras.layers.GlobalAveragePooling2D(name="avg_pool")(x)
+    if dropout > 0:
+        x = keras.layers.Dropout(dropout, name="top_dropout")(x)
+    outputs = keras.layers.Dense(num_classes, activation="softmax", name="predictions")(x)
+
+    name = name or "sipa"
+    if exit_output is None:
+        if settings is None:
+            return keras.Model(inputs, outputs, name=name)
+        return tfgated.gated_model(
+            inputs, outputs, gates=zs, target=settings["target"], mode=settings["loss"],
+            weight=settings["weight"], name=name,
+        )
+    if settings is not None:
+        outputs = GateActivationLoss(
+            target=settings["target"], weight=settings["weight"], mode=settings["loss"], name=ACTIVATION_LOSS_NAME
+        )([outputs, *zs])
+    return keras.Model(inputs, [outputs, exit_output], name=name)
+
+
+# -- presets -----------------------------------------------------------------------
+
+_PAPER = {
+    "source": "Lee, Bae, Oh, Yun: SIPA: A Simple Framework for Efficient Networks (MicroNet Challenge 2019, "
+    "CIFAR-100 track); reference code github.com/Lee-Gihun/MicroNet_OSI-AI",
+    "table": "Table 1 (16-bit MicroNet scoring) and the reference README's scoring table (32-bit counts)",
+    "numbers": {
+        "params_32bit_reference": 470776,
+        "math_ops_32bit_reference": 117589296,
+        "mults_32bit_reference": 60456692,
+        "adds_32bit_reference": 57132604,
+        "exit_head_params_reference": 20660,
+        "exit_head_math_ops_reference": 3314000,
+        "table1_params_millions_16bit": 0.238,
+        "table1_math_ops_billions_16bit": 0.089,
+        "cifar100_top1_final": 0.8003,
+        "micronet_score_final": 0.005784,
+    },
+}
+_CIFAR_RECIPE = {
+    "optimizer": "sgd",
+    "learning_rate": 0.13,
+    "momentum": 0.9,
+    "weight_decay": 1e-5,
+    "epochs": 1200,
+    "batch_size": 128,
+    "schedule": "cosine",
+    "label_smoothing": 0.3,
+    "mixup_alpha": 1.0,
+    "autoaugment": "cifar100 (authors' policy)",
+    "no_bias_decay": True,
+    "precision_bits": 16,
+    "pruning": {"method": "global magnitude, layer-wise normalized", "sparsity": 0.64, "epochs_per_round": 600},
+}
+_FASHION_RECIPE = {
+    "optimizer": "sgd",
+    "learning_rate": 0.05,
+    "momentum": 0.9,
+    "weight_decay": 1e-5,
+    "epochs": 30,
+    "batch_size": 128,
+    "schedule": "cosine",
+    "label_smoothing": 0.1,
+}
+_FASHION_ARCH = {"resolution": 1.4, "resource": 1, "width": 0.9, "depth": 1.0}
+
+PRESETS = {
+    "sipa_cifar100": {
+        "family": "sipa",
+        "arch": {"resolution": 1.4, "resource": 2, "width": 0.9, "depth": 1.0},
+        "gates": None,
+        "dataset": "cifar100",
+        "input_shape": [32, 32, 3],
+        "num_classes": 100,
+        "recipe": _CIFAR_RECIPE,
+        "weights": None,
+        "paper": _PAPER,
+        "description": (
+            "SIPA's searched EfficientNet-style network for CIFAR-100 (MicroNet Challenge 2019): "
+            "10 MBConv blocks with squeeze-and-excitation and swish, width 0.9, depth 1.0, input "
+            "upsampled 32 -> 63 (resolution 1.4 per resource unit, 2 units: 1.96). 470,776 parameters "
+            "without BatchNorm, about 117.6M math operations per image at 32 bits before pruning."
+        ),
+    },
+    "sipa_cifar100_exit": {
+        "family": "sipa",
+        "arch": {"resolution": 1.4, "resource": 2, "width": 0.9, "depth": 1.0, "exit_after": 4},
+        "gates": None,
+        "dataset": "cifar100",
+        "input_shape": [32, 32, 3],
+        "num_classes": 100,
+        "recipe": {
+            **_CIFAR_RECIPE,
+            "exit": {"loss": "softsmoothing (1 + max softmax) * CE", "epochs": 800, "threshold": 0.85,
+                     "freeze_backbone": True},
+        },
+        "weights": None,
+        "paper": _PAPER,
+        "description": (
+            "sipa_cifar100 with SIPA's early-exit head after MBConv block 4 (the fifth): depthwise 3x3, "
+            "1x1 conv to 136 channels, pooling, classifier (20,660 parameters without BatchNorm). "
+            "Outputs [main, exit] probabilities, main first."
+        ),
+    },
+    "sipa_fashion_mnist": {
+        "family": "sipa",
+        "arch": _FASHION_ARCH,
+        "gates": None,
+        "dataset": "fashion_mnist",
+        "input_shape": [28, 28, 1],
+        "num_classes": 10,
+        "recipe": _FASHION_RECIPE,
+        "weights": None,
+        "paper": _PAPER,
+        "description": (
+            "The SIPA block structure for 28x28 grey Fashion-MNIST: same 10 MBConv blocks and width 0.9, "
+            "input upsampled in the model by nearest neighbour 28 -> 40 (resolution 1.4, one resource "
+            "unit), 10 classes."
+        ),
+    },
+    "sipa_fashion_mnist_gated": {
+        "family": "sipa",
+        "arch": _FASHION_ARCH,
+        "gates": {"kind": "independent", "loss": "per_batch", "target": 0.5, "weight": 1.0, "granularity": 8},
+        "dataset": "fashion_mnist",
+        "input_shape": [28, 28, 1],
+        "num_classes": 10,
+        "recipe": _FASHION_RECIPE,
+        "weights": None,
+        "paper": _PAPER,
+        "description": (
+            "sipa_fashion_mnist with independent Gumbel channel gates on every MBConv block's expansion "
+            "channels (8 channels per gate), per-batch activation loss with target rate 0.5: learned "
+            "structured pruning as an alternative to SIPA's magnitude pruning."
+        ),
+    },
+}
