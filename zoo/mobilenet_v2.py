@@ -33,17 +33,7 @@ from __future__ import annotations
 import keras
 
 import tfgated
-
-try:  # the registry is written concurrently; the builders work without it
-    from tfgated.zoo.registry import register_family
-except ImportError:  # pragma: no cover - only while the registry is missing
-
-    def register_family(name):
-        def decorator(builder):
-            return builder
-
-        return decorator
-
+from tfgated.zoo.registry import gate_settings, register_family
 
 #: The MobileNetV2 body at alpha=1.0: (expansion t, output channels c, repeats n, first stride s).
 IMAGENET_BLOCKS = (
@@ -87,20 +77,6 @@ FASHION_MNIST_GRANULARITY = (
     (8, 8, 24),
 )
 
-LOSS_ALIASES = {"pb": "per_batch", "pg": "per_gate", "per_batch": "per_batch", "per_gate": "per_gate"}
-GATE_KEYS = {
-    "kind",
-    "loss",
-    "target",
-    "weight",
-    "granularity",
-    "temperature",
-    "open_probability",
-    "hidden_units",
-    "gate_weights",
-}
-
-
 def make_divisible(value, divisor=8, min_value=None):
     """Round ``value`` to a multiple of ``divisor`` as keras.applications does (at most 10% down)."""
     min_value = divisor if min_value is None else min_value
@@ -141,38 +117,6 @@ def _check_blocks(blocks, granularity):
     return blocks, granularity
 
 
-def _normalize_gates(gates, default_granularity):
-    """Fill the defaults of a ``gates`` dict and check its keys and values."""
-    if gates is None:
-        return None
-    unknown = set(gates) - GATE_KEYS
-    if unknown:
-        raise ValueError(
-            f"Unknown gate settings {sorted(unknown)}. Expected keys among {sorted(GATE_KEYS)}."
-        )
-    loss = gates.get("loss", "per_batch")
-    if loss not in LOSS_ALIASES:
-        raise ValueError(
-            f"Expected gates['loss'] to be one of {sorted(LOSS_ALIASES)}. Received: loss={loss!r}"
-        )
-    kind = gates.get("kind", "independent")
-    if kind not in ("independent", "dependent"):
-        raise ValueError(
-            f"Expected gates['kind'] to be 'independent' or 'dependent'. Received: kind={kind!r}"
-        )
-    return {
-        "kind": kind,
-        "loss": LOSS_ALIASES[loss],
-        "target": float(gates.get("target", 0.5)),
-        "weight": float(gates.get("weight", 1.0)),
-        "granularity": gates.get("granularity", default_granularity),
-        "temperature": float(gates.get("temperature", 1.0)),
-        "open_probability": float(gates.get("open_probability", tfgated.gates.DEFAULT_OPEN_PROBABILITY)),
-        "hidden_units": int(gates.get("hidden_units", 16)),
-        "gate_weights": gates.get("gate_weights"),
-    }
-
-
 def _gate(features, granularity, settings, context, name, force_open):
     """Gate ``features`` in groups of ``granularity`` channels; returns (features, z)."""
     return tfgated.channel_gate(
@@ -182,9 +126,7 @@ def _gate(features, granularity, settings, context, name, force_open):
         context=context,
         name=name,
         force_open=force_open,
-        temperature=settings["temperature"],
-        open_probability=settings["open_probability"],
-        hidden_units=settings["hidden_units"],
+        **settings["gate_kwargs"],
     )
 
 
@@ -257,13 +199,13 @@ def build(
     Args:
         num_classes: classes of the ``predictions`` layer.
         input_shape: image shape, channels last.
-        gates: None for the dense network, or a dict with ``kind``
-            ("independent"/"dependent"), ``loss`` ("per_batch"/"pb" or
-            "per_gate"/"pg"), ``target``, ``weight`` and optionally
+        gates: None for the dense network, or a dict (see
+            :func:`tfgated.zoo.registry.gate_settings`) with ``kind``,
+            ``loss`` ("per_batch"/"per_gate"), ``target``, ``weight``,
             ``granularity`` (one (g_inp, g_out, g_exp) row per row of
             ``blocks``; defaults to the supplement's table for the ImageNet
-            body), ``temperature``, ``open_probability``, ``hidden_units``,
-            ``gate_weights``.
+            body) and optional GumbelGate arguments (``temperature``,
+            ``open_probability``, ``hidden_units``, ``threshold``, ``seed``).
         blocks: rows (expansion, channels, repeats, first stride).
         stem_filters, stem_stride: the ``Conv1`` stem.
         last_filters: channels of the final 1x1 convolution ``Conv_1``.
@@ -274,7 +216,7 @@ def build(
         An uncompiled ``keras.Model``.
     """
     default_granularity = IMAGENET_GRANULARITY if tuple(map(tuple, blocks)) == IMAGENET_BLOCKS else None
-    settings = _normalize_gates(gates, default_granularity)
+    settings = gate_settings(gates, default_granularity)
     if settings is not None and settings["granularity"] is None:
         raise ValueError(
             "Expected gates['granularity'] (one (g_inp, g_out, g_exp) row per block row) for a "
@@ -325,7 +267,6 @@ def build(
         target=settings["target"],
         mode=settings["loss"],
         weight=settings["weight"],
-        gate_weights=settings["gate_weights"],
         name=name or "gumbel_mobilenet_v2",
     )
 

@@ -1,0 +1,140 @@
+"""Gated MobileNetV2: Keras-identical dense part, supplement granularities, forced-open gates."""
+
+import keras
+import numpy as np
+import pytest
+
+import tfgated
+from tfgated.zoo import mobilenet_v2
+from tfgated.zoo.mobilenet_v2 import PRESETS, build, copy_weights
+
+FASHION = PRESETS["gumbel_mobilenet_v2_fashion_mnist"]
+KERAS_MOBILENET_V2_PARAMS = 3_538_984
+
+
+def fashion_model(kind="independent", **gate_overrides):
+    gates = {**FASHION["gates"], "kind": kind, **gate_overrides}
+    return build(num_classes=10, input_shape=(28, 28, 1), gates=gates, **FASHION["arch"])
+
+
+def randomize_batch_norms(model, seed=0):
+    """Non-trivial BN statistics so that weight copies are really tested."""
+    rng = np.random.default_rng(seed)
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            shape = layer.gamma.shape
+            layer.set_weights(
+                [
+                    rng.uniform(0.5, 1.5, shape),
+                    rng.normal(0.0, 0.1, shape),
+                    rng.normal(0.0, 0.1, shape),
+                    rng.uniform(0.5, 1.5, shape),
+                ]
+            )
+
+
+def test_dense_model_matches_keras_applications_parameters_and_names():
+    reference = keras.applications.MobileNetV2(weights=None)
+    dense = build()
+    assert reference.count_params() == dense.count_params() == KERAS_MOBILENET_V2_PARAMS
+    weighted = lambda m: [(l.name, [tuple(w.shape) for w in l.weights]) for l in m.layers if l.weights]  # noqa: E731
+    assert weighted(dense) == weighted(reference)
+
+
+def test_gated_model_adds_only_the_gates_parameters():
+    reference_params = keras.applications.MobileNetV2(weights=None).count_params()
+    model = build(gates={"kind": "independent"})
+    gates = tfgated.gate_layers(model)
+    extra = sum(g.count_params() for g in gates) + model.get_layer("activation_loss").count_params()
+    assert model.count_params() == reference_params + extra
+    # 17 blocks, each with an expansion and a projection gate, at the supplement's granularity.
+    assert len(gates) == 34
+    units = {g.name: g.units for g in gates}
+    assert units["expanded_conv_expand_gate"] == 32 // 16
+    assert units["block_1_expand_gate"] == 96 // 24
+    assert units["block_1_project_gate"] == 24 // 8
+    assert units["block_16_expand_gate"] == 960 // 64
+    assert units["block_16_project_gate"] == 320 // 64
+
+
+@pytest.mark.parametrize("kind", ["independent", "dependent"])
+def test_always_on_gated_model_reproduces_keras_applications(kind):
+    reference = keras.applications.MobileNetV2(weights=None, input_shape=(96, 96, 3))
+    randomize_batch_norms(reference)
+    model = build(input_shape=(96, 96, 3), gates={"kind": kind})
+    copied = copy_weights(reference, model)
+    assert len(copied) == sum(1 for layer in reference.layers if layer.weights)
+    tfgated.set_inference_style(model, "always_on")
+    x = np.random.default_rng(1).uniform(-1, 1, (2, 96, 96, 3)).astype("float32")
+    features = lambda m: keras.Model(m.input, m.get_layer("out_relu").output)(x)  # noqa: E731
+    np.testing.assert_allclose(features(model), features(reference), atol=1e-4)
+    np.testing.assert_allclose(model(x), reference(x), atol=1e-4)
+
+
+def test_copy_weights_rejects_mismatched_models():
+    with pytest.raises(ValueError, match="Cannot copy layer"):
+        copy_weights(build(input_shape=(96, 96, 3)), fashion_model())
+
+
+@pytest.mark.parametrize("kind", ["independent", "dependent"])
+def test_force_open_keeps_one_gate_per_non_residual_layer(kind):
+    model = fashion_model(kind)
+    for gate in tfgated.gate_layers(model):
+        if kind == "independent":
+            gate.logits.assign(np.full(gate.units, -30.0, "float32"))
+        else:
+            gate.head.bias.assign(np.full(gate.units, -30.0, "float32"))
+    x = np.random.default_rng(0).uniform(0, 1, (4, 28, 28, 1)).astype("float32")
+    values = tfgated.gate_values(model, x)
+    forced = {g.name for g in tfgated.gate_layers(model) if g.force_open}
+    # Non-residual blocks: the first of each stage (blocks 0, 1, 3, 5).
+    assert forced == {
+        f"{prefix}_{part}_gate"
+        for prefix in ("expanded_conv", "block_1", "block_3", "block_5")
+        for part in ("expand", "project")
+    }
+    for name, z in values.items():
+        per_example = np.asarray(z).sum(axis=1)
+        if name in forced:
+            assert np.all(per_example == 1), name
+        else:
+            assert np.all(per_example == 0), name
+
+
+def test_fashion_mnist_variant_trains_and_reloads(tmp_path, fashion_mnist_small):
+    x, y = fashion_mnist_small
+    x, y = x[:64], y[:64]
+    model = fashion_model("dependent")
+    model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="sparse_categorical_crossentropy")
+    history = model.fit(x, y, batch_size=32, epochs=1, verbose=0)
+    assert np.isfinite(history.history["loss"][-1])
+    assert "gate_activation" in history.history
+    for style in ("threshold", "always_on", "stochastic", "ensemble"):
+        tfgated.set_inference_style(model, style, samples=2 if style == "ensemble" else None)
+        probabilities = np.asarray(tfgated.predict(model, x[:8]) if style == "ensemble" else model(x[:8]))
+        assert probabilities.shape == (8, 10)
+        np.testing.assert_allclose(np.sum(probabilities, axis=1), 1.0, atol=1e-5)
+    tfgated.set_inference_style(model, "threshold")
+    path = str(tmp_path / "mobilenet_v2.keras")
+    model.save(path)
+    restored = keras.saving.load_model(path, safe_mode=True)
+    np.testing.assert_allclose(restored(x[:8]), model(x[:8]), atol=1e-5)
+
+
+def test_every_preset_builds_at_its_test_shape():
+    for name, preset in PRESETS.items():
+        shape = tuple(preset.get("test_input_shape") or preset["input_shape"])
+        model = build(num_classes=preset["num_classes"], input_shape=shape, gates=preset["gates"], **preset["arch"])
+        assert model.output_shape == (None, preset["num_classes"]), name
+        assert bool(tfgated.gate_layers(model)) == (preset["gates"] is not None), name
+
+
+def test_bad_arguments_raise_clear_errors():
+    with pytest.raises(ValueError, match="granularity to divide 16 channels. Received: granularity=7"):
+        fashion_model(granularity=[(4, 4, 7), (4, 4, 12), (4, 8, 24), (8, 8, 24)])
+    with pytest.raises(ValueError, match="one granularity row"):
+        fashion_model(granularity=[(4, 4, 8)])
+    with pytest.raises(ValueError, match="gates\\['granularity'\\]"):
+        build(input_shape=(28, 28, 1), gates={"kind": "independent"}, blocks=mobilenet_v2.FASHION_MNIST_BLOCKS)
+    with pytest.raises(ValueError, match="stem_stride"):
+        build(stem_stride=3)
