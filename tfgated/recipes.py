@@ -10,7 +10,9 @@ switch                 piece
 =====================  =====================================================
 ``learning_rate``      initial learning rate
 ``cosine_decay``       ``keras.optimizers.schedules.CosineDecay`` over all
-                       training steps (``warmup_epochs``: linear warmup)
+                       training steps (``warmup_epochs``: linear warmup);
+                       off: constant, or step decay by ``lr_decay_factor``
+                       at ``lr_boundaries`` (epochs)
 ``weight_decay``       decoupled weight decay (SGDW / AdamW)
 ``bias_decay``         ``False``: biases are excluded from weight decay
 ``bn_decay``           ``False``: batch-norm gamma/beta are excluded
@@ -22,7 +24,9 @@ switch                 piece
 ``activation``         ``"relu"``/``"swish"``: an architecture switch, passed
                        as override to ``tfgated.zoo.load(activation=...)``
 ``augment``            augmentation policy (Keras layers in the pipeline):
-                       ``none``, ``flip``, ``shift_flip``, ``randaugment``,
+                       ``none``, ``flip``, ``shift_flip``,
+                       ``pad2_crop_flip``, ``pad4_crop_flip``,
+                       ``random_resized_crop_flip``, ``randaugment``,
                        ``augmix``
 ``stabilize_epochs``   "distribution stabilization": a short fine-tune with a
                        small constant LR (``stabilize_lr``) and only weak
@@ -64,7 +68,20 @@ __all__ = [
 ]
 
 OPTIMIZERS = ("sgd", "adam")
-AUGMENT_POLICIES = ("none", "flip", "shift_flip", "randaugment", "augmix")
+AUGMENT_POLICIES = (
+    "none",
+    "flip",
+    "shift_flip",
+    "pad2_crop_flip",
+    "pad4_crop_flip",
+    "random_resized_crop_flip",
+    "randaugment",
+    "augmix",
+)
+#: How free-form zoo preset recipe keys map onto switches (see :meth:`Recipe.from_preset`).
+PRESET_ALIASES = {"mixup_alpha": "mixup"}
+#: Preset recipe keys that are not training switches (used by other stages or informative).
+PRESET_IGNORED = ("loss", "note", "validation_split", "warm_start", "precision_bits", "pruning", "exit", "loss_weights")
 ACTIVATIONS = ("relu", "swish")
 
 
@@ -249,6 +266,10 @@ def augmentation_layer(policy, value_range=(0.0, 1.0), seed=None):
 
     Policies: ``flip`` (random horizontal flip), ``shift_flip`` (random
     translation by up to 1/8 of the size, reflect padding, plus flip),
+    ``pad{2,4}_crop_flip`` (zero-pad by 2/4 pixels, random crop back to size
+    per example, random horizontal flip: the ResNet CIFAR augmentation),
+    ``random_resized_crop_flip`` (random zoom-in up to 2x plus flip, an
+    approximation of Inception's random-resized crop),
     ``randaugment`` (``keras.layers.RandAugment``, 2 ops, factor 0.5),
     ``augmix`` (``keras.layers.AugMix``, an AutoAugment-style mixture).
     Images are float in ``value_range`` (``tfgated.data`` augments in [0, 1]).
@@ -267,9 +288,46 @@ def augmentation_layer(policy, value_range=(0.0, 1.0), seed=None):
             ],
             name="augment_shift_flip",
         )
+    if policy in ("pad2_crop_flip", "pad4_crop_flip"):
+        return pad_crop_flip(int(policy[3]), seed=seed)
+    if policy == "random_resized_crop_flip":
+        # An approximation of Inception's random-resized crop: zoom in by up to 2x.
+        return keras.Sequential(
+            [
+                keras.layers.RandomZoom(height_factor=(-0.5, 0.0), fill_mode="reflect", seed=seed),
+                keras.layers.RandomFlip("horizontal", seed=seed),
+            ],
+            name="augment_random_resized_crop_flip",
+        )
     if policy == "randaugment":
         return keras.layers.RandAugment(value_range=value_range, seed=seed, name="augment_randaugment")
     return keras.layers.AugMix(value_range=value_range, seed=seed, name="augment_augmix")
+
+
+def pad_crop_flip(pad, seed=None):
+    """A batch function: zero-pad by ``pad``, crop back at a random offset per example, random flip.
+
+    Vectorized with ``tf.gather(..., batch_dims=1)``; for the ``tf.data`` pipeline.
+    """
+    import tensorflow as tf  # data pipeline code, not a layer
+
+    if isinstance(pad, bool) or not isinstance(pad, int) or pad < 1:
+        raise ValueError(f"Expected pad to be a positive integer. Received: pad={pad!r}")
+
+    def fn(images):
+        shape = tf.shape(images)
+        batch, height, width = shape[0], shape[1], shape[2]
+        padded = tf.pad(images, [[0, 0], [pad, pad], [pad, pad], [0, 0]])
+        dy = tf.random.uniform([batch], 0, 2 * pad + 1, dtype=tf.int32, seed=seed)
+        dx = tf.random.uniform([batch], 0, 2 * pad + 1, dtype=tf.int32, seed=None if seed is None else seed + 1)
+        rows = dy[:, None] + tf.range(height)[None, :]
+        cols = dx[:, None] + tf.range(width)[None, :]
+        out = tf.gather(padded, rows, axis=1, batch_dims=1)
+        out = tf.gather(out, cols, axis=2, batch_dims=1)
+        flip = tf.random.uniform([batch], seed=None if seed is None else seed + 2) < 0.5
+        return tf.where(flip[:, None, None, None], tf.reverse(out, axis=[2]), out)
+
+    return fn
 
 
 def mixup_batch(alpha, seed=None):
@@ -323,7 +381,10 @@ class Recipe:
     optimizer: str = "sgd"
     learning_rate: float = 0.1
     momentum: float = 0.9
+    nesterov: bool = True
     cosine_decay: bool = True
+    lr_boundaries: tuple = ()
+    lr_decay_factor: float = 0.1
     warmup_epochs: float = 0.0
     min_lr_fraction: float = 0.0
     weight_decay: float = 0.0
@@ -384,7 +445,17 @@ class Recipe:
             raise ValueError(
                 f"Expected stabilize_epochs to be an integer >= 0. Received: stabilize_epochs={self.stabilize_epochs!r}"
             )
-        for name in ("cosine_decay", "bias_decay", "bn_decay", "gate_decay"):
+        if not isinstance(self.lr_boundaries, (tuple, list)) or any(
+            isinstance(b, bool) or not isinstance(b, (int, float)) or b <= 0 for b in self.lr_boundaries
+        ) or list(self.lr_boundaries) != sorted(self.lr_boundaries):
+            raise ValueError(
+                "Expected lr_boundaries to be increasing positive epochs. "
+                f"Received: lr_boundaries={self.lr_boundaries!r}"
+            )
+        object.__setattr__(self, "lr_boundaries", tuple(self.lr_boundaries))
+        if not _non_negative_number(self.lr_decay_factor) or self.lr_decay_factor > 1:
+            raise ValueError(f"Expected lr_decay_factor in [0, 1]. Received: lr_decay_factor={self.lr_decay_factor!r}")
+        for name in ("nesterov", "cosine_decay", "bias_decay", "bn_decay", "gate_decay"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"Expected {name} to be True or False. Received: {name}={getattr(self, name)!r}")
 
@@ -423,13 +494,63 @@ class Recipe:
             coerced[name] = value
         return cls(**coerced)
 
+    @classmethod
+    def from_preset(cls, recipe, **overrides):
+        """A recipe from a zoo preset's free-form ``"recipe"`` dict, plus overrides.
+
+        Known vocabulary is translated: ``schedule: "cosine"`` or
+        ``{"kind": "cosine"}`` -> ``cosine_decay``; ``{"kind": "piecewise",
+        "boundaries_epochs": [...], "factor": f}`` -> ``lr_boundaries`` /
+        ``lr_decay_factor``; no schedule -> constant LR; ``warmup: {"epochs":
+        e}`` -> ``warmup_epochs`` (linear from 0); ``mixup_alpha`` -> ``mixup``;
+        ``no_bias_decay`` -> ``bias_decay``; ``autoaugment`` -> ``augment=
+        "randaugment"`` (the authors' AutoAugment policy is not available in
+        Keras); ``optimizer: "adamw"`` -> ``"adam"`` (decay is decoupled anyway).
+        Keys of other stages (:data:`PRESET_IGNORED`) are skipped. ``overrides``
+        are switch names and are validated strictly.
+
+        Returns:
+            ``(recipe, ignored)``: the :class:`Recipe` and a dict of the preset
+            keys that were not used.
+        """
+        values, ignored = {}, {}
+        valid = set(cls.switch_names())
+        values["cosine_decay"] = False
+        for key, value in (recipe or {}).items():
+            if key == "schedule":
+                kind = value.get("kind") if isinstance(value, dict) else value
+                if kind == "cosine":
+                    values["cosine_decay"] = True
+                elif kind == "piecewise":
+                    values["lr_boundaries"] = tuple(value.get("boundaries_epochs", ()))
+                    values["lr_decay_factor"] = float(value.get("factor", 0.1))
+                elif kind not in (None, "constant"):
+                    raise ValueError(f"Unsupported learning-rate schedule in preset recipe: {value!r}")
+            elif key == "warmup":
+                values["warmup_epochs"] = float(value.get("epochs", 0) if isinstance(value, dict) else value)
+            elif key == "no_bias_decay":
+                values["bias_decay"] = not value
+            elif key == "autoaugment":
+                values["augment"] = "randaugment"
+            elif key == "optimizer":
+                values["optimizer"] = "adam" if value == "adamw" else value
+            elif key in PRESET_ALIASES:
+                values[PRESET_ALIASES[key]] = value
+            elif key in valid:
+                values[key] = value
+            else:
+                ignored[key] = value
+        return cls.from_dict(values, **overrides), ignored
+
     def replace(self, **changes):
         """A copy with ``changes`` applied (validated like the constructor)."""
         return Recipe.from_dict(self.to_dict(), **changes)
 
     def to_dict(self):
         """Plain-data form (JSON-serializable)."""
-        return dataclasses.asdict(self)
+        values = dataclasses.asdict(self)
+        values["lr_boundaries"] = list(self.lr_boundaries)
+        return values
 
     def to_json(self):
         """Canonical JSON (sorted keys): equal recipes give equal strings."""
@@ -466,6 +587,7 @@ class Recipe:
             epochs=self.stabilize_epochs,
             learning_rate=self.stabilize_lr,
             cosine_decay=False,
+            lr_boundaries=(),
             warmup_epochs=0.0,
             mixup=0.0,
             augment=self.stabilize_augment,
@@ -476,7 +598,16 @@ class Recipe:
     def learning_rate_schedule(self, steps_per_epoch=None):
         """The learning rate: a float, or a ``CosineDecay`` schedule (with warmup)."""
         if not (self.cosine_decay or self.warmup_epochs):
-            return float(self.learning_rate)
+            if not self.lr_boundaries:
+                return float(self.learning_rate)
+            if not _positive_int(steps_per_epoch):
+                raise ValueError(
+                    "Expected steps_per_epoch (a positive integer) for step decay. "
+                    f"Received: steps_per_epoch={steps_per_epoch!r}"
+                )
+            boundaries = [int(round(b * steps_per_epoch)) for b in self.lr_boundaries]
+            values = [float(self.learning_rate) * self.lr_decay_factor**i for i in range(len(boundaries) + 1)]
+            return keras.optimizers.schedules.PiecewiseConstantDecay(boundaries, values)
         if not _positive_int(steps_per_epoch):
             raise ValueError(
                 "Expected steps_per_epoch (a positive integer) for cosine decay or warmup. "
@@ -507,7 +638,10 @@ class Recipe:
         wd = float(self.weight_decay) or None
         if self.optimizer == "sgd":
             optimizer = keras.optimizers.SGD(
-                learning_rate=lr, momentum=self.momentum, nesterov=self.momentum > 0, weight_decay=wd
+                learning_rate=lr,
+                momentum=self.momentum,
+                nesterov=self.nesterov and self.momentum > 0,
+                weight_decay=wd,
             )
         elif wd:
             optimizer = keras.optimizers.AdamW(learning_rate=lr, weight_decay=wd)
@@ -545,6 +679,9 @@ class Recipe:
         Returns ``model``.
         """
         loss, metrics = self.loss_and_metrics(from_logits=from_logits)
+        if len(model.outputs) > 1:  # e.g. early-exit heads: one loss and metric set per output
+            pairs = [self.loss_and_metrics(from_logits=from_logits) for _ in model.outputs]
+            loss, metrics = [p[0] for p in pairs], [p[1] for p in pairs]
         model.compile(
             optimizer=self.build_optimizer(model, steps_per_epoch),
             loss=loss,

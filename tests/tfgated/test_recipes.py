@@ -157,7 +157,7 @@ def test_mixup_mixes_images_and_labels_consistently():
         recipes.mixup_batch(0.0)
 
 
-@pytest.mark.parametrize("policy", ["flip", "shift_flip", "randaugment", "augmix"])
+@pytest.mark.parametrize("policy", [p for p in recipes.AUGMENT_POLICIES if p != "none"])
 def test_augmentation_policies_run_on_grayscale_batches(policy):
     layer = recipes.augmentation_layer(policy, seed=1)
     x = np.random.default_rng(0).uniform(size=(4, 28, 28, 1)).astype("float32")
@@ -197,3 +197,47 @@ def tiny_gated_model_28():
     x = keras.layers.GlobalAveragePooling2D()(x)
     outputs = keras.layers.Dense(10, activation="softmax", name="head")(x)
     return tfgated.gated_model(inputs, outputs, [z], target=0.5, name="tiny28")
+
+
+def test_from_preset_translates_zoo_vocabulary():
+    r, ignored = Recipe.from_preset(
+        {
+            "optimizer": "sgd", "learning_rate": 0.1, "momentum": 0.9, "nesterov": False, "weight_decay": 1e-4,
+            "epochs": 164, "batch_size": 128,
+            "schedule": {"kind": "piecewise", "boundaries_epochs": [82, 123], "factor": 0.1},
+            "warmup": {"epochs": 1, "learning_rate": 0.01}, "augment": "pad4_crop_flip",
+            "loss": "sparse_categorical_crossentropy", "note": "x", "validation_split": 0.1,
+        },
+        epochs=2,
+    )
+    assert r.epochs == 2 and not r.nesterov and not r.cosine_decay
+    assert r.lr_boundaries == (82, 123) and r.warmup_epochs == 1.0 and r.augment == "pad4_crop_flip"
+    assert set(ignored) == {"loss", "note", "validation_split"}
+    sipa, _ = Recipe.from_preset(
+        {"schedule": "cosine", "label_smoothing": 0.3, "mixup_alpha": 1.0, "no_bias_decay": True,
+         "autoaugment": "cifar100", "optimizer": "adamw"}
+    )
+    assert sipa.cosine_decay and sipa.mixup == 1.0 and not sipa.bias_decay and sipa.augment == "randaugment"
+    assert sipa.optimizer == "adam"
+    with pytest.raises(ValueError, match="Unknown improving switch"):
+        Recipe.from_preset({}, warp_drive=1)
+
+
+def test_step_decay_schedule():
+    r = Recipe(cosine_decay=False, lr_boundaries=(2, 4), lr_decay_factor=0.1, epochs=6)
+    sched = r.learning_rate_schedule(steps_per_epoch=10)
+    assert [float(sched(s)) for s in (0, 25, 45)] == pytest.approx([0.1, 0.01, 0.001])
+    with pytest.raises(ValueError, match="lr_boundaries"):
+        Recipe(lr_boundaries=(4, 2))
+
+
+def test_pad_crop_flip_shifts_each_example_independently():
+    fn = recipes.pad_crop_flip(2, seed=0)
+    x = np.zeros((64, 8, 8, 1), "float32")
+    x[:, 3:5, 3:5] = 1.0  # a centred square
+    y = np.asarray(fn(tf.constant(x)))
+    assert y.shape == x.shape
+    assert np.allclose(y.sum(axis=(1, 2, 3)), 4.0)  # pad 2 never cuts the centred square
+    centres = {tuple(np.argwhere(img[..., 0] > 0).mean(axis=0)) for img in y}
+    assert len(centres) > 5  # offsets differ between examples
+    assert max(abs(c - 3.5) for cs in centres for c in cs) <= 2
