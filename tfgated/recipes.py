@@ -314,7 +314,9 @@ def pad_crop_flip(pad, seed=None):
     if isinstance(pad, bool) or not isinstance(pad, int) or pad < 1:
         raise ValueError(f"Expected pad to be a positive integer. Received: pad={pad!r}")
 
-    def fn(images):
+    def fn(images, training=True):
+        if not training:
+            return images
         shape = tf.shape(images)
         batch, height, width = shape[0], shape[1], shape[2]
         padded = tf.pad(images, [[0, 0], [pad, pad], [pad, pad], [0, 0]])
