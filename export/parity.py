@@ -1,0 +1,136 @@
+"""Run exported files in their real runtimes and compare them with Keras.
+
+* TFLite files run in LiteRT (``ai_edge_litert.interpreter.Interpreter``);
+* ONNX files run in ONNX Runtime (``onnxruntime.InferenceSession``).
+
+Checks (per quantization):
+
+``float32``  max absolute difference <= 1e-4
+``float16``  top-1 agreement >= 99.5 %
+``int8``     reported only (max difference and top-1 agreement)
+
+A failed check raises :class:`ParityError` unless ``allow_mismatch=True``.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+FLOAT32_TOLERANCE = 1e-4
+FLOAT16_MIN_AGREEMENT = 0.995
+
+
+class ParityError(RuntimeError):
+    """An exported file does not compute what the Keras model computes."""
+
+
+def _batches(x, batch_size):
+    for start in range(0, len(x), batch_size):
+        chunk = x[start : start + batch_size]
+        if len(chunk) < batch_size:  # pad the last batch to the fixed batch size
+            pad = np.repeat(chunk[-1:], batch_size - len(chunk), axis=0)
+            yield np.concatenate([chunk, pad]), len(chunk)
+        else:
+            yield chunk, batch_size
+
+
+def run_tflite(path, x, threads=None):
+    """Outputs of the TFLite file ``path`` on ``x`` (any number of examples), in LiteRT."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    interpreter = Interpreter(model_path=os.fspath(path), num_threads=threads)
+    interpreter.allocate_tensors()
+    inp = interpreter.get_input_details()[0]
+    out = interpreter.get_output_details()[0]
+    batch = int(inp["shape"][0]) or 1
+    results = []
+    for chunk, n in _batches(np.asarray(x), batch):
+        if inp["dtype"] != np.float32:  # fully integer model
+            scale, zero = inp["quantization"]
+            chunk = np.clip(np.round(chunk / scale + zero), np.iinfo(inp["dtype"]).min, np.iinfo(inp["dtype"]).max)
+        interpreter.set_tensor(inp["index"], chunk.astype(inp["dtype"]))
+        interpreter.invoke()
+        y = interpreter.get_tensor(out["index"])
+        if out["dtype"] != np.float32:
+            scale, zero = out["quantization"]
+            y = (y.astype("float32") - zero) * scale
+        results.append(np.array(y[:n], dtype="float32"))
+    return np.concatenate(results)
+
+
+def run_onnx(path, x, threads=None):
+    """Outputs of the ONNX file ``path`` on ``x``, in ONNX Runtime."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    if threads:
+        options.intra_op_num_threads = int(threads)
+        options.inter_op_num_threads = 1
+    session = ort.InferenceSession(os.fspath(path), options, providers=["CPUExecutionProvider"])
+    inp = session.get_inputs()[0]
+    batch = inp.shape[0] if isinstance(inp.shape[0], int) else None
+    results = []
+    if batch is None:
+        return np.asarray(session.run(None, {inp.name: np.asarray(x, "float32")})[0], "float32")
+    for chunk, n in _batches(np.asarray(x), batch):
+        results.append(np.asarray(session.run(None, {inp.name: chunk.astype("float32")})[0][:n], "float32"))
+    return np.concatenate(results)
+
+
+def run_file(path, x, threads=None):
+    """Outputs of a ``.tflite`` or ``.onnx`` file on ``x``."""
+    kind = file_format(path)
+    return run_tflite(path, x, threads) if kind == "tflite" else run_onnx(path, x, threads)
+
+
+def file_format(path):
+    """``"tflite"`` or ``"onnx"`` from the file name."""
+    ext = os.path.splitext(os.fspath(path))[1].lower()
+    if ext == ".tflite":
+        return "tflite"
+    if ext == ".onnx":
+        return "onnx"
+    raise ValueError(f"Expected a .tflite or .onnx file. Received: {os.fspath(path)!r}")
+
+
+def compare(reference, outputs, quantization="float32"):
+    """Parity numbers and the verdict for ``outputs`` against ``reference``."""
+    reference = np.asarray(reference, "float32")
+    outputs = np.asarray(outputs, "float32")
+    if reference.shape != outputs.shape:
+        raise ParityError(f"Output shape {outputs.shape} differs from the Keras output shape {reference.shape}.")
+    max_diff = float(np.max(np.abs(reference - outputs))) if reference.size else 0.0
+    result = {"quantization": quantization, "examples": int(len(reference)), "max_abs_diff": max_diff}
+    if reference.ndim == 2 and reference.shape[-1] > 1:
+        result["top1_agreement"] = float(np.mean(reference.argmax(-1) == outputs.argmax(-1)))
+    if quantization == "float32":
+        result["threshold"] = {"max_abs_diff": FLOAT32_TOLERANCE}
+        result["passed"] = bool(max_diff <= FLOAT32_TOLERANCE)
+    elif quantization == "float16":
+        agreement = result.get("top1_agreement", 1.0 if max_diff <= 1e-2 else 0.0)
+        result["threshold"] = {"top1_agreement": FLOAT16_MIN_AGREEMENT}
+        result["passed"] = bool(agreement >= FLOAT16_MIN_AGREEMENT)
+    else:
+        result["threshold"] = None
+        result["passed"] = True  # report only
+    return result
+
+
+def check_parity(path, reference, x, quantization="float32", allow_mismatch=False, threads=None):
+    """Run ``path`` on ``x`` and compare with the Keras outputs ``reference``.
+
+    Raises:
+        ParityError: the check failed and ``allow_mismatch`` is false.
+    """
+    outputs = run_file(path, x, threads=threads)
+    result = compare(reference, outputs, quantization)
+    result["runtime"] = "litert" if file_format(path) == "tflite" else "onnxruntime"
+    if not result["passed"] and not allow_mismatch:
+        raise ParityError(
+            f"Parity check failed for {os.fspath(path)!r} ({quantization}): "
+            + ", ".join(f"{k}={v}" for k, v in result.items() if k in ("max_abs_diff", "top1_agreement"))
+            + f"; expected {result['threshold']}. Pass allow_mismatch=True (--no-check) to write it anyway."
+        )
+    return result
