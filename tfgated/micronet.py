@@ -276,7 +276,7 @@ class _Counter:
 
     def kernel(self, tensor):
         """A sparse-able weight tensor; returns its non-zero count."""
-        values = np.asarray(keras.ops.convert_to_numpy(tensor))
+        values = np.asarray(tensor.numpy() if hasattr(tensor, "numpy") else keras.ops.convert_to_numpy(tensor))
         size, nonzero = values.size, int(np.count_nonzero(values))
         self.row.params += size
         self.row.nonzero += nonzero
