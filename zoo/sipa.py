@@ -406,6 +406,31 @@ def build_sipa(
     return keras.Model(inputs, [outputs, exit_output], name=name)
 
 
+CARD_NOTES = """
+SIPA (Lee, Bae, Oh, Yun, MicroNet Challenge 2019, CIFAR-100 track), reimplemented in Keras from the
+authors' reference code (github.com/Lee-Gihun/MicroNet_OSI-AI). Ten MBConv blocks (k3; strides
+1,1,2,1,1,1,1,2,1,1; channels 24->16->24->40->40->48->64->64->80->80->96 after width 0.9), SE ratio 0.2
+of the block input, swish, head 1x1 conv to 136 channels, dropout 0.2, dense classifier.
+
+**Reference counting convention** (README table "obtained by hand", MicroNet rules): parameters are
+convolution and dense weights plus biases with BatchNorm folded away: 470,776 for `sipa_cifar100`
+(this card's "parameters without BatchNorm"); math operations count every multiplication and addition
+(convolutions, SE, swish, pooling, upsampling, residual additions): 60,456,692 multiplications +
+57,132,604 additions = 117,589,296 per 32x32 image at 32 bits before pruning, with a 63x63 upsampled
+input. Scored at 16-bit parameters and inputs with 32-bit accumulators (multiplications count half),
+this gives the paper's Table 1 entry of about 0.24M parameters and 0.09B operations (the README's
+scores: parameter storage 0.006449, math operations 0.008328 of WideResNet-28-10's 36.5M / 10.49B).
+`tfgated.micronet.micronet_score(model, bits)` computes that score; the MACs above count only the
+multiply-accumulates of convolutions and dense layers, so they are smaller than the MicroNet count.
+
+Spatial sizes follow the reference's static padding (computed for the un-upsampled side): 63 -> 31 ->
+15 -> 7. Early exit (`exit_after=4`, reference "MBConvBlock[4]"): outputs `[main, exit]`, main first;
+the exit head adds 20,660 parameters without BatchNorm (reference: 20,660). Channel gates (`gates`)
+sit after each block's expansion activation (block 0: after its depthwise activation); blocks
+without an identity skip keep their most probable gate open. Deviations: plain BatchNorm instead of
+ghost BatchNorm (4 splits); TensorFlow's nearest-neighbour pixel convention.
+"""
+
 # -- presets -----------------------------------------------------------------------
 
 _PAPER = {

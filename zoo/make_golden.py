@@ -1,0 +1,190 @@
+"""Regenerate the golden complexity file ``zoo/complexity.json`` and the model cards.
+
+    python -m tfgated.zoo.make_golden            # every preset: JSON + cards/NAME.md
+    python -m tfgated.zoo.make_golden --check    # exit 1 if the committed files are stale
+
+For every preset the model is built at the preset's ``input_shape`` and counted
+with :func:`tfgated.complexity.count` (pycls convention: parameters =
+all weights incl. BatchNorm statistics, gate bookkeeping excluded; MACs =
+multiply-accumulates of convolutions and dense layers per example). The file
+also states ``params_without_bn`` (BatchNorm folded away, the MicroNet/SIPA
+reference convention). ``tests/zoo/test_all_presets.py`` compares every preset
+with this file, so a change that alters a model shows up in review.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+
+COUNTER = "tfgated.complexity.count"
+
+
+def measure(name):
+    """The golden entry of preset ``name``: a JSON-able dict."""
+    import keras
+
+    from tfgated.complexity import count
+    from tfgated.zoo import registry
+
+    preset = registry.get_preset(name)
+    model = registry.build(name)
+    report = count(model)
+    bn = sum(r.params for r in report.rows if r.class_name == "BatchNormalization")
+    entry = {
+        "family": preset["family"],
+        "input_shape": [int(v) for v in preset["input_shape"]],
+        "num_classes": int(preset["num_classes"]),
+        "params": report.params,
+        "params_without_bn": report.params - bn,
+        "trainable_params": int(sum(int(keras.ops.size(w)) for w in model.trainable_weights)),
+        "macs": report.macs,
+        "outputs": len(model.outputs),
+        "gates": len(_gate_layers(model)),
+        "counter": COUNTER,
+    }
+    keras.backend.clear_session()
+    return entry
+
+
+def _gate_layers(model):
+    import tfgated
+
+    return tfgated.gate_layers(model)
+
+
+def _millions(value):
+    return f"{value / 1e6:.3f}M"
+
+
+def family_notes(family):
+    """The optional ``CARD_NOTES`` string of a family's module."""
+    from tfgated.zoo import registry
+
+    builder = registry._FAMILIES[family]
+    return getattr(sys.modules[builder.__module__], "CARD_NOTES", "")
+
+
+def render_card(name, entry):
+    """The markdown model card of preset ``name`` given its golden ``entry``."""
+    from tfgated.zoo import registry
+
+    preset = registry.get_preset(name)
+    lines = [f"# {name}", "", preset["description"], ""]
+    lines += [
+        "| | |",
+        "|---|---|",
+        f"| family | `{preset['family']}` |",
+        f"| dataset | `{preset.get('dataset')}` |",
+        f"| input shape | {tuple(preset['input_shape'])} |",
+        f"| classes | {preset['num_classes']} |",
+        f"| outputs | {entry['outputs']} (softmax probabilities{', main first' if entry['outputs'] > 1 else ''}) |",
+        f"| parameters | {entry['params']:,} ({_millions(entry['params'])}) |",
+        f"| parameters without BatchNorm | {entry['params_without_bn']:,} |",
+        f"| MACs per example | {entry['macs']:,} ({_millions(entry['macs'])}) |",
+        f"| gate layers | {entry['gates']} |",
+        f"| weights | {registry.weights_status(name)} |",
+        "",
+        "## Counting convention",
+        "",
+        "Measured by `tfgated.complexity.count` on the preset's input shape: parameters are all "
+        "weights including BatchNorm's moving statistics (Keras' `count_params`), without the gates' "
+        "bookkeeping variables; MACs are the multiply-accumulates of convolutions and dense layers "
+        "per example (bias, BatchNorm, activations, pooling, additions and gate masks count zero). "
+        "\"Without BatchNorm\" is the folded count used by MicroNet-style tables. For gated models "
+        "these are the counts with every gate open.",
+        "",
+    ]
+    notes = family_notes(preset["family"])
+    if notes:
+        lines += ["## Family notes", "", notes.strip(), ""]
+    lines += ["## Architecture", "", "```json", json.dumps(preset["arch"], indent=2, sort_keys=True), "```", ""]
+    if preset["gates"] is not None:
+        lines += ["## Gates", "", "```json", json.dumps(preset["gates"], indent=2, sort_keys=True), "```", ""]
+    lines += ["## Training recipe", "", "```json", json.dumps(preset["recipe"], indent=2, sort_keys=True), "```", ""]
+    lines += [
+        f"Train here: `{registry.train_command(name)}`.",
+        "",
+        "## Usage",
+        "",
+        "```python",
+        "import tfgated.zoo",
+        f'model = tfgated.zoo.load("{name}")  # compiled per the recipe',
+        "```",
+        "",
+    ]
+    paper = preset.get("paper")
+    if paper:
+        lines += ["## Paper", "", f"Source: {paper.get('source', '-')}", "", f"Table: {paper.get('table', '-')}", ""]
+        numbers = paper.get("numbers") or {}
+        if numbers:
+            lines += ["| quantity | value |", "|---|---|"]
+            lines += [f"| {key} | {value} |" for key, value in numbers.items()]
+            lines.append("")
+    return "\n".join(lines)
+
+
+def write_atomic(path, text):
+    """Write ``text`` to ``path`` via a temporary file and ``os.replace``."""
+    directory = os.path.dirname(path)
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=os.path.basename(path))
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def generate(pattern="*"):
+    """``(golden dict, {card path: text})`` for the presets matching ``pattern``;
+    entries of other presets are kept from the committed golden file."""
+    from tfgated.zoo import registry
+
+    names = registry.list_models(pattern)
+    golden = {} if pattern == "*" else registry.golden()
+    cards = {}
+    for name in names:
+        golden[name] = measure(name)
+        print(f"{name}: {golden[name]['params']:,} params, {golden[name]['macs']:,} MACs", flush=True)
+        cards[os.path.join(registry.CARDS_DIR, f"{name}.md")] = render_card(name, golden[name])
+    golden = dict(sorted(golden.items()))
+    return golden, cards
+
+
+def golden_text(golden):
+    return json.dumps(golden, indent=1, sort_keys=True) + "\n"
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="python -m tfgated.zoo.make_golden", description=__doc__.splitlines()[0])
+    parser.add_argument("pattern", nargs="?", default="*", help="only these presets (fnmatch)")
+    parser.add_argument("--check", action="store_true", help="compare instead of writing")
+    args = parser.parse_args(argv)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    from tfgated.zoo import registry
+
+    golden, cards = generate(args.pattern)
+    outputs = {registry.GOLDEN_PATH: golden_text(golden), **cards}
+    if args.check:
+        stale = []
+        for path, text in outputs.items():
+            if not os.path.exists(path) or open(path, encoding="utf-8").read() != text:
+                stale.append(path)
+        for path in stale:
+            print(f"stale: {path}", file=sys.stderr)
+        return 1 if stale else 0
+    for path, text in outputs.items():
+        write_atomic(path, text)
+    print(f"wrote {registry.GOLDEN_PATH} and {len(cards)} cards")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
