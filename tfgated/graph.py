@@ -12,6 +12,10 @@ the exporter that folds gates) can rely on them:
 * :func:`gate_structure` lists, for every :class:`~tfgated.gates.GumbelGate`,
   the layer that applies it and the layers whose computation it switches off,
   each with a *role* (see :class:`GateInfo`).
+
+The gate-aware MAC counts built on this structure (:func:`expected_macs`,
+:func:`gate_mac_weights`, :func:`expected_macs_on_data`) live in
+:mod:`tfgated.complexity` and are re-exported here.
 """
 
 from __future__ import annotations
@@ -507,3 +511,27 @@ def gate_structure(model, graph=None):
             )
         )
     return infos
+
+
+# ----------------------------------------------------------------------------- gate-aware MACs
+
+
+def expected_macs(model, rates=None, gate_values=None, input_shape=None):
+    """Alias of :func:`tfgated.complexity.expected_macs` (which needs per-layer MACs)."""
+    from tfgated.complexity import expected_macs as _expected_macs
+
+    return _expected_macs(model, rates=rates, gate_values=gate_values, input_shape=input_shape)
+
+
+def gate_mac_weights(model, input_shape=None):
+    """Alias of :func:`tfgated.complexity.gate_mac_weights`."""
+    from tfgated.complexity import gate_mac_weights as _gate_mac_weights
+
+    return _gate_mac_weights(model, input_shape=input_shape)
+
+
+def expected_macs_on_data(model, x, batch_size=256, per_example=False):
+    """Alias of :func:`tfgated.complexity.expected_macs_on_data`."""
+    from tfgated.complexity import expected_macs_on_data as _on_data
+
+    return _on_data(model, x, batch_size=batch_size, per_example=per_example)
