@@ -1,0 +1,169 @@
+"""DenseNet with Gumbel early exits: routing, exit gates, styles, training, reload."""
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import tfgated
+from tfgated.exits import EarlyExitCombine, ExitGate, ExitReach, exit_shares, exit_weights
+from tfgated.zoo.densenet import PRESETS, build
+
+SMALL = PRESETS["gumbel_densenet_fashion_mnist_exit"]
+
+
+def small_model(**gate_overrides):
+    gates = {**SMALL["gates"], **gate_overrides}
+    return build(num_classes=10, input_shape=(28, 28, 1), gates=gates, **SMALL["arch"])
+
+
+def set_exit_logits(model, logits):
+    """Make exit gate k's logit the constant logits[k] (zero head kernel)."""
+    for gate, logit in zip(tfgated.exits.exit_gate_layers(model), logits):
+        kernel, bias = gate.head.get_weights()
+        gate.head.set_weights([np.zeros_like(kernel), np.full_like(bias, logit)])
+
+
+# -- the layers --------------------------------------------------------------------
+
+
+def test_combine_takes_the_first_open_exit_per_example():
+    p1 = np.tile([[0.7, 0.2, 0.1]], (4, 1)).astype("float32")
+    p2 = np.tile([[0.1, 0.8, 0.1]], (4, 1)).astype("float32")
+    final = np.tile([[0.1, 0.1, 0.8]], (4, 1)).astype("float32")
+    g1 = np.array([[1], [0], [1], [0]], "float32")
+    g2 = np.array([[0], [1], [1], [0]], "float32")
+    combine = EarlyExitCombine()
+    out = np.asarray(combine([p1, g1, p2, g2, final]))
+    np.testing.assert_allclose(out, np.stack([p1[0], p2[1], p1[2], final[3]]))
+    shares = {m.name: float(m.result()) for m in combine.metrics}
+    assert shares == {"exit_1_share": 0.5, "exit_2_share": 0.25, "final_share": 0.25}
+    reach = np.asarray(ExitReach()([g1, g2]))
+    np.testing.assert_array_equal(reach, [[0, 0], [1, 0], [0, 0], [1, 1]])
+    weights = [np.asarray(w) for w in exit_weights([g1, g2])]
+    np.testing.assert_array_equal(np.concatenate(weights, axis=1).sum(axis=1), 1.0)
+
+
+def test_combine_passes_straight_through_gradient_to_the_gates():
+    p1 = tf.constant([[0.9, 0.1]])
+    final = tf.constant([[0.2, 0.8]])
+    z = tf.Variable([[1.0]])
+    with tf.GradientTape() as tape:
+        out = EarlyExitCombine()([p1, z, final])
+        loss = -tf.math.log(out[0, 1])  # class 1 is better served by the final classifier
+    grad = tape.gradient(loss, z)
+    assert float(grad[0, 0]) > 0  # lowering z (staying) lowers the loss
+
+
+def test_combine_and_reach_reject_bad_inputs():
+    p = np.ones((2, 3), "float32") / 3
+    with pytest.raises(ValueError, match="odd number"):
+        EarlyExitCombine()([p, np.ones((2, 1), "float32")])
+    with pytest.raises(ValueError, match=r"shape \(batch, 1\)"):
+        EarlyExitCombine()([p, np.ones((2, 2), "float32"), p])
+    with pytest.raises(ValueError, match=r"shape \(batch, 1\)"):
+        ExitReach()([np.ones((2, 3), "float32")])
+
+
+def test_exit_gate_decides_per_example_and_always_on_never_exits():
+    features = np.random.default_rng(0).normal(size=(6, 8, 8, 5)).astype("float32")
+    gate = ExitGate(filters=4, pool_size=4, open_probability=0.25, name="exit_gate")
+    z = np.asarray(gate(features))
+    assert z.shape == (6, 1) and set(np.unique(z)) <= {0.0, 1.0}
+    assert gate.kind == "dependent" and gate.units == 1 and not gate.force_open
+    assert gate.head.kernel.shape == (2 * 2 * 4, 1)  # 4x4 average pool of 8x8, 4 channels
+    np.testing.assert_allclose(np.asarray(gate.probabilities(features)), 0.25, atol=0.05)
+    kernel, bias = gate.head.get_weights()
+    gate.head.set_weights([kernel, bias + 20.0])
+    np.testing.assert_array_equal(np.asarray(gate(features)), 1.0)
+    gate.set_inference_style("always_on")
+    np.testing.assert_array_equal(np.asarray(gate(features)), 0.0)
+    config = gate.get_config()
+    assert {"units", "kind", "hidden_units", "force_open"}.isdisjoint(config)
+    clone = ExitGate.from_config(config)
+    assert clone.filters == 4 and clone.pool_size == 4 and clone.inference_style == "always_on"
+    with pytest.raises(ValueError, match="filters"):
+        ExitGate(filters=0)
+
+
+# -- the model ---------------------------------------------------------------------
+
+
+def test_dense_densenet_bc_100_has_the_published_parameter_count():
+    model = build()  # DenseNet-BC (L=100, k=12) for CIFAR-10
+    trainable = sum(int(np.prod(w.shape)) for w in model.trainable_weights)
+    assert trainable == 769_162  # 0.8M in Huang et al., Table 2
+    assert not tfgated.gate_layers(model)
+
+
+def test_exit_model_structure_and_routing_in_every_style():
+    model = small_model()
+    gates = tfgated.gate_layers(model)
+    assert [g.name for g in gates] == ["exit1_gate", "exit2_gate"]
+    assert all(isinstance(g, ExitGate) for g in gates)
+    x = np.random.default_rng(0).uniform(0, 1, (8, 28, 28, 1)).astype("float32")
+    exit1 = keras.Model(model.input, model.get_layer("exit1_classifier").output)(x)
+    final = keras.Model(model.input, model.get_layer("predictions").output)(x)
+
+    set_exit_logits(model, [20.0, -20.0])  # everyone leaves at exit 1
+    np.testing.assert_allclose(model(x), exit1, atol=1e-6)
+    np.testing.assert_allclose(exit_shares(model, x), [1.0, 0.0, 0.0])
+    tfgated.set_inference_style(model, "always_on")  # all computation on: the final classifier
+    np.testing.assert_allclose(model(x), final, atol=1e-6)
+    np.testing.assert_allclose(exit_shares(model, x), [0.0, 0.0, 1.0])
+
+    set_exit_logits(model, [0.0, 0.0])
+    for style in ("threshold", "stochastic", "ensemble"):
+        tfgated.set_inference_style(model, style, samples=3 if style == "ensemble" else None)
+        probabilities = np.asarray(tfgated.predict(model, x) if style == "ensemble" else model(x))
+        assert probabilities.shape == (8, 10)
+        np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, atol=1e-5)
+    tfgated.set_inference_style(model, "stochastic")
+    shares = exit_shares(model, np.repeat(x, 25, axis=0))
+    np.testing.assert_allclose(shares, [0.5, 0.25, 0.25], atol=0.12)
+
+
+def test_training_steps_report_exit_shares_and_depth(fashion_mnist_small):
+    x, y = fashion_mnist_small
+    x, y = x[:64], y[:64]
+    model = small_model(target=0.25, weight=5.0)
+    model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="sparse_categorical_crossentropy")
+    before = [g.head.get_weights()[1].copy() for g in tfgated.gate_layers(model)]
+    history = model.fit(x, y, batch_size=16, epochs=1, verbose=0).history
+    assert np.isfinite(history["loss"][-1])
+    shares = [history[k][-1] for k in ("exit_1_share", "exit_2_share", "final_share")]
+    assert sum(shares) == pytest.approx(1.0, abs=1e-5)
+    assert 0.0 <= history["gate_activation"][-1] <= 1.0
+    after = [g.head.get_weights()[1] for g in tfgated.gate_layers(model)]
+    assert any(not np.allclose(b, a) for b, a in zip(before, after))  # the exits learn
+
+
+def test_save_and_load_safe_mode(tmp_path):
+    model = small_model()
+    x = np.random.default_rng(1).uniform(0, 1, (4, 28, 28, 1)).astype("float32")
+    tfgated.set_inference_style(model, "threshold", threshold=0.3)
+    path = str(tmp_path / "densenet_exit.keras")
+    model.save(path)
+    restored = keras.saving.load_model(path, safe_mode=True)
+    np.testing.assert_allclose(restored(x), model(x), atol=1e-6)
+    gate = restored.get_layer("exit1_gate")
+    assert isinstance(gate, ExitGate) and gate.threshold == pytest.approx(0.3)
+
+
+def test_presets_and_bad_arguments():
+    cifar = PRESETS["gumbel_densenet_cifar10_exit"]
+    model = build(
+        num_classes=10, input_shape=tuple(cifar["input_shape"]), gates=cifar["gates"],
+        **{**cifar["arch"], "blocks": [2, 2, 2]},
+    )
+    assert model.output_shape == (None, 10)
+    assert model.get_layer("exit1_gate").filters == 128
+    assert model.get_layer("exit1_gate").pool_size == 4
+    with pytest.raises(ValueError, match="'dependent'"):
+        small_model(kind="independent")
+    with pytest.raises(ValueError, match="granularity"):
+        small_model(granularity=4)
+    with pytest.raises(ValueError, match="at least 2 dense blocks"):
+        build(gates={"target": 0.5}, blocks=[3])
+    with pytest.raises(ValueError, match="compression"):
+        build(compression=0.0)

@@ -1,0 +1,270 @@
+"""Gumbel early exits (Herrmann et al., ECCV 2020, supplement section 1.2).
+
+After a stage of the network an intermediate classifier predicts class
+probabilities and an :class:`ExitGate` decides, per example, whether the example
+leaves there. The decision is a straight-through Gumbel sample, so exits train
+end to end with the classifiers:
+
+* :class:`ExitGate`: a :class:`~tfgated.gates.GumbelGate` whose logit ("leave
+  here") comes from a small network on the stage's feature map: 3x3
+  convolution to ``filters`` channels, batch normalization, ReLU, ``pool_size``
+  x ``pool_size`` average pooling, flatten, linear. ``z = 1`` means "exit".
+* :class:`EarlyExitCombine`: ``[probs_1, z_1, ..., probs_K, z_K, final_probs]``
+  -> the probabilities of the first exit whose gate is 1 (the final classifier
+  when none is). The mixture weights ``z_k * prod_{j<k} (1 - z_j)`` are exactly
+  0/1 in the forward pass and carry the straight-through gradient in training.
+  It reports the share of examples leaving at each exit as metrics
+  ``exit_{k}_share`` and ``final_share``.
+* :class:`ExitReach`: ``[z_1, ..., z_K]`` -> ``(batch, K)`` with column ``k``
+  equal to 1 iff the example passes exit ``k`` (runs the next stage). Feed it to
+  the activation loss (:func:`tfgated.gated_model`): its mean is the share of
+  gated stages computed, so the target ``t`` sets the average depth.
+
+Inference styles follow the other gates (threshold, stochastic, ensemble); for
+an exit gate ``always_on`` means *all computation on*: no example exits early
+and every example gets the final classifier (the dense network).
+
+The combined model computes every stage for every example (a static graph);
+the saving comes from running the stages after an exit only for the examples
+that pass it, which :func:`exit_shares` measures.
+"""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+from keras import ops
+
+from tfgated.gates import STYLE_IDS, GumbelGate
+
+#: Initial exit probability: most examples reach the final classifier at first.
+DEFAULT_EXIT_PROBABILITY = 0.25
+
+
+@keras.saving.register_keras_serializable(package="tfgated")
+class ExitGate(GumbelGate):
+    """Per-example Gumbel "exit here" decision computed from a feature map.
+
+    Args:
+        filters: channels of the gate network's 3x3 convolution (128 in the paper).
+        pool_size: average-pooling window and stride (4 in the paper), clipped to
+            the feature map size.
+        temperature, threshold, inference_style, seed: as for
+            :class:`~tfgated.gates.GumbelGate`.
+        open_probability: initial probability of exiting, in (0, 1).
+
+    Call arguments:
+        inputs: feature map ``(batch, height, width, channels)``.
+        training: draws straight-through samples when true.
+
+    Returns:
+        ``(batch, 1)``: 1 where the example exits here. Under the
+        ``always_on`` style always 0 (no early exit).
+    """
+
+    def __init__(
+        self,
+        filters=128,
+        pool_size=4,
+        temperature=1.0,
+        open_probability=DEFAULT_EXIT_PROBABILITY,
+        threshold=0.5,
+        inference_style="threshold",
+        seed=None,
+        **kwargs,
+    ):
+        super().__init__(
+            1,
+            kind="independent",  # no built-in gate network: this class brings its own
+            temperature=temperature,
+            open_probability=open_probability,
+            force_open=False,
+            threshold=threshold,
+            inference_style=inference_style,
+            seed=seed,
+            **kwargs,
+        )
+        self.kind = "dependent"
+        if not isinstance(filters, int) or filters < 1:
+            raise ValueError(f"Expected filters to be a positive integer. Received: filters={filters}")
+        if not isinstance(pool_size, int) or pool_size < 1:
+            raise ValueError(f"Expected pool_size to be a positive integer. Received: pool_size={pool_size}")
+        self.filters = filters
+        self.pool_size = pool_size
+        self.conv = keras.layers.Conv2D(filters, 3, padding="same", use_bias=False, name="conv")
+        self.norm = keras.layers.BatchNormalization(name="norm")
+        self.head = keras.layers.Dense(
+            1,
+            kernel_initializer=keras.initializers.RandomNormal(stddev=0.01),
+            bias_initializer=keras.initializers.Constant(
+                float(np.log(open_probability / (1.0 - open_probability)))
+            ),
+            name="head",
+        )
+
+    def _pool_window(self, height, width):
+        return (min(self.pool_size, height), min(self.pool_size, width))
+
+    def build(self, input_shape):
+        if len(input_shape) != 4 or None in tuple(input_shape[1:]):
+            raise ValueError(
+                "Expected a feature map (batch, height, width, channels) with known spatial size "
+                f"and channels. Received: shape={input_shape}"
+            )
+        _, height, width, _ = input_shape
+        self.conv.build(input_shape)
+        self.norm.build((None, height, width, self.filters))
+        window = self._pool_window(height, width)
+        flat = (height // window[0]) * (width // window[1]) * self.filters
+        self.head.build((None, flat))
+        self.style_id = self.add_weight(
+            name="style_id",
+            shape=(),
+            dtype="int32",
+            trainable=False,
+            initializer=keras.initializers.Constant(STYLE_IDS[self.inference_style]),
+        )
+        self.threshold_value = self.add_weight(
+            name="threshold_value",
+            shape=(),
+            trainable=False,
+            initializer=keras.initializers.Constant(self.threshold),
+        )
+
+    def compute_logits(self, inputs, training=None):
+        """Exit logits, shape ``(batch, 1)``."""
+        x = ops.relu(self.norm(self.conv(inputs), training=training))
+        window = self._pool_window(inputs.shape[1], inputs.shape[2])
+        x = ops.average_pool(x, window, strides=window, padding="valid")
+        x = ops.reshape(x, (ops.shape(x)[0], -1))
+        return self.head(x)
+
+    def call(self, inputs, training=None):
+        z = super().call(inputs, training=training)
+        if training:
+            return z
+        never = ops.equal(self.style_id, STYLE_IDS["always_on"])
+        return ops.where(never, ops.zeros_like(z), z)
+
+    def get_config(self):
+        config = super().get_config()
+        for key in ("units", "kind", "hidden_units", "force_open"):
+            config.pop(key, None)
+        return {**config, "filters": self.filters, "pool_size": self.pool_size}
+
+
+def exit_weights(gates):
+    """Mixture weights ``[w_1, ..., w_K, w_final]`` (each ``(batch, 1)``) for exit gates ``z_k``.
+
+    ``w_k = z_k * prod_{j<k} (1 - z_j)``: 1 for the first exit whose gate is 1.
+    """
+    weights, remaining = [], None
+    for z in gates:
+        weights.append(z if remaining is None else z * remaining)
+        remaining = (1.0 - z) if remaining is None else remaining * (1.0 - z)
+    weights.append(remaining)
+    return weights
+
+
+def _check_gate_shape(shape, what):
+    if len(shape) != 2 or shape[-1] != 1:
+        raise ValueError(f"Expected {what} of shape (batch, 1). Received: shape={shape}")
+
+
+@keras.saving.register_keras_serializable(package="tfgated")
+class EarlyExitCombine(keras.layers.Layer):
+    """Route each example to the first exit whose gate is open.
+
+    Call arguments:
+        inputs: ``[probs_1, z_1, ..., probs_K, z_K, final_probs]``, probabilities
+            of shape ``(batch, classes)`` and gates of shape ``(batch, 1)``.
+
+    Returns:
+        ``sum_k w_k * probs_k + w_final * final_probs`` (see :func:`exit_weights`).
+    """
+
+    def build(self, input_shape):
+        if len(input_shape) < 3 or len(input_shape) % 2 == 0:
+            raise ValueError(
+                "Expected inputs [probs_1, z_1, ..., probs_K, z_K, final_probs] (an odd number, "
+                f"at least 3). Received: {len(input_shape)} inputs"
+            )
+        classes = input_shape[-1][-1]
+        for index, shape in enumerate(input_shape):
+            if index % 2 == 1:
+                _check_gate_shape(shape, f"gate input {index}")
+            elif len(shape) != 2 or shape[-1] != classes:
+                raise ValueError(
+                    f"Expected probabilities of shape (batch, {classes}) at input {index}. "
+                    f"Received: shape={shape}"
+                )
+        self.num_exits = (len(input_shape) - 1) // 2
+        self.share_trackers = [
+            keras.metrics.Mean(name=f"exit_{k + 1}_share") for k in range(self.num_exits)
+        ] + [keras.metrics.Mean(name="final_share")]
+
+    def call(self, inputs):
+        probabilities = list(inputs[0::2])
+        gates = [ops.cast(z, probabilities[0].dtype) for z in inputs[1::2]]
+        weights = exit_weights(gates)
+        for tracker, weight in zip(self.share_trackers, weights):
+            tracker.update_state(ops.mean(weight))
+        return sum(w * p for w, p in zip(weights, probabilities))
+
+    def compute_output_shape(self, input_shape):
+        return input_shape[-1]
+
+
+@keras.saving.register_keras_serializable(package="tfgated")
+class ExitReach(keras.layers.Layer):
+    """``[z_1, ..., z_K]`` -> ``(batch, K)``: column ``k`` is 1 iff the example passes exit ``k``.
+
+    Its mean over the batch and columns is the share of gated stages computed:
+    the quantity the activation loss should pull towards the target.
+    """
+
+    def build(self, input_shape):
+        if not isinstance(input_shape, (list, tuple)) or not input_shape or not isinstance(
+            input_shape[0], (list, tuple)
+        ):
+            input_shape = [input_shape]
+        for index, shape in enumerate(input_shape):
+            _check_gate_shape(shape, f"gate input {index}")
+
+    def call(self, inputs):
+        if not isinstance(inputs, (list, tuple)):
+            inputs = [inputs]
+        reach, columns = None, []
+        for z in inputs:
+            stay = 1.0 - z
+            reach = stay if reach is None else reach * stay
+            columns.append(reach)
+        return ops.concatenate(columns, axis=-1)
+
+    def compute_output_shape(self, input_shape):
+        if not isinstance(input_shape[0], (list, tuple)):
+            input_shape = [input_shape]
+        return (input_shape[0][0], len(input_shape))
+
+
+def exit_gate_layers(model):
+    """Every :class:`ExitGate` of ``model``, in model order."""
+    from tfgated.inference import find_layers
+
+    return find_layers(model, ExitGate)
+
+
+def exit_shares(model, x, batch_size=256):
+    """Share of the examples of ``x`` leaving at each exit (last entry: the final classifier).
+
+    Uses the gates' current inference style; returns a NumPy array of length K + 1.
+    """
+    gates = exit_gate_layers(model)
+    if not gates:
+        raise ValueError(f"Model {model.name!r} has no ExitGate layers.")
+    probe = keras.Model(model.inputs, [gate.output for gate in gates])
+    values = probe.predict(x, batch_size=batch_size, verbose=0)
+    if len(gates) == 1:
+        values = [values]
+    weights = exit_weights([np.asarray(v, dtype="float32") for v in values])
+    return np.array([float(np.mean(w)) for w in weights])

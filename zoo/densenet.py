@@ -1,0 +1,237 @@
+"""DenseNet-BC with Gumbel early exits (Herrmann et al., ECCV 2020, supplement section 1.2).
+
+Dense blocks of bottleneck layers (BN-ReLU-1x1 conv to 4k channels, BN-ReLU-3x3
+conv to k channels, concatenated to the input; k the growth rate) joined by
+transitions (BN-ReLU-1x1 conv with compression, 2x2 average pooling), as in
+Huang et al. (DenseNet-BC). Layer names follow keras.applications.DenseNet
+(``conv2_block1_1_conv``, ``pool2_conv``, ...) with the block numbers starting at
+2 like Keras.
+
+Following the supplement, at the end of every dense block but the last an
+intermediate classifier (BN, ReLU, global average pool, linear, softmax:
+``exit{k}_classifier``) and a Gumbel exit gate (:class:`tfgated.exits.ExitGate`:
+3x3 conv to 128 channels, BN, ReLU, 4x4 average pool, linear, Gumbel;
+``exit{k}_gate``) decide whether an example leaves there. The model's single
+output is :class:`tfgated.exits.EarlyExitCombine`'s routed probabilities, so
+``fit`` trains classifiers and exits end to end; :class:`tfgated.exits.ExitReach`
+feeds the activation loss, whose target ``t`` is the share of post-exit dense
+blocks an example runs on average.
+"""
+
+from __future__ import annotations
+
+import keras
+
+import tfgated
+from tfgated.exits import DEFAULT_EXIT_PROBABILITY, EarlyExitCombine, ExitGate, ExitReach
+from tfgated.zoo.registry import gate_settings, register_family
+
+EXIT_GATE_ARGS = ("temperature", "open_probability", "threshold", "seed")
+
+
+def dense_layer(x, growth_rate, name, bottleneck=True):
+    """One DenseNet(-BC) layer; returns ``concat([x, new_features])``."""
+    y = x
+    if bottleneck:
+        y = keras.layers.BatchNormalization(epsilon=1.001e-5, name=f"{name}_0_bn")(y)
+        y = keras.layers.Activation("relu", name=f"{name}_0_relu")(y)
+        y = keras.layers.Conv2D(4 * growth_rate, 1, use_bias=False, name=f"{name}_1_conv")(y)
+    y = keras.layers.BatchNormalization(epsilon=1.001e-5, name=f"{name}_1_bn")(y)
+    y = keras.layers.Activation("relu", name=f"{name}_1_relu")(y)
+    y = keras.layers.Conv2D(growth_rate, 3, padding="same", use_bias=False, name=f"{name}_2_conv")(y)
+    return keras.layers.Concatenate(name=f"{name}_concat")([x, y])
+
+
+def transition(x, compression, name):
+    """BN-ReLU-1x1 conv to ``compression`` x channels, then 2x2 average pooling."""
+    channels = int(x.shape[-1] * compression)
+    x = keras.layers.BatchNormalization(epsilon=1.001e-5, name=f"{name}_bn")(x)
+    x = keras.layers.Activation("relu", name=f"{name}_relu")(x)
+    x = keras.layers.Conv2D(channels, 1, use_bias=False, name=f"{name}_conv")(x)
+    return keras.layers.AveragePooling2D(2, strides=2, name=f"{name}_pool")(x)
+
+
+def classifier(x, num_classes, name):
+    """BN, ReLU, global average pool, linear, softmax."""
+    x = keras.layers.BatchNormalization(epsilon=1.001e-5, name=f"{name}_bn")(x)
+    x = keras.layers.Activation("relu", name=f"{name}_relu")(x)
+    x = keras.layers.GlobalAveragePooling2D(name=f"{name}_pool")(x)
+    return keras.layers.Dense(num_classes, activation="softmax", name=name)(x)
+
+
+def _exit_settings(gates):
+    if gates is None:
+        return None
+    if gates.get("kind", "dependent") != "dependent":
+        raise ValueError(
+            "Expected gates['kind'] to be 'dependent': an exit gate decides per example. "
+            f"Received: kind={gates['kind']!r}"
+        )
+    if "granularity" in gates or "hidden_units" in gates:
+        bad = sorted({"granularity", "hidden_units"} & set(gates))
+        raise ValueError(
+            f"Exit gates take no {bad}: their network is set by exit_filters and exit_pool_size. "
+            f"Received: gates={gates}"
+        )
+    settings = gate_settings({**gates, "kind": "dependent"}, extra_keys=())
+    unknown = sorted(set(settings["gate_kwargs"]) - set(EXIT_GATE_ARGS))
+    if unknown:
+        raise ValueError(f"Exit gates accept {list(EXIT_GATE_ARGS)}. Received unknown settings {unknown}")
+    settings["gate_kwargs"].setdefault("open_probability", DEFAULT_EXIT_PROBABILITY)
+    return settings
+
+
+@register_family("densenet")
+def build(
+    num_classes=10,
+    input_shape=(32, 32, 3),
+    gates=None,
+    blocks=(16, 16, 16),
+    growth_rate=12,
+    compression=0.5,
+    bottleneck=True,
+    stem_filters=None,
+    exit_filters=128,
+    exit_pool_size=4,
+    name=None,
+):
+    """Build a DenseNet(-BC) classifier, with Gumbel early exits when ``gates`` is given.
+
+    Args:
+        num_classes: classes of every classifier.
+        input_shape: image shape, channels last (a CIFAR-style 3x3 stem, no stem pooling).
+        gates: None (plain DenseNet, one classifier) or a dict with ``loss``
+            ("per_batch"/"per_gate"), ``target`` (average share of post-exit
+            blocks run), ``weight`` and optionally ``kind`` (must be
+            "dependent"), ``temperature``, ``open_probability`` (initial exit
+            probability, default 0.25), ``threshold``, ``seed``.
+        blocks: layers per dense block (DenseNet-BC-100: (16, 16, 16)).
+        growth_rate: channels each layer adds (k).
+        compression: channel factor of the transitions, in (0, 1].
+        bottleneck: use the BC bottleneck 1x1 convolutions.
+        stem_filters: channels of the stem convolution (default 2k).
+        exit_filters, exit_pool_size: the exit gate network (128 and 4 in the paper).
+        name: model name.
+
+    Returns:
+        An uncompiled ``keras.Model`` outputting softmax probabilities.
+    """
+    settings = _exit_settings(gates)
+    blocks = tuple(int(b) for b in blocks)
+    if not blocks or min(blocks) < 1:
+        raise ValueError(f"Expected blocks to be positive layer counts. Received: blocks={blocks}")
+    if settings is not None and len(blocks) < 2:
+        raise ValueError(f"Expected at least 2 dense blocks for early exits. Received: blocks={blocks}")
+    if not 0.0 < float(compression) <= 1.0:
+        raise ValueError(f"Expected compression in (0, 1]. Received: compression={compression}")
+    if not isinstance(growth_rate, int) or growth_rate < 1:
+        raise ValueError(f"Expected growth_rate to be a positive integer. Received: growth_rate={growth_rate}")
+    stem_filters = 2 * growth_rate if stem_filters is None else int(stem_filters)
+
+    inputs = keras.Input(shape=tuple(input_shape))
+    x = keras.layers.Conv2D(stem_filters, 3, padding="same", use_bias=False, name="conv1_conv")(inputs)
+    exit_outputs, exit_gates = [], []
+    for index, layers in enumerate(blocks):
+        stage = index + 2
+        for layer in range(layers):
+            x = dense_layer(x, growth_rate, f"conv{stage}_block{layer + 1}", bottleneck)
+        if index == len(blocks) - 1:
+            break
+        if settings is not None:
+            exit_id = index + 1
+            exit_outputs.append(classifier(x, num_classes, f"exit{exit_id}_classifier"))
+            gate = ExitGate(
+                filters=exit_filters,
+                pool_size=exit_pool_size,
+                name=f"exit{exit_id}_gate",
+                **settings["gate_kwargs"],
+            )
+            exit_gates.append(gate(x))
+        x = transition(x, compression, f"pool{stage}")
+    outputs = classifier(x, num_classes, "predictions")
+    if settings is None:
+        return tfgated.gated_model(inputs, outputs, [], name=name or "densenet")
+    routed = []
+    for probabilities, z in zip(exit_outputs, exit_gates):
+        routed += [probabilities, z]
+    outputs = EarlyExitCombine(name="early_exit")([*routed, outputs])
+    reach = ExitReach(name="exit_reach")(exit_gates)
+    return tfgated.gated_model(
+        inputs,
+        outputs,
+        [reach],
+        target=settings["target"],
+        mode=settings["loss"],
+        weight=settings["weight"],
+        name=name or "gumbel_densenet",
+    )
+
+
+def _recipe(epochs, batch_size, learning_rate, **extra):
+    return {
+        "optimizer": "sgd",
+        "learning_rate": learning_rate,
+        "momentum": 0.9,
+        "nesterov": True,
+        "weight_decay": 1e-4,
+        "epochs": epochs,
+        "batch_size": batch_size,
+        "loss": "sparse_categorical_crossentropy",
+        **extra,
+    }
+
+
+_SUPPLEMENT = {
+    "source": "Herrmann, Bowen, Zabih: Channel selection using Gumbel Softmax, ECCV 2020, supplement",
+    "table": "Section 1.2, Additional early exit details (DenseNet on CIFAR-10)",
+    "numbers": {},
+}
+
+PRESETS = {
+    "gumbel_densenet_cifar10_exit": {
+        "family": "densenet",
+        "arch": {"blocks": [16, 16, 16], "growth_rate": 12, "compression": 0.5},
+        "gates": {"kind": "dependent", "loss": "per_batch", "target": 0.5, "weight": 1.0},
+        "dataset": "cifar10",
+        "input_shape": [32, 32, 3],
+        "num_classes": 10,
+        "recipe": _recipe(epochs=300, batch_size=64, learning_rate=0.1, schedule="step_150_225"),
+        "weights": None,
+        "paper": _SUPPLEMENT,
+        "description": (
+            "DenseNet-BC-100 (k=12) for CIFAR-10 with an intermediate classifier and a Gumbel exit "
+            "gate (3x3 conv to 128 channels, BN, ReLU, 4x4 average pool, linear) after dense blocks "
+            "1 and 2; the routed output is trained end to end, the PB activation loss pulls the "
+            "average share of post-exit blocks run to t=0.5. The supplement's numbers were not "
+            "available to us, so paper.numbers is empty."
+        ),
+        "test_input_shape": [32, 32, 3],
+    },
+    "gumbel_densenet_fashion_mnist_exit": {
+        "family": "densenet",
+        "arch": {
+            "blocks": [3, 3, 3],
+            "growth_rate": 8,
+            "compression": 0.5,
+            "exit_filters": 32,
+            "exit_pool_size": 4,
+        },
+        "gates": {"kind": "dependent", "loss": "per_batch", "target": 0.5, "weight": 1.0},
+        "dataset": "fashion_mnist",
+        "input_shape": [28, 28, 1],
+        "num_classes": 10,
+        "recipe": _recipe(epochs=30, batch_size=128, learning_rate=0.1),
+        "weights": None,
+        "paper": {
+            "source": "Fashion-MNIST benchmark table (zalandoresearch/fashion-mnist README)",
+            "table": "Benchmark: DenseNet-BC 768K",
+            "numbers": {"accuracy": 0.954},
+        },
+        "description": (
+            "A small DenseNet-BC (3 blocks of 3 layers, k=8) for 28x28x1 images with Gumbel early "
+            "exits after blocks 1 and 2 (exit gate network narrowed to 32 channels), PB activation "
+            "loss at t=0.5. The paper number is the dense DenseNet-BC 768K of the Fashion-MNIST "
+            "benchmark, a reference point rather than a target for this small model."
+        ),
+    },
+}
