@@ -353,11 +353,9 @@ def _count_kernel_layer(c, layer, call, bias_from_bn):
     else:  # Dense
         nz = c.kernel(layer.kernel)
         c.dot(nz, _prod(inp[1:-1]), out_elements)
-    if layer.use_bias or bias_from_bn:
+    if layer.use_bias or bias_from_bn:  # a folded batch norm merges into the bias
         c.dense(_channels(out, fmt))
         c.ops(adds=out_elements)
-    if layer.use_bias and bias_from_bn:
-        pass  # the batch norm merges into the existing bias
     name = activation_name(getattr(layer, "activation", None))
     m, a, note = activation_ops(name, out_elements, _channels(out, fmt))
     c.ops(m, a)
