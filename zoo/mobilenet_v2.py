@@ -216,7 +216,7 @@ def build(
         An uncompiled ``keras.Model``.
     """
     default_granularity = IMAGENET_GRANULARITY if tuple(map(tuple, blocks)) == IMAGENET_BLOCKS else None
-    settings = gate_settings(gates, default_granularity)
+    settings = gate_settings(gates, default_granularity, extra_keys=())
     if settings is not None and settings["granularity"] is None:
         raise ValueError(
             "Expected gates['granularity'] (one (g_inp, g_out, g_exp) row per block row) for a "

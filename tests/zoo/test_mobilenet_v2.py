@@ -136,5 +136,7 @@ def test_bad_arguments_raise_clear_errors():
         fashion_model(granularity=[(4, 4, 8)])
     with pytest.raises(ValueError, match="gates\\['granularity'\\]"):
         build(input_shape=(28, 28, 1), gates={"kind": "independent"}, blocks=mobilenet_v2.FASHION_MNIST_BLOCKS)
+    with pytest.raises(ValueError, match="Unknown gate settings"):
+        fashion_model(granularty=4)
     with pytest.raises(ValueError, match="stem_stride"):
         build(stem_stride=3)
