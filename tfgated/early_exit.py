@@ -572,6 +572,7 @@ def train_exit(
         callbacks=callbacks,
         steps_per_epoch=steps_per_epoch,
         verbose=verbose,
+        shuffle=not hasattr(train_ds, "element_spec"),  # datasets are shuffled by their pipeline
     )
     model_with_exit.compile(optimizer=trainer.optimizer, loss=[None, loss_object], metrics=[None, ["accuracy"]])
     return history
