@@ -378,7 +378,8 @@ def load_keras_applications_weights(model, source, skip=()):
 
     Raises:
         FileNotFoundError: ``source`` is a path that does not exist.
-        ValueError: a source layer is missing from ``model`` or its weights differ in shape.
+        ValueError: a source layer is missing from ``model`` or its weights differ in shape
+            (checked before anything is assigned, so ``model`` is then unchanged).
     """
     skip = set(skip)
     if isinstance(source, (str, os.PathLike)):
@@ -387,31 +388,33 @@ def load_keras_applications_weights(model, source, skip=()):
         raise ValueError(
             f"Expected source to be a keras.Model or a weights file path. Received: source={source!r}"
         )
-    copied = []
-    for layer in source.layers:
-        weights = layer.get_weights()
-        if not weights or layer.name in skip:
-            continue
-        _set_layer_weights(model, layer.name, weights)
-        copied.append(layer.name)
-    return sorted(copied)
+    pairs = {
+        layer.name: layer.get_weights() for layer in source.layers if layer.weights and layer.name not in skip
+    }
+    return _assign_all(model, pairs)
 
 
-def _set_layer_weights(model, layer_name, weights):
-    try:
-        target = model.get_layer(layer_name)
-    except ValueError:
-        raise ValueError(
-            f"Layer {layer_name!r} of the source has no counterpart in model {model.name!r}."
-        ) from None
-    current = target.get_weights()
-    shapes = [tuple(w.shape) for w in weights]
-    expected = [tuple(w.shape) for w in current]
-    if shapes != expected:
-        raise ValueError(
-            f"Expected weights of shapes {expected} for layer {layer_name!r}. Received: shapes {shapes}"
-        )
-    target.set_weights(weights)
+def _assign_all(model, pairs):
+    """Check every ``{layer name: weights}`` pair against ``model``, then assign them all."""
+    targets = {}
+    for layer_name, weights in pairs.items():
+        try:
+            target = model.get_layer(layer_name)
+        except ValueError:
+            raise ValueError(
+                f"Layer {layer_name!r} of the source has no counterpart in model {model.name!r}."
+            ) from None
+        shapes = [tuple(w.shape) for w in weights]
+        expected = [tuple(w.shape) for w in target.weights]
+        if shapes != expected:
+            raise ValueError(
+                f"Expected weights of shapes {expected} for layer {layer_name!r}. Received: shapes {shapes}"
+            )
+        targets[layer_name] = target
+    # Nothing is assigned unless every layer matched: a failed load leaves the model as it was.
+    for layer_name, target in targets.items():
+        target.set_weights(pairs[layer_name])
+    return sorted(targets)
 
 
 def _load_h5_by_name(model, path, skip):
@@ -419,7 +422,7 @@ def _load_h5_by_name(model, path, skip):
 
     if not os.path.exists(path):
         raise FileNotFoundError(f"No weights file at {path!r}.")
-    copied = []
+    pairs = {}
     with h5py.File(path, "r") as f:
         if "layer_names" not in f.attrs and "model_weights" in f:
             f = f["model_weights"]
@@ -433,9 +436,8 @@ def _load_h5_by_name(model, path, skip):
             ]
             if not weight_names or layer_name in skip:
                 continue
-            _set_layer_weights(model, layer_name, [group[n][()] for n in weight_names])
-            copied.append(layer_name)
-    return sorted(copied)
+            pairs[layer_name] = [group[n][()] for n in weight_names]
+    return _assign_all(model, pairs)
 
 
 # -- presets ------------------------------------------------------------------------------------
