@@ -139,6 +139,18 @@ class ExitGate(GumbelGate):
         x = ops.reshape(x, (ops.shape(x)[0], -1))
         return self.head(x)
 
+    def compute_macs(self, input_shape):
+        """Multiply-accumulates of the gate network for one example of ``input_shape``.
+
+        3x3 convolution plus the linear head (pooling, normalization and the
+        Gumbel decision are not MACs). For complexity counters: the generic
+        dependent-gate formula of :class:`GumbelGate` does not apply here.
+        """
+        height, width, channels = (int(v) for v in input_shape[-3:])
+        window = self._pool_window(height, width)
+        flat = (height // window[0]) * (width // window[1]) * self.filters
+        return height * width * 9 * channels * self.filters + flat
+
     def call(self, inputs, training=None):
         z = super().call(inputs, training=training)
         if training:

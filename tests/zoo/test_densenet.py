@@ -72,6 +72,7 @@ def test_exit_gate_decides_per_example_and_always_on_never_exits():
     assert z.shape == (6, 1) and set(np.unique(z)) <= {0.0, 1.0}
     assert gate.kind == "dependent" and gate.units == 1 and not gate.force_open
     assert gate.head.kernel.shape == (2 * 2 * 4, 1)  # 4x4 average pool of 8x8, 4 channels
+    assert gate.compute_macs((6, 8, 8, 5)) == 8 * 8 * 9 * 5 * 4 + 2 * 2 * 4
     np.testing.assert_allclose(np.asarray(gate.probabilities(features)), 0.25, atol=0.05)
     kernel, bias = gate.head.get_weights()
     gate.head.set_weights([kernel, bias + 20.0])
