@@ -230,6 +230,11 @@ def _kind(layer, node):
     """Classify how ``layer`` treats the channels of its inputs."""
     inputs = node.input_tensors
     if isinstance(layer, GumbelGate):
+        if type(layer) is not GumbelGate:
+            raise FoldError(
+                f"Cannot fold gate {layer.name!r} of type {type(layer).__name__}: only GumbelGate "
+                "channel and residual gates are folded (export early-exit models with fold=False)."
+            )
         return "gate"
     if isinstance(layer, ChannelMask):
         return "mask"
