@@ -11,7 +11,8 @@ and states, for every layer call, its parameters and its MACs **per example**
   **zero** MACs, as in pycls / torchvision tables. (The MicroNet score in
   :mod:`tfgated.micronet` counts every operation.)
 * A dependent :class:`~tfgated.gates.GumbelGate` counts the MACs of its gate
-  network's two Dense layers; an independent gate counts none.
+  network's two Dense layers; an independent gate counts none; a gate with a
+  ``compute_macs(input_shape)`` method (``tfgated.exits.ExitGate``) counts itself.
 * Parameters are all weights of a layer, non-trainable included (Keras'
   ``count_params`` convention, so batch-norm moving statistics count), except
   the gates' bookkeeping variables (``style_id``, ``threshold_value``) and the
@@ -115,6 +116,9 @@ def layer_macs(layer, input_shapes, output_shapes, name=None):
     if isinstance(layer, keras.layers.Dense):
         inp = _known(input_shapes[0], name, "MACs")
         return _prod(inp[1:-1]) * inp[-1] * layer.units
+    if isinstance(layer, GumbelGate) and hasattr(layer, "compute_macs"):
+        # Gates with a network of their own (e.g. tfgated.exits.ExitGate) count it themselves.
+        return int(layer.compute_macs(_known(input_shapes[0], name, "MACs")))
     if isinstance(layer, GumbelGate) and layer.kind == "dependent":
         channels = input_shapes[0][-1]
         return channels * layer.hidden_units + layer.hidden_units * layer.units
