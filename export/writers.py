@@ -21,7 +21,10 @@ import tempfile
 import keras
 import numpy as np
 
-from tfgated.export import fold as fold_lib
+import importlib
+
+# ``tfgated.export.fold`` the function shadows the module of the same name on the package.
+fold_lib = importlib.import_module("tfgated.export.fold")
 from tfgated.export import parity as parity_lib
 from tfgated.export.parity import ParityError  # noqa: F401  (re-exported)
 
