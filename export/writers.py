@@ -312,6 +312,7 @@ def export(
     fold=True,
     conditional=True,
     fold_batchnorm=False,
+    remove_channels=True,
     representative_data=None,
     parity_data=None,
     check=True,
@@ -337,6 +338,8 @@ def export(
             cannot convert convolutions inside conditionals, ONNX files use
             the masked form).
         fold_batchnorm: fold batch norms into the preceding convolutions.
+        remove_channels: physically remove closed channels; ``False`` gives
+            the plain *masked* model (constant masks, every channel kept).
         representative_data: example inputs for int8 calibration.
         parity_data: inputs of the parity check (default: 256 uniform random inputs).
         check: run the parity check; ``allow_mismatch`` writes the file even if it fails.
@@ -369,7 +372,9 @@ def export(
         check_exportable(model, allow_gates=True)
         report = None
         if fold:
-            exported, report = fold_lib.fold(model, fold_batchnorm=fold_batchnorm, return_report=True)
+            exported, report = fold_lib.fold(
+                model, fold_batchnorm=fold_batchnorm, remove_channels=remove_channels, return_report=True
+            )
             check_exportable(exported)
         else:
             exported = model
