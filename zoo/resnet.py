@@ -59,16 +59,7 @@ import keras
 from keras import layers
 
 import tfgated
-try:  # the registry is written concurrently; the builders work without it
-    from tfgated.zoo.registry import register_family
-except ImportError:  # pragma: no cover - only while the registry is missing
-
-    def register_family(name):
-        def decorator(builder):
-            return builder
-
-        return decorator
-
+from tfgated.zoo.registry import gate_settings, register_family
 
 CIFAR_FAMILY = "resnet_cifar"
 IMAGENET_FAMILY = "resnet_imagenet"
@@ -80,11 +71,9 @@ IMAGENET_FILTERS = (64, 128, 256, 512)
 #: Supplement: filters per gate in the four stages' expansions (contractions: half).
 CHANNEL_GRANULARITY = (16, 32, 64, 128)
 
-GATE_KINDS = ("independent", "dependent")
-LOSS_MODES = ("per_batch", "per_gate")
 GATE_LEVELS = ("layer", "channel")
-_GATE_KWARGS = ("temperature", "open_probability", "hidden_units", "threshold", "inference_style")
-_GATE_KEYS = ("kind", "loss", "target", "weight", "level", "granularity", "seed") + _GATE_KWARGS
+#: Gate keys of this family besides the registry's common ones (tfgated.zoo.registry.GATE_KEYS).
+_EXTRA_GATE_KEYS = ("level", "inference_style")
 
 _BN_EPSILON = 1.001e-5  # keras.applications' value (Caffe's ResNets)
 
@@ -93,41 +82,29 @@ _BN_EPSILON = 1.001e-5  # keras.applications' value (Caffe's ResNets)
 
 
 class _GateSpec:
-    """Checked gate configuration of one model build; hands out per-gate kwargs."""
+    """Checked gate configuration of one model build; hands out per-gate kwargs.
+
+    The common keys are checked by :func:`tfgated.zoo.registry.gate_settings`; this
+    family adds ``level`` and the per-stage ``granularity`` of channel gating.
+    """
 
     def __init__(self, gates, levels):
-        if not isinstance(gates, dict):
-            raise ValueError(
-                f"Expected gates to be None or a dict. Received: gates={gates!r}"
-            )
-        unknown = sorted(set(gates) - set(_GATE_KEYS))
-        if unknown:
-            raise ValueError(
-                f"Unknown gate option(s) {unknown}. Expected keys among {list(_GATE_KEYS)}."
-            )
-        if "kind" not in gates:
-            raise ValueError(f"Expected gates['kind'] in {list(GATE_KINDS)}. Received: gates={gates!r}")
-        self.kind = gates["kind"]
-        if self.kind not in GATE_KINDS:
-            raise ValueError(f"Expected gates['kind'] in {list(GATE_KINDS)}. Received: kind={self.kind!r}")
-        self.mode = gates.get("loss", "per_batch")
-        if self.mode not in LOSS_MODES:
-            raise ValueError(f"Expected gates['loss'] in {list(LOSS_MODES)}. Received: loss={self.mode!r}")
-        self.target = float(gates.get("target", 0.5))
-        if not 0.0 <= self.target <= 1.0:
-            raise ValueError(f"Expected gates['target'] in [0, 1]. Received: target={self.target}")
-        self.weight = float(gates.get("weight", 1.0))
-        if not self.weight >= 0:
-            raise ValueError(f"Expected gates['weight'] >= 0. Received: weight={self.weight}")
-        self.level = gates.get("level", "layer")
+        settings = gate_settings(gates, default_granularity=CHANNEL_GRANULARITY, extra_keys=_EXTRA_GATE_KEYS)
+        self.kind = settings["kind"]
+        self.mode = settings["loss"]
+        self.target = float(settings["target"])
+        self.weight = float(settings["weight"])
+        self.level = settings.get("level", "layer")
         if self.level not in levels:
             raise ValueError(f"Expected gates['level'] in {list(levels)}. Received: level={self.level!r}")
-        granularity = gates.get("granularity", CHANNEL_GRANULARITY)
+        granularity = settings["granularity"]
         if "granularity" in gates and self.level != "channel":
             raise ValueError(
                 "gates['granularity'] only applies to level='channel'. "
                 f"Received: level={self.level!r}, granularity={granularity!r}"
             )
+        if not isinstance(granularity, (list, tuple)):
+            granularity = (granularity,)
         self.granularity = tuple(granularity)
         if len(self.granularity) != 4 or not all(
             isinstance(g, int) and g >= 2 and g % 2 == 0 for g in self.granularity
@@ -136,8 +113,10 @@ class _GateSpec:
                 "Expected gates['granularity'] to be 4 even integers >= 2 (expansion filters per "
                 f"gate of the four stages). Received: granularity={granularity!r}"
             )
-        self.seed = gates.get("seed")
-        self.gate_kwargs = {k: gates[k] for k in _GATE_KWARGS if k in gates}
+        self.gate_kwargs = dict(settings["gate_kwargs"])
+        if "inference_style" in settings:
+            self.gate_kwargs["inference_style"] = settings["inference_style"]
+        self.seed = self.gate_kwargs.pop("seed", None)
         self._count = 0
 
     def kwargs(self):
@@ -469,7 +448,8 @@ _CIFAR_RECIPE = {
     "augment": "pad4_crop_flip",
     "loss": "sparse_categorical_crossentropy",
     "note": (
-        "He et al. 2016's ResNet-110 CIFAR schedule (with its 0.01 warm-up). The Gumbel paper's "
+        "He et al. 2016's ResNet-110 CIFAR schedule. They warm up at a constant 0.01 for ~400 "
+        "iterations; tfgated.recipes reads 'warmup' as a 1-epoch linear warm-up. The Gumbel paper's "
         "own CIFAR schedule is not transcribed here."
     ),
 }

@@ -314,10 +314,17 @@ def test_presets_are_plain_consistent_data():
             assert ("_channel_" in name) == (spec.level == "channel")
 
 
-def test_registry_knows_the_families():
-    registry = pytest.importorskip("tfgated.zoo.registry")
-    text = " ".join(str(v) for v in vars(registry).values() if isinstance(v, dict))
-    assert R.CIFAR_FAMILY in text and R.IMAGENET_FAMILY in text
+def test_registry_serves_the_presets():
+    from tfgated.zoo import registry
+
+    assert {R.CIFAR_FAMILY, R.IMAGENET_FAMILY} <= set(registry.list_families())
+    assert set(registry.list_models("*resnet*")) >= set(R.PRESETS)
+    assert len(registry.list_models("gumbel_resnet50_imagenet_*_t0.4")) == 4
+    model = registry.load("gumbel_resnet_fashion_mnist_ind_pg_t0.4", widths=(4, 8, 8), depth=14)
+    assert model.get_layer("activation_loss").mode == "per_gate"
+    assert model.get_layer("activation_loss").target == pytest.approx(0.4)
+    assert [g.kind for g in tfgated.gate_layers(model)] == ["independent"] * 4
+    assert model.optimizer is not None
 
 
 @pytest.mark.parametrize(
