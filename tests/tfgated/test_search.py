@@ -1,0 +1,297 @@
+"""Tests of tfgated.search: SIPA fitness, the hypermodel's space, resuming, distributed search, CLI."""
+
+import json
+import math
+import os
+import socket
+import subprocess
+import sys
+import time
+
+import keras
+import keras_tuner
+import numpy as np
+import pytest
+
+from tfgated import search
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+#: A tiny two-block SIPA network (28x28 -> 14 -> 7 -> 4) for real, fast trials.
+TINY_ARCH = {
+    "blocks": ["r1_k3_s2_e1_i8_o8_se0.2", "r1_k3_s2_e3_i8_o16_se0.2"],
+    "stem_filters": 8,
+    "head_filters": 16,
+    "width": 1.0,
+    "depth": 1.0,
+    "resolution": 1.0,
+    "resource": 1,
+    "dropout": 0.0,
+    "drop_connect": 0.0,
+}
+TINY_SPACE = {
+    "depth_range": [1.0, 1.0],
+    "width_range": [0.5, 1.0],
+    "resolution_range": [1.0, 1.0],
+    "channel_multipliers": [0.5, 1.0],
+}
+
+
+def tiny_hypermodel(**kwargs):
+    return search.SIPAHyperModel(base_arch=TINY_ARCH, **{**TINY_SPACE, **kwargs})
+
+
+@pytest.fixture(scope="module")
+def tiny_data():
+    from tfgated.data import load_dataset
+
+    return load_dataset("fashion_mnist", batch_size=64, limit=200, validation_split=0.1)
+
+
+# -- fitness --------------------------------------------------------------------------
+
+
+def test_fitness_step_indicator_is_literal_reading():
+    assert search.sipa_fitness(0.9, 100, 200) == (0.9, 0.0)
+    assert search.sipa_fitness(0.9, 200, 200) == (0.9, 0.0)  # at the budget: not exceeding
+    fitness, penalty = search.sipa_fitness(0.9, 201, 200, alpha=0.5, w=2.0)
+    assert penalty == pytest.approx(0.25) and fitness == pytest.approx(0.65)
+    # The step penalty does not depend on how far the budget is exceeded.
+    assert search.sipa_fitness(0.9, 1e9, 200) == search.sipa_fitness(0.9, 201, 200)
+
+
+def test_fitness_hinge_indicator_is_relative_excess():
+    fitness, penalty = search.sipa_fitness(0.8, 300, 200, alpha=2.0, indicator="hinge")
+    assert penalty == pytest.approx(2.0 * 0.5) and fitness == pytest.approx(-0.2)
+    assert search.sipa_fitness(0.8, 150, 200, indicator="hinge") == (0.8, 0.0)
+    assert search.sipa_fitness(0.8, 1e9, None) == (0.8, 0.0)
+
+
+def test_fitness_rejects_bad_arguments():
+    with pytest.raises(ValueError, match="indicator='sigmoid'"):
+        search.sipa_fitness(0.5, 1, 1, indicator="sigmoid")
+    with pytest.raises(ValueError, match="threshold=0"):
+        search.sipa_fitness(0.5, 1, 0)
+
+
+# -- block strings and the search space -------------------------------------------------
+
+
+def test_block_strings_match_the_zoo():
+    from tfgated.zoo import sipa
+
+    assert tuple(search.REFERENCE_BLOCKS) == tuple(sipa.REFERENCE_BLOCKS)
+    for block in (*sipa.REFERENCE_BLOCKS, "r3_k5_s2_e3_i16_o24_se0_noskip", "r1_k3_s1_e6_i8_o8"):
+        decoded = search.decode_block(block)
+        assert decoded == sipa.decode_block(block)
+        assert search.encode_block(decoded) == block
+    with pytest.raises(ValueError, match="Received: 'k3'"):
+        search.decode_block("k3")
+
+
+def test_default_hyperparameters_reproduce_the_base_architecture():
+    hypermodel = search.SIPAHyperModel(constraint="none")
+    hp = keras_tuner.HyperParameters()
+    arch = hypermodel.architecture(hp)
+    assert arch["blocks"] == list(search.REFERENCE_BLOCKS)
+    assert (arch["depth"], arch["width"], arch["resolution"], arch["resource"]) == (1.0, 0.9, 1.4, 1)
+    names = {p.name: p for p in hp.space}
+    # Stride: searchable only where the base block has stride 2 (blocks 2 and 5).
+    assert isinstance(names["b2_stride"], keras_tuner.engine.hyperparameters.Choice)
+    assert set(names["b2_stride"].values) == {1, 2}
+    assert isinstance(names["b0_stride"], keras_tuner.engine.hyperparameters.Fixed)
+    assert set(names["b1_kernel"].values) == {3, 5}
+    assert set(names["b1_expand"].values) == {1, 3, 6}
+    assert set(names["b1_se"].values) == {0.0, 0.1, 0.2, 0.25}
+
+
+def test_enforced_compound_constraint_derives_resolution_and_chains_channels():
+    hypermodel = search.SIPAHyperModel(resolution_range=(1.0, 2.0))
+    hp = keras_tuner.HyperParameters()
+    hypermodel.architecture(hp)
+    assert "resolution" not in hp.values
+    hp.values.update({"depth": 1.2, "width": 0.8, "b0_channels": 1.25, "b2_stride": 1, "b3_se": 0.0})
+    arch = hypermodel.architecture(hp)
+    assert arch["resolution"] == pytest.approx(round(math.sqrt(2 / (1.2 * 0.64)), 2))
+    assert hypermodel.compound_product(arch) == pytest.approx(2.0, rel=0.02)
+    blocks = [search.decode_block(b) for b in arch["blocks"]]
+    assert blocks[0]["filters_out"] == 24  # 16 * 1.25 = 20 -> multiple of 8
+    assert all(b["filters_in"] == a["filters_out"] for a, b in zip(blocks, blocks[1:]))
+    assert blocks[2]["stride"] == 1 and blocks[3]["se_ratio"] == 0.0
+
+
+def test_penalized_constraint_lowers_fitness():
+    hypermodel = search.SIPAHyperModel(constraint="penalize", constraint_weight=0.5)
+    arch = {"depth": 1.0, "width": 1.0, "resolution": 2.0}  # product 4, target 2
+    metrics = hypermodel.fitness_metrics(0.9, arch, {"macs": 1.0, "params": 1.0, "cost": 1.0})
+    assert metrics["fitness"] == pytest.approx(0.9 - 0.5 * 1.0)
+    assert metrics["compound_product"] == pytest.approx(4.0)
+
+
+def test_hypermodel_rejects_bad_arguments():
+    with pytest.raises(ValueError, match="measure='flops'"):
+        search.SIPAHyperModel(measure="flops")
+    with pytest.raises(ValueError, match="constraint='soft'"):
+        search.SIPAHyperModel(constraint="soft")
+    with pytest.raises(ValueError, match="budget=-1"):
+        search.SIPAHyperModel(budget=-1)
+    with pytest.raises(ValueError, match="width_range"):
+        search.SIPAHyperModel(width_range=(1.2, 0.5))
+    with pytest.raises(ValueError, match="algorithm='grid'"):
+        search.make_tuner(tiny_hypermodel(), algorithm="grid")
+
+
+def test_default_build_fn_builds_the_sipa_network_and_injected_build_fn_is_used():
+    hypermodel = search.SIPAHyperModel()
+    model = hypermodel.build(keras_tuner.HyperParameters())
+    assert model.name == "sipa" and model.output_shape == (None, 10)
+    # Enforced constraint at the defaults (depth 1.0, width 0.9): gamma = sqrt(2 / 0.81) = 1.57, 28 -> 44.
+    assert model.get_layer("upsample").output.shape[1:3] == (44, 44)
+    costs = hypermodel.costs(model)
+    assert costs["cost"] == costs["macs"] > 1e6
+
+    seen = []
+
+    def build_fn(arch):
+        seen.append(arch)
+        inputs = keras.Input((28, 28, 1))
+        return keras.Model(inputs, keras.layers.Dense(10, activation="softmax")(keras.layers.Flatten()(inputs)))
+
+    model = search.SIPAHyperModel(build_fn=build_fn, measure="micronet").build(keras_tuner.HyperParameters())
+    assert len(seen) == 1 and seen[0]["blocks"] and model.compiled
+    score = search.SIPAHyperModel(measure="micronet").costs(model)["cost"]
+    assert 0 < score < 1e-3
+
+
+# -- searching and resuming ----------------------------------------------------------
+
+
+def test_search_resumes_from_finished_trials(tmp_path, tiny_data):
+    """Two trials, then a new tuner on the same folder with max_trials=3 runs exactly one more
+    (the third is chosen by the Gaussian process: 2 random initial points)."""
+    hypermodel = tiny_hypermodel(budget=1.0)  # every model exceeds 1 MAC: fitness = A - 1
+    fit_args = dict(validation_data=tiny_data.validation, epochs=1, verbose=0)
+    tuner = search.make_tuner(hypermodel, max_trials=2, directory=tmp_path, num_initial_points=2, seed=3)
+    tuner.search(tiny_data.train, **fit_args)
+    assert sorted(tuner.oracle.trials) == ["0", "1"]
+
+    resumed = search.make_tuner(hypermodel, max_trials=3, directory=tmp_path, num_initial_points=2, seed=3)
+    assert sorted(resumed.oracle.trials) == ["0", "1"]
+    built = []
+    original = hypermodel.build_model
+    hypermodel.build_model = lambda arch: built.append(arch) or original(arch)
+    resumed.search(tiny_data.train, **fit_args)
+    hypermodel.build_model = original
+    assert len(built) == 1 and sorted(resumed.oracle.trials) == ["0", "1", "2"]
+
+    rows = search.trial_table(resumed)
+    assert [r["status"] for r in rows] == ["COMPLETED"] * 3
+    for row in rows:
+        assert 0 <= row["val_accuracy"] <= 1 and row["macs"] > 0
+        assert row["fitness"] == pytest.approx(row["val_accuracy"] - 1.0)
+    assert len({json.dumps(r["hyperparameters"], sort_keys=True) for r in rows}) == 3
+    text = search.format_table(rows)
+    assert "fitness" in text and rows[2]["arch"] in text
+
+    preset = search.best_preset(resumed, dataset="fashion_mnist")
+    best = next(r for r in rows if r["trial"] == preset["search"]["trial"])
+    assert best["fitness"] == pytest.approx(max(r["fitness"] for r in rows))
+    assert preset["search"]["fitness"] == pytest.approx(best["fitness"])
+    assert preset["family"] == "sipa" and preset["gates"] is None and preset["weights"] is None
+    path = tmp_path / "best.json"
+    path.write_text(json.dumps(preset))
+    model = search.load_preset_file(path)
+    assert model.output_shape == (None, 10) and model.compiled
+    macs = search.SIPAHyperModel().costs(model)["macs"]
+    assert macs == best["macs"]
+
+
+def test_load_preset_file_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match="missing.json"):
+        search.load_preset_file(tmp_path / "missing.json")
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"family": "sipa", "arch": {}}))
+    with pytest.raises(ValueError, match="lacks the keys"):
+        search.load_preset_file(bad)
+    bad.write_text("{not json")
+    with pytest.raises(ValueError, match="not valid JSON"):
+        search.load_preset_file(bad)
+
+
+def test_numpy_gaussian_process_interpolates():
+    gp = search._NumpyGaussianProcess(alpha=1e-6)
+    x = np.linspace(0, 1, 8)[:, None]
+    y = np.sin(4 * x[:, 0])
+    mean, std = gp.fit(x, y).predict(x, return_std=True)
+    np.testing.assert_allclose(mean, y, atol=1e-3)
+    assert std.max() < 0.05
+    _, far = gp.predict(np.array([[3.0]]), return_std=True)
+    assert far[0] > 10 * std.max()
+
+
+# -- distributed search through the CLI -------------------------------------------------
+
+
+def _free_port():
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _cli(tmp_path, role, port, trials=2):
+    env = {
+        **os.environ,
+        "KERASTUNER_TUNER_ID": role,
+        "KERASTUNER_ORACLE_IP": "127.0.0.1",
+        "KERASTUNER_ORACLE_PORT": str(port),
+        "TF_CPP_MIN_LOG_LEVEL": "3",
+        "CUDA_VISIBLE_DEVICES": "",
+    }
+    command = [
+        sys.executable, "-m", "tfgated", "search", "--dataset", "fashion_mnist", "--limit", "200",
+        "--batch-size", "64", "--trials", str(trials), "--epochs", "1", "--budget-macs", "1e9",
+        "--algorithm", "random", "--verbose", "0", "--arch-json", json.dumps(TINY_ARCH),
+        "--space-json", json.dumps(TINY_SPACE), "--directory", str(tmp_path / role),
+        "--output", str(tmp_path / "best.json"),
+    ]
+    return subprocess.Popen(
+        command, env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+
+
+def test_distributed_search_chief_and_worker(tmp_path):
+    port = _free_port()
+    chief = _cli(tmp_path, "chief", port)
+    worker = _cli(tmp_path, "worker0", port)
+    try:
+        worker_out, _ = worker.communicate(timeout=240)
+        chief_out, _ = chief.communicate(timeout=60)
+    finally:
+        for process in (worker, chief):
+            if process.poll() is None:
+                process.kill()
+                process.communicate()
+    assert worker.returncode == 0, worker_out[-3000:]
+    assert chief.returncode == 0, chief_out[-3000:]
+    assert "Worker worker0 finished" in worker_out
+
+    # The worker trained both trials (its checkpoints) ...
+    worker_dir = tmp_path / "worker0" / "sipa"
+    assert len(list(worker_dir.glob("trial_*/checkpoint.weights.h5"))) == 2
+    # ... and the chief's oracle recorded them with their fitness.
+    trials = [json.loads(p.read_text()) for p in sorted((tmp_path / "chief" / "sipa").glob("trial_*/trial.json"))]
+    assert [t["status"] for t in trials] == ["COMPLETED", "COMPLETED"]
+    for t in trials:
+        assert "fitness" in t["metrics"]["metrics"] and "macs" in t["metrics"]["metrics"]
+    assert "val acc" in chief_out and "Best trial" in chief_out
+
+    # The chief wrote the best architecture as a preset and the trial table.
+    preset = json.loads((tmp_path / "best.json").read_text())
+    assert preset["family"] == "sipa" and preset["dataset"] == "fashion_mnist"
+    assert preset["input_shape"] == [28, 28, 1] and preset["num_classes"] == 10
+    assert preset["search"]["budget"] == 1e9 and preset["search"]["trials"] == 2
+    table = json.loads((tmp_path / "best.trials.json").read_text())
+    assert len(table) == 2
+    assert (tmp_path / "best.trials.csv").read_text().startswith("trial,status,fitness,val_accuracy,macs")
+    model = search.load_preset_file(tmp_path / "best.json")
+    assert model.output_shape == (None, 10)
