@@ -392,7 +392,8 @@ class SIPAHyperModel(keras_tuner.HyperModel):
         high = round(low + steps * self.scaling_step, 4)
         default = min(max(float(default), low), high)
         default = round(low + round((default - low) / self.scaling_step) * self.scaling_step, 4)
-        return float(hp.Float(name, low, high, step=self.scaling_step, default=default))
+        # Rounded: KerasTuner's stepped floats carry binary noise (0.8999999999999999).
+        return round(float(hp.Float(name, low, high, step=self.scaling_step, default=default)), 4)
 
     def architecture(self, hp):
         """The builder keyword arguments chosen by ``hp`` (registers the
@@ -661,7 +662,9 @@ class _OptionalTensorBoard:
     def _configure_tensorboard_dir(self, callbacks, trial, execution=0):
         if not _tensorboard_available():
             if any(isinstance(cb, keras.callbacks.TensorBoard) for cb in callbacks):
-                raise ValueError("A TensorBoard callback in a search needs the package tensorboard: pip install tensorboard")
+                raise ValueError(
+                    "A TensorBoard callback in a search needs the package tensorboard: pip install tensorboard"
+                )
             return
         super()._configure_tensorboard_dir(callbacks, trial, execution)
 
@@ -704,6 +707,10 @@ def make_tuner(
     scikit-learn is installed, else a ``keras_tuner.Tuner`` on
     :class:`NumpyBayesianOracle`; ``"random"`` gives ``keras_tuner.RandomSearch``
     (subclasses that run without the ``tensorboard`` package).
+    ``num_initial_points`` random trials precede the Gaussian-process ones;
+    default ``max(2, max_trials // 3)`` (KerasTuner's own default, three per
+    searched hyperparameter, would be about 100 here: a short search would
+    stay random).
     With ``overwrite=False`` an existing ``directory/project_name`` is resumed.
     """
     if algorithm not in ALGORITHMS:
@@ -711,6 +718,8 @@ def make_tuner(
     if not isinstance(max_trials, int) or max_trials < 1:
         raise ValueError(f"Expected max_trials to be a positive integer. Received: max_trials={max_trials!r}")
     objective = keras_tuner.Objective(OBJECTIVE_NAME, "max")
+    if num_initial_points is None:
+        num_initial_points = max(2, max_trials // 3)
     common = dict(
         directory=os.fspath(directory),
         project_name=project_name,
@@ -926,6 +935,8 @@ def _parser():
     parser.add_argument("--constraint", choices=CONSTRAINTS, default="enforce")
     parser.add_argument("--algorithm", choices=ALGORITHMS, default="bayesian")
     parser.add_argument("--trials", type=int, default=10, help="max_trials (total, including resumed ones)")
+    parser.add_argument("--initial-points", type=int, default=None,
+                        help="random trials before Bayesian ones (default max(2, trials // 3))")
     parser.add_argument("--epochs", type=int, default=3, help="training epochs per trial")
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--learning-rate", type=float, default=1e-3)
@@ -985,6 +996,7 @@ def main_search(argv=None):
     tuner = make_tuner(
         hypermodel, algorithm=args.algorithm, max_trials=args.trials, directory=args.directory,
         project_name=args.project_name, overwrite=args.overwrite, seed=args.seed,
+        num_initial_points=args.initial_points,
     )
     tuner.search(data.train, validation_data=data.validation, epochs=args.epochs, verbose=args.verbose)
     if _is_worker():
