@@ -35,7 +35,7 @@ import json
 import math
 import os
 import time
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Sequence, Tuple
 
 from tfgated.recipes import Recipe
 
