@@ -742,55 +742,15 @@ class _Folder:
 # -- MACs --------------------------------------------------------------------------------
 
 
-def _layer_macs(layer, node):
-    ins, outs = node.input_tensors, node.outputs
-    if not ins or not outs:
-        return 0
-    out_shape = outs[0].shape
-    in_shape = ins[0].shape
-
-    def prod(shape):
-        return int(np.prod([d for d in shape if d is not None])) if shape else 1
-
-    if isinstance(layer, L.DepthwiseConv2D):
-        return prod(out_shape[1:-1]) * prod(layer.kernel_size) * in_shape[-1] * layer.depth_multiplier
-    if isinstance(layer, L.SeparableConv2D):
-        spatial = prod(out_shape[1:-1])
-        return spatial * (prod(layer.kernel_size) * in_shape[-1] * layer.depth_multiplier
-                          + in_shape[-1] * layer.depth_multiplier * out_shape[-1])
-    if isinstance(layer, (L.Conv1D, L.Conv2D, L.Conv3D)):
-        groups = getattr(layer, "groups", 1)
-        return prod(out_shape[1:-1]) * prod(layer.kernel_size) * (in_shape[-1] // groups) * out_shape[-1]
-    if isinstance(layer, L.Dense):
-        return prod(out_shape[1:-1]) * in_shape[-1] * out_shape[-1]
-    if isinstance(layer, GumbelGate) and layer.kind == "dependent":
-        return in_shape[-1] * layer.hidden_units + layer.hidden_units * layer.units
-    return 0
-
-
 def count_macs(model):
-    """Multiply-accumulates of one example through ``model`` (every layer run, every gate open).
+    """Multiply-accumulates of one example through ``model`` with every gate open.
 
-    Counts convolutions, depthwise/separable convolutions, dense layers and the
-    gate networks of data-dependent gates.
+    The project's one counter, :func:`tfgated.complexity.count`: convolutions,
+    depthwise/separable convolutions, dense layers and gate networks.
     """
-    return int(sum(_layer_macs(node.operation, node) for node in _nodes_in_order(model)))
+    from tfgated import complexity
 
-
-def dense_macs(model):
-    """MACs of ``model`` with every gate open: :func:`tfgated.complexity.count` if available."""
-    try:  # pragma: no cover - depends on the complexity module being present
-        from tfgated import complexity
-
-        result = complexity.count(model)
-        for key in ("macs", "dense_macs", "total_macs"):
-            if isinstance(result, dict) and key in result:
-                return int(result[key])
-            if hasattr(result, key):
-                return int(getattr(result, key))
-    except Exception:  # noqa: BLE001 - fall back to our own count
-        pass
-    return count_macs(model)
+    return int(complexity.count(model).macs)
 
 
 # -- public API -------------------------------------------------------------------------------
@@ -852,7 +812,7 @@ def fold(model, style=None, remove_channels=True, fold_batchnorm=False, return_r
     if fold_batchnorm:
         folded = fold_batchnorms(folded)
     report = folder.report
-    report.macs_before = dense_macs(model)
+    report.macs_before = count_macs(model)
     report.macs_after = count_macs(folded)
     return (folded, report) if return_report else folded
 

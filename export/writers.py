@@ -220,13 +220,15 @@ def export_function(model, batch_size=1, conditional=None):
     """
     import tensorflow as tf
 
+    from tfgated.gates import static_inference_style
+
     spec = input_spec(model, batch_size)
     if conditional and batch_size == 1:
         call = conditional_call(model, conditional)
     else:
         def call(x):
-            # Unfolded gates advance a seed state even at inference; a stateless
-            # scope keeps that assignment out of the exported graph.
+            # Stochastic unfolded gates advance a seed state; a stateless scope
+            # keeps that assignment out of the exported graph.
             with keras.StatelessScope():
                 return model(x, training=False)
 
@@ -234,7 +236,10 @@ def export_function(model, batch_size=1, conditional=None):
     def serve(x):
         return call(x)
 
-    return serve.get_concrete_function(), serve, spec
+    # Unfolded gates trace their style as a constant: no random op in the graph.
+    with static_inference_style(model):
+        concrete = serve.get_concrete_function()
+    return concrete, serve, spec
 
 
 # -- converters ---------------------------------------------------------------------------------
@@ -426,8 +431,8 @@ def export(
             "dependent_form": ("conditional" if used_conditional else "masked") if report and report.dependent_masked else None,
             "conditional": [c["add"] for c in used_conditional],
         },
-        "macs_before_folding": int(report.macs_before if report else fold_lib.dense_macs(model)),
-        "macs_after_folding": int(report.macs_after if report else fold_lib.dense_macs(model)),
+        "macs_before_folding": int(report.macs_before if report else fold_lib.count_macs(model)),
+        "macs_after_folding": int(report.macs_after if report else fold_lib.count_macs(model)),
         "fold_report": report.summary() if report else None,
         "parity": parity,
     }

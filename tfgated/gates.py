@@ -27,6 +27,7 @@ The ensemble style (mean of N stochastic passes) is a model-level operation: see
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import keras
@@ -127,6 +128,8 @@ class GumbelGate(keras.layers.Layer):
         self.inference_style = inference_style
         self.seed = seed
         self.seed_generator = keras.random.SeedGenerator(seed)
+        # Set by static_inference_style(): trace the current style as a constant.
+        self.static_style = False
         if kind == "dependent":
             self.hidden = keras.layers.Dense(hidden_units, use_bias=False, name="hidden")
             self.norm = keras.layers.BatchNormalization(name="norm")
@@ -188,28 +191,45 @@ class GumbelGate(keras.layers.Layer):
 
     def call(self, inputs, training=None):
         logits = self.compute_logits(inputs, training=training)
-        noise = self._logistic_noise(ops.shape(logits), logits.dtype)
-        sampled = ops.cast(logits + noise > 0, logits.dtype)
         if training:
+            noise = self._logistic_noise(ops.shape(logits), logits.dtype)
+            sampled = ops.cast(logits + noise > 0, logits.dtype)
             soft = ops.sigmoid((logits + noise) / self.temperature)
             z = soft + ops.stop_gradient(sampled - soft)
+        elif self.static_style:
+            z = self._static_decision(logits)
         else:
-            probabilities = ops.sigmoid(logits)
-            threshold = ops.cast(self.threshold_value, logits.dtype)
-            thresholded = ops.cast(probabilities > threshold, logits.dtype)
-            ones = ops.ones_like(logits)
-            style = self.style_id
-            z = ops.where(
-                ops.equal(style, STYLE_IDS["threshold"]),
-                thresholded,
-                ops.where(ops.equal(style, STYLE_IDS["always_on"]), ones, sampled),
-            )
+            z = self._dynamic_decision(logits)
         if self.force_open and self.units > 1:
             most_probable = ops.one_hot(ops.argmax(logits, axis=-1), self.units, dtype=logits.dtype)
             z = ops.maximum(z, most_probable)
         elif self.force_open:
             z = ops.ones_like(z)
         return z
+
+    def _sample(self, logits):
+        noise = self._logistic_noise(ops.shape(logits), logits.dtype)
+        return ops.cast(logits + noise > 0, logits.dtype)
+
+    def _dynamic_decision(self, logits):
+        """Inference decision chosen by the ``style_id`` variable inside the graph."""
+        probabilities = ops.sigmoid(logits)
+        threshold = ops.cast(self.threshold_value, logits.dtype)
+        thresholded = ops.cast(probabilities > threshold, logits.dtype)
+        style = self.style_id
+        return ops.where(
+            ops.equal(style, STYLE_IDS["threshold"]),
+            thresholded,
+            ops.where(ops.equal(style, STYLE_IDS["always_on"]), ops.ones_like(logits), self._sample(logits)),
+        )
+
+    def _static_decision(self, logits):
+        """Inference decision fixed at trace time by ``inference_style``: no noise op unless stochastic."""
+        if self.inference_style == "always_on":
+            return ops.ones_like(logits)
+        if self.inference_style == "threshold":
+            return ops.cast(ops.sigmoid(logits) > self.threshold, logits.dtype)
+        return self._sample(logits)
 
     def probabilities(self, inputs=None, training=False):
         """Open probabilities ``sigmoid(logits)``; independent gates need no input."""
@@ -373,3 +393,21 @@ def residual_gate(shortcut, branch, kind="independent", context=None, name=None,
     z = gate(shortcut if context is None else context)
     output = GatedResidual(name=f"{prefix}_add")([shortcut, branch, z])
     return output, z
+
+
+@contextlib.contextmanager
+def static_inference_style(model):
+    """Within this context the gates of ``model`` trace their current inference
+    style as a Python constant: the graph holds no style switch and, unless the
+    style is stochastic, no random op (which TFLite cannot run). Exporters trace
+    models under it; a style change inside the context needs a retrace.
+    """
+    gates = [layer for layer in model._flatten_layers() if isinstance(layer, GumbelGate)]
+    previous = [gate.static_style for gate in gates]
+    for gate in gates:
+        gate.static_style = True
+    try:
+        yield model
+    finally:
+        for gate, value in zip(gates, previous):
+            gate.static_style = value
