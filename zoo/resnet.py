@@ -40,7 +40,7 @@ tfgated gates:
 The ``gates`` argument of both builders is ``None`` (dense network, exactly the
 keras.applications model for ImageNet) or a dict::
 
-    {"kind": "independent" | "dependent",       # required
+    {"kind": "independent" | "dependent",       # default "independent"
      "loss": "per_batch" | "per_gate",           # default "per_batch"
      "target": 0.5, "weight": 1.0,               # activation loss target rate and weight
      "level": "layer" | "channel",               # imagenet only; default "layer"
@@ -48,7 +48,8 @@ keras.applications model for ImageNet) or a dict::
      "temperature", "open_probability", "hidden_units", "threshold",
      "inference_style", "seed"}                  # passed to every GumbelGate
 
-Presets (:data:`PRESETS`) are plain data; see each preset's ``description`` and ``paper``.
+The common keys are checked by :func:`tfgated.zoo.registry.gate_settings`. Presets
+(:data:`PRESETS`) are plain data; see each preset's ``description`` and ``paper``.
 """
 
 from __future__ import annotations
@@ -489,12 +490,14 @@ _FASHION_RECIPE = {
 
 _FASHION_ARCH = {"depth": 20, "widths": [12, 24, 48]}
 _FASHION_WHY = (
-    "ResNet-20 (n=3, 7 of 9 blocks gated) at 3/4 width (12/24/48 channels, ~0.15M parameters): "
-    "the full-width 0.27M-parameter ResNet-20 takes ~200 s per Fashion-MNIST epoch on 2 cores, "
-    "so ~12 epochs fit in 40 minutes; 3/4 width costs ~0.56x the MACs (~115 s/epoch), giving "
-    "~15 epochs in ~30-40 minutes, enough for >= 0.92 test accuracy while keeping the depth "
-    "(and so the number of gated blocks) of ResNet-20. Narrower nets (8/16/32) train faster "
-    "but leave little accuracy margin once half the blocks are switched off."
+    "ResNet-20 (n=3; 7 of its 9 blocks gated) at 3/4 width (12/24/48 channels, ~0.16M parameters, "
+    "~17.5M MACs per 28x28 image against ~31M at full width). The full-width 0.27M-parameter "
+    "ResNet-20 takes ~200 s per Fashion-MNIST epoch on the 2-core machine, so only ~12 epochs fit "
+    "in 40 minutes; 3/4 width needs ~0.56x the MACs, so the recipe's 15 epochs should take about "
+    "30-40 minutes (an estimate from MACs: wall time on the shared machine varies with load). "
+    "Keeping ResNet-20's depth keeps enough gated blocks to study; narrower nets (8/16/32) train "
+    "faster but leave little accuracy margin over 0.92 once half the blocks are switched off. "
+    "The >= 0.92 target is expected, not yet verified by a full run."
 )
 
 
@@ -569,7 +572,6 @@ def _build_presets():
         )
 
     def imagenet_gumbel(depth, kind, loss, target, level):
-        gated = "identity block" if level == "layer" else "bottleneck"
         what = (
             f"a Gumbel layer gate on each identity block ({sum(IMAGENET_BLOCKS[depth]) - 4} gates; the 4 "
             "projection blocks stay ungated)"
@@ -590,7 +592,8 @@ def _build_presets():
                 ),
             },
             f"ResNet-{depth} v1 on ImageNet with {what}, {_KIND_WORDS[kind]}, {_LOSS_WORDS[loss]}, "
-            f"target rate t={target}. Ungated layers share keras.applications names ({gated} gating).",
+            f"target rate t={target}. Every keras.applications layer keeps its name, so the ImageNet "
+            "weights load with load_keras_applications_weights.",
             test_shape=(64, 64, 3),
         )
 
