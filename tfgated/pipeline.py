@@ -1093,9 +1093,9 @@ def run_pipeline(dataset="fashion_mnist", budget="small", run_dir=None, data_dir
         raise ValueError(f"Unknown dataset {dataset!r}. Expected one of {list(KNOWN_DATASETS)}.")
     run_dir = run_dir or os.path.join("runs", f"sipa_{dataset}_{budget.name}")
     run = _Run(dataset, budget, run_dir, data_dir=data_dir, seed=seed, verbose=verbose, log=log)
+    run.splits()  # fail early (and clearly) when the data is missing, before creating the folder
     _check_run_config(run)
     log(f"SIPA pipeline: dataset {dataset}, budget {budget.name}, run folder {run.run_dir}")
-    run.splits()  # fail early (and clearly) when the data is missing
     states, times = {}, {}
     for index, stage in enumerate(STAGES):
         label = f"[{index + 1}/{len(STAGES)}] {stage}"

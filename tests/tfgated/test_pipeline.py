@@ -1,0 +1,206 @@
+"""Tests of ``python -m tfgated run`` (tfgated.pipeline) on real Fashion-MNIST, tiny budget.
+
+One tiny run is made in two invocations: the first stops after the pruning stage, the second
+resumes (stages 1-4 skipped, their files untouched) and finishes; a third invocation finds
+everything done. The other tests read that run folder.
+"""
+
+import contextlib
+import io
+import json
+import os
+
+import keras
+import numpy as np
+import pytest
+
+from tfgated import pipeline
+
+FASHION_DIR = "/usr/share/datasets/fashion-mnist"
+pytestmark = pytest.mark.skipif(
+    not os.path.isdir(FASHION_DIR), reason="Fashion-MNIST IDX files (Debian dataset-fashion-mnist) not installed"
+)
+
+EARLY = ("search", "improve", "train", "prune")
+LATE = ("accelerate", "quantize", "export")
+
+
+def _run(argv):
+    buffer = io.StringIO()
+    with contextlib.redirect_stdout(buffer):
+        status = pipeline.main_run(argv)
+    return status, buffer.getvalue()
+
+
+def _stage_dir(run_dir, stage):
+    return os.path.join(run_dir, f"{pipeline.STAGES.index(stage) + 1:02d}_{stage}")
+
+
+def _mtimes(run_dir, stages):
+    found = {}
+    for stage in stages:
+        folder = _stage_dir(run_dir, stage)
+        for name in ("state.json", "model.keras"):
+            path = os.path.join(folder, name)
+            if os.path.exists(path):
+                found[path] = os.stat(path).st_mtime_ns
+    return found
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    run_dir = str(tmp_path_factory.mktemp("pipeline") / "run")
+    argv = ["--budget", "tiny", "--run-dir", run_dir, "--verbose", "0"]
+    status1, out1 = _run(argv + ["--stop-after", "prune"])
+    states_after_first = {s: os.path.exists(os.path.join(_stage_dir(run_dir, s), "state.json")) for s in pipeline.STAGES}
+    mtimes = _mtimes(run_dir, EARLY)
+    status2, out2 = _run(argv)
+    return {
+        "run_dir": run_dir,
+        "argv": argv,
+        "first": (status1, out1),
+        "second": (status2, out2),
+        "states_after_first": states_after_first,
+        "mtimes": mtimes,
+    }
+
+
+def _summary(run_dir):
+    with open(os.path.join(run_dir, "summary.json"), encoding="utf-8") as f:
+        return json.load(f)
+
+
+def test_stop_after_prune_runs_only_the_first_four_stages(tiny_run):
+    status, out = tiny_run["first"]
+    assert status == 0
+    for index, stage in enumerate(EARLY, start=1):
+        assert f"[{index}/7] {stage}: done in" in out
+    assert "[5/7]" not in out
+    assert "Stopped after stage 'prune'" in out
+    assert tiny_run["states_after_first"] == {s: s in EARLY for s in pipeline.STAGES}
+
+
+def test_resume_skips_finished_stages_and_keeps_their_files(tiny_run):
+    status, out = tiny_run["second"]
+    assert status == 0
+    for index, stage in enumerate(EARLY, start=1):
+        assert f"[{index}/7] {stage}: skipped (done)" in out
+    for index, stage in enumerate(LATE, start=5):
+        assert f"[{index}/7] {stage}: done in" in out
+    assert tiny_run["mtimes"], "expected state and model files of the first four stages"
+    assert _mtimes(tiny_run["run_dir"], EARLY) == tiny_run["mtimes"]
+
+
+def test_end_to_end_files_table_and_parity(tiny_run):
+    run_dir = tiny_run["run_dir"]
+    for stage in pipeline.STAGES:
+        with open(os.path.join(_stage_dir(run_dir, stage), "state.json"), encoding="utf-8") as f:
+            state = json.load(f)
+        assert state["status"] == "done" and state["stage"] == stage and state["seconds"] >= 0
+        if stage not in ("improve", "export"):
+            assert os.path.getsize(os.path.join(_stage_dir(run_dir, stage), "model.keras")) > 0
+    summary = _summary(run_dir)
+    assert [r["stage"] for r in summary["rows"]] == ["search", "improve", "prune", "accelerate", "16-bit"]
+    for row in summary["rows"]:
+        assert 0.0 <= row["accuracy"] <= 1.0
+        assert row["storage"] > 0 and row["ops"] > 0
+        assert row["score"] == pytest.approx(row["storage"] / 36.5e6 + row["ops"] / 10.49e9)
+    rows = {r["stage"]: r for r in summary["rows"]}
+    # pruning removes weights and operations; the exit head adds parameters; 16 bits halve the storage
+    assert rows["prune"]["nonzero_params"] < rows["improve"]["nonzero_params"]
+    assert rows["prune"]["ops"] < rows["improve"]["ops"]
+    assert rows["prune"]["sparsity"] == pytest.approx(0.5, abs=0.01)
+    assert rows["accelerate"]["params"] > rows["prune"]["params"]
+    assert rows["16-bit"]["bits"] == 16 and rows["accelerate"]["bits"] == 32
+    assert rows["16-bit"]["storage"] < 0.6 * rows["accelerate"]["storage"]
+    assert rows["16-bit"]["ops"] < rows["accelerate"]["ops"]
+    # the exported files exist, parity was checked in LiteRT and ONNX Runtime and passed
+    exported = summary["exported"]
+    assert exported["tflite"].endswith(".tflite") and exported["onnx"].endswith(".onnx")
+    for key, runtime in (("tflite", "litert"), ("onnx", "onnxruntime")):
+        assert os.path.getsize(exported[key]) > 0
+        assert os.path.exists(exported[key] + ".json")
+        assert summary["parity"][key]["passed"] is True
+        assert summary["parity"][key]["runtime"] == runtime
+        assert summary["parity"][key]["examples"] == pipeline.BUDGETS["tiny"].parity_examples
+    for plot in summary["plots"]:
+        assert plot.endswith(".png") and os.path.getsize(plot) > 0
+    assert any(p.endswith("stages.png") for p in summary["plots"])
+    # the printed and written table
+    _, out = tiny_run["second"]
+    with open(os.path.join(run_dir, "summary.md"), encoding="utf-8") as f:
+        markdown = f.read()
+    for text in (out, markdown):
+        assert "| stage | bits | accuracy | parameters | storage (32-bit eq.) | MicroNet ops |" in text
+        for stage in ("search", "improve", "prune", "accelerate", "16-bit"):
+            assert f"| {stage} |" in text
+    assert "Parity tflite: passed" in out and "Parity onnx: passed" in out
+    assert f"Plots: {os.path.join(run_dir, 'plots')}" in out
+    assert "Stage times:" in out
+
+
+def test_exported_tflite_matches_the_16bit_keras_network(tiny_run):
+    from tfgated.data import load_dataset
+    from tfgated.export import run_onnx, run_tflite
+
+    run_dir = tiny_run["run_dir"]
+    summary = _summary(run_dir)
+    with_exit = keras.saving.load_model(os.path.join(_stage_dir(run_dir, "quantize"), "model.keras"), safe_mode=True)
+    main = keras.Model(with_exit.inputs, with_exit.outputs[0])
+    x = next(iter(load_dataset("fashion_mnist", limit=64, validation_split=0.25, seed=0).test))[0].numpy()[:16]
+    expected = main.predict(x, verbose=0)
+    np.testing.assert_allclose(run_onnx(summary["exported"]["onnx"], x), expected, atol=1e-4)
+    lite = run_tflite(summary["exported"]["tflite"], x)
+    assert (lite.argmax(1) == expected.argmax(1)).mean() >= 0.9
+    # weights of the 16-bit stage are float16 values
+    for w in with_exit.get_weights():
+        if w.dtype.kind == "f":
+            np.testing.assert_array_equal(w, w.astype(np.float16).astype(w.dtype))
+
+
+def test_third_run_finds_everything_done(tiny_run):
+    run_dir = tiny_run["run_dir"]
+    before = _mtimes(run_dir, pipeline.STAGES)
+    status, out = _run(tiny_run["argv"])
+    assert status == 0
+    for index, stage in enumerate(pipeline.STAGES, start=1):
+        assert f"[{index}/7] {stage}: skipped (done)" in out
+    assert _mtimes(run_dir, pipeline.STAGES) == before
+    assert "| 16-bit | 16 |" in out
+
+
+def test_run_dir_of_another_budget_is_refused(tiny_run, capsys):
+    status = pipeline.main_run(["--budget", "small", "--run-dir", tiny_run["run_dir"], "--verbose", "0"])
+    assert status == 2
+    err = capsys.readouterr().err
+    assert "budget='tiny'" in err and "budget='small'" in err
+
+
+def test_cifar100_without_prepared_data_is_a_clear_error(tmp_path, capsys):
+    run_dir = tmp_path / "cifar"
+    status = pipeline.main_run(["--dataset", "cifar100", "--budget", "tiny", "--run-dir", str(run_dir)])
+    assert status == 2
+    assert "cifar100" in capsys.readouterr().err
+    assert not run_dir.exists()
+
+
+def test_bad_arguments():
+    with pytest.raises(SystemExit):
+        pipeline._parser().parse_args(["--budget", "huge"])
+    with pytest.raises(ValueError, match="Unknown stage"):
+        pipeline.run_pipeline(budget="tiny", stop_after="deploy")
+    with pytest.raises(ValueError, match="Unknown budget"):
+        pipeline.run_pipeline(budget="huge")
+
+
+def test_round_to_float16_and_table():
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(4)])
+    model.set_weights([np.full((3, 4), 0.1, "float32"), np.full((4,), 1 / 3, "float32")])
+    pipeline._round_to_float16(model)
+    kernel, bias = model.get_weights()
+    assert kernel[0, 0] == np.float32(np.float16(0.1)) and kernel[0, 0] != np.float32(0.1)
+    assert bias[0] == np.float32(np.float16(1 / 3))
+    row = {"stage": "prune", "bits": 32, "accuracy": 0.9, "params": 100, "nonzero_params": 40, "storage": 50.0,
+           "ops": 1000.0, "storage_score": 50 / 36.5e6, "ops_score": 1000 / 10.49e9, "score": 0.0}
+    table = pipeline.format_table([row])
+    assert table.splitlines()[2].startswith("| prune | 32 | 0.9000 | 40 / 100 | 50 | 1,000 |")
