@@ -347,8 +347,7 @@ def _count_kernel_layer(c, layer, call, bias_from_bn):
         nz = c.kernel(layer.kernel)
         c.dot(nz, _spatial(inp, fmt), out_elements)
     elif isinstance(layer, (BaseConv, BaseDepthwiseConv)):
-        kernel = layer.depthwise_kernel if isinstance(layer, BaseDepthwiseConv) else layer.kernel
-        nz = c.kernel(kernel)
+        nz = c.kernel(layer.kernel)  # Keras 3 names the depthwise kernel `kernel` too
         c.dot(nz, _spatial(out, fmt), out_elements)
     else:  # Dense
         nz = c.kernel(layer.kernel)
