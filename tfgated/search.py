@@ -110,7 +110,6 @@ INDICATORS = ("step", "hinge")
 CONSTRAINTS = ("enforce", "penalize", "none")
 ALGORITHMS = ("bayesian", "random")
 OBJECTIVE_NAME = "fitness"
-PRESET_REQUIRED = ("family", "arch", "input_shape", "num_classes", "recipe", "description")
 
 #: SIPA's base blocks (tfgated.zoo.sipa.REFERENCE_BLOCKS), copied so that
 #: tfgated does not import the zoo; the zoo test checks they agree.
@@ -849,48 +848,16 @@ def best_preset(tuner, hypermodel=None, dataset=None, recipe=None, description=N
 def load_preset_file(path, weights=None, num_classes=None, input_shape=None, compile=True, **overrides):
     """Build (and compile per its recipe) the model of a preset JSON file.
 
-    The file holds one preset in the zoo's schema (``family``, ``arch``,
-    ``gates``, ``input_shape``, ``num_classes``, ``recipe`` ...), as written by
-    ``python -m tfgated search --output``. ``overrides`` update ``arch``;
-    ``weights`` is a ``.weights.h5``/``.keras`` path or None. The preset is not
-    added to the registry's list of models.
+    The same as ``tfgated.zoo.load(path, ...)``, which accepts preset files:
+    the file holds one preset in the zoo's schema, as written by
+    ``python -m tfgated search --output``; it is not added to ``list_models()``.
     """
-    path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"Preset file {path!r} does not exist.")
-    try:
-        with open(path, encoding="utf-8") as f:
-            preset = json.load(f)
-    except json.JSONDecodeError as error:
-        raise ValueError(f"Preset file {path!r} is not valid JSON: {error}") from error
-    if not isinstance(preset, dict):
-        raise ValueError(f"Expected preset file {path!r} to hold a JSON object. Received: {type(preset).__name__}")
-    missing = [key for key in PRESET_REQUIRED if key not in preset]
-    if missing:
-        raise ValueError(f"Preset file {path!r} lacks the keys {missing}. Expected at least {list(PRESET_REQUIRED)}.")
     from tfgated.zoo import registry  # lazily: tfgated does not import the zoo
 
-    if preset["family"] not in registry.list_families():
-        raise ValueError(
-            f"Preset file {path!r} names family {preset['family']!r}. "
-            f"Expected one of {registry.list_families()}."
-        )
-    if weights is not None and not os.path.isfile(os.fspath(weights)):
-        raise FileNotFoundError(f"Weights file {os.fspath(weights)!r} for preset {path!r} does not exist.")
-    builder = registry._FAMILIES[preset["family"]]
-    arch = {**preset["arch"], **overrides}
-    registry._check_builder_arguments(path, builder, arch)
-    model = builder(
-        num_classes=int(preset["num_classes"] if num_classes is None else num_classes),
-        input_shape=tuple(preset["input_shape"] if input_shape is None else input_shape),
-        gates=preset.get("gates"),
-        **arch,
+    return registry.load(
+        os.fspath(path), weights=weights, num_classes=num_classes, input_shape=input_shape,
+        compile=compile, **overrides,
     )
-    if weights is not None:
-        model.load_weights(os.fspath(weights))
-    if compile:
-        registry.compile_model(model, preset["recipe"])
-    return model
 
 
 # -- command line -----------------------------------------------------------------

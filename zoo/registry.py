@@ -234,9 +234,44 @@ def list_families():
     return sorted(_FAMILIES)
 
 
-def get_preset(name):
-    """A deep copy of preset ``name``; unknown names raise ``ValueError`` with the closest names."""
+def is_preset_file(name):
+    """True if ``name`` is a path to a preset JSON file rather than a registered name."""
+    name = os.fspath(name)
+    return name.endswith(".json") or os.path.isfile(name)
+
+
+def read_preset_file(path):
+    """The preset held by the JSON file at ``path`` (as ``python -m tfgated search`` writes it).
+
+    The file is checked like a registered preset but not added to :func:`list_models`.
+    """
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"Preset file {path!r} does not exist.")
+    try:
+        with open(path, encoding="utf-8") as f:
+            preset = json.load(f)
+    except json.JSONDecodeError as error:
+        raise ValueError(f"Preset file {path!r} is not valid JSON: {error}") from error
+    if not isinstance(preset, dict):
+        raise ValueError(f"Expected preset file {path!r} to hold a JSON object. Received: {type(preset).__name__}")
+    missing = [key for key in PRESET_REQUIRED if key not in preset]
+    if missing:
+        raise ValueError(f"Preset file {path!r} lacks the keys {missing}. Expected at least {list(PRESET_REQUIRED)}.")
     _ensure_loaded()
+    if preset["family"] not in _FAMILIES:
+        raise ValueError(
+            f"Preset file {path!r} names family {preset['family']!r}. Expected one of {sorted(_FAMILIES)}."
+        )
+    return {"gates": None, "weights": None, **preset}
+
+
+def get_preset(name):
+    """A deep copy of preset ``name`` (a registered name or a preset JSON file path);
+    unknown names raise ``ValueError`` with the closest names."""
+    _ensure_loaded()
+    if name not in _PRESETS and is_preset_file(name):
+        return read_preset_file(name)
     if name not in _PRESETS:
         close = difflib.get_close_matches(str(name), list(_PRESETS), n=5, cutoff=0.4)
         hint = f" Closest names: {close}." if close else ""
@@ -333,7 +368,8 @@ def load(name, weights=None, num_classes=None, input_shape=None, compile=True, *
     """Build preset ``name``, optionally load weights, and compile it per its recipe.
 
     Args:
-        name: a preset name (see :func:`list_models`).
+        name: a preset name (see :func:`list_models`) or the path of a preset
+            JSON file (as written by ``python -m tfgated search --output``).
         weights: ``None`` (fresh initialization), ``"default"`` (the preset's
             file under ``zoo/weights/``, verified by sha256 first) or a path to
             a ``.weights.h5`` / ``.keras`` file.
