@@ -167,7 +167,7 @@ _SGD_BASE = {
 BUDGETS: Dict[str, Budget] = {
     "tiny": Budget(
         name="tiny",
-        limit=640,
+        limit=1000,
         validation_split=0.25,
         batch_size=64,
         base_arch={
@@ -194,8 +194,9 @@ BUDGETS: Dict[str, Budget] = {
             "width_range": (1.0, 1.0),
             "resolution_range": (1.0, 1.0),
             "constraint": "none",
+            "learning_rate": 0.01,
         },
-        base_recipe={**_SGD_BASE, "batch_size": 64},
+        base_recipe={"optimizer": "adam", "learning_rate": 0.01, "cosine_decay": True, "batch_size": 64},
         improve_groups=[("regularization", [("label smoothing", {"label_smoothing": 0.1})])],
         improve_epochs=1,
         train_epochs=1,
@@ -205,7 +206,7 @@ BUDGETS: Dict[str, Budget] = {
         exit_epochs=1,
         exit_max_drop=0.01,
         exit_channels=None,
-        parity_examples=32,
+        parity_examples=64,
     ),
     "small": Budget(
         name="small",
@@ -234,12 +235,12 @@ BUDGETS: Dict[str, Budget] = {
         budget_macs=4_000_000,
         search_space={
             "kernel_sizes": (3, 5),
-            "expand_ratios": (3, 4, 6),
+            "expand_ratios": (3, 4),
             "se_ratios": (0.0, 0.25),
             "channel_multipliers": (0.75, 1.0, 1.25),
             "search_strides": False,
             "depth_range": (1.0, 1.0),
-            "width_range": (0.8, 1.2),
+            "width_range": (0.8, 1.1),
             "resolution_range": (1.0, 1.0),
             "constraint": "none",
             "num_initial_points": 2,
@@ -251,7 +252,7 @@ BUDGETS: Dict[str, Budget] = {
             ("weight decay", [("weight decay", {"weight_decay": 5e-5})]),
         ],
         improve_epochs=2,
-        train_epochs=6,
+        train_epochs=8,
         prune_schedule=(0.3, 0.5, 0.6),
         prune_epochs=1,
         prune_lr_factor=0.1,
@@ -449,12 +450,12 @@ def format_table(rows):
     return "\n".join(lines)
 
 
-def _plot(path, draw):
+def _plot(path, draw, size=(6.5, 4.5)):
     """Render one matplotlib figure (Agg canvas) and save it atomically as PNG."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    figure = Figure(figsize=(6.5, 4.5))
+    figure = Figure(figsize=size)
     FigureCanvasAgg(figure)
     draw(figure)
     folder = os.path.dirname(os.path.abspath(path))
@@ -596,6 +597,7 @@ def _stage_search(run, out):
     splits = run.splits()
     info = splits.info
     base_arch = _base_arch(run)
+    keras.utils.set_random_seed(run.seed)  # trial initialisations in a fresh process follow the seed
     space = dict(budget.search_space)
     num_initial_points = space.pop("num_initial_points", None)
     threshold = budget.budget_macs
@@ -922,7 +924,8 @@ def _stage_accelerate(run, out):
     row = _score_row("accelerate", result.accuracy, report, 32, extra)
     run.log(
         f"[5/7] accelerate: threshold {calibration.threshold:.4f}, {result.exit_ratio:.1%} of test images exit, "
-        f"MACs -{result.mac_saving:.1%}, test accuracy {result.accuracy:.4f}"
+        f"mean MACs {result.mean_macs:,.0f} ({1 - result.mac_saving:.1%} of the network without exit), "
+        f"test accuracy {result.accuracy:.4f}"
     )
     return {"row": row, "after": after, "channels": channels, "calibration": calibration.to_dict(),
             "early_exit": result.to_dict()}
@@ -1035,7 +1038,7 @@ def _summary_plot(rows, path):
         right.set_title("MicroNet score (WRN-28-10 = 2)")
         right.legend(fontsize=8)
 
-    return _plot(path, draw)
+    return _plot(path, draw, size=(10, 4.5))
 
 
 def _summary(run, states, times):
