@@ -70,12 +70,11 @@ import argparse
 import contextlib
 import dataclasses
 import json
-import math
 import os
 import sys
 import tempfile
 import time
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, Optional
 
 import numpy as np
 
