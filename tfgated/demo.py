@@ -57,7 +57,7 @@ def run_demo(preset=DEFAULT_PRESET, examples=4000, epochs=1, batch_size=64, verb
         "gate_rates": {name: float(np.mean(r)) for name, r in rates.items()},
         "mean_activation": float(np.mean(np.concatenate([np.ravel(r) for r in rates.values()]))),
         "dense_macs": float(report.macs),
-        "expected_macs": float(expected.total),
+        "expected_macs": float(expected.expected),
     }
 
 
