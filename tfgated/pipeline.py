@@ -52,8 +52,9 @@ Budgets (``--budget``):
   (18,000 for training, 2,000 for validation), four search trials of two
   epochs, three Improving candidates of two epochs, twelve training epochs,
   three pruning rounds (30%, 50%, 60%) with one fine-tuning epoch each, two
-  epochs for the exit head. Measured: about 7 minutes on two shared cores
-  with 15,000 images and eight training epochs; expect roughly 10 minutes.
+  epochs for the exit head. Measured: 655 s (about 11 minutes) on two CPU
+  cores shared with other jobs (load average 4-5); test accuracy 0.898 after
+  training, 0.886 after pruning, early exit and 16 bits.
 * ``tiny``: a few hundred images and a minimal network; seconds per stage
   (tests and smoke runs).
 * ``paper``: SIPA's searched preset (``sipa_fashion_mnist`` or ``sipa_cifar100``)
