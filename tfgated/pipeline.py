@@ -68,7 +68,6 @@ Budgets (``--budget``):
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
 import json
 import os
@@ -360,37 +359,11 @@ def _load_model(path):
     return keras.saving.load_model(path, safe_mode=True, compile=False)
 
 
-@contextlib.contextmanager
-def _depthwise_kernel_alias():
-    """Give Keras' depthwise convolutions a ``depthwise_kernel`` alias of ``kernel`` for a while.
-
-    ``tfgated.micronet`` (at the time of writing) reads ``layer.depthwise_kernel``
-    on ``DepthwiseConv2D``, which Keras 3 names ``kernel``; this keeps the
-    pipeline working until that is fixed there.
-    """
-    from keras.src.layers.convolutional.base_depthwise_conv import BaseDepthwiseConv
-
-    if hasattr(BaseDepthwiseConv, "depthwise_kernel"):
-        yield
-        return
-    BaseDepthwiseConv.depthwise_kernel = property(lambda layer: layer.kernel)
-    try:
-        yield
-    finally:
-        del BaseDepthwiseConv.depthwise_kernel
-
-
 def _micronet(model, bits):
-    """:func:`tfgated.micronet.micronet_score` (with the depthwise workaround when needed)."""
+    """:func:`tfgated.micronet.micronet_score` of ``model`` at ``bits``."""
     from tfgated.micronet import micronet_score
 
-    try:
-        return micronet_score(model, bits=bits)
-    except AttributeError as error:
-        if "depthwise_kernel" not in str(error):
-            raise
-    with _depthwise_kernel_alias():
-        return micronet_score(model, bits=bits)
+    return micronet_score(model, bits=bits)
 
 
 def _arrays(dataset):
