@@ -105,6 +105,9 @@ class GateActivationLoss(keras.layers.Layer):
         self.mode = mode
         self.gate_weights = gate_weights
         self.activation_tracker = keras.metrics.Mean(name="gate_activation")
+        # An identity on the model output: keep its dtype (e.g. a float32 softmax
+        # under mixed_float16) instead of casting it to this layer's compute dtype.
+        self._convert_input_args = False
 
     def build(self, input_shape):
         if len(input_shape) < 2:
