@@ -20,6 +20,7 @@ import keras
 import numpy as np
 
 from tfgated.inference import activation_loss_layers, gate_layers
+from tfgated.io import write_atomic
 
 __all__ = ["GateRateLogger", "TargetAnnealing", "read_gate_csv"]
 
@@ -46,13 +47,6 @@ def _probe_inputs(probe, max_examples):
         "Expected the probe to be a numpy array of images or a tf.data.Dataset. "
         f"Received: {type(probe).__name__}"
     )
-
-
-def _atomic_write(path, text):
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8", newline="") as f:
-        f.write(text)
-    os.replace(tmp, path)
 
 
 def _scalar_summary(tag, value, step):
@@ -139,7 +133,7 @@ class GateRateLogger(keras.callbacks.Callback):
         writer.writeheader()
         for r in rows:
             writer.writerow({k: r.get(k, "") for k in row})
-        _atomic_write(self.csv_path, buffer.getvalue())
+        write_atomic(self.csv_path, buffer.getvalue())
         if logs is not None:
             logs["gate_rate"] = mean
         if self.tensorboard:

@@ -50,9 +50,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import os
 import re
-import tempfile
 from typing import Mapping, Optional, Sequence
 
 import keras
@@ -60,6 +58,7 @@ import numpy as np
 from keras import ops
 
 from tfgated import complexity
+from tfgated.io import save_figure
 from tfgated.losses import GateActivationLoss
 
 __all__ = [
@@ -915,20 +914,6 @@ def risk_coverage(probs, labels):
     return RiskCoverage(coverage=counts / n, risk=errors[ends] / counts, confidence=conf_sorted[ends])
 
 
-def _atomic_savefig(figure, path):
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp_", suffix=".png", dir=folder)
-    os.close(fd)
-    try:
-        figure.savefig(tmp, format="png", dpi=120, bbox_inches="tight")
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-
-
 def plot_risk_coverage(curves: Mapping[str, RiskCoverage], path, title="Risk-coverage of the exit head"):
     """Write a PNG with one risk-coverage curve per entry of ``curves`` (label -> curve).
 
@@ -950,7 +935,7 @@ def plot_risk_coverage(curves: Mapping[str, RiskCoverage], path, title="Risk-cov
     axes.set_xlim(0.0, 1.0)
     axes.grid(True, alpha=0.3)
     axes.legend()
-    _atomic_savefig(figure, path)
+    save_figure(figure, path, format="png", dpi=120, bbox_inches="tight")
     return path
 
 

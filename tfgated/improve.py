@@ -37,6 +37,7 @@ import os
 import time
 from typing import Callable, Dict, List, Sequence, Tuple
 
+from tfgated.io import write_atomic
 from tfgated.recipes import Recipe
 
 __all__ = ["Candidate", "ImproveResult", "SIPA_GROUPS", "Trial", "improve", "keras_trainer", "read_trials"]
@@ -150,13 +151,6 @@ def _normalize_groups(groups):
     return normalized
 
 
-def _atomic_write(path, text):
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8", newline="") as f:
-        f.write(text)
-    os.replace(tmp, path)
-
-
 def _write_table(out_dir, trials):
     rows = [t.to_row() for t in trials]
     buffer = io.StringIO()
@@ -164,8 +158,8 @@ def _write_table(out_dir, trials):
     writer = csv.DictWriter(buffer, fieldnames=fields)
     writer.writeheader()
     writer.writerows(rows)
-    _atomic_write(os.path.join(out_dir, CSV_NAME), buffer.getvalue())
-    _atomic_write(
+    write_atomic(os.path.join(out_dir, CSV_NAME), buffer.getvalue())
+    write_atomic(
         os.path.join(out_dir, JSON_NAME),
         json.dumps([dataclasses.asdict(t) for t in trials], indent=2, sort_keys=True),
     )
@@ -274,7 +268,7 @@ def improve(
             "it is from a different run."
         )
     _write_table(out_dir, trials)
-    _atomic_write(
+    write_atomic(
         os.path.join(out_dir, "best_recipe.json"),
         json.dumps({"accuracy": best_acc, "adopted": adopted, "recipe": best.to_dict()}, indent=2, sort_keys=True),
     )

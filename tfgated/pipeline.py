@@ -72,11 +72,12 @@ import dataclasses
 import json
 import os
 import sys
-import tempfile
 import time
 from typing import Callable, Dict, Optional
 
 import numpy as np
+
+from tfgated.io import save_figure, save_model, write_atomic, write_json
 
 __all__ = [
     "BUDGETS",
@@ -303,24 +304,8 @@ def _json_default(value):
     raise TypeError(f"not JSON serializable: {type(value).__name__}")
 
 
-def _write_atomic(path, text):
-    """Write ``text`` to ``path`` through a temporary file in the same folder and ``os.replace``."""
-    path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp_", suffix="_" + os.path.basename(path))
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-
-
 def _write_json(path, data):
-    _write_atomic(path, json.dumps(data, indent=2, default=_json_default) + "\n")
+    write_json(path, data, default=_json_default)
 
 
 def _read_json(path):
@@ -329,19 +314,6 @@ def _read_json(path):
             return json.load(f)
     except json.JSONDecodeError as error:
         raise ValueError(f"Corrupt state file {os.fspath(path)!r}: {error}. Delete it to redo that stage.") from error
-
-
-def _save_model(model, path):
-    """``model.save`` to a temporary ``.keras`` file, then ``os.replace``."""
-    path = os.fspath(path)
-    tmp = os.path.join(os.path.dirname(os.path.abspath(path)), f".tmp{os.getpid()}_{os.path.basename(path)}")
-    try:
-        model.save(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
 
 
 def _load_model(path):
@@ -434,18 +406,7 @@ def _plot(path, draw, size=(6.5, 4.5)):
     figure = Figure(figsize=size)
     FigureCanvasAgg(figure)
     draw(figure)
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp_", suffix=".png")
-    os.close(fd)
-    try:
-        figure.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-    return os.fspath(path)
+    return save_figure(figure, path, format="png", dpi=110, bbox_inches="tight")
 
 
 # -- the run --------------------------------------------------------------------------
@@ -623,7 +584,7 @@ def _stage_search(run, out):
             "search": {"trial": None, "val_accuracy": float(history.history["val_accuracy"][-1])},
         }
     _write_json(os.path.join(out, "searched.json"), preset)
-    _save_model(model, run.model_path("search"))
+    save_model(model, run.model_path("search"))
     report = _micronet(model, 32)
     accuracy = run.test_accuracy(model)
     macs = float(complexity.count(model).macs)
@@ -762,7 +723,7 @@ def _stage_train(run, out):
         fit_recipe(model, stabilization, stabilization.datasets(run.dataset, seed=run.seed, **run.data_kwargs()),
                    verbose=run.fit_verbose())
     model = _plain_batch_norm(model)
-    _save_model(model, run.model_path("train"))
+    save_model(model, run.model_path("train"))
     if os.path.exists(history_csv):
         plots.plot_history(history_csv, os.path.join(run.plots_dir, "train_history.png"))
     report = _micronet(model, 32)
@@ -802,7 +763,7 @@ def _stage_prune(run, out):
         checkpoint_dir=os.path.join(out, "rounds"), fit_kwargs={"verbose": run.fit_verbose()}, verbose=1,
     )
     strip_pruning(model)
-    _save_model(model, run.model_path("prune"))
+    save_model(model, run.model_path("prune"))
     sparsity = sparsity_report(model)["total"]["sparsity"]
     _plot_pruning(rows, os.path.join(run.plots_dir, "pruning.png"))
     report = _micronet(model, 32)
@@ -889,7 +850,7 @@ def _stage_accelerate(run, out):
     vx, vy = run.validation_arrays()
     main_probs, exit_probs = (np.asarray(p) for p in _predict(with_exit, vx))
     calibration = calibrate_threshold(exit_probs, main_probs, vy, max_accuracy_drop=budget.exit_max_drop)
-    _save_model(with_exit, run.model_path("accelerate"))
+    save_model(with_exit, run.model_path("accelerate"))
     result, extra, report = _exit_evaluation(run, with_exit, calibration.threshold, 32)
     x, y = run.test_arrays()
     test_main, test_exit = (np.asarray(p) for p in _predict(with_exit, x))
@@ -924,7 +885,7 @@ def _stage_quantize(run, out):
     threshold = float(state["calibration"]["threshold"])
     run.log("[6/7] quantize: weights rounded to 16 bits, MicroNet score at 16 bits")
     with_exit = _round_to_float16(_load_model(run.model_path("accelerate")))
-    _save_model(with_exit, run.model_path("quantize"))
+    save_model(with_exit, run.model_path("quantize"))
     result, extra, report = _exit_evaluation(run, with_exit, threshold, 16)
     row = _score_row("16-bit", result.accuracy, report, 16, extra)
     run.log(f"[6/7] quantize: test accuracy {result.accuracy:.4f}, MicroNet score {row['score']:.6f}")
@@ -1109,7 +1070,7 @@ def run_pipeline(dataset="fashion_mnist", budget="small", run_dir=None, data_dir
         f"Plots: {', '.join(os.path.relpath(p, run.run_dir) for p in summary['plots'])}\n\n"
         f"Exported: {', '.join(os.path.relpath(p, run.run_dir) for p in summary['exported'].values())}\n"
     )
-    _write_atomic(os.path.join(run.run_dir, SUMMARY_MD), markdown)
+    write_atomic(os.path.join(run.run_dir, SUMMARY_MD), markdown)
     log("")
     log(table)
     log("")

@@ -11,9 +11,10 @@
 from __future__ import annotations
 
 import csv
-import os
 
 import numpy as np
+
+from tfgated.io import save_figure
 
 __all__ = ["gate_probability_values", "plot_gate_rates", "plot_history", "plot_polarization"]
 
@@ -28,15 +29,8 @@ def _pyplot():
 
 
 def _save(fig, path):
-    """Save atomically: render to a temporary file, then rename."""
-    path = os.fspath(path)
-    folder = os.path.dirname(path)
-    if folder:
-        os.makedirs(folder, exist_ok=True)
-    tmp = f"{path}.tmp{os.getpid()}.png"
-    fig.savefig(tmp, dpi=120, bbox_inches="tight")
-    os.replace(tmp, path)
-    return path
+    """Save as PNG atomically (:func:`tfgated.io.save_figure`); returns ``path`` as a string."""
+    return save_figure(fig, path, format="png", dpi=120, bbox_inches="tight")
 
 
 def gate_probability_values(model, x=None, batch_size=256):

@@ -55,13 +55,14 @@ import math
 import os
 import re
 import sys
-import tempfile
 import time
 import warnings
 import weakref
 
 import keras
 import numpy as np
+
+from tfgated.io import save_model, write_atomic
 
 __all__ = [
     "ConstantSparsity",
@@ -556,7 +557,7 @@ class PruningState:
                 "step": self.step}
         buf = io.BytesIO()
         np.savez_compressed(buf, __meta__=np.array(json.dumps(meta)), **arrays)
-        _atomic_write_bytes(path, buf.getvalue())
+        write_atomic(path, buf.getvalue())
 
     def load_masks(self, path):
         """Reads a file written by :meth:`save_masks` and applies its masks."""
@@ -715,22 +716,8 @@ def _nonzero_params(model):
 # --------------------------------------------------------------------------- #
 
 
-def _atomic_write_bytes(path, data):
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp_", suffix=os.path.basename(path))
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-
-
 def _write_table(directory, rows):
-    _atomic_write_bytes(
+    write_atomic(
         os.path.join(directory, "pruning_table.json"),
         json.dumps(rows, indent=2).encode("utf-8"),
     )
@@ -739,19 +726,7 @@ def _write_table(directory, rows):
     writer = csv.DictWriter(buf, fieldnames=fields)
     writer.writeheader()
     writer.writerows(rows)
-    _atomic_write_bytes(os.path.join(directory, "pruning_table.csv"), buf.getvalue().encode())
-
-
-def _save_model_atomic(model, path):
-    directory = os.path.dirname(os.path.abspath(path))
-    tmp = os.path.join(directory, f".tmp_{os.getpid()}_{os.path.basename(path)}")
-    try:
-        model.save(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    write_atomic(os.path.join(directory, "pruning_table.csv"), buf.getvalue().encode())
 
 
 def _accuracy_from(result):
@@ -927,7 +902,7 @@ def iterative_pruning(
         if init_path and not os.path.exists(init_path):
             buf = io.BytesIO()
             np.savez(buf, **{f"w_{i}": w for i, w in enumerate(initial_weights)})
-            _atomic_write_bytes(init_path, buf.getvalue())
+            write_atomic(init_path, buf.getvalue())
 
     callback = UpdatePruningStep(state)
     total = len(rounds)
@@ -971,7 +946,7 @@ def iterative_pruning(
         if checkpoint_dir is not None:
             if r > 0:
                 model_path, mask_path = paths(r)
-                _save_model_atomic(model, model_path)
+                save_model(model, model_path)
                 state.save_masks(mask_path)
             rows.append(row)
             _write_table(checkpoint_dir, rows)

@@ -78,11 +78,12 @@ import math
 import os
 import re
 import sys
-import tempfile
 
 import keras
 import keras_tuner
 import numpy as np
+
+from tfgated.io import write_atomic, write_json
 
 __all__ = [
     "CONSTRAINTS",
@@ -785,25 +786,10 @@ def format_table(rows):
     return "\n".join(lines)
 
 
-def _write_atomic(path, text):
-    path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp_", suffix=os.path.basename(path))
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-
-
 def write_table(rows, json_path=None, csv_path=None):
     """Write the trial table as JSON and/or CSV (atomically)."""
     if json_path:
-        _write_atomic(json_path, json.dumps(rows, indent=2) + "\n")
+        write_json(json_path, rows)
     if csv_path:
         buffer = io.StringIO()
         columns = ["trial", "status", "fitness", "val_accuracy", "macs", "params", "cost", "penalty",
@@ -812,7 +798,7 @@ def write_table(rows, json_path=None, csv_path=None):
         writer.writeheader()
         for row in rows:
             writer.writerow({k: "" if row.get(k) is None else row[k] for k in columns})
-        _write_atomic(csv_path, buffer.getvalue())
+        write_atomic(csv_path, buffer.getvalue())
 
 
 def best_preset(tuner, hypermodel=None, dataset=None, recipe=None, description=None, search_info=None):
@@ -982,7 +968,7 @@ def main_search(argv=None):
         },
     )
     stem = args.output[: -len(".json")] if args.output.endswith(".json") else args.output
-    _write_atomic(args.output, json.dumps(preset, indent=2) + "\n")
+    write_json(args.output, preset)
     write_table(rows, json_path=f"{stem}.trials.json", csv_path=f"{stem}.trials.csv")
     print(f"Best trial {preset['search']['trial']}: fitness {preset['search']['fitness']}; preset written to "
           f"{args.output} (trials: {stem}.trials.json, {stem}.trials.csv)")

@@ -36,6 +36,8 @@ import time
 
 import numpy as np
 
+from tfgated.io import save_model, write_json
+
 __all__ = [
     "evaluate_model",
     "main_evaluate",
@@ -51,11 +53,7 @@ MODES = ("threshold", "always_on", "stochastic", "ensemble")
 
 
 def _atomic_json(path, data):
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(data, f, indent=2, sort_keys=True, default=_json_default)
-        f.write("\n")
-    os.replace(tmp, path)
+    write_json(path, data, sort_keys=True, default=_json_default)
 
 
 def _json_default(value):
@@ -273,13 +271,13 @@ def train(
             a_start, a_end, a_epochs = anneal
             cbs.insert(0, TargetAnnealing(float(a_start), float(a_end), epochs=int(a_epochs)))
         fit_recipe(keras_model, recipe, splits, callbacks=cbs + list(callbacks), verbose=verbose)
-        _save_model(keras_model, main_path)
+        save_model(keras_model, main_path)
 
     stab = recipe.stabilization()
     if stab is not None:
         stab_splits = stab.datasets(dataset, seed=seed, **load_kwargs)
         fit_recipe(keras_model, stab, stab_splits, callbacks=phase_callbacks("_stabilize"), verbose=verbose)
-    _save_model(keras_model, os.path.join(run_dir, "model.keras"))
+    save_model(keras_model, os.path.join(run_dir, "model.keras"))
     train_seconds = time.time() - start
 
     # Final evaluation on the test split, threshold inference (deterministic).
@@ -290,12 +288,6 @@ def train(
     _atomic_json(metrics_path, metrics)
     print(json.dumps({"test": result}, indent=2, default=_json_default))
     return metrics
-
-
-def _save_model(model, path):
-    tmp = path[: -len(".keras")] + f".tmp{os.getpid()}.keras"
-    model.save(tmp)
-    os.replace(tmp, path)
 
 
 def _write_plots(model, run_dir, probe, gated):
