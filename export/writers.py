@@ -27,6 +27,7 @@ import importlib
 fold_lib = importlib.import_module("tfgated.export.fold")
 from tfgated.export import parity as parity_lib
 from tfgated.export.parity import ParityError  # noqa: F401  (re-exported)
+from tfgated.io import write_atomic  # noqa: F401  (also re-exported as tfgated.export.writers.write_atomic)
 
 FORMATS = ("tflite", "onnx")
 QUANTIZATIONS = ("float32", "float16", "int8")
@@ -52,24 +53,13 @@ class ExportResult:
 
 
 def _temp_path(path):
+    """An empty temporary file next to ``path`` for the converted model, which is checked in its
+    runtime before ``os.replace`` moves it into place (other files use :func:`write_atomic`)."""
     directory = os.path.dirname(os.path.abspath(path)) or "."
     os.makedirs(directory, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=directory)
     os.close(fd)
     return tmp
-
-
-def write_atomic(path, data):
-    """Write ``data`` (bytes or str) to ``path`` through a temporary file and ``os.replace``."""
-    tmp = _temp_path(path)
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data.encode("utf-8") if isinstance(data, str) else data)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
 
 
 # -- checks -----------------------------------------------------------------------------------

@@ -18,7 +18,8 @@ import argparse
 import json
 import os
 import sys
-import tempfile
+
+from tfgated.io import write_atomic
 
 COUNTER = "tfgated.complexity.count"
 
@@ -125,21 +126,6 @@ def render_card(name, entry):
             lines += [f"| {key} | {value} |" for key, value in numbers.items()]
             lines.append("")
     return "\n".join(lines)
-
-
-def write_atomic(path, text):
-    """Write ``text`` to ``path`` via a temporary file and ``os.replace``."""
-    directory = os.path.dirname(path)
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=os.path.basename(path))
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
 
 
 def generate(pattern="*"):
