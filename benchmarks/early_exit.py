@@ -81,18 +81,15 @@ def parse_args(argv=None):
 
 
 def atomic_json(path, payload):
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(payload, f, indent=2, sort_keys=False)
-        f.write("\n")
-    os.replace(tmp, path)
+    from tfgated.io import write_json
+
+    write_json(path, payload)
 
 
 def atomic_save(model, path):
-    tmp = path[: -len(".keras")] + ".tmp.keras"
-    model.save(tmp)
-    os.replace(tmp, path)
+    from tfgated.io import save_model
+
+    save_model(model, path)
 
 
 def base_model(args, keras, splits_fn):

@@ -133,7 +133,7 @@ def main(argv=None):
         "summary": summary,
     }
     os.makedirs(os.path.dirname(args.out), exist_ok=True)
-    from tfgated.export.writers import write_atomic
+    from tfgated.io import write_atomic
 
     write_atomic(args.out + ".json", json.dumps(payload, indent=2) + "\n")
     _plot(rows, mac_ratio, args.out + ".png")
@@ -147,7 +147,7 @@ def _plot(rows, mac_ratio, path):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from tfgated.export.writers import _temp_path
+    from tfgated.io import save_figure
 
     formats = sorted({r["format"] for r in rows})
     fig, axes = plt.subplots(1, len(formats), figsize=(5 * len(formats), 4), squeeze=False)
@@ -161,9 +161,7 @@ def _plot(rows, mac_ratio, path):
         ax.set_title(f"{fmt} ({sub[0]['runtime']}, {sub[0]['threads']} thread(s))")
         ax.legend(fontsize=8)
     fig.tight_layout()
-    tmp = _temp_path(path) + ".png"
-    fig.savefig(tmp, dpi=120)
-    os.replace(tmp, path)
+    save_figure(fig, path, format="png", dpi=120)
     plt.close(fig)
 
 

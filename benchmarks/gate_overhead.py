@@ -85,11 +85,9 @@ def main(argv=None):
         "params": {name: int(complexity.count(m).params) for name, m in models.items()},
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "tensorflow": tf.__version__},
     }
-    os.makedirs(os.path.dirname(args.output), exist_ok=True)
-    tmp = args.output + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(result, f, indent=2)
-    os.replace(tmp, args.output)
+    from tfgated.io import write_atomic
+
+    write_atomic(args.output, json.dumps(result, indent=2))  # no trailing newline, as before
     print(f"gated {median['gated'] * 1e3:.1f} ms/step, dense {median['dense'] * 1e3:.1f} ms/step, "
           f"ratio {ratio:.3f} (goal <= 1.15) -> {args.output}")
     return 0

@@ -139,12 +139,10 @@ def main(argv=None):
         "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "python": sys.version.split()[0]},
         "run_dir": os.path.relpath(run_dir, os.path.dirname(HERE)),
     }
+    from tfgated.io import write_json
+
     path = os.path.join(out_dir, "train_fashion_mnist.json")
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(result, f, indent=2, sort_keys=True)
-        f.write("\n")
-    os.replace(tmp, path)
+    write_json(path, result, sort_keys=True)
     for name in ("history.png", "gate_rates.png", "polarization.png"):
         src = os.path.join(run_dir, name)
         if os.path.exists(src) and os.path.abspath(out_dir) != os.path.abspath(run_dir):
