@@ -76,13 +76,14 @@ import io
 import json
 import math
 import os
-import re
 import sys
 
 import keras
 import keras_tuner
 import numpy as np
 
+from tfgated.blocks import SIPA_REFERENCE_BLOCKS as REFERENCE_BLOCKS
+from tfgated.blocks import decode_block, encode_block
 from tfgated.io import write_atomic, write_json
 
 __all__ = [
@@ -112,17 +113,6 @@ CONSTRAINTS = ("enforce", "penalize", "none")
 ALGORITHMS = ("bayesian", "random")
 OBJECTIVE_NAME = "fitness"
 
-#: SIPA's base blocks (tfgated.zoo.sipa.REFERENCE_BLOCKS), copied so that
-#: tfgated does not import the zoo; the zoo test checks they agree.
-REFERENCE_BLOCKS = (
-    "r1_k3_s1_e1_i24_o16_se0.2",
-    "r1_k3_s1_e6_i16_o24_se0.2",
-    "r2_k3_s2_e6_i24_o40_se0.2",
-    "r1_k3_s1_e6_i40_o56_se0.2",
-    "r2_k3_s1_e6_i56_o72_se0.2",
-    "r2_k3_s2_e6_i72_o88_se0.2",
-    "r1_k3_s1_e6_i88_o104_se0.2",
-)
 #: The base architecture when none is given: the preset ``sipa_fashion_mnist``.
 DEFAULT_BASE_ARCH = {"blocks": list(REFERENCE_BLOCKS), "resolution": 1.4, "resource": 1, "width": 0.9, "depth": 1.0}
 SIPA_PAPER = {
@@ -131,52 +121,9 @@ SIPA_PAPER = {
     "table": "architecture found by tfgated.search on this machine",
     "numbers": {},
 }
-_BLOCK_PATTERN = re.compile(r"^r(\d+)_k(\d+)_s(\d)_e(\d+)_i(\d+)_o(\d+)(?:_se([0-9.]+))?(_noskip)?$")
 
 
 # -- block arguments -------------------------------------------------------------------
-
-
-def decode_block(block):
-    """One block string ``"r1_k3_s1_e6_i16_o24_se0.2"`` or dict (the format of
-    ``tfgated.zoo.sipa.decode_block``) as a dict with the keys ``repeats,
-    kernel, stride, expand, filters_in, filters_out, se_ratio, id_skip``."""
-    if isinstance(block, dict):
-        required = {"repeats", "kernel", "stride", "expand", "filters_in", "filters_out"}
-        missing = sorted(required - set(block))
-        if missing:
-            raise ValueError(f"Block {block!r} lacks the keys {missing}.")
-        return {"se_ratio": None, "id_skip": True, **block}
-    match = _BLOCK_PATTERN.match(str(block))
-    if not match:
-        raise ValueError(
-            "Expected a block string like 'r1_k3_s1_e6_i16_o24_se0.2' "
-            f"(repeats, kernel, stride, expansion, in, out, SE ratio). Received: {block!r}"
-        )
-    repeats, kernel, stride, expand, filters_in, filters_out, se_ratio, noskip = match.groups()
-    return {
-        "repeats": int(repeats),
-        "kernel": int(kernel),
-        "stride": int(stride),
-        "expand": int(expand),
-        "filters_in": int(filters_in),
-        "filters_out": int(filters_out),
-        "se_ratio": float(se_ratio) if se_ratio else None,
-        "id_skip": noskip is None,
-    }
-
-
-def encode_block(args):
-    """The block string of a block dict (inverse of :func:`decode_block`)."""
-    text = (
-        f"r{int(args['repeats'])}_k{int(args['kernel'])}_s{int(args['stride'])}_e{int(args['expand'])}"
-        f"_i{int(args['filters_in'])}_o{int(args['filters_out'])}"
-    )
-    if args.get("se_ratio") is not None:
-        text += f"_se{float(args['se_ratio']):g}"
-    if not args.get("id_skip", True):
-        text += "_noskip"
-    return text
 
 
 def _round_channels(channels, divisor):

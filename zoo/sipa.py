@@ -53,61 +53,21 @@ pixel-centre convention (PyTorch's ``nn.Upsample`` picks ``floor(i * in / out)``
 from __future__ import annotations
 
 import math
-import re
 
 import keras
 
 import tfgated
+from tfgated.blocks import SIPA_REFERENCE_BLOCKS as REFERENCE_BLOCKS
+from tfgated.blocks import decode_block
 from tfgated.losses import GateActivationLoss
 from tfgated.models import ACTIVATION_LOSS_NAME
 from tfgated.zoo.registry import gate_settings, register_family
 
-#: The reference's block strings (``models/utils.py``, before width scaling):
-#: r=repeats, k=kernel, s=stride, e=expansion, i/o=input/output channels, se=SE ratio.
-REFERENCE_BLOCKS = (
-    "r1_k3_s1_e1_i24_o16_se0.2",
-    "r1_k3_s1_e6_i16_o24_se0.2",
-    "r2_k3_s2_e6_i24_o40_se0.2",
-    "r1_k3_s1_e6_i40_o56_se0.2",
-    "r2_k3_s1_e6_i56_o72_se0.2",
-    "r2_k3_s2_e6_i72_o88_se0.2",
-    "r1_k3_s1_e6_i88_o104_se0.2",
-)
 BN_MOMENTUM = 0.9  # PyTorch's momentum 0.1
 BN_EPSILON = 1e-5
-_BLOCK_PATTERN = re.compile(r"^r(\d+)_k(\d+)_s(\d)_e(\d+)_i(\d+)_o(\d+)(?:_se([0-9.]+))?(_noskip)?$")
 
 
 # -- block arguments and scaling ---------------------------------------------------
-
-
-def decode_block(block):
-    """Decode one block string ``"r1_k3_s1_e6_i16_o24_se0.2"`` (or a dict with the
-    keys ``repeats, kernel, stride, expand, filters_in, filters_out, se_ratio,
-    id_skip``) into a dict."""
-    if isinstance(block, dict):
-        required = {"repeats", "kernel", "stride", "expand", "filters_in", "filters_out"}
-        missing = sorted(required - set(block))
-        if missing:
-            raise ValueError(f"Block {block!r} lacks the keys {missing}.")
-        return {"se_ratio": None, "id_skip": True, **block}
-    match = _BLOCK_PATTERN.match(str(block))
-    if not match:
-        raise ValueError(
-            "Expected a block string like 'r1_k3_s1_e6_i16_o24_se0.2' "
-            f"(repeats, kernel, stride, expansion, in, out, SE ratio). Received: {block!r}"
-        )
-    repeats, kernel, stride, expand, filters_in, filters_out, se_ratio, noskip = match.groups()
-    return {
-        "repeats": int(repeats),
-        "kernel": int(kernel),
-        "stride": int(stride),
-        "expand": int(expand),
-        "filters_in": int(filters_in),
-        "filters_out": int(filters_out),
-        "se_ratio": float(se_ratio) if se_ratio else None,
-        "id_skip": noskip is None,
-    }
 
 
 def round_filters(filters, width, divisor=8):
