@@ -117,19 +117,7 @@ class ExitGate(GumbelGate):
         window = self._pool_window(height, width)
         flat = (height // window[0]) * (width // window[1]) * self.filters
         self.head.build((None, flat))
-        self.style_id = self.add_weight(
-            name="style_id",
-            shape=(),
-            dtype="int32",
-            trainable=False,
-            initializer=keras.initializers.Constant(STYLE_IDS[self.inference_style]),
-        )
-        self.threshold_value = self.add_weight(
-            name="threshold_value",
-            shape=(),
-            trainable=False,
-            initializer=keras.initializers.Constant(self.threshold),
-        )
+        self.build_style_variables()
 
     def compute_logits(self, inputs, training=None):
         """Exit logits, shape ``(batch, 1)``."""

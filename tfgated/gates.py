@@ -156,6 +156,11 @@ class GumbelGate(keras.layers.Layer):
             self.hidden.build((None, channels))
             self.norm.build((None, self.hidden_units))
             self.head.build((None, self.hidden_units))
+        self.build_style_variables()
+
+    def build_style_variables(self):
+        """Create the non-trainable ``style_id`` and ``threshold_value`` variables
+        (subclasses with their own gate network call this from ``build``)."""
         self.style_id = self.add_weight(
             name="style_id",
             shape=(),
