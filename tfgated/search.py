@@ -91,8 +91,6 @@ __all__ = [
     "INDICATORS",
     "MEASURES",
     "NumpyBayesianOracle",
-    "SIPABayesianOptimization",
-    "SIPARandomSearch",
     "SIPATuner",
     "SIPAHyperModel",
     "arch_summary",
@@ -504,7 +502,28 @@ class _NumpyGaussianProcess:
         return mean, np.sqrt(variance) * self.std
 
 
-class NumpyBayesianOracle(keras_tuner.oracles.BayesianOptimizationOracle):
+class BaselineFirst:
+    """Oracle mixin: the first trial of a search runs the hyperparameters' default
+    values, i.e. the base architecture, so the trial table starts with the
+    fitness the search has to beat."""
+
+    def populate_space(self, trial_id):
+        if not self.trials:
+            space = self.hyperparameters
+            values = {hp.name: hp.default for hp in space.space if space.is_active(hp)}
+            return {"status": "RUNNING", "values": values}
+        return super().populate_space(trial_id)
+
+
+class BaselineRandomSearchOracle(BaselineFirst, keras_tuner.oracles.RandomSearchOracle):
+    """``keras_tuner.oracles.RandomSearchOracle`` whose first trial is the base architecture."""
+
+
+class BaselineBayesianOptimizationOracle(BaselineFirst, keras_tuner.oracles.BayesianOptimizationOracle):
+    """``keras_tuner.oracles.BayesianOptimizationOracle`` (scikit-learn) whose first trial is the base architecture."""
+
+
+class _NumpyGaussianProcessOracle(keras_tuner.oracles.BayesianOptimizationOracle):
     """KerasTuner's Bayesian optimization oracle with a numpy Gaussian process.
 
     The same algorithm as ``keras_tuner.oracles.BayesianOptimizationOracle``
@@ -593,6 +612,11 @@ class NumpyBayesianOracle(keras_tuner.oracles.BayesianOptimizationOracle):
         self.candidates = int(state.get("candidates", self.candidates))
 
 
+class NumpyBayesianOracle(BaselineFirst, _NumpyGaussianProcessOracle):
+    """Bayesian optimization with a numpy Gaussian process (no scikit-learn
+    needed) whose first trial is the base architecture."""
+
+
 def _tensorboard_available():
     try:
         import tensorboard.plugins.hparams.api  # noqa: F401
@@ -620,14 +644,6 @@ class SIPATuner(_OptionalTensorBoard, keras_tuner.Tuner):
     """``keras_tuner.Tuner`` that works without tensorboard installed."""
 
 
-class SIPARandomSearch(_OptionalTensorBoard, keras_tuner.RandomSearch):
-    """``keras_tuner.RandomSearch`` that works without tensorboard installed."""
-
-
-class SIPABayesianOptimization(_OptionalTensorBoard, keras_tuner.BayesianOptimization):
-    """``keras_tuner.BayesianOptimization`` that works without tensorboard installed."""
-
-
 def _has_sklearn():
     try:
         import scipy.optimize  # noqa: F401
@@ -650,11 +666,11 @@ def make_tuner(
 ):
     """A KerasTuner tuner maximizing ``fitness`` for ``hypermodel``.
 
-    ``algorithm="bayesian"`` gives ``keras_tuner.BayesianOptimization`` when
-    scikit-learn is installed, else a ``keras_tuner.Tuner`` on
-    :class:`NumpyBayesianOracle`; ``"random"`` gives ``keras_tuner.RandomSearch``
-    (subclasses that run without the ``tensorboard`` package).
-    ``num_initial_points`` random trials precede the Gaussian-process ones;
+    A :class:`SIPATuner` (runs without the ``tensorboard`` package) on an
+    oracle whose first trial is the base architecture: ``algorithm="bayesian"``
+    uses KerasTuner's Bayesian optimization oracle when scikit-learn is
+    installed, else :class:`NumpyBayesianOracle`; ``"random"`` uses KerasTuner's
+    random search oracle. ``num_initial_points`` random trials precede the Gaussian-process ones;
     default ``max(2, max_trials // 3)`` (KerasTuner's own default, three per
     searched hyperparameter, would be about 100 here: a short search would
     stay random).
@@ -674,17 +690,15 @@ def make_tuner(
         executions_per_trial=executions_per_trial,
     )
     if algorithm == "random":
-        return SIPARandomSearch(
-            hypermodel, objective=objective, max_trials=max_trials, seed=seed, **common
+        oracle = BaselineRandomSearchOracle(objective=objective, max_trials=max_trials, seed=seed)
+    elif _has_sklearn():
+        oracle = BaselineBayesianOptimizationOracle(
+            objective=objective, max_trials=max_trials, num_initial_points=num_initial_points, seed=seed
         )
-    if _has_sklearn():
-        return SIPABayesianOptimization(
-            hypermodel, objective=objective, max_trials=max_trials, seed=seed,
-            num_initial_points=num_initial_points, **common,
+    else:
+        oracle = NumpyBayesianOracle(
+            objective=objective, max_trials=max_trials, num_initial_points=num_initial_points, seed=seed
         )
-    oracle = NumpyBayesianOracle(
-        objective=objective, max_trials=max_trials, num_initial_points=num_initial_points, seed=seed
-    )
     return SIPATuner(oracle=oracle, hypermodel=hypermodel, **common)
 
 

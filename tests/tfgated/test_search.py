@@ -185,6 +185,8 @@ def test_search_resumes_from_finished_trials(tmp_path, tiny_data):
 
     rows = search.trial_table(resumed)
     assert [r["status"] for r in rows] == ["COMPLETED"] * 3
+    baseline = hypermodel.architecture(keras_tuner.HyperParameters())  # the defaults
+    assert rows[0]["arch"] == search.arch_summary(baseline)  # the first trial is the base architecture
     for row in rows:
         assert 0 <= row["val_accuracy"] <= 1 and row["macs"] > 0
         assert row["fitness"] == pytest.approx(row["val_accuracy"] - 1.0)
