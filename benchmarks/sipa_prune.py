@@ -18,7 +18,6 @@ so a smoke run never overwrites the real results.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import sys
@@ -45,6 +44,8 @@ def parse_args(argv=None):
                         "--weights default or --model-file)")
     p.add_argument("--fine-tune-epochs", type=int, default=None, help="epochs per round (default 2)")
     p.add_argument("--final", type=float, default=0.7, help="final sparsity (default 0.7)")
+    p.add_argument("--schedule", nargs="+", type=float, default=None,
+                   help="explicit sparsity per round (default: tfgated.pruning.sipa_schedule(--final))")
     p.add_argument("--rankings", nargs="+", default=list(RANKINGS),
                    choices=["global_normalized", "global", "layerwise"])
     p.add_argument("--batch-size", type=int, default=128)
@@ -101,19 +102,13 @@ def build_model(args, keras):
     return model
 
 
-def atomic_json(path, payload):
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(payload, f, indent=2)
-    os.replace(tmp, path)
-
-
 def plot(tables, path, title):
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
+    from tfgated.io import save_figure
 
     fig, ax = plt.subplots(figsize=(6, 4))
     for ranking, rows in tables.items():
@@ -127,10 +122,8 @@ def plot(tables, path, title):
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    tmp = f"{path}.tmp{os.getpid()}.png"
-    fig.savefig(tmp, dpi=120)
+    save_figure(fig, path, dpi=120)
     plt.close(fig)
-    os.replace(tmp, path)
 
 
 def main(argv=None):
@@ -139,6 +132,7 @@ def main(argv=None):
 
     from tfgated import pruning
     from tfgated.data import load_dataset
+    from tfgated.io import save_model, write_json
 
     keras.utils.set_random_seed(args.seed)
     os.makedirs(args.checkpoint_dir, exist_ok=True)
@@ -164,10 +158,12 @@ def main(argv=None):
         if args.epochs > 0:
             print(f"Training the base model for {args.epochs} epoch(s)", flush=True)
             model.fit(splits.train, validation_data=splits.validation, epochs=args.epochs)
-        model.save(base_path + ".tmp.keras")
-        os.replace(base_path + ".tmp.keras", base_path)
+        save_model(model, base_path)
 
-    schedule = [0.3, 0.5, args.final] if args.quick else pruning.sipa_schedule(args.final)
+    if args.schedule:
+        schedule = sorted(args.schedule)
+    else:
+        schedule = [0.3, 0.5, args.final] if args.quick else pruning.sipa_schedule(args.final)
     tables = {}
     for ranking in args.rankings:
         print(f"=== {ranking}: schedule {schedule}", flush=True)
@@ -185,6 +181,7 @@ def main(argv=None):
         "description": "Iterative magnitude pruning (SIPA) on Fashion-MNIST: validation "
                        "accuracy per round, global ranking with layer-wise L2 normalization "
                        "vs the same sparsity in every layer.",
+        "command": "python benchmarks/sipa_prune.py " + " ".join(argv if argv is not None else sys.argv[1:]),
         "config": {k: v for k, v in vars(args).items()},
         "schedule": schedule,
         "dataset": {"name": "fashion_mnist", "train_examples": splits.info.num_train,
@@ -196,7 +193,7 @@ def main(argv=None):
                         "platform": platform.platform()},
         "seconds": round(time.time() - started, 1),
     }
-    atomic_json(args.output, payload)
+    write_json(args.output, payload, indent=2)
     png = os.path.splitext(args.output)[0] + ".png"
     plot(tables, png, f"SIPA pruning, {model.name} on Fashion-MNIST")
     print(f"Wrote {args.output} and {png}")
