@@ -2,7 +2,8 @@
 
 Commands (each imported lazily, so ``--help`` is fast):
 
-  run        the main job (the full SIPA workflow when available, else the demo)
+  run        the main job: the full SIPA workflow (search, improve, train, prune,
+             early exit, 16-bit, TFLite/ONNX export) on Fashion-MNIST by default
   demo       build a gated model, train one epoch on real Fashion-MNIST, print gate rates and MACs
   train      train a zoo preset with its recipe
   evaluate   evaluate a model or preset under an inference style
@@ -35,13 +36,6 @@ def main(argv=None):
         print(f"Unknown command {command!r}. Expected one of: {', '.join(COMMANDS)}", file=sys.stderr)
         return 2
     module_name, function_name = COMMANDS[command]
-    if command == "run":
-        try:
-            importlib.import_module(module_name)
-        except ModuleNotFoundError as error:
-            if error.name != module_name:
-                raise
-            module_name, function_name = COMMANDS["demo"]
     module = importlib.import_module(module_name)
     result = getattr(module, function_name)(rest)
     return int(result or 0)
