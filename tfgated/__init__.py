@@ -8,9 +8,6 @@ deployment in :mod:`tfgated.export`.
 import os
 
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
-# Hide TensorFlow's C++ INFO lines (warnings and errors still show); set the
-# variable yourself to choose otherwise. It only acts if TensorFlow is not imported yet.
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
 
 from tfgated.gates import ChannelMask, GatedResidual, GumbelGate, channel_gate, residual_gate  # noqa: E402
 from tfgated.inference import (  # noqa: E402
