@@ -35,15 +35,16 @@ RESULTS = os.path.join(HERE, "results")
 PRESET = "gumbel_mobilenet_v2_fashion_mnist"
 
 
-def build_model(size, close_fraction=0.5, seed=0):
-    """The gated preset at ``size`` x ``size``, with ``close_fraction`` of each expansion gate closed."""
+def build_model(size, close_fraction=0.5, seed=0, preset=PRESET):
+    """The gated ``preset`` at ``size`` x ``size``, with ``close_fraction`` of each expansion gate closed."""
     import keras
 
     import tfgated
     from tfgated import zoo
 
     keras.utils.set_random_seed(seed)
-    model = zoo.load(PRESET, compile=False, input_shape=(size, size, 1))
+    channels = zoo.get_preset(preset)["input_shape"][-1]
+    model = zoo.load(preset, compile=False, input_shape=(size, size, channels))
     rng = np.random.default_rng(seed)
     for gate in tfgated.gate_layers(model):
         logits = np.full((gate.units,), 4.0, "float32")
@@ -57,6 +58,7 @@ def build_model(size, close_fraction=0.5, seed=0):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--preset", default=PRESET, help="gated zoo preset (default %(default)s)")
     parser.add_argument("--size", type=int, default=224, help="input height/width (default 224)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--runs", type=int, default=300)
@@ -74,9 +76,10 @@ def main(argv=None):
     from tfgated.export import export, latency
     from tfgated.export.fold import count_macs, fold
 
-    model = build_model(args.size, args.close_fraction)
+    model = build_model(args.size, args.close_fraction, preset=args.preset)
+    channels = model.input_shape[-1]
     workdir = tempfile.mkdtemp(prefix="export_latency_")
-    x = np.random.default_rng(1).random((64, args.size, args.size, 1)).astype("float32")
+    x = np.random.default_rng(1).random((64, args.size, args.size, channels)).astype("float32")
     variants = {
         "dense": dict(style="always_on"),
         "unfolded": dict(fold=False),
@@ -118,8 +121,8 @@ def main(argv=None):
         }
     payload = {
         "command": "python benchmarks/export_latency.py " + " ".join(argv if argv is not None else sys.argv[1:]),
-        "preset": PRESET,
-        "input_shape": [1, args.size, args.size, 1],
+        "preset": args.preset,
+        "input_shape": [1, args.size, args.size, channels],
         "close_fraction": args.close_fraction,
         "threads": args.threads,
         "runs": args.runs,
