@@ -172,8 +172,11 @@ def test_label_smoothing_mixup_and_augment_train_on_real_data(fashion_mnist_smal
         weight_decay=1e-4, stabilize_epochs=1,
     )
     splits = r.datasets("fashion_mnist", limit=256, validation_split=0.25)
-    x, y = next(iter(splits.train))
-    assert y.shape[-1] == 10 and float(tf.reduce_min(tf.reduce_max(y, axis=1))) < 1.0  # mixed one-hot
+    # Mixed one-hot labels. A Beta(0.2, 0.2) draw rounds to exactly 0 or 1 in float32 in
+    # about 4% of batches (no mixing), so look at every batch of two passes, not just one.
+    label_peaks = [float(tf.reduce_min(tf.reduce_max(y, axis=1))) for _ in range(2) for _, y in splits.train]
+    assert all(y.shape[-1] == 10 for _, y in splits.train.take(1))
+    assert len(label_peaks) == 6 and min(label_peaks) < 1.0
     model = tiny_gated_model_28()
     hist = recipes.fit_recipe(model, r, splits, verbose=0)
     assert set(hist.history) >= {"loss", "accuracy", "top5", "gate_activation", "val_accuracy"}
