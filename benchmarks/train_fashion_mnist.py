@@ -6,6 +6,7 @@ activation <= 0.6, trained within 45 minutes on 2 CPU cores.
     python benchmarks/train_fashion_mnist.py                 # full run
     python benchmarks/train_fashion_mnist.py --epochs 12 --budget-min 45
     python benchmarks/train_fashion_mnist.py --quick         # smoke run: 600 images, 1 epoch
+    python benchmarks/train_fashion_mnist.py --model resnet_fashion_mnist --name train_fashion_mnist_dense
 
 It uses ``tfgated.train.train`` (the ``python -m tfgated train`` machinery): a
 run folder under ``runs/`` with per-epoch BackupAndRestore, so a killed run
@@ -51,6 +52,10 @@ def main(argv=None):
     p.add_argument("--run-dir", default=None)
     p.add_argument("--quick", action="store_true", help="smoke run: 600 images, 1 epoch")
     p.add_argument("--verbose", default="auto")
+    p.add_argument(
+        "--name", default="train_fashion_mnist",
+        help="stem of the result files under benchmarks/results/ and of the run folder (default: %(default)s)",
+    )
     args = p.parse_args(argv)
 
     import keras
@@ -70,7 +75,7 @@ def main(argv=None):
         overrides.setdefault("epochs", 1)
         overrides.setdefault("batch_size", 64)
         limit = 600
-    run_dir = args.run_dir or os.path.join(RUNS, "train_fashion_mnist_quick" if args.quick else "train_fashion_mnist")
+    run_dir = args.run_dir or os.path.join(RUNS, f"{args.name}_quick" if args.quick else args.name)
     out_dir = run_dir if args.quick else RESULTS
     os.makedirs(out_dir, exist_ok=True)
 
@@ -141,12 +146,12 @@ def main(argv=None):
     }
     from tfgated.io import write_json
 
-    path = os.path.join(out_dir, "train_fashion_mnist.json")
+    path = os.path.join(out_dir, f"{args.name}.json")
     write_json(path, result, sort_keys=True)
     for name in ("history.png", "gate_rates.png", "polarization.png"):
         src = os.path.join(run_dir, name)
         if os.path.exists(src) and os.path.abspath(out_dir) != os.path.abspath(run_dir):
-            shutil.copyfile(src, os.path.join(out_dir, f"train_fashion_mnist_{name}"))
+            shutil.copyfile(src, os.path.join(out_dir, f"{args.name}_{name}"))
     print(json.dumps({"threshold": threshold, "goal": result["goal"]}, indent=2))
     print(f"Wrote {path}")
     return 0

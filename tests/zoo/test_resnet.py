@@ -274,8 +274,10 @@ def test_fashion_mnist_preset_trains_a_few_steps():
     losses = history.history["loss"]
     assert all(np.isfinite(losses)) and losses[-1] < losses[0]
     assert 0.0 <= history.history["gate_activation"][-1] <= 1.0
-    changed = [not np.allclose(b, keras.ops.convert_to_numpy(w)) for b, w in zip(before, model.trainable_weights)]
-    assert all(changed)
+    # Every weight moves. Compare exactly: a gate's bias starts at logit 4 and Adam's steps on it
+    # partly cancel (a change of ~2e-5 in 8 steps), under np.allclose's relative tolerance.
+    unchanged = [w.path for b, w in zip(before, model.trainable_weights) if np.array_equal(b, keras.ops.convert_to_numpy(w))]
+    assert unchanged == []
 
 
 # -- presets and errors ----------------------------------------------------------------------------
