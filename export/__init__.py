@@ -3,13 +3,15 @@
     from tfgated.export import fold, export
     folded, report = fold(model, return_report=True)
     export(model, "model.tflite", quantization="float16")
+    export_early_exit(model_with_exit, "exit.tflite", threshold=0.9)   # stops early at batch 1
 
 Command line: ``python -m tfgated.export --help``.
 """
 
 from tfgated.export.fold import FoldError, FoldReport, count_macs, fold, fold_batchnorms
-from tfgated.export.latency import bench, measure
-from tfgated.export.parity import ParityError, check_parity, run_file, run_onnx, run_tflite
+from tfgated.export.early_exit import early_exit_function, export_early_exit
+from tfgated.export.latency import bench, measure, measure_inputs
+from tfgated.export.parity import ParityError, check_parity, run_file, run_onnx, run_tflite, tflite_operators
 from tfgated.export.writers import (
     ExportResult,
     UnsupportedLayerError,
@@ -29,15 +31,19 @@ __all__ = [
     "bench",
     "check_parity",
     "count_macs",
+    "early_exit_function",
     "export",
+    "export_early_exit",
     "export_function",
     "export_onnx",
     "export_tflite",
     "fold",
     "fold_batchnorms",
     "measure",
+    "measure_inputs",
     "run_file",
     "run_onnx",
     "run_tflite",
+    "tflite_operators",
     "write_atomic",
 ]

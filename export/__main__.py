@@ -5,7 +5,13 @@ Export::
     python -m tfgated.export --tflite MODEL -o out.tflite [--fp16 | --int8 ...]
     python -m tfgated.export --onnx MODEL -o out.onnx
 
-``MODEL`` is a ``.keras`` file or a zoo preset name. Latency::
+``MODEL`` is a ``.keras`` file or a zoo preset name. A two-output early-exit model
+(``[main, exit]``, see ``tfgated.early_exit``) needs ``--exit-threshold``; its file then
+stops early (TFLite at batch 1: the rest of the network sits in an ``IF`` branch)::
+
+    python -m tfgated.export --tflite exit_model.keras --exit-threshold 0.9 -o model.tflite
+
+Latency::
 
     python -m tfgated.export bench a.tflite b.onnx --threads 1 --runs 200 [--json out.json]
 """
@@ -57,6 +63,21 @@ def _export_parser():
         "--no-conditional",
         action="store_true",
         help="keep data-dependent residual gates in masked form even at batch size 1 (TFLite)",
+    )
+    p.add_argument(
+        "--exit-threshold",
+        type=float,
+        default=None,
+        metavar="T",
+        help="for a two-output early-exit model [main, exit]: an example exits when its maximum exit "
+        "probability is above T; the file then runs the rest of the network only for the others",
+    )
+    p.add_argument(
+        "--exit-form",
+        choices=["conditional", "masked"],
+        default=None,
+        help="early exit as a conditional (TFLite at batch 1, the default there) or masked "
+        "(both paths run, tf.where selects; the only form for ONNX)",
     )
     p.add_argument("--threads", type=int, default=None, help="runtime threads used by the parity check")
     p.add_argument("--no-check", action="store_true", help="write the file even if the parity check fails")
@@ -139,6 +160,8 @@ def main_export(argv):
     quantization = "float16" if args.fp16 else "int8" if args.int8 else "float32"
     shape = tuple(int(d) for d in model.inputs[0].shape[1:])
     representative = _representative(args.representative_data, shape) if args.int8 else None
+    if len(model.outputs) == 2 or args.exit_threshold is not None:
+        return _main_export_early_exit(args, model, fmt, quantization, shape)
     result = writers.export(
         model,
         args.output,
@@ -163,6 +186,44 @@ def main_export(argv):
             + (f", top1_agreement={p['top1_agreement']:.4f}" if "top1_agreement" in p else "")
             + (" PASSED" if p["passed"] else " FAILED (written because of --no-check)")
         )
+    print(f"wrote {result.path} and {result.sidecar_path}")
+    return 0
+
+
+def _main_export_early_exit(args, model, fmt, quantization, shape):
+    from tfgated.export.early_exit import export_early_exit
+
+    if len(model.outputs) != 2:
+        raise ValueError(
+            f"--exit-threshold needs a two-output early-exit model [main, exit]. Received: {len(model.outputs)} output(s)"
+        )
+    if args.exit_threshold is None:
+        raise ValueError("This model has two outputs [main, exit]: pass --exit-threshold T to export it with its early exit.")
+    if quantization == "int8":
+        raise ValueError("Early-exit export supports float32 and --fp16. Received: --int8")
+    result = export_early_exit(
+        model,
+        args.output,
+        args.exit_threshold,
+        format=fmt,
+        quantization=quantization,
+        batch_size=args.batch_size,
+        form=args.exit_form,
+        parity_data=fashion_mnist_inputs(shape) if shape[-1] in (1, 3) else None,
+        allow_mismatch=args.no_check,
+        threads=args.threads,
+        class_names=args.class_names.split(",") if args.class_names else None,
+    )
+    info, p = result.sidecar["early_exit"], result.parity
+    print(
+        f"early exit ({info['form']}): threshold {info['threshold']:.4g}; MACs {info['macs_exit_path']:,} on the exit "
+        f"path, {info['macs_full_path']:,} on the full path; {info['parity_exit_ratio']:.1%} of the parity inputs exit"
+    )
+    print(
+        f"parity ({p['runtime']}, {p['quantization']}): max_abs_diff={p['max_abs_diff']:.3g}"
+        + (f", top1_agreement={p['top1_agreement']:.4f}" if "top1_agreement" in p else "")
+        + (" PASSED" if p["passed"] else " FAILED (written because of --no-check)")
+    )
     print(f"wrote {result.path} and {result.sidecar_path}")
     return 0
 

@@ -2,7 +2,9 @@
 
 :func:`measure` times one file (median over ``runs`` invocations after
 ``warmup`` untimed ones); :func:`bench` times several side by side with the
-same thread count; :func:`format_table` prints them.
+same thread count; :func:`format_table` prints them. :func:`measure_inputs` times
+one file on every example of a real input set (batch 1), for files whose cost
+depends on the input, such as early-exit exports.
 """
 
 from __future__ import annotations
@@ -73,6 +75,81 @@ def measure(path, threads=1, runs=100, warmup=10):
         "p10_ms": float(np.percentile(times, 10)),
         "p90_ms": float(np.percentile(times, 90)),
         "min_ms": float(np.min(times)),
+    }
+
+
+def _tflite_feeder(path, threads):
+    from ai_edge_litert.interpreter import Interpreter
+
+    interpreter = Interpreter(model_path=os.fspath(path), num_threads=threads)
+    interpreter.allocate_tensors()
+    inp = interpreter.get_input_details()[0]
+    out = interpreter.get_output_details()[0]
+
+    def run(x):
+        interpreter.set_tensor(inp["index"], x)
+        interpreter.invoke()
+        return interpreter.get_tensor(out["index"])
+
+    return run, tuple(int(d) for d in inp["shape"])
+
+
+def _onnx_feeder(path, threads):
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = int(threads)
+    options.inter_op_num_threads = 1
+    session = ort.InferenceSession(os.fspath(path), options, providers=["CPUExecutionProvider"])
+    inp = session.get_inputs()[0]
+    shape = tuple(d if isinstance(d, int) else 1 for d in inp.shape)
+    return (lambda x: session.run(None, {inp.name: x})[0]), shape
+
+
+def measure_inputs(path, x, threads=1, warmup=10):
+    """Batch-1 latency of one file over every example of ``x`` (one run each, in order).
+
+    The mean over the examples is what an input-dependent file (an early-exit export)
+    costs on that data; ``warmup`` untimed runs on the first examples come first.
+
+    Returns a dict with ``file``, ``runtime``, ``threads``, ``examples``, ``mean_ms``,
+    ``median_ms``, ``p10_ms``, ``p90_ms`` and ``outputs`` (the file's outputs, stacked).
+    """
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"No such exported file: {os.fspath(path)!r}")
+    if not isinstance(threads, int) or threads < 1:
+        raise ValueError(f"Expected threads to be a positive integer. Received: threads={threads}")
+    kind = file_format(path)
+    run, shape = (_tflite_feeder if kind == "tflite" else _onnx_feeder)(path, threads)
+    x = np.asarray(x, "float32")
+    if x.ndim != len(shape) or tuple(x.shape[1:]) != tuple(shape[1:]) or shape[0] != 1:
+        raise ValueError(
+            f"Expected inputs of shape (N, {', '.join(map(str, shape[1:]))}) for a batch-1 file. "
+            f"Received: {x.shape} for input shape {shape}"
+        )
+    if len(x) == 0:
+        raise ValueError("Expected at least one example. Received: empty input")
+    for i in range(warmup):
+        run(x[i % len(x)][None])
+    times = np.empty(len(x))
+    outputs = []
+    for i in range(len(x)):
+        xi = x[i][None]
+        start = time.perf_counter()
+        y = run(xi)
+        times[i] = time.perf_counter() - start
+        outputs.append(np.array(y[0]))
+    times *= 1e3
+    return {
+        "file": os.fspath(path),
+        "runtime": "litert" if kind == "tflite" else "onnxruntime",
+        "threads": threads,
+        "examples": int(len(x)),
+        "mean_ms": float(np.mean(times)),
+        "median_ms": float(np.median(times)),
+        "p10_ms": float(np.percentile(times, 10)),
+        "p90_ms": float(np.percentile(times, 90)),
+        "outputs": np.stack(outputs),
     }
 
 

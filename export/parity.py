@@ -134,3 +134,27 @@ def check_parity(path, reference, x, quantization="float32", allow_mismatch=Fals
             + f"; expected {result['threshold']}. Pass allow_mismatch=True (--no-check) to write it anyway."
         )
     return result
+
+
+def tflite_operators(path):
+    """The operators of each subgraph of a TFLite file, as ``collections.Counter`` objects.
+
+    Subgraph 0 is the entry point; a ``tf.cond`` becomes an ``IF`` operator there whose
+    branches are further subgraphs. Read with LiteRT's flatbuffer schema.
+    """
+    import collections
+
+    from ai_edge_litert import schema_py_generated as schema
+
+    with open(os.fspath(path), "rb") as f:
+        buf = f.read()
+    model = schema.Model.GetRootAsModel(buf, 0)
+    names = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
+    codes = [model.OperatorCodes(i) for i in range(model.OperatorCodesLength())]
+    # Newer files keep codes above 127 in BuiltinCode and a placeholder in the deprecated field.
+    kinds = [names.get(max(c.BuiltinCode(), c.DeprecatedBuiltinCode()), "CUSTOM") for c in codes]
+    result = []
+    for g in range(model.SubgraphsLength()):
+        graph = model.Subgraphs(g)
+        result.append(collections.Counter(kinds[graph.Operators(i).OpcodeIndex()] for i in range(graph.OperatorsLength())))
+    return result

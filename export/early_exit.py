@@ -1,0 +1,259 @@
+"""Early-exit export: the exit decision becomes control flow inside the exported file.
+
+A SIPA early-exit model (:func:`tfgated.early_exit.attach_exit`, two outputs
+``[main_probs, exit_probs]``) is split the way :class:`tfgated.early_exit.EarlyExitModel`
+splits it: part A computes the exit probabilities (and every tensor the rest of the
+network needs), part B the main output. The exported function returns one tensor, the
+probabilities of the path each example took:
+
+* ``"conditional"`` (TFLite at batch size 1, the default there): ``tf.cond(max(exit_probs) >
+  threshold, exit_probs, part_b(...))``, so part B does not run for a confident example.
+  LiteRT runs it as an ``IF`` op: the saved compute is real.
+* ``"masked"`` (any batch size, and every ONNX file): both paths run and ``tf.where`` selects
+  per example. The outputs are the same; nothing is saved.
+
+ONNX has an ``If`` operator, but tf2onnx 1.16 cannot convert the convolutions inside a
+``tf.cond`` branch: with variable kernels it fails outright, and from a frozen graph it writes
+``Conv`` nodes that ONNX Runtime rejects ("Attribute dilations has incorrect size"). So an ONNX
+early-exit file is masked, and the sidecar says so.
+
+After writing, the file runs in its real runtime on ``parity_data`` one example at a time
+and must match :meth:`EarlyExitModel.predict` (float32: max abs difference <= 1e-4;
+float16: top-1 agreement >= 99.5 %), as for :func:`tfgated.export.export`. An example whose
+exit confidence lies within rounding of the threshold (:data:`BOUNDARY_TOLERANCE`) may take
+the other path in the runtime; it is compared with that path's Keras output, and the parity
+record counts such examples (``examples_at_threshold``). The sidecar
+``<file>.json`` records the threshold, the form, the exit ratio on the parity data and the
+MACs of each path.
+
+    python -m tfgated.export --tflite exit_model.keras --exit-threshold 0.9 -o model.tflite
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import keras
+import numpy as np
+
+from tfgated.export import parity as parity_lib
+from tfgated.export.writers import (
+    FORMATS,
+    QUANTIZATIONS,
+    ExportResult,
+    _default_parity_inputs,
+    _json_default,
+    _temp_path,
+    check_exportable,
+    convert_onnx,
+    convert_tflite,
+    input_spec,
+)
+from tfgated.io import write_atomic
+
+EXIT_FORMS = ("conditional", "masked")
+
+#: Exit confidences this close to the threshold may round to either side in another runtime.
+BOUNDARY_TOLERANCE = {"float32": 1e-5, "float16": 2e-3}
+
+
+def _check_form(form, batch_size, fmt="tflite"):
+    if form is None:
+        return "conditional" if batch_size == 1 and fmt == "tflite" else "masked"
+    if form not in EXIT_FORMS:
+        raise ValueError(f"Expected form to be one of {list(EXIT_FORMS)}. Received: form={form!r}")
+    if form == "conditional" and fmt == "onnx":
+        raise ValueError(
+            "tf2onnx cannot convert convolutions inside a conditional branch, so an ONNX early-exit "
+            "file uses form='masked'. Received: form='conditional' with format='onnx'"
+        )
+    if form == "conditional" and batch_size != 1:
+        raise ValueError(
+            "The conditional early-exit form decides per example, so it needs batch_size=1. "
+            f"Received: batch_size={batch_size} (use form='masked' for larger batches)"
+        )
+    return form
+
+
+def early_exit_function(model_with_exit, threshold, batch_size=1, form=None, fmt="tflite"):
+    """A concrete ``tf.function`` of a two-output exit model that stops early.
+
+    Args:
+        model_with_exit: a functional model ``[main_probs, exit_probs]``.
+        threshold: an example exits when its maximum exit probability is above this.
+        batch_size: fixed batch size of the signature.
+        form: ``"conditional"`` (batch 1) or ``"masked"``; ``None`` picks
+            ``"conditional"`` at batch size 1 for TFLite.
+        fmt: the target format, ``"tflite"`` or ``"onnx"`` (ONNX: masked only).
+
+    Returns:
+        ``(concrete_function, tf_function, input_spec, early_exit_model, form)``.
+    """
+    import tensorflow as tf
+
+    from tfgated.early_exit import EarlyExitModel
+    from tfgated.gates import static_inference_style
+
+    form = _check_form(form, batch_size, fmt)
+    check_exportable(model_with_exit, allow_gates=True)
+    split = EarlyExitModel(model_with_exit, threshold)
+    spec = input_spec(model_with_exit, batch_size)
+    part_a, part_b = split.part_a, split.part_b
+    limit = float(split.threshold)
+
+    def rest(crossing):
+        if part_b is None:  # the main output itself crosses the split
+            return crossing[0]
+        return part_b(crossing if len(crossing) > 1 else crossing[0], training=False)
+
+    @tf.function(input_signature=[spec])
+    def serve(x):
+        with keras.StatelessScope():
+            outs = part_a(x, training=False)
+            exit_probs, crossing = tf.cast(outs[0], tf.float32), list(outs[1:])
+            confident = tf.reduce_max(exit_probs, axis=-1) > limit
+            if form == "conditional":
+                return tf.cond(
+                    confident[0],
+                    lambda: tf.identity(exit_probs),
+                    lambda: tf.cast(rest(crossing), tf.float32),
+                )
+            return tf.where(confident[:, None], exit_probs, tf.cast(rest(crossing), tf.float32))
+
+    with static_inference_style(model_with_exit):
+        concrete = serve.get_concrete_function()
+    return concrete, serve, spec, split, form
+
+
+def _reference(model_with_exit, x, threshold, outputs, quantization):
+    """The Keras answer for each example, and how many sit at the threshold.
+
+    An example whose exit confidence is within rounding of the threshold may take either path
+    in another runtime; for those the path closer to the file's output is the reference.
+    """
+    main_probs, exit_probs = (np.asarray(p, "float32") for p in model_with_exit.predict(x, batch_size=256, verbose=0))
+    confidence = exit_probs.max(axis=1).astype("float64")
+    expected = np.where((confidence > threshold)[:, None], exit_probs, main_probs)
+    tolerance = BOUNDARY_TOLERANCE[quantization]
+    at_threshold = np.abs(confidence - threshold) <= tolerance
+    outputs = np.asarray(outputs, "float32")
+    closer_to_exit = np.abs(outputs - exit_probs).max(axis=1) <= np.abs(outputs - main_probs).max(axis=1)
+    pick = at_threshold & closer_to_exit
+    expected[pick] = exit_probs[pick]
+    pick = at_threshold & ~closer_to_exit
+    expected[pick] = main_probs[pick]
+    return expected, int(at_threshold.sum())
+
+
+def _runtime_outputs(path, x, threads):
+    return parity_lib.run_file(path, x, threads=threads)
+
+
+def export_early_exit(
+    model_with_exit,
+    path,
+    threshold,
+    format=None,
+    quantization="float32",
+    batch_size=1,
+    form=None,
+    parity_data=None,
+    check=True,
+    allow_mismatch=False,
+    threads=None,
+    class_names=None,
+    preprocessing=None,
+    opset=None,
+):
+    """Write a two-output exit model as one file that stops early (see the module docstring).
+
+    Args:
+        model_with_exit: a functional model ``[main_probs, exit_probs]``.
+        path: ``.tflite`` or ``.onnx`` output, written atomically.
+        threshold: exit confidence threshold (a number in [0, 1]).
+        format: ``"tflite"`` or ``"onnx"`` (default: from the extension).
+        quantization: ``"float32"`` or ``"float16"`` (TFLite weights).
+        batch_size: fixed batch size of the signature.
+        form: ``"conditional"`` or ``"masked"`` (default: conditional for TFLite at batch size 1,
+            masked otherwise).
+        parity_data: inputs of the parity check (default: 256 uniform random inputs; real
+            images exercise both paths, random ones may all take one).
+        check, allow_mismatch, threads, class_names, preprocessing, opset: as in
+            :func:`tfgated.export.export`.
+
+    Returns:
+        :class:`tfgated.export.ExportResult` (no fold report).
+
+    Raises:
+        ParityError: the written file does not match the split Keras inference.
+        ValueError: not a two-output exit model, bad threshold, form or format.
+    """
+    fmt = format or parity_lib.file_format(path)
+    if fmt not in FORMATS:
+        raise ValueError(f"Expected format to be one of {list(FORMATS)}. Received: format={fmt!r}")
+    if quantization not in QUANTIZATIONS or quantization == "int8":
+        raise ValueError(
+            f"Expected quantization to be 'float32' or 'float16' for an early-exit export. Received: {quantization!r}"
+        )
+    if fmt == "onnx" and quantization != "float32":
+        raise ValueError(f"ONNX export supports float32 only. Received: quantization={quantization!r}")
+    concrete, function, spec, split, form = early_exit_function(model_with_exit, threshold, batch_size, form, fmt)
+    if fmt == "tflite":
+        data = convert_tflite(concrete, model_with_exit, quantization, None, batch_size)
+    else:
+        data = convert_onnx(function, spec, opset)
+    x = np.asarray(parity_data if parity_data is not None else _default_parity_inputs(model_with_exit), "float32")
+    reference = split.predict(x, batch_size=256)
+    tmp = _temp_path(path)
+    tmp_ext = tmp + os.path.splitext(os.fspath(path))[1]
+    try:
+        with open(tmp_ext, "wb") as f:
+            f.write(data)
+        os.remove(tmp)
+        parity = None
+        if check or allow_mismatch:
+            outputs = _runtime_outputs(tmp_ext, x, threads)
+            expected, ambiguous = _reference(model_with_exit, x, split.threshold, outputs, quantization)
+            parity = parity_lib.compare(expected, outputs, quantization)
+            parity["runtime"] = "litert" if fmt == "tflite" else "onnxruntime"
+            parity["examples_at_threshold"] = ambiguous
+            if not parity["passed"] and check and not allow_mismatch:
+                raise parity_lib.ParityError(
+                    f"Parity check failed for the early-exit export {os.fspath(path)!r} ({quantization}): "
+                    f"max_abs_diff={parity['max_abs_diff']}, top1_agreement={parity.get('top1_agreement')}; "
+                    f"expected {parity['threshold']}. Pass allow_mismatch=True (--no-check) to write it anyway."
+                )
+        os.replace(tmp_ext, path)
+    except BaseException:
+        for leftover in (tmp, tmp_ext):
+            if os.path.exists(leftover):
+                os.remove(leftover)
+        raise
+
+    macs = split.macs
+    sidecar = {
+        "file": os.path.basename(path),
+        "format": fmt,
+        "quantization": quantization,
+        "model": model_with_exit.name,
+        "input_shape": [batch_size] + [int(d) for d in model_with_exit.inputs[0].shape[1:]],
+        "input_dtype": "float32",
+        "preprocessing": preprocessing,
+        "class_names": list(class_names) if class_names is not None else None,
+        "early_exit": {
+            "form": form,
+            "threshold": float(split.threshold),
+            "rule": "exit when max(exit softmax) > threshold",
+            "macs_exit_path": int(macs["part_a"] + macs["head"]),
+            "macs_full_path": int(macs["part_a"] + macs["head"] + macs["part_b"]),
+            "macs_main_without_exit": int(macs["main"]),
+            "parity_exit_ratio": float(reference.exit_ratio),
+            "parity_mean_macs": float(reference.mean_macs),
+        },
+        "folded": False,
+        "parity": parity,
+    }
+    sidecar_path = os.fspath(path) + ".json"
+    write_atomic(sidecar_path, json.dumps(sidecar, indent=2, default=_json_default) + "\n")
+    return ExportResult(path=os.fspath(path), sidecar_path=sidecar_path, sidecar=sidecar, report=None, parity=parity)
