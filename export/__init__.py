@@ -9,7 +9,7 @@ Command line: ``python -m tfgated.export --help``.
 """
 
 from tfgated.export.fold import FoldError, FoldReport, count_macs, fold, fold_batchnorms
-from tfgated.export.early_exit import early_exit_function, export_early_exit
+from tfgated.export.early_exit import early_exit_function, export_early_exit, export_exit_gates
 from tfgated.export.latency import bench, measure, measure_inputs
 from tfgated.export.parity import ParityError, check_parity, run_file, run_onnx, run_tflite, tflite_operators
 from tfgated.export.writers import (
@@ -34,6 +34,7 @@ __all__ = [
     "early_exit_function",
     "export",
     "export_early_exit",
+    "export_exit_gates",
     "export_function",
     "export_onnx",
     "export_tflite",

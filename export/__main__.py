@@ -11,6 +11,9 @@ stops early (TFLite at batch 1: the rest of the network sits in an ``IF`` branch
 
     python -m tfgated.export --tflite exit_model.keras --exit-threshold 0.9 -o model.tflite
 
+A model with Gumbel exit gates (``tfgated.exits``) exports with each exit as an ``IF`` the same
+way, its gates deciding in threshold style (``--mode``), with no threshold argument.
+
 Latency::
 
     python -m tfgated.export bench a.tflite b.onnx --threads 1 --runs 200 [--json out.json]
@@ -162,6 +165,10 @@ def main_export(argv):
     representative = _representative(args.representative_data, shape) if args.int8 else None
     if len(model.outputs) == 2 or args.exit_threshold is not None:
         return _main_export_early_exit(args, model, fmt, quantization, shape)
+    from tfgated.exits import exit_gate_layers
+
+    if exit_gate_layers(model) and not args.no_fold:
+        return _main_export_exit_gates(args, model, fmt, quantization, shape)
     result = writers.export(
         model,
         args.output,
@@ -222,6 +229,37 @@ def _main_export_early_exit(args, model, fmt, quantization, shape):
     print(
         f"parity ({p['runtime']}, {p['quantization']}): max_abs_diff={p['max_abs_diff']:.3g}"
         + (f", top1_agreement={p['top1_agreement']:.4f}" if "top1_agreement" in p else "")
+        + (" PASSED" if p["passed"] else " FAILED (written because of --no-check)")
+    )
+    print(f"wrote {result.path} and {result.sidecar_path}")
+    return 0
+
+
+def _main_export_exit_gates(args, model, fmt, quantization, shape):
+    import tfgated
+    from tfgated.export.early_exit import export_exit_gates
+
+    if quantization == "int8":
+        raise ValueError("Exit-gate export supports float32 and --fp16. Received: --int8")
+    if args.mode is not None:
+        tfgated.set_inference_style(model, args.mode)
+    result = export_exit_gates(
+        model,
+        args.output,
+        format=fmt,
+        quantization=quantization,
+        batch_size=args.batch_size,
+        form=args.exit_form,
+        parity_data=fashion_mnist_inputs(shape) if shape[-1] in (1, 3) else None,
+        allow_mismatch=args.no_check,
+        threads=args.threads,
+        class_names=args.class_names.split(",") if args.class_names else None,
+    )
+    info, p = result.sidecar["exit_gates"], result.parity
+    shares = ", ".join(f"{v:.1%}" for v in info["parity_exit_shares"])
+    print(f"exit gates ({info['form']}): {info['exits']} exits; shares of the parity inputs (exits..., final): {shares}")
+    print(
+        f"parity ({p['runtime']}, {p['quantization']}): max_abs_diff={p['max_abs_diff']:.3g}"
         + (" PASSED" if p["passed"] else " FAILED (written because of --no-check)")
     )
     print(f"wrote {result.path} and {result.sidecar_path}")

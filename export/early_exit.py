@@ -27,6 +27,14 @@ record counts such examples (``examples_at_threshold``). The sidecar
 MACs of each path.
 
     python -m tfgated.export --tflite exit_model.keras --exit-threshold 0.9 -o model.tflite
+
+Gumbel exit gates (:mod:`tfgated.exits`, the DenseNet of the Gumbel supplement) export the same
+way with :func:`export_exit_gates`: in the conditional form each stage after exit ``k`` sits in
+the ``else`` branch of exit ``k``'s ``IF`` (nested), and exit ``k``'s classifier in its ``then``
+branch, so an example leaving at exit ``k`` computes neither the later stages nor the other
+classifiers. The gates decide in their threshold style (``probability > threshold``).
+
+    python -m tfgated.export --tflite densenet_exit.keras -o model.tflite
 """
 
 from __future__ import annotations
@@ -250,6 +258,180 @@ def export_early_exit(
             "macs_main_without_exit": int(macs["main"]),
             "parity_exit_ratio": float(reference.exit_ratio),
             "parity_mean_macs": float(reference.mean_macs),
+        },
+        "folded": False,
+        "parity": parity,
+    }
+    sidecar_path = os.fspath(path) + ".json"
+    write_atomic(sidecar_path, json.dumps(sidecar, indent=2, default=_json_default) + "\n")
+    return ExportResult(path=os.fspath(path), sidecar_path=sidecar_path, sidecar=sidecar, report=None, parity=parity)
+
+
+# -- Gumbel exit gates (tfgated.exits) -----------------------------------------------------------
+
+
+def _combine_node(model):
+    from tfgated.exits import EarlyExitCombine
+
+    nodes = _nodes(model)
+    found = [n for n in nodes if isinstance(n.operation, EarlyExitCombine)]
+    if len(found) != 1:
+        raise ValueError(
+            f"Expected one EarlyExitCombine layer (a Gumbel exit-gate model). Received: {len(found)} in {model.name!r}"
+        )
+    return nodes, found[0]
+
+
+def _nodes(model):
+    import importlib
+
+    return importlib.import_module("tfgated.export.fold")._nodes_in_order(model)
+
+
+def _run_until(nodes, targets, values):
+    """Run, in topological order, the nodes needed for ``targets`` that ``values`` lacks."""
+    producer = {id(t): n for n in nodes for t in n.outputs}
+    needed, stack = set(), [t for t in targets if id(t) not in values]
+    while stack:
+        node = producer.get(id(stack.pop()))
+        if node is None or id(node) in needed:
+            continue
+        needed.add(id(node))
+        stack.extend(t for t in node.input_tensors if id(t) not in values)
+    for node in nodes:
+        if id(node) in needed and any(id(t) not in values for t in node.outputs):
+            args, kwargs = node.arguments.fill_in(values)
+            outs = node.operation(*args, **kwargs)
+            for t, v in zip(node.outputs, keras.tree.flatten(outs)):
+                values[id(t)] = v
+
+
+def exit_gates_call(model):
+    """A batch-1 callable of a Gumbel exit-gate model with each exit as a (nested) ``tf.cond``."""
+    import tensorflow as tf
+
+    nodes, combine = _combine_node(model)
+    inputs = combine.input_tensors  # [probs_1, z_1, ..., probs_K, z_K, final_probs]
+    probs, gates, final = inputs[0:-1:2], inputs[1:-1:2], inputs[-1]
+
+    def step(k, values):
+        if k == len(gates):
+            _run_until(nodes, [final], values)
+            return tf.cast(values[id(final)], tf.float32)
+        _run_until(nodes, [gates[k]], values)
+        z = tf.reshape(values[id(gates[k])], [-1])[0]
+
+        def leave(values=values, k=k):
+            local = dict(values)
+            _run_until(nodes, [probs[k]], local)
+            return tf.cast(local[id(probs[k])], tf.float32)
+
+        return tf.cond(z > 0.5, leave, lambda values=values, k=k: step(k + 1, dict(values)))
+
+    return lambda x: step(0, {id(model.inputs[0]): x})
+
+
+def exit_gates_function(model, batch_size=1, form=None, fmt="tflite"):
+    """``(concrete, tf_function, spec, form)`` of a Gumbel exit-gate model in threshold style."""
+    import tensorflow as tf
+
+    import tfgated
+    from tfgated.gates import static_inference_style
+
+    form = _check_form(form, batch_size, fmt)
+    check_exportable(model, allow_gates=True)
+    styles = {g.inference_style for g in tfgated.gate_layers(model)}
+    if styles - {"threshold", "always_on"}:
+        raise ValueError(
+            f"Expected the gates in the threshold or always_on style to export. Received: {sorted(styles)} "
+            "(call tfgated.set_inference_style(model, 'threshold') first)"
+        )
+    _combine_node(model)
+    spec = input_spec(model, batch_size)
+    call = exit_gates_call(model) if form == "conditional" else None
+
+    @tf.function(input_signature=[spec])
+    def serve(x):
+        with keras.StatelessScope():
+            if call is not None:
+                return call(x)
+            return tf.cast(model(x, training=False), tf.float32)
+
+    with static_inference_style(model):
+        concrete = serve.get_concrete_function()
+    return concrete, serve, spec, form
+
+
+def export_exit_gates(
+    model,
+    path,
+    format=None,
+    quantization="float32",
+    batch_size=1,
+    form=None,
+    parity_data=None,
+    check=True,
+    allow_mismatch=False,
+    threads=None,
+    class_names=None,
+    preprocessing=None,
+    opset=None,
+):
+    """Write a Gumbel exit-gate model (:mod:`tfgated.exits`) as one file that stops at its exits.
+
+    Arguments as for :func:`export_early_exit`, without a threshold: the exit gates decide in
+    their threshold style. The parity reference is the Keras model's own routed output.
+    """
+    from tfgated.exits import exit_shares
+
+    fmt = format or parity_lib.file_format(path)
+    if fmt not in FORMATS:
+        raise ValueError(f"Expected format to be one of {list(FORMATS)}. Received: format={fmt!r}")
+    if quantization not in ("float32", "float16"):
+        raise ValueError(f"Expected quantization to be 'float32' or 'float16' for an exit-gate export. Received: {quantization!r}")
+    if fmt == "onnx" and quantization != "float32":
+        raise ValueError(f"ONNX export supports float32 only. Received: quantization={quantization!r}")
+    concrete, function, spec, form = exit_gates_function(model, batch_size, form, fmt)
+    data = convert_tflite(concrete, model, quantization, None, batch_size) if fmt == "tflite" else convert_onnx(function, spec, opset)
+    x = np.asarray(parity_data if parity_data is not None else _default_parity_inputs(model), "float32")
+    reference = np.asarray(model.predict(x, batch_size=256, verbose=0), "float32")
+    shares = exit_shares(model, x)
+    tmp = _temp_path(path)
+    tmp_ext = tmp + os.path.splitext(os.fspath(path))[1]
+    try:
+        with open(tmp_ext, "wb") as f:
+            f.write(data)
+        os.remove(tmp)
+        parity = None
+        if check or allow_mismatch:
+            parity = parity_lib.compare(reference, _runtime_outputs(tmp_ext, x, threads), quantization)
+            parity["runtime"] = "litert" if fmt == "tflite" else "onnxruntime"
+            if not parity["passed"] and check and not allow_mismatch:
+                raise parity_lib.ParityError(
+                    f"Parity check failed for the exit-gate export {os.fspath(path)!r} ({quantization}): "
+                    f"max_abs_diff={parity['max_abs_diff']}, top1_agreement={parity.get('top1_agreement')}; "
+                    f"expected {parity['threshold']}. Pass allow_mismatch=True (--no-check) to write it anyway."
+                )
+        os.replace(tmp_ext, path)
+    except BaseException:
+        for leftover in (tmp, tmp_ext):
+            if os.path.exists(leftover):
+                os.remove(leftover)
+        raise
+    sidecar = {
+        "file": os.path.basename(path),
+        "format": fmt,
+        "quantization": quantization,
+        "model": model.name,
+        "input_shape": [batch_size] + [int(d) for d in model.inputs[0].shape[1:]],
+        "input_dtype": "float32",
+        "preprocessing": preprocessing,
+        "class_names": list(class_names) if class_names is not None else None,
+        "exit_gates": {
+            "form": form,
+            "exits": int(len(shares) - 1),
+            "rule": "leave at the first exit whose gate probability is above its threshold",
+            "parity_exit_shares": [float(v) for v in shares],
         },
         "folded": False,
         "parity": parity,

@@ -106,6 +106,30 @@ def render_card(name, entry):
     if preset["gates"] is not None:
         lines += ["## Gates", "", "```json", json.dumps(preset["gates"], indent=2, sort_keys=True), "```", ""]
     lines += ["## Training recipe", "", "```json", json.dumps(preset["recipe"], indent=2, sort_keys=True), "```", ""]
+    shipped = preset.get("weights") or {}
+    if shipped.get("measured"):
+        m = shipped["measured"]
+        lines += [
+            "## Shipped weights",
+            "",
+            f"`zoo/weights/{shipped['file']}` (sha256 `{shipped['sha256'][:16]}...`), trained by `{shipped['trained_by']}`. "
+            f'Measured on the full {preset.get("dataset")} test split ({m.get("examples", "?"):,} images) with '
+            f'`tfgated.zoo.load("{name}", weights="default")`'
+            + (f", {m['inference_style']} inference" if m.get("inference_style") else "")
+            + " (checked by `tests/zoo/test_weights.py`):",
+            "",
+            "| quantity | value |",
+            "|---|---|",
+            f"| top-1 | {m['top1']:.4f} |",
+            f"| top-5 | {m['top5']:.4f} |",
+        ]
+        if m.get("gate_activation") is not None:
+            lines.append(f"| mean gate activation | {m['gate_activation']:.3f} |")
+        if m.get("macs") is not None:
+            lines.append(f"| measured MACs per image | {m['macs'] / 1e6:.2f}M of {m['dense_macs'] / 1e6:.2f}M |")
+        lines.append("")
+        if shipped.get("note"):
+            lines += [shipped["note"], ""]
     lines += [
         f"Train here: `{registry.train_command(name)}`.",
         "",

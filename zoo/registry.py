@@ -77,6 +77,9 @@ ZOO_DIR = os.path.dirname(os.path.abspath(__file__))
 WEIGHTS_DIR = os.path.join(ZOO_DIR, "weights")
 CARDS_DIR = os.path.join(ZOO_DIR, "cards")
 GOLDEN_PATH = os.path.join(ZOO_DIR, "complexity.json")
+#: Shipped weights: ``{preset name: weights entry}``, written by ``python -m tfgated.zoo.ship_weights``.
+#: An entry here fills the preset's ``weights`` (the family module keeps ``None``).
+WEIGHTS_INDEX = os.path.join(WEIGHTS_DIR, "index.json")
 
 GATE_KINDS = ("independent", "dependent")
 GATE_LOSSES = ("per_batch", "per_gate")
@@ -172,8 +175,25 @@ def _ensure_loaded():
                 continue  # that family is not written yet
             raise
         _LOADED_MODULES.add(module_name)
+        shipped = weights_index()
         for name, preset in getattr(module, "PRESETS", {}).items():
+            if name in shipped and preset.get("weights") is None:
+                preset = {**preset, "weights": shipped[name]}
             register_preset(name, preset)
+
+
+def weights_index():
+    """The shipped-weights index ``zoo/weights/index.json`` as a dict ({} if absent)."""
+    if not os.path.exists(WEIGHTS_INDEX):
+        return {}
+    with open(WEIGHTS_INDEX, encoding="utf-8") as f:
+        try:
+            index = json.load(f)
+        except json.JSONDecodeError as error:
+            raise ValueError(f"The weights index {WEIGHTS_INDEX!r} is not valid JSON: {error}") from error
+    if not isinstance(index, dict):
+        raise ValueError(f"Expected {WEIGHTS_INDEX!r} to hold a JSON object. Received: {type(index).__name__}")
+    return index
 
 
 # -- gate settings -----------------------------------------------------------------

@@ -152,3 +152,57 @@ def test_a_gated_zoo_exit_model_exports_with_its_gates(tmp_path):
     result = export_early_exit(model, tmp_path / "g.tflite", threshold, parity_data=x)
     assert result.parity["passed"] and 0.2 <= result.sidecar["early_exit"]["parity_exit_ratio"] <= 0.8
     assert tflite_operators(result.path)[0]["IF"] == 1
+
+
+def _densenet_with_mixed_exits(x):
+    """The small Gumbel-exit DenseNet with exit heads that send examples to every exit."""
+    import tfgated
+    from tfgated.exits import exit_gate_layers, exit_shares
+    from tfgated.zoo.densenet import PRESETS, build
+
+    small = PRESETS["gumbel_densenet_fashion_mnist_exit"]
+    model = build(num_classes=10, input_shape=(28, 28, 1), gates=small["gates"], **small["arch"])
+    tfgated.set_inference_style(model, "threshold")
+    rng = np.random.default_rng(1)
+    for gate in exit_gate_layers(model):
+        kernel, bias = gate.head.get_weights()
+        gate.head.set_weights([rng.normal(0.0, 1.0, kernel.shape).astype("float32"), bias * 0])
+    # centre each exit's logit on the data so about half of the examples leave at each exit
+    contexts = keras.Model(model.inputs, [g.input for g in exit_gate_layers(model)]).predict(x, verbose=0)
+    for gate, context in zip(exit_gate_layers(model), contexts):
+        kernel, bias = gate.head.get_weights()
+        logits = keras.ops.convert_to_numpy(gate.compute_logits(context))
+        gate.head.set_weights([kernel, bias - np.median(logits)])
+    return model, exit_shares(model, x)
+
+
+def test_gumbel_exit_gates_export_as_nested_conditionals(tmp_path, fashion_mnist_small):
+    from tfgated.export import export_exit_gates
+
+    x = fashion_mnist_small[0][:48]
+    model, shares = _densenet_with_mixed_exits(x)
+    assert np.all(shares > 0.05), shares  # every exit and the final classifier answer some examples
+    result = export_exit_gates(model, tmp_path / "dn.tflite", parity_data=x)
+    assert result.sidecar["exit_gates"]["form"] == "conditional" and result.parity["passed"]
+    np.testing.assert_allclose(result.sidecar["exit_gates"]["parity_exit_shares"], shares)
+    np.testing.assert_allclose(run_file(result.path, x), model.predict(x, verbose=0), atol=1e-4)
+    ops = tflite_operators(result.path)
+    # exit 1's IF in the entry graph; exit 2's IF inside exit 1's "continue" branch
+    assert ops[0]["IF"] == 1 and sum(g["IF"] for g in ops) == 2
+    onnx = export_exit_gates(model, tmp_path / "dn.onnx", parity_data=x)
+    assert onnx.sidecar["exit_gates"]["form"] == "masked" and onnx.parity["passed"]
+    tfgated_style = __import__("tfgated").set_inference_style
+    tfgated_style(model, "stochastic")
+    with pytest.raises(ValueError, match="threshold or always_on"):
+        export_exit_gates(model, tmp_path / "s.tflite", parity_data=x)
+
+
+def test_cli_exports_a_zoo_exit_gate_preset(tmp_path):
+    out = tmp_path / "dn.tflite"
+    done = subprocess.run(
+        [sys.executable, "-m", "tfgated.export", "--tflite", "gumbel_densenet_fashion_mnist_exit", "-o", str(out)],
+        capture_output=True, text=True, timeout=300, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
+    )
+    assert done.returncode == 0, done.stderr
+    assert "exit gates (conditional): 2 exits" in done.stdout and "PASSED" in done.stdout
+    assert tflite_operators(out)[0]["IF"] == 1

@@ -1,0 +1,103 @@
+"""Ship a trained model's weights with a zoo preset: ``python -m tfgated.zoo.ship_weights``.
+
+    python -m tfgated.zoo.ship_weights gumbel_resnet_fashion_mnist runs/train_fashion_mnist/model.keras \\
+        --trained-by "python benchmarks/train_fashion_mnist.py --epochs 12 --budget-min 45"
+
+1. copies the weights of ``MODEL.keras`` into a freshly built preset (so the file loads into
+   what ``tfgated.zoo.load(NAME)`` builds) and writes ``zoo/weights/NAME.weights.h5``;
+2. loads them back through ``tfgated.zoo.load(NAME, weights="default")`` (sha256 checked) and
+   evaluates on the preset's full test split (threshold inference for gated presets);
+3. records file, sha256, the training command and the measured numbers in
+   ``zoo/weights/index.json``, which fills the preset's ``weights`` entry.
+
+Every file is written atomically; run ``python -m tfgated.zoo.make_golden`` afterwards so the
+model cards show the weights. ``tests/zoo/test_weights.py`` re-evaluates every shipped preset
+on the real test set and compares with the recorded numbers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+
+def evaluate_preset(name, path=None, limit=None):
+    """Test-split numbers of preset ``name`` with its shipped weights (or the file ``path``)."""
+    from tfgated import zoo
+    from tfgated.data import load_dataset
+    from tfgated.train import evaluate_model
+
+    preset = zoo.get_preset(name)
+    model = zoo.load(name, weights=path or "default", compile=False)
+    test = load_dataset(preset["dataset"], batch_size=256, shuffle_buffer=0, limit=limit).test
+    gated = bool(preset["gates"])
+    result = evaluate_model(model, test, mode="threshold" if gated else None, runs=1)
+    keys = ("top1", "top5", "gate_activation", "macs", "dense_macs", "examples")
+    return {k: result[k] for k in keys if k in result}
+
+
+def ship(name, model_path, trained_by, note=None):
+    """Write ``zoo/weights/NAME.weights.h5`` from ``model_path`` and its index entry; returns the entry."""
+    import keras
+
+    import tfgated.zoo  # noqa: F401  (registers the zoo's custom objects)
+    from tfgated.io import write_json
+    from tfgated.zoo import registry
+
+    if not os.path.isfile(model_path):
+        raise FileNotFoundError(f"No trained model at {model_path!r}.")
+    trained = keras.saving.load_model(model_path, safe_mode=True, compile=False)
+    fresh = registry.build(name)
+    ours, theirs = fresh.weights, trained.weights
+    if [w.shape for w in ours] != [w.shape for w in theirs]:
+        raise ValueError(
+            f"Model {model_path!r} does not have the architecture of preset {name!r}: "
+            f"{len(theirs)} weights against {len(ours)} (or different shapes)."
+        )
+    for target, source in zip(ours, theirs):
+        target.assign(source)
+    os.makedirs(registry.WEIGHTS_DIR, exist_ok=True)
+    filename = f"{name}.weights.h5"
+    final = os.path.join(registry.WEIGHTS_DIR, filename)
+    tmp = os.path.join(registry.WEIGHTS_DIR, f".{filename}.tmp.weights.h5")
+    try:
+        fresh.save_weights(tmp)
+        os.replace(tmp, final)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    measured = evaluate_preset(name, path=final)
+    entry = {
+        "file": filename,
+        "sha256": registry.sha256_file(final),
+        "trained_by": trained_by,
+        "measured": {**measured, "split": "test", "inference_style": "threshold" if registry.get_preset(name)["gates"] else None},
+    }
+    if note:
+        entry["note"] = note
+    index = registry.weights_index()
+    index[name] = entry
+    write_json(registry.WEIGHTS_INDEX, index, sort_keys=True)
+    return entry
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(prog="python -m tfgated.zoo.ship_weights", description=__doc__.splitlines()[0])
+    p.add_argument("name", help="zoo preset name")
+    p.add_argument("model", help="trained .keras model of that preset")
+    p.add_argument("--trained-by", required=True, help="the command that trained it (recorded in the index)")
+    p.add_argument("--note", default=None)
+    args = p.parse_args(argv)
+    try:
+        entry = ship(args.name, args.model, args.trained_by, args.note)
+    except (ValueError, FileNotFoundError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print(json.dumps({args.name: entry}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
