@@ -48,7 +48,6 @@ import numpy as np
 from tfgated.export import parity as parity_lib
 from tfgated.export.writers import (
     FORMATS,
-    QUANTIZATIONS,
     ExportResult,
     _default_parity_inputs,
     _json_default,
@@ -158,6 +157,70 @@ def _runtime_outputs(path, x, threads):
     return parity_lib.run_file(path, x, threads=threads)
 
 
+def _check_request(path, format, quantization, what):
+    fmt = format or parity_lib.file_format(path)
+    if fmt not in FORMATS:
+        raise ValueError(f"Expected format to be one of {list(FORMATS)}. Received: format={fmt!r}")
+    if quantization not in ("float32", "float16"):
+        raise ValueError(f"Expected quantization to be 'float32' or 'float16' for {what}. Received: {quantization!r}")
+    if fmt == "onnx" and quantization != "float32":
+        raise ValueError(f"ONNX export supports float32 only. Received: quantization={quantization!r}")
+    return fmt
+
+
+def _write_checked(path, data, fmt, quantization, x, expected_for, check, allow_mismatch, threads, what):
+    """Write ``data`` to ``path`` only after it matches Keras in its runtime (or the check is waived).
+
+    ``expected_for(outputs)`` returns ``(expected outputs, extra parity fields)``. Returns the
+    parity record (``None`` when not checked); nothing is left behind on failure.
+    """
+    tmp = _temp_path(path)
+    tmp_ext = tmp + os.path.splitext(os.fspath(path))[1]  # the runtimes need the right extension
+    try:
+        with open(tmp_ext, "wb") as f:
+            f.write(data)
+        os.remove(tmp)
+        parity = None
+        if check or allow_mismatch:
+            outputs = _runtime_outputs(tmp_ext, x, threads)
+            expected, extra = expected_for(outputs)
+            parity = parity_lib.compare(expected, outputs, quantization)
+            parity["runtime"] = "litert" if fmt == "tflite" else "onnxruntime"
+            parity.update(extra)
+            if not parity["passed"] and check and not allow_mismatch:
+                raise parity_lib.ParityError(
+                    f"Parity check failed for the {what} {os.fspath(path)!r} ({quantization}): "
+                    f"max_abs_diff={parity['max_abs_diff']}, top1_agreement={parity.get('top1_agreement')}; "
+                    f"expected {parity['threshold']}. Pass allow_mismatch=True (--no-check) to write it anyway."
+                )
+        os.replace(tmp_ext, path)
+    except BaseException:
+        for leftover in (tmp, tmp_ext):
+            if os.path.exists(leftover):
+                os.remove(leftover)
+        raise
+    return parity
+
+
+def _write_sidecar(path, model, fmt, quantization, batch_size, class_names, preprocessing, parity, key, info):
+    sidecar = {
+        "file": os.path.basename(path),
+        "format": fmt,
+        "quantization": quantization,
+        "model": model.name,
+        "input_shape": [batch_size] + [int(d) for d in model.inputs[0].shape[1:]],
+        "input_dtype": "float32",
+        "preprocessing": preprocessing,
+        "class_names": list(class_names) if class_names is not None else None,
+        key: info,
+        "folded": False,
+        "parity": parity,
+    }
+    sidecar_path = os.fspath(path) + ".json"
+    write_atomic(sidecar_path, json.dumps(sidecar, indent=2, default=_json_default) + "\n")
+    return ExportResult(path=os.fspath(path), sidecar_path=sidecar_path, sidecar=sidecar, report=None, parity=parity)
+
+
 def export_early_exit(
     model_with_exit,
     path,
@@ -197,15 +260,7 @@ def export_early_exit(
         ParityError: the written file does not match the split Keras inference.
         ValueError: not a two-output exit model, bad threshold, form or format.
     """
-    fmt = format or parity_lib.file_format(path)
-    if fmt not in FORMATS:
-        raise ValueError(f"Expected format to be one of {list(FORMATS)}. Received: format={fmt!r}")
-    if quantization not in QUANTIZATIONS or quantization == "int8":
-        raise ValueError(
-            f"Expected quantization to be 'float32' or 'float16' for an early-exit export. Received: {quantization!r}"
-        )
-    if fmt == "onnx" and quantization != "float32":
-        raise ValueError(f"ONNX export supports float32 only. Received: quantization={quantization!r}")
+    fmt = _check_request(path, format, quantization, "an early-exit export")
     concrete, function, spec, split, form = early_exit_function(model_with_exit, threshold, batch_size, form, fmt)
     if fmt == "tflite":
         data = convert_tflite(concrete, model_with_exit, quantization, None, batch_size)
@@ -213,58 +268,28 @@ def export_early_exit(
         data = convert_onnx(function, spec, opset)
     x = np.asarray(parity_data if parity_data is not None else _default_parity_inputs(model_with_exit), "float32")
     reference = split.predict(x, batch_size=256)
-    tmp = _temp_path(path)
-    tmp_ext = tmp + os.path.splitext(os.fspath(path))[1]
-    try:
-        with open(tmp_ext, "wb") as f:
-            f.write(data)
-        os.remove(tmp)
-        parity = None
-        if check or allow_mismatch:
-            outputs = _runtime_outputs(tmp_ext, x, threads)
-            expected, ambiguous = _reference(model_with_exit, x, split.threshold, outputs, quantization)
-            parity = parity_lib.compare(expected, outputs, quantization)
-            parity["runtime"] = "litert" if fmt == "tflite" else "onnxruntime"
-            parity["examples_at_threshold"] = ambiguous
-            if not parity["passed"] and check and not allow_mismatch:
-                raise parity_lib.ParityError(
-                    f"Parity check failed for the early-exit export {os.fspath(path)!r} ({quantization}): "
-                    f"max_abs_diff={parity['max_abs_diff']}, top1_agreement={parity.get('top1_agreement')}; "
-                    f"expected {parity['threshold']}. Pass allow_mismatch=True (--no-check) to write it anyway."
-                )
-        os.replace(tmp_ext, path)
-    except BaseException:
-        for leftover in (tmp, tmp_ext):
-            if os.path.exists(leftover):
-                os.remove(leftover)
-        raise
 
+    def expected_for(outputs):
+        expected, ambiguous = _reference(model_with_exit, x, split.threshold, outputs, quantization)
+        return expected, {"examples_at_threshold": ambiguous}
+
+    parity = _write_checked(
+        path, data, fmt, quantization, x, expected_for, check, allow_mismatch, threads, "early-exit export"
+    )
     macs = split.macs
-    sidecar = {
-        "file": os.path.basename(path),
-        "format": fmt,
-        "quantization": quantization,
-        "model": model_with_exit.name,
-        "input_shape": [batch_size] + [int(d) for d in model_with_exit.inputs[0].shape[1:]],
-        "input_dtype": "float32",
-        "preprocessing": preprocessing,
-        "class_names": list(class_names) if class_names is not None else None,
-        "early_exit": {
-            "form": form,
-            "threshold": float(split.threshold),
-            "rule": "exit when max(exit softmax) > threshold",
-            "macs_exit_path": int(macs["part_a"] + macs["head"]),
-            "macs_full_path": int(macs["part_a"] + macs["head"] + macs["part_b"]),
-            "macs_main_without_exit": int(macs["main"]),
-            "parity_exit_ratio": float(reference.exit_ratio),
-            "parity_mean_macs": float(reference.mean_macs),
-        },
-        "folded": False,
-        "parity": parity,
+    info = {
+        "form": form,
+        "threshold": float(split.threshold),
+        "rule": "exit when max(exit softmax) > threshold",
+        "macs_exit_path": int(macs["part_a"] + macs["head"]),
+        "macs_full_path": int(macs["part_a"] + macs["head"] + macs["part_b"]),
+        "macs_main_without_exit": int(macs["main"]),
+        "parity_exit_ratio": float(reference.exit_ratio),
+        "parity_mean_macs": float(reference.mean_macs),
     }
-    sidecar_path = os.fspath(path) + ".json"
-    write_atomic(sidecar_path, json.dumps(sidecar, indent=2, default=_json_default) + "\n")
-    return ExportResult(path=os.fspath(path), sidecar_path=sidecar_path, sidecar=sidecar, report=None, parity=parity)
+    return _write_sidecar(
+        path, model_with_exit, fmt, quantization, batch_size, class_names, preprocessing, parity, "early_exit", info
+    )
 
 
 # -- Gumbel exit gates (tfgated.exits) -----------------------------------------------------------
@@ -384,58 +409,23 @@ def export_exit_gates(
     """
     from tfgated.exits import exit_shares
 
-    fmt = format or parity_lib.file_format(path)
-    if fmt not in FORMATS:
-        raise ValueError(f"Expected format to be one of {list(FORMATS)}. Received: format={fmt!r}")
-    if quantization not in ("float32", "float16"):
-        raise ValueError(f"Expected quantization to be 'float32' or 'float16' for an exit-gate export. Received: {quantization!r}")
-    if fmt == "onnx" and quantization != "float32":
-        raise ValueError(f"ONNX export supports float32 only. Received: quantization={quantization!r}")
+    fmt = _check_request(path, format, quantization, "an exit-gate export")
     concrete, function, spec, form = exit_gates_function(model, batch_size, form, fmt)
-    data = convert_tflite(concrete, model, quantization, None, batch_size) if fmt == "tflite" else convert_onnx(function, spec, opset)
+    if fmt == "tflite":
+        data = convert_tflite(concrete, model, quantization, None, batch_size)
+    else:
+        data = convert_onnx(function, spec, opset)
     x = np.asarray(parity_data if parity_data is not None else _default_parity_inputs(model), "float32")
     reference = np.asarray(model.predict(x, batch_size=256, verbose=0), "float32")
     shares = exit_shares(model, x)
-    tmp = _temp_path(path)
-    tmp_ext = tmp + os.path.splitext(os.fspath(path))[1]
-    try:
-        with open(tmp_ext, "wb") as f:
-            f.write(data)
-        os.remove(tmp)
-        parity = None
-        if check or allow_mismatch:
-            parity = parity_lib.compare(reference, _runtime_outputs(tmp_ext, x, threads), quantization)
-            parity["runtime"] = "litert" if fmt == "tflite" else "onnxruntime"
-            if not parity["passed"] and check and not allow_mismatch:
-                raise parity_lib.ParityError(
-                    f"Parity check failed for the exit-gate export {os.fspath(path)!r} ({quantization}): "
-                    f"max_abs_diff={parity['max_abs_diff']}, top1_agreement={parity.get('top1_agreement')}; "
-                    f"expected {parity['threshold']}. Pass allow_mismatch=True (--no-check) to write it anyway."
-                )
-        os.replace(tmp_ext, path)
-    except BaseException:
-        for leftover in (tmp, tmp_ext):
-            if os.path.exists(leftover):
-                os.remove(leftover)
-        raise
-    sidecar = {
-        "file": os.path.basename(path),
-        "format": fmt,
-        "quantization": quantization,
-        "model": model.name,
-        "input_shape": [batch_size] + [int(d) for d in model.inputs[0].shape[1:]],
-        "input_dtype": "float32",
-        "preprocessing": preprocessing,
-        "class_names": list(class_names) if class_names is not None else None,
-        "exit_gates": {
-            "form": form,
-            "exits": int(len(shares) - 1),
-            "rule": "leave at the first exit whose gate probability is above its threshold",
-            "parity_exit_shares": [float(v) for v in shares],
-        },
-        "folded": False,
-        "parity": parity,
+    parity = _write_checked(
+        path, data, fmt, quantization, x, lambda outputs: (reference, {}), check, allow_mismatch, threads,
+        "exit-gate export",
+    )
+    info = {
+        "form": form,
+        "exits": int(len(shares) - 1),
+        "rule": "leave at the first exit whose gate probability is above its threshold",
+        "parity_exit_shares": [float(v) for v in shares],
     }
-    sidecar_path = os.fspath(path) + ".json"
-    write_atomic(sidecar_path, json.dumps(sidecar, indent=2, default=_json_default) + "\n")
-    return ExportResult(path=os.fspath(path), sidecar_path=sidecar_path, sidecar=sidecar, report=None, parity=parity)
+    return _write_sidecar(path, model, fmt, quantization, batch_size, class_names, preprocessing, parity, "exit_gates", info)
