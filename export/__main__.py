@@ -197,6 +197,30 @@ def main_export(argv):
     return 0
 
 
+def _print_parity(p):
+    print(
+        f"parity ({p['runtime']}, {p['quantization']}): max_abs_diff={p['max_abs_diff']:.3g}"
+        + (f", top1_agreement={p['top1_agreement']:.4f}" if "top1_agreement" in p else "")
+        + (" PASSED" if p["passed"] else " FAILED (written because of --no-check)")
+    )
+
+
+def _exit_export_kwargs(args, fmt, quantization, shape):
+    """Keyword arguments shared by both exit exports; parity on real images when the input allows."""
+    if quantization == "int8":
+        raise ValueError("Exports with exits support float32 and --fp16. Received: --int8")
+    return {
+        "format": fmt,
+        "quantization": quantization,
+        "batch_size": args.batch_size,
+        "form": args.exit_form,
+        "parity_data": fashion_mnist_inputs(shape) if shape[-1] in (1, 3) else None,
+        "allow_mismatch": args.no_check,
+        "threads": args.threads,
+        "class_names": args.class_names.split(",") if args.class_names else None,
+    }
+
+
 def _main_export_early_exit(args, model, fmt, quantization, shape):
     from tfgated.export.early_exit import export_early_exit
 
@@ -206,31 +230,18 @@ def _main_export_early_exit(args, model, fmt, quantization, shape):
         )
     if args.exit_threshold is None:
         raise ValueError("This model has two outputs [main, exit]: pass --exit-threshold T to export it with its early exit.")
-    if quantization == "int8":
-        raise ValueError("Early-exit export supports float32 and --fp16. Received: --int8")
     result = export_early_exit(
         model,
         args.output,
         args.exit_threshold,
-        format=fmt,
-        quantization=quantization,
-        batch_size=args.batch_size,
-        form=args.exit_form,
-        parity_data=fashion_mnist_inputs(shape) if shape[-1] in (1, 3) else None,
-        allow_mismatch=args.no_check,
-        threads=args.threads,
-        class_names=args.class_names.split(",") if args.class_names else None,
+        **_exit_export_kwargs(args, fmt, quantization, shape),
     )
     info, p = result.sidecar["early_exit"], result.parity
     print(
         f"early exit ({info['form']}): threshold {info['threshold']:.4g}; MACs {info['macs_exit_path']:,} on the exit "
         f"path, {info['macs_full_path']:,} on the full path; {info['parity_exit_ratio']:.1%} of the parity inputs exit"
     )
-    print(
-        f"parity ({p['runtime']}, {p['quantization']}): max_abs_diff={p['max_abs_diff']:.3g}"
-        + (f", top1_agreement={p['top1_agreement']:.4f}" if "top1_agreement" in p else "")
-        + (" PASSED" if p["passed"] else " FAILED (written because of --no-check)")
-    )
+    _print_parity(p)
     print(f"wrote {result.path} and {result.sidecar_path}")
     return 0
 
@@ -239,29 +250,17 @@ def _main_export_exit_gates(args, model, fmt, quantization, shape):
     import tfgated
     from tfgated.export.early_exit import export_exit_gates
 
-    if quantization == "int8":
-        raise ValueError("Exit-gate export supports float32 and --fp16. Received: --int8")
     if args.mode is not None:
         tfgated.set_inference_style(model, args.mode)
     result = export_exit_gates(
         model,
         args.output,
-        format=fmt,
-        quantization=quantization,
-        batch_size=args.batch_size,
-        form=args.exit_form,
-        parity_data=fashion_mnist_inputs(shape) if shape[-1] in (1, 3) else None,
-        allow_mismatch=args.no_check,
-        threads=args.threads,
-        class_names=args.class_names.split(",") if args.class_names else None,
+        **_exit_export_kwargs(args, fmt, quantization, shape),
     )
     info, p = result.sidecar["exit_gates"], result.parity
     shares = ", ".join(f"{v:.1%}" for v in info["parity_exit_shares"])
     print(f"exit gates ({info['form']}): {info['exits']} exits; shares of the parity inputs (exits..., final): {shares}")
-    print(
-        f"parity ({p['runtime']}, {p['quantization']}): max_abs_diff={p['max_abs_diff']:.3g}"
-        + (" PASSED" if p["passed"] else " FAILED (written because of --no-check)")
-    )
+    _print_parity(p)
     print(f"wrote {result.path} and {result.sidecar_path}")
     return 0
 

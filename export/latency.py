@@ -17,18 +17,15 @@ import numpy as np
 from tfgated.export.parity import file_format
 
 
-def _tflite_runner(path, threads):
+def _interpreter(path, threads):
     from ai_edge_litert.interpreter import Interpreter
 
     interpreter = Interpreter(model_path=os.fspath(path), num_threads=threads)
     interpreter.allocate_tensors()
-    inp = interpreter.get_input_details()[0]
-    x = np.random.default_rng(0).random(inp["shape"]).astype(inp["dtype"])
-    interpreter.set_tensor(inp["index"], x)
-    return interpreter.invoke, tuple(int(d) for d in inp["shape"])
+    return interpreter
 
 
-def _onnx_runner(path, threads):
+def _onnx_session(path, threads):
     import onnxruntime as ort
 
     options = ort.SessionOptions()
@@ -36,7 +33,19 @@ def _onnx_runner(path, threads):
     options.inter_op_num_threads = 1
     session = ort.InferenceSession(os.fspath(path), options, providers=["CPUExecutionProvider"])
     inp = session.get_inputs()[0]
-    shape = tuple(d if isinstance(d, int) else 1 for d in inp.shape)
+    return session, inp, tuple(d if isinstance(d, int) else 1 for d in inp.shape)
+
+
+def _tflite_runner(path, threads):
+    interpreter = _interpreter(path, threads)
+    inp = interpreter.get_input_details()[0]
+    x = np.random.default_rng(0).random(inp["shape"]).astype(inp["dtype"])
+    interpreter.set_tensor(inp["index"], x)
+    return interpreter.invoke, tuple(int(d) for d in inp["shape"])
+
+
+def _onnx_runner(path, threads):
+    session, inp, shape = _onnx_session(path, threads)
     feed = {inp.name: np.random.default_rng(0).random(shape).astype("float32")}
     return (lambda: session.run(None, feed)), shape
 
@@ -79,10 +88,7 @@ def measure(path, threads=1, runs=100, warmup=10):
 
 
 def _tflite_feeder(path, threads):
-    from ai_edge_litert.interpreter import Interpreter
-
-    interpreter = Interpreter(model_path=os.fspath(path), num_threads=threads)
-    interpreter.allocate_tensors()
+    interpreter = _interpreter(path, threads)
     inp = interpreter.get_input_details()[0]
     out = interpreter.get_output_details()[0]
 
@@ -95,14 +101,7 @@ def _tflite_feeder(path, threads):
 
 
 def _onnx_feeder(path, threads):
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = int(threads)
-    options.inter_op_num_threads = 1
-    session = ort.InferenceSession(os.fspath(path), options, providers=["CPUExecutionProvider"])
-    inp = session.get_inputs()[0]
-    shape = tuple(d if isinstance(d, int) else 1 for d in inp.shape)
+    session, inp, shape = _onnx_session(path, threads)
     return (lambda x: session.run(None, {inp.name: x})[0]), shape
 
 
