@@ -187,12 +187,7 @@ def main_export(argv):
     if result.report is not None:
         print(result.report)
     if result.parity:
-        p = result.parity
-        print(
-            f"parity ({p['runtime']}, {p['quantization']}): max_abs_diff={p['max_abs_diff']:.3g}"
-            + (f", top1_agreement={p['top1_agreement']:.4f}" if "top1_agreement" in p else "")
-            + (" PASSED" if p["passed"] else " FAILED (written because of --no-check)")
-        )
+        _print_parity(result.parity)
     print(f"wrote {result.path} and {result.sidecar_path}")
     return 0
 

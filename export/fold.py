@@ -233,7 +233,8 @@ def _kind(layer, node):
         if type(layer) is not GumbelGate:
             raise FoldError(
                 f"Cannot fold gate {layer.name!r} of type {type(layer).__name__}: only GumbelGate "
-                "channel and residual gates are folded (export early-exit models with fold=False)."
+                "channel and residual gates are folded (export exit-gate models with "
+                "tfgated.export.export_exit_gates, which runs each exit as a conditional)."
             )
         return "gate"
     if isinstance(layer, ChannelMask):
