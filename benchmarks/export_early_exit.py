@@ -134,11 +134,17 @@ def plot(result, path):
     ax.set_xticks(range(len(values)), labels, fontsize=7)
     ax.set_ylabel("mean batch-1 latency / no exit")
     ax.set_title(f"Early exit after block {result['after']}: {result['exit_ratio']:.1%} of {result['examples']} test images exit", fontsize=9)
-    ax.legend(fontsize=7, loc="upper right")
-    ax.set_ylim(0, max(1.25, max(values) + 0.15))
+    ax.legend(fontsize=7, loc="upper center", ncol=2)
+    ax.set_ylim(0, max(1.25, max(values) + 0.15) + 0.25)
     fig.tight_layout()
     save_figure(fig, path)
     plt.close(fig)
+
+
+def replot(json_path):
+    """Redraw the PNG of a finished run from its JSON."""
+    with open(json_path) as f:
+        plot(json.load(f), os.path.splitext(json_path)[0] + ".png")
 
 
 def main(argv=None):
