@@ -342,6 +342,10 @@ def export(
         class_names, preprocessing: recorded in the sidecar.
         opset: ONNX opset (tf2onnx's default if ``None``).
 
+    A model with pruning masks attached (:mod:`tfgated.pruning`) gets its masks applied first, so
+    the file holds exact zeros where the masks do (as after ``strip_pruning``; the masks stay
+    attached).
+
     Returns:
         :class:`ExportResult`.
 
@@ -358,6 +362,11 @@ def export(
         raise ValueError(f"Expected quantization to be one of {list(QUANTIZATIONS)}. Received: {quantization!r}")
     if fmt == "onnx" and quantization != "float32":
         raise ValueError(f"ONNX export supports float32 only. Received: quantization={quantization!r}")
+    from tfgated.pruning import get_pruning_state
+
+    pruning = get_pruning_state(model)
+    if pruning is not None:  # a model still under pruning: the file holds its masked (exact-zero) weights
+        pruning.apply_masks()
     gates = tfgated.gate_layers(model)
     saved = [(g, g.inference_style, g.threshold) for g in gates]
     try:
@@ -417,6 +426,7 @@ def export(
         "class_names": list(class_names) if class_names is not None else None,
         "inference_style": inference_style,
         "folded": bool(fold),
+        "pruning_masks_applied": pruning is not None,
         "gates": {
             "dependent_form": ("conditional" if used_conditional else "masked") if report and report.dependent_masked else None,
             "conditional": [c["add"] for c in used_conditional],
@@ -426,7 +436,7 @@ def export(
         "fold_report": report.summary() if report else None,
         "parity": parity,
     }
-    sidecar_path = path + ".json"
+    sidecar_path = os.fspath(path) + ".json"
     write_atomic(sidecar_path, json.dumps(sidecar, indent=2, default=_json_default) + "\n")
     return ExportResult(path=os.fspath(path), sidecar_path=sidecar_path, sidecar=sidecar, report=report, parity=parity)
 

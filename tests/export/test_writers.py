@@ -137,3 +137,25 @@ def test_cli_export_keras_file_and_bench(tmp_path):
 def test_cli_missing_model_is_clear(tmp_path):
     out = _cli("--tflite", str(tmp_path / "nope.keras"), "-o", str(tmp_path / "x.tflite"))
     assert out.returncode == 2 and "No such model file" in out.stderr
+
+
+def test_pruning_masks_are_applied_before_export(tmp_path):
+    from tfgated import pruning
+    from tfgated.export import run_file
+
+    keras.utils.set_random_seed(3)
+    model = keras.Sequential(
+        [keras.Input((8, 8, 2)), keras.layers.Conv2D(6, 3, name="conv"), keras.layers.Flatten(), keras.layers.Dense(4, name="fc")]
+    )
+    model = keras.Model(model.inputs, model.outputs)
+    pruning.prune_once(model, 0.5, ranking="layerwise")
+    masks = [np.asarray(k.mask) for k in pruning.get_pruning_state(model).kernels]
+    for k in pruning.get_pruning_state(model).kernels:  # an optimizer step moved the pruned weights
+        k.variable.assign(keras.ops.convert_to_numpy(k.variable) + 0.5)
+    x = np.random.default_rng(0).random((16, 8, 8, 2)).astype("float32")
+    result = export(model, tmp_path / "p.tflite", parity_data=x)
+    assert result.sidecar["pruning_masks_applied"] and result.parity["passed"]
+    for k, mask in zip(pruning.get_pruning_state(model).kernels, masks):
+        assert np.all(keras.ops.convert_to_numpy(k.variable)[mask == 0] == 0)
+    np.testing.assert_allclose(run_file(result.path, x), model.predict(x, verbose=0), atol=1e-4)
+    assert pruning.get_pruning_state(model) is not None  # still attached
