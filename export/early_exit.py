@@ -55,6 +55,7 @@ from tfgated.export.writers import (
     check_exportable,
     convert_onnx,
     convert_tflite,
+    fold_lib,
     input_spec,
 )
 from tfgated.io import write_atomic
@@ -133,13 +134,12 @@ def early_exit_function(model_with_exit, threshold, batch_size=1, form=None, fmt
     return concrete, serve, spec, split, form
 
 
-def _reference(model_with_exit, x, threshold, outputs, quantization):
+def _reference(main_probs, exit_probs, threshold, outputs, quantization):
     """The Keras answer for each example, and how many sit at the threshold.
 
     An example whose exit confidence is within rounding of the threshold may take either path
     in another runtime; for those the path closer to the file's output is the reference.
     """
-    main_probs, exit_probs = (np.asarray(p, "float32") for p in model_with_exit.predict(x, batch_size=256, verbose=0))
     confidence = exit_probs.max(axis=1).astype("float64")
     expected = np.where((confidence > threshold)[:, None], exit_probs, main_probs)
     tolerance = BOUNDARY_TOLERANCE[quantization]
@@ -267,10 +267,12 @@ def export_early_exit(
     else:
         data = convert_onnx(function, spec, opset)
     x = np.asarray(parity_data if parity_data is not None else _default_parity_inputs(model_with_exit), "float32")
-    reference = split.predict(x, batch_size=256)
+    # One Keras pass gives both the parity reference and the exit ratio on the parity data.
+    main_probs, exit_probs = (np.asarray(p, "float32") for p in model_with_exit.predict(x, batch_size=256, verbose=0))
+    exit_ratio = float(np.mean(exit_probs.max(axis=1).astype("float64") > split.threshold))
 
     def expected_for(outputs):
-        expected, ambiguous = _reference(model_with_exit, x, split.threshold, outputs, quantization)
+        expected, ambiguous = _reference(main_probs, exit_probs, split.threshold, outputs, quantization)
         return expected, {"examples_at_threshold": ambiguous}
 
     parity = _write_checked(
@@ -284,8 +286,8 @@ def export_early_exit(
         "macs_exit_path": int(macs["part_a"] + macs["head"]),
         "macs_full_path": int(macs["part_a"] + macs["head"] + macs["part_b"]),
         "macs_main_without_exit": int(macs["main"]),
-        "parity_exit_ratio": float(reference.exit_ratio),
-        "parity_mean_macs": float(reference.mean_macs),
+        "parity_exit_ratio": exit_ratio,
+        "parity_mean_macs": float(macs["part_a"] + macs["head"] + (1.0 - exit_ratio) * macs["part_b"]),
     }
     return _write_sidecar(
         path, model_with_exit, fmt, quantization, batch_size, class_names, preprocessing, parity, "early_exit", info
@@ -308,9 +310,7 @@ def _combine_node(model):
 
 
 def _nodes(model):
-    import importlib
-
-    return importlib.import_module("tfgated.export.fold")._nodes_in_order(model)
+    return fold_lib._nodes_in_order(model)
 
 
 def _run_until(nodes, targets, values):
