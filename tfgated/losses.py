@@ -150,6 +150,10 @@ class GateActivationLoss(keras.layers.Layer):
     def compute_output_shape(self, input_shape):
         return input_shape[0]
 
+    def compute_output_spec(self, inputs):
+        # the model output passes through unchanged, dtype included
+        return keras.KerasTensor(inputs[0].shape, dtype=inputs[0].dtype)
+
     def get_config(self):
         return {
             **super().get_config(),

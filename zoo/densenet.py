@@ -56,7 +56,7 @@ def classifier(x, num_classes, name):
     x = keras.layers.BatchNormalization(epsilon=1.001e-5, name=f"{name}_bn")(x)
     x = keras.layers.Activation("relu", name=f"{name}_relu")(x)
     x = keras.layers.GlobalAveragePooling2D(name=f"{name}_pool")(x)
-    return keras.layers.Dense(num_classes, activation="softmax", name=name)(x)
+    return keras.layers.Dense(num_classes, activation="softmax", dtype="float32", name=name)(x)
 
 
 def _exit_settings(gates):

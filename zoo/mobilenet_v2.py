@@ -257,7 +257,7 @@ def build(
     x = keras.layers.GlobalAveragePooling2D(name="avg_pool")(x)
     if dropout:
         x = keras.layers.Dropout(dropout, name="dropout")(x)
-    outputs = keras.layers.Dense(num_classes, activation="softmax", name="predictions")(x)
+    outputs = keras.layers.Dense(num_classes, activation="softmax", dtype="float32", name="predictions")(x)
     if settings is None:
         return tfgated.gated_model(inputs, outputs, [], name=name or "mobilenet_v2")
     return tfgated.gated_model(

@@ -150,7 +150,7 @@ def _check_num_classes(num_classes):
 
 def _finish(inputs, x, num_classes, spec, gate_tensors, name):
     x = layers.GlobalAveragePooling2D(name="avg_pool")(x)
-    outputs = layers.Dense(num_classes, activation="softmax", name="predictions")(x)
+    outputs = layers.Dense(num_classes, activation="softmax", dtype="float32", name="predictions")(x)
     if spec is None:
         return keras.Model(inputs, outputs, name=name)
     return tfgated.gated_model(

@@ -212,7 +212,7 @@ def exit_head(x, num_classes, filters, activation="swish", name="exit_head"):
     x = _bn(f"{name}_conv_bn")(x)
     x = keras.layers.Activation(activation, name=f"{name}_conv_activation")(x)
     x = keras.layers.GlobalAveragePooling2D(name=f"{name}_pool")(x)
-    return keras.layers.Dense(num_classes, activation="softmax", name=f"{name}_predictions")(x)
+    return keras.layers.Dense(num_classes, activation="softmax", dtype="float32", name=f"{name}_predictions")(x)
 
 
 def _block_granularities(granularity, blocks):
@@ -349,7 +349,7 @@ def build_sipa(
     x = keras.layers.GlobalAveragePooling2D(name="avg_pool")(x)
     if dropout > 0:
         x = keras.layers.Dropout(dropout, name="top_dropout")(x)
-    outputs = keras.layers.Dense(num_classes, activation="softmax", name="predictions")(x)
+    outputs = keras.layers.Dense(num_classes, activation="softmax", dtype="float32", name="predictions")(x)
 
     name = name or "sipa"
     if exit_output is None:

@@ -44,3 +44,20 @@ def test_gated_model_trains_and_evaluates_under_mixed_float16(mixed_float16, fas
     probs = tfgated.predict(model, x[:8], style="threshold")
     assert probs.dtype == np.float32
     np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-3)
+
+
+def test_zoo_presets_train_under_mixed_float16_with_float32_probabilities(mixed_float16, fashion_mnist_small):
+    """A zoo model compiled by its recipe (accuracy and top-5 metrics) trains under the policy:
+    the classifier keeps float32, as Keras' mixed-precision guide advises."""
+    from tfgated import zoo
+
+    x, y = fashion_mnist_small
+    model = zoo.load("gumbel_resnet_fashion_mnist")
+    assert model.get_layer("predictions").compute_dtype == "float32"
+    assert model.outputs[0].dtype == "float32"
+    assert any(layer.compute_dtype == "float16" for layer in model.layers if layer.weights)
+    history = model.fit(x[:256], y[:256], batch_size=64, epochs=1, verbose=0)
+    assert np.isfinite(history.history["loss"][-1]) and "top5" in history.history
+    probs = model.predict(x[:8], verbose=0)
+    assert probs.dtype == np.float32
+    np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-3)
