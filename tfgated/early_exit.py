@@ -420,7 +420,7 @@ def sipa_exit_head(features, num_classes, channels=DEFAULT_EXIT_CHANNELS, activa
     x = keras.layers.BatchNormalization(**bn, name=f"{name}_conv_bn")(x)
     x = keras.layers.Activation(activation, name=f"{name}_conv_activation")(x)
     x = keras.layers.GlobalAveragePooling2D(name=f"{name}_pool")(x)
-    return keras.layers.Dense(num_classes, activation="softmax", name=f"{name}_predictions")(x)
+    return keras.layers.Dense(num_classes, activation="softmax", dtype="float32", name=f"{name}_predictions")(x)
 
 
 def attach_exit(model, after, head=None, name="exit", channels=DEFAULT_EXIT_CHANNELS):
@@ -1021,7 +1021,8 @@ def exit_position_study(
         head), ``main_macs``, ``exit_path_share`` (exit path / (main + head), SIPA's "Exiting Path
         FLOPs" ratio), ``added_params``, ``exit_accuracy`` (every sample exits), ``thresholds``
         (list of ``threshold, exit_ratio, accuracy, mean_macs, mac_saving``) and optionally
-        ``calibrated``.
+        ``calibrated`` (the calibration on validation, with its MAC saving there, and the
+        calibrated threshold's results on test).
     """
     _check_functional(model)
     positions = list(positions)
@@ -1064,8 +1065,9 @@ def exit_position_study(
         if max_accuracy_drop is not None and validation is not None:
             val_exit = np.asarray(exit_model.predict(validation, verbose=0))
             calibration = calibrate_threshold(val_exit, val_main, val_labels, max_accuracy_drop=max_accuracy_drop)
+            on_validation = _threshold_entry(val_exit, val_main, val_labels, calibration.threshold, structure)
             row["calibrated"] = {
-                "validation": calibration.to_dict(),
+                "validation": {**calibration.to_dict(), "mac_saving": on_validation["mac_saving"]},
                 "test": _threshold_entry(exit_probs, main_probs, labels, calibration.threshold, structure),
             }
         rows.append(row)

@@ -280,5 +280,10 @@ def test_exit_position_study_rows_and_table(small_data):
     assert first["main_macs"] == complexity.count(model).macs == study.main_macs
     assert [e["threshold"] for e in first["thresholds"]] == [0.3, 0.5]
     assert first["calibrated"]["validation"]["accuracy_drop"] <= 0.05 + 1e-12
+    for row in study.rows:  # the validation saving follows the validation exit ratio
+        macs = ee.exit_structure(study.models[row["position"]]).macs
+        ratio = row["calibrated"]["validation"]["exit_ratio"]
+        expected = 1.0 - (macs["part_a"] + macs["head"] + (1.0 - ratio) * macs["part_b"]) / macs["main"]
+        assert row["calibrated"]["validation"]["mac_saving"] == pytest.approx(expected)
     assert study.table.count("\n| ") == 3 and "block2_add" in study.table
     assert set(study.models) == {0, 2}
