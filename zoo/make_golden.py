@@ -127,6 +127,13 @@ def render_card(name, entry):
             lines.append(f"| mean gate activation | {m['gate_activation']:.3f} |")
         if m.get("macs") is not None:
             lines.append(f"| measured MACs per image | {m['macs'] / 1e6:.2f}M of {m['dense_macs'] / 1e6:.2f}M |")
+        if m.get("micronet_score_16bit") is not None:
+            lines += [
+                f"| sparsity of prunable weights | {m['sparsity']:.1%} |",
+                f"| top-1 with float16 weights | {m['top1_float16_weights']:.4f} |",
+                f"| MicroNet score, 16-bit | {m['micronet_score_16bit']:.6f} "
+                f"({m['micronet_storage_16bit'] / 1e3:,.1f}K storage, {m['micronet_ops_16bit'] / 1e6:.2f}M ops) |",
+            ]
         lines.append("")
         if shipped.get("note"):
             lines += [shipped["note"], ""]

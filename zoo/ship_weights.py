@@ -33,9 +33,40 @@ def evaluate_preset(name, path=None, limit=None):
     model = zoo.load(name, weights=path or "default", compile=False)
     test = load_dataset(preset["dataset"], batch_size=256, shuffle_buffer=0, limit=limit).test
     gated = bool(preset["gates"])
-    result = evaluate_model(model, test, mode="threshold" if gated else None, runs=1)
+    mode = "threshold" if gated else None
+    result = evaluate_model(model, test, mode=mode, runs=1)
     keys = ("top1", "top5", "gate_activation", "macs", "dense_macs", "examples")
-    return {k: result[k] for k in keys if k in result}
+    measured = {k: result[k] for k in keys if k in result}
+    if preset.get("recipe", {}).get("precision_bits") == 16:
+        measured.update(sixteen_bit_numbers(model, test, mode))
+    return measured
+
+
+def sixteen_bit_numbers(model, test, mode=None):
+    """For presets made for 16-bit deployment (recipe ``precision_bits: 16``, SIPA's workflow):
+    the sparsity of the prunable weights, the 16-bit MicroNet score, and the test accuracy
+    with every weight rounded to float16 (activations stay float32, as in a float16 TFLite
+    file run on a CPU). ``model`` is left with its float32 weights."""
+    import numpy as np
+
+    from tfgated.micronet import micronet_score
+    from tfgated.pruning import sparsity_report
+    from tfgated.train import evaluate_model
+
+    report = micronet_score(model, bits=16)
+    numbers = {
+        "sparsity": round(float(sparsity_report(model)["total"]["sparsity"]), 6),
+        "micronet_score_16bit": round(float(report.score), 8),
+        "micronet_storage_16bit": float(report.storage),
+        "micronet_ops_16bit": float(report.ops),
+    }
+    weights = model.get_weights()
+    try:
+        model.set_weights([np.asarray(w).astype(np.float16).astype(w.dtype) for w in weights])
+        numbers["top1_float16_weights"] = evaluate_model(model, test, mode=mode, runs=1)["top1"]
+    finally:
+        model.set_weights(weights)
+    return numbers
 
 
 def ship(name, model_path, trained_by, note=None):

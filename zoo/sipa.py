@@ -434,6 +434,7 @@ _FASHION_RECIPE = {
     "batch_size": 128,
     "schedule": "cosine",
     "label_smoothing": 0.1,
+    "precision_bits": 16,
 }
 _FASHION_ARCH = {"resolution": 1.4, "resource": 1, "width": 0.9, "depth": 1.0}
 

@@ -32,6 +32,12 @@ def test_shipped_weights_reach_the_accuracy_in_the_card(name):
     assert measured["top1"] == pytest.approx(expected["top1"], abs=5e-4)
     if expected.get("gate_activation") is not None:
         assert measured["gate_activation"] == pytest.approx(expected["gate_activation"], abs=5e-3)
+    if expected.get("micronet_score_16bit") is not None:  # a 16-bit (SIPA-workflow) preset
+        assert measured["sparsity"] == pytest.approx(expected["sparsity"], abs=1e-6)
+        assert measured["micronet_score_16bit"] == pytest.approx(expected["micronet_score_16bit"], rel=1e-6)
+        assert measured["top1_float16_weights"] == pytest.approx(expected["top1_float16_weights"], abs=5e-4)
+        # rounding the weights to float16 costs almost nothing
+        assert measured["top1_float16_weights"] == pytest.approx(measured["top1"], abs=2e-3)
     card = open(os.path.join(registry.CARDS_DIR, f"{name}.md"), encoding="utf-8").read()
     assert f"| top-1 | {expected['top1']:.4f} |" in card
     assert "| weights | available |" in card
