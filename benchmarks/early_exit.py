@@ -56,6 +56,9 @@ def parse_args(argv=None):
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--limit", type=int, default=None, help="use only the first N images of each split")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--split-seed", type=int, default=None,
+                   help="seed of the validation carve-out; default: the training run's (config.json "
+                        "beside --model), else --seed, so calibration never sees training images")
     p.add_argument("--checkpoint-dir", default=None, help="default runs/early_exit[_quick]")
     p.add_argument("--output", default=None,
                    help="JSON path; risk_coverage.png goes next to it (default benchmarks/results/early_exit.json)")
@@ -185,12 +188,15 @@ def main(argv=None):
     keras.utils.set_random_seed(args.seed)
     os.makedirs(args.checkpoint_dir, exist_ok=True)
     started = time.time()
+    from tfgated.train import held_out_split
+
+    args.split_seed, validation_split = held_out_split(args.model, args.split_seed, default_seed=args.seed)
 
     def splits_fn(model):
         shape = model.input_shape[1:3] if model is not None else None
         size = None if shape is None or tuple(shape) == (28, 28) else tuple(int(d) for d in shape)
-        return load_dataset("fashion_mnist", batch_size=args.batch_size, limit=args.limit, seed=args.seed,
-                            validation_split=0.1, image_size=size)
+        return load_dataset("fashion_mnist", batch_size=args.batch_size, limit=args.limit, seed=args.split_seed,
+                            validation_split=validation_split, image_size=size)
 
     model, splits = base_model(args, keras, splits_fn)
     if tuple(model.input_shape[1:3]) != (28, 28):

@@ -56,8 +56,9 @@ def parse_args(argv=None):
                    help="training images per fine-tuning epoch, drawn afresh from the shuffled "
                         "training split each epoch (default: all of them)")
     p.add_argument("--fine-tune-lr", type=float, default=None,
-                   help="recompile each copy with SGD (momentum 0.9) at this constant learning "
-                        "rate before pruning; default: keep the model's own optimizer (a model "
+                   help="recompile each copy with SGD (momentum 0.9) starting each round at this "
+                        "learning rate, cosine-decayed to 0 within the round; default: keep the "
+                        "model's own optimizer (a model "
                         "trained with a decayed schedule ends near learning rate 0, so pass this "
                         "for a trained --model-file)")
     p.add_argument("--no-test", action="store_true",
@@ -70,6 +71,9 @@ def parse_args(argv=None):
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--limit", type=int, default=None, help="use only the first N images")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--split-seed", type=int, default=None,
+                   help="seed of the validation carve-out; default: the training run's (config.json "
+                        "beside --model-file), else --seed, so validation never holds training images")
     p.add_argument("--checkpoint-dir", default=None,
                    help="round checkpoints (default runs/sipa_prune[_quick])")
     p.add_argument("--output", default=None,
@@ -123,6 +127,31 @@ def build_model(args, keras):
         model.compile(optimizer="adam", loss="sparse_categorical_crossentropy",
                       metrics=["accuracy"])
     return model
+
+
+def _steps(dataset):
+    import tensorflow as tf
+
+    steps = int(tf.data.experimental.cardinality(dataset))
+    if steps < 1:
+        raise ValueError("sipa_prune: the fine-tuning dataset has no known length.")
+    return steps
+
+
+def round_cosine(keras, learning_rate, steps):
+    """A callback: every ``fit`` (one pruning round) decays the learning rate from
+    ``learning_rate`` to 0 over ``steps`` batches (cosine), so each round ends settled."""
+
+    class RoundCosine(keras.callbacks.Callback):
+        def on_train_begin(self, logs=None):
+            self.step = 0
+
+        def on_train_batch_begin(self, batch, logs=None):
+            fraction = min(self.step / steps, 1.0)
+            self.model.optimizer.learning_rate.assign(0.5 * learning_rate * (1.0 + math.cos(math.pi * fraction)))
+            self.step += 1
+
+    return RoundCosine()
 
 
 def round_path(args, ranking, r, base_path):
@@ -227,8 +256,12 @@ def main(argv=None):
 
     model = build_model(args, keras)  # also imports the zoo, registering its custom objects
     height, width = (int(d) for d in model.input_shape[1:3])
+    from tfgated.train import held_out_split
+
+    args.split_seed, validation_split = held_out_split(args.model_file, args.split_seed, default_seed=args.seed)
     splits = load_dataset(
-        "fashion_mnist", batch_size=args.batch_size, limit=args.limit, seed=args.seed,
+        "fashion_mnist", batch_size=args.batch_size, limit=args.limit, seed=args.split_seed,
+        validation_split=validation_split,
         image_size=None if (height, width) == (28, 28) else (height, width),
     )
     if model.input_shape[-1] != 1:
@@ -261,11 +294,15 @@ def main(argv=None):
         if args.fine_tune_lr:
             copy.compile(optimizer=keras.optimizers.SGD(args.fine_tune_lr, momentum=0.9),
                          loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+        callbacks = []
+        if args.fine_tune_lr:
+            steps = args.fine_tune_epochs * _steps(fine_tune_data)
+            callbacks.append(round_cosine(keras, args.fine_tune_lr, steps))
         tables[ranking] = pruning.iterative_pruning(
             copy, fine_tune_data, splits.validation, schedule=schedule,
             fine_tune_epochs=args.fine_tune_epochs, ranking=ranking,
             checkpoint_dir=os.path.join(args.checkpoint_dir, ranking),
-            fit_kwargs={"verbose": 2},
+            fit_kwargs={"verbose": 2, "callbacks": callbacks},
         )
         pruning.strip_pruning(copy)
 

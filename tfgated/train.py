@@ -109,6 +109,47 @@ def _is_model_path(text):
     return text.endswith(".keras") or os.path.isdir(text) or os.path.exists(text)
 
 
+def training_split(model_path):
+    """The data split a model was trained on, or None when nobody recorded it.
+
+    A model saved by :func:`train` sits in a run folder whose ``config.json`` records the
+    seed and ``validation_split`` of its validation carve-out. A benchmark that evaluates or
+    calibrates on "validation" must use the same split, or its validation images include
+    the model's own training images.
+
+    Returns:
+        ``{"seed": int, "validation_split": float, "limit": int | None}`` or None.
+    """
+    folder = model_path if os.path.isdir(model_path) else os.path.dirname(os.path.abspath(model_path))
+    path = os.path.join(folder, "config.json")
+    if not os.path.isfile(path):
+        return None
+    with open(path, encoding="utf-8") as f:
+        config = json.load(f)
+    if "seed" not in config or "validation_split" not in config:
+        return None
+    limit = config.get("limit")
+    return {"seed": int(config["seed"]), "validation_split": float(config["validation_split"]),
+            "limit": None if limit is None else int(limit)}
+
+
+def held_out_split(model_path, split_seed=None, default_seed=0, default_fraction=0.1):
+    """``(seed, validation_split)`` for evaluating or calibrating ``model_path`` on "validation".
+
+    The explicit ``split_seed`` wins; else the split its training run recorded
+    (:func:`training_split`), so the validation images really are held out; else
+    ``default_seed``. Prints which one it uses when it comes from the run.
+    """
+    if split_seed is not None:
+        return int(split_seed), float(default_fraction)
+    recorded = training_split(model_path) if model_path else None
+    if recorded is not None:
+        print(f"Validation split of the model's training run: seed {recorded['seed']}, "
+              f"fraction {recorded['validation_split']}", flush=True)
+        return recorded["seed"], recorded["validation_split"]
+    return int(default_seed), float(default_fraction)
+
+
 def _load_model_file(path):
     """A ``.keras`` file, or a run folder holding ``model.keras``."""
     import keras

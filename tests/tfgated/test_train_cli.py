@@ -48,6 +48,13 @@ def test_train_writes_run_folder_and_does_not_retrain(tmp_path, model_file, caps
     assert metrics["recipe"]["label_smoothing"] == 0.1 and metrics["recipe"]["epochs"] == 2
     with open(os.path.join(run, "history.csv")) as f:
         assert [r["epoch"] for r in csv.DictReader(f)] == ["0", "1"]
+    # benchmarks that calibrate on "validation" find the run's own held-out split
+    saved = os.path.join(run, "model.keras")
+    assert train_mod.training_split(saved) == {"seed": 42, "validation_split": 0.1, "limit": 300}
+    assert train_mod.held_out_split(saved, default_seed=0) == (42, 0.1)
+    assert train_mod.held_out_split(saved, split_seed=7) == (7, 0.1)
+    assert train_mod.training_split(model_file) is None
+    assert train_mod.held_out_split(model_file, default_seed=3) == (3, 0.1)
     capsys.readouterr()
     assert cli_main(argv) == 0
     assert "already finished" in capsys.readouterr().out
