@@ -57,7 +57,7 @@ def sixteen_bit_numbers(model, test, mode=None):
     numbers = {
         "sparsity": round(float(sparsity_report(model)["total"]["sparsity"]), 6),
         "micronet_score_16bit": round(float(report.score), 8),
-        "micronet_storage_16bit": float(report.storage),
+        "micronet_storage_16bit": float(report.params_storage),
         "micronet_ops_16bit": float(report.ops),
     }
     weights = model.get_weights()
