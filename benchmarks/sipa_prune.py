@@ -10,7 +10,7 @@ Every round is checkpointed, so a killed run resumes where it stopped.
     python benchmarks/sipa_prune.py --model-file m.keras # start from a saved model
 
     python benchmarks/sipa_prune.py --model-file runs/train_sipa_fashion_mnist/model.keras \
-        --fine-tune-lr 0.005 --fine-tune-epochs 1 --fine-tune-images 20000 --schedule 0.3 0.5 0.6 0.7
+        --fine-tune-lr 0.005 --fine-tune-epochs 1 --fine-tune-images 16000 --schedule 0.3 0.5 0.6 0.7
 
 Writes ``benchmarks/results/sipa_prune.json`` (one table per ranking: round, target and
 measured sparsity, validation accuracy, then each round's checkpoint evaluated on the
