@@ -12,6 +12,12 @@ Every round is checkpointed, so a killed run resumes where it stopped.
     python benchmarks/sipa_prune.py --model-file runs/train_sipa_fashion_mnist/model.keras \
         --fine-tune-lr 0.005 --fine-tune-epochs 1 --fine-tune-images 16000 --schedule 0.3 0.5 0.6 0.7
 
+    # longer fine-tuning with the training recipe's augmentation and label smoothing,
+    # from the shipped weights (seed 42: the split their training run held out)
+    python benchmarks/sipa_prune.py --weights default --split-seed 42 --augment pad2_crop_flip \
+        --label-smoothing 0.1 --fine-tune-lr 0.01 --fine-tune-epochs 3 1 --schedule 0.3 0.5 \
+        --rankings global_normalized --output benchmarks/results/sipa_prune_long.json
+
 Writes ``benchmarks/results/sipa_prune.json`` (one table per ranking: round, target and
 measured sparsity, validation accuracy, then each round's checkpoint evaluated on the
 test split with its 16-bit MicroNet score; and the issue's two goals) and
@@ -51,7 +57,8 @@ def parse_args(argv=None):
     p.add_argument("--epochs", type=int, default=None,
                    help="epochs to train the base model before pruning (default 10; 0 with "
                         "--weights default or --model-file)")
-    p.add_argument("--fine-tune-epochs", type=int, default=None, help="epochs per round (default 2)")
+    p.add_argument("--fine-tune-epochs", type=int, nargs="+", default=None,
+                   help="epochs per round (default 2), or one count per round of --schedule")
     p.add_argument("--fine-tune-images", type=int, default=None,
                    help="training images per fine-tuning epoch, drawn afresh from the shuffled "
                         "training split each epoch (default: all of them)")
@@ -61,6 +68,12 @@ def parse_args(argv=None):
                         "model's own optimizer (a model "
                         "trained with a decayed schedule ends near learning rate 0, so pass this "
                         "for a trained --model-file)")
+    p.add_argument("--augment", default="none",
+                   help="augmentation policy of the fine-tuning data (tfgated.recipes.AUGMENT_POLICIES, "
+                        "e.g. pad2_crop_flip, the shipped sipa_fashion_mnist's); default: none")
+    p.add_argument("--label-smoothing", type=float, default=0.0,
+                   help="label smoothing of the fine-tuning loss (the SIPA Fashion-MNIST recipe's is 0.1); "
+                        "needs --fine-tune-lr, which recompiles the copies")
     p.add_argument("--no-test", action="store_true",
                    help="skip evaluating every round's checkpoint on the test split")
     p.add_argument("--final", type=float, default=0.7, help="final sparsity (default 0.7)")
@@ -85,17 +98,23 @@ def parse_args(argv=None):
         p.error(f"--fine-tune-images must be >= 1. Received: {args.fine_tune_images}")
     if args.fine_tune_lr is not None and not args.fine_tune_lr > 0:
         p.error(f"--fine-tune-lr must be > 0. Received: {args.fine_tune_lr}")
+    if not 0.0 <= args.label_smoothing < 1.0:
+        p.error(f"--label-smoothing must be in [0, 1). Received: {args.label_smoothing}")
+    if args.label_smoothing and not args.fine_tune_lr:
+        p.error("--label-smoothing changes the loss, so it needs --fine-tune-lr (the copies are recompiled).")
     if not 0.0 < args.final < 1.0:
         p.error(f"--final must be in (0, 1). Received: {args.final}")
     pretrained = args.weights is not None or args.model_file is not None
     if args.quick:
         args.limit = args.limit or 600
-        args.epochs = 1 if args.epochs is None else args.epochs
-        args.fine_tune_epochs = 1 if args.fine_tune_epochs is None else args.fine_tune_epochs
+        args.epochs = (0 if pretrained else 1) if args.epochs is None else args.epochs
+        args.fine_tune_epochs = [1] if args.fine_tune_epochs is None else args.fine_tune_epochs
         args.checkpoint_dir = args.checkpoint_dir or os.path.join(RUNS, "sipa_prune_quick")
         args.output = args.output or os.path.join(RUNS, "sipa_prune_quick", "sipa_prune.json")
     args.epochs = (0 if pretrained else 10) if args.epochs is None else args.epochs
-    args.fine_tune_epochs = 2 if args.fine_tune_epochs is None else args.fine_tune_epochs
+    args.fine_tune_epochs = [2] if args.fine_tune_epochs is None else args.fine_tune_epochs
+    if any(e < 0 for e in args.fine_tune_epochs):
+        p.error(f"--fine-tune-epochs must be >= 0. Received: {args.fine_tune_epochs}")
     args.checkpoint_dir = args.checkpoint_dir or os.path.join(RUNS, "sipa_prune")
     args.output = args.output or os.path.join(RESULTS, "sipa_prune.json")
     return args
@@ -129,25 +148,19 @@ def build_model(args, keras):
     return model
 
 
-def _steps(dataset):
-    import tensorflow as tf
-
-    steps = int(tf.data.experimental.cardinality(dataset))
-    if steps < 1:
-        raise ValueError("sipa_prune: the fine-tuning dataset has no known length.")
-    return steps
-
-
-def round_cosine(keras, learning_rate, steps):
+def round_cosine(keras, learning_rate):
     """A callback: every ``fit`` (one pruning round) decays the learning rate from
-    ``learning_rate`` to 0 over ``steps`` batches (cosine), so each round ends settled."""
+    ``learning_rate`` to 0 over that fit's batches (cosine), so each round ends settled."""
 
     class RoundCosine(keras.callbacks.Callback):
         def on_train_begin(self, logs=None):
             self.step = 0
+            self.total = (self.params.get("epochs") or 1) * (self.params.get("steps") or 0)
+            if self.total < 1:
+                raise ValueError("sipa_prune: the fine-tuning dataset has no known length.")
 
         def on_train_batch_begin(self, batch, logs=None):
-            fraction = min(self.step / steps, 1.0)
+            fraction = min(self.step / self.total, 1.0)
             self.model.optimizer.learning_rate.assign(0.5 * learning_rate * (1.0 + math.cos(math.pi * fraction)))
             self.step += 1
 
@@ -170,10 +183,9 @@ def evaluate_checkpoints(tables, args, test_data, keras, base_path):
     import numpy as np
 
     from tfgated.micronet import micronet_score
+    from tfgated.train import class_labels
 
-    # labels as class ids whatever the training pipeline used (a recipe may one-hot them)
-    labels = np.concatenate([np.asarray(y) for _, y in test_data])
-    labels = labels.argmax(axis=-1) if labels.ndim == 2 else labels.astype(int)
+    labels = class_labels(test_data)
     cache = {}
     for ranking, rows in tables.items():
         for row in rows:
@@ -253,8 +265,8 @@ def main(argv=None):
     import keras
 
     from tfgated import pruning
-    from tfgated.data import load_dataset
     from tfgated.io import save_model, write_json
+    from tfgated.recipes import Recipe
 
     keras.utils.set_random_seed(args.seed)
     os.makedirs(args.checkpoint_dir, exist_ok=True)
@@ -265,9 +277,10 @@ def main(argv=None):
     from tfgated.train import held_out_split
 
     args.split_seed, validation_split = held_out_split(args.model_file, args.split_seed, default_seed=args.seed)
-    splits = load_dataset(
-        "fashion_mnist", batch_size=args.batch_size, limit=args.limit, seed=args.split_seed,
-        validation_split=validation_split,
+    # the fine-tuning pipeline: the same split, with the recipe's augmentation and labels
+    recipe = Recipe(batch_size=args.batch_size, augment=args.augment, label_smoothing=args.label_smoothing)
+    splits = recipe.datasets(
+        "fashion_mnist", seed=args.split_seed, limit=args.limit, validation_split=validation_split,
         image_size=None if (height, width) == (28, 28) else (height, width),
     )
     if model.input_shape[-1] != 1:
@@ -283,6 +296,9 @@ def main(argv=None):
     else:
         if args.epochs > 0:
             print(f"Training the base model for {args.epochs} epoch(s)", flush=True)
+            if recipe.one_hot:  # the pipeline's labels are one-hot: the loss must match
+                loss, metrics = recipe.loss_and_metrics()
+                model.compile(optimizer=model.optimizer, loss=loss, metrics=metrics)
             model.fit(splits.train, validation_data=splits.validation, epochs=args.epochs)
         save_model(model, base_path)
 
@@ -293,20 +309,24 @@ def main(argv=None):
     fine_tune_data = splits.train
     if args.fine_tune_images:
         fine_tune_data = splits.train.take(math.ceil(args.fine_tune_images / args.batch_size))
+    if len(args.fine_tune_epochs) not in (1, len(schedule)):
+        raise SystemExit(f"sipa_prune: --fine-tune-epochs takes one count, or one per round of the "
+                         f"schedule {schedule}. Received: {args.fine_tune_epochs}")
+    epochs_per_round = args.fine_tune_epochs * (len(schedule) if len(args.fine_tune_epochs) == 1 else 1)
     tables = {}
     for ranking in args.rankings:
         print(f"=== {ranking}: schedule {schedule}", flush=True)
         copy = keras.saving.load_model(base_path, safe_mode=True)
         if args.fine_tune_lr:
+            loss, metrics = recipe.loss_and_metrics()
             copy.compile(optimizer=keras.optimizers.SGD(args.fine_tune_lr, momentum=0.9),
-                         loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+                         loss=loss, metrics=metrics)
         callbacks = []
         if args.fine_tune_lr:
-            steps = args.fine_tune_epochs * _steps(fine_tune_data)
-            callbacks.append(round_cosine(keras, args.fine_tune_lr, steps))
+            callbacks.append(round_cosine(keras, args.fine_tune_lr))
         tables[ranking] = pruning.iterative_pruning(
             copy, fine_tune_data, splits.validation, schedule=schedule,
-            fine_tune_epochs=args.fine_tune_epochs, ranking=ranking,
+            fine_tune_epochs=epochs_per_round, ranking=ranking,
             checkpoint_dir=os.path.join(args.checkpoint_dir, ranking),
             fit_kwargs={"verbose": 2, "callbacks": callbacks},
         )

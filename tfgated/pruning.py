@@ -750,6 +750,25 @@ def _bar(done, total, width=20):
     return "[" + "#" * filled + "." * (width - filled) + "]"
 
 
+def _epochs_per_round(fine_tune_epochs, rounds):
+    """``fine_tune_epochs`` (an int, or one int per round) as a list of ``rounds`` counts."""
+    if isinstance(fine_tune_epochs, (list, tuple)):
+        epochs = list(fine_tune_epochs)
+        if len(epochs) != rounds:
+            raise ValueError(
+                f"Expected one fine_tune_epochs entry per round of the schedule ({rounds}). "
+                f"Received: fine_tune_epochs={fine_tune_epochs!r}"
+            )
+    else:
+        epochs = [fine_tune_epochs] * rounds
+    for e in epochs:
+        if isinstance(e, bool) or not isinstance(e, (int, np.integer)) or e < 0:
+            raise ValueError(
+                f"Expected fine_tune_epochs >= 0 (integers). Received: fine_tune_epochs={fine_tune_epochs!r}"
+            )
+    return [int(e) for e in epochs]
+
+
 def iterative_pruning(
     model,
     train_data=None,
@@ -781,7 +800,8 @@ def iterative_pruning(
       train_data, val_data: datasets for ``model.fit`` / ``model.evaluate``
         (ignored where ``train_fn`` / ``eval_fn`` are given).
       schedule: increasing target sparsities; default :func:`sipa_schedule`.
-      fine_tune_epochs: epochs of ``model.fit`` per round (0: no fine-tuning).
+      fine_tune_epochs: epochs of ``model.fit`` per round (0: no fine-tuning), or a
+        list with one count per round of ``schedule``.
       ranking: one of :data:`RANKINGS`.
       reinitialize: lottery-ticket rewinding: after pruning, all weights go back
         to ``initial_weights`` (pruned ones stay zero) and the round trains from
@@ -808,11 +828,8 @@ def iterative_pruning(
     targets = list(sipa_schedule() if schedule is None else schedule)
     for i, s in enumerate(targets):
         _check_sparsity(f"schedule[{i}]", s)
-    if fine_tune_epochs < 0:
-        raise ValueError(
-            f"Expected fine_tune_epochs >= 0. Received: fine_tune_epochs={fine_tune_epochs!r}"
-        )
-    if train_fn is None and fine_tune_epochs > 0 and train_data is None:
+    epochs_of = _epochs_per_round(fine_tune_epochs, len(targets))
+    if train_fn is None and any(epochs_of) and train_data is None:
         raise ValueError("Expected train_data or train_fn to fine-tune between pruning rounds.")
     _check_ranking(ranking)
     fit_kwargs = dict(fit_kwargs or {})
@@ -918,11 +935,11 @@ def iterative_pruning(
             if reinitialize:
                 model.set_weights(initial_weights)
                 state.apply_masks()
-            if fine_tune_epochs > 0 or train_fn is not None:
+            if epochs_of[r - 1] > 0 or train_fn is not None:
                 if train_fn is not None:
                     train_fn(model, [callback] + user_callbacks)
                 else:
-                    model.fit(train_data, epochs=fine_tune_epochs,
+                    model.fit(train_data, epochs=epochs_of[r - 1],
                               callbacks=[callback] + user_callbacks, **fit_kwargs)
                 state.apply_masks()
         if eval_fn is not None:
@@ -938,6 +955,7 @@ def iterative_pruning(
             "target_sparsity": target,
             "sparsity": report["sparsity"],
             "val_accuracy": acc,
+            "fine_tune_epochs": 0 if r == 0 or train_fn is not None else epochs_of[r - 1],
             "prunable_nonzero": report["total"] - report["zeros"],
             "params_nonzero": _nonzero_params(model),
             "ranking": ranking,

@@ -39,6 +39,7 @@ import numpy as np
 from tfgated.io import save_model, write_json
 
 __all__ = [
+    "class_labels",
     "evaluate_model",
     "main_evaluate",
     "main_train",
@@ -136,13 +137,14 @@ def training_split(model_path):
 def held_out_split(model_path, split_seed=None, default_seed=0, default_fraction=0.1):
     """``(seed, validation_split)`` for evaluating or calibrating ``model_path`` on "validation".
 
-    The explicit ``split_seed`` wins; else the split its training run recorded
+    The explicit ``split_seed`` wins (with the recorded fraction, if any); else the split its
+    training run recorded
     (:func:`training_split`), so the validation images really are held out; else
     ``default_seed``. Prints which one it uses when it comes from the run.
     """
-    if split_seed is not None:
-        return int(split_seed), float(default_fraction)
     recorded = training_split(model_path) if model_path else None
+    if split_seed is not None:
+        return int(split_seed), float(recorded["validation_split"] if recorded else default_fraction)
     if recorded is not None:
         print(f"Validation split of the model's training run: seed {recorded['seed']}, "
               f"fraction {recorded['validation_split']}", flush=True)
@@ -488,7 +490,9 @@ def recalibrate_batch_norm(model, dataset, style=None, batches=20, samples=None)
     return used
 
 
-def _labels(dataset):
+def class_labels(dataset):
+    """The labels of a finite ``(images, labels)`` dataset as class ids (int64), whether the
+    pipeline gave class ids or one-hot vectors (a recipe with label smoothing one-hots them)."""
     labels = np.concatenate([np.asarray(y) for _, y in dataset])
     return labels.argmax(axis=-1) if labels.ndim > 1 else labels.astype("int64")
 
@@ -527,7 +531,7 @@ def evaluate_model(model, dataset, mode="threshold", runs=5, samples=5, threshol
     repeats = runs if stochastic else 1
     passes = samples if (gates and mode == "ensemble") else 1
     probe = keras.Model(model.inputs, [model.outputs[0]] + [g.output for g in gates]) if gates else model
-    labels = _labels(dataset)
+    labels = class_labels(dataset)
     try:
         from tfgated.complexity import expected_macs
     except ImportError:  # pragma: no cover - complexity is part of the package

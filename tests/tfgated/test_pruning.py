@@ -265,3 +265,25 @@ def test_iterative_pruning_reinitialize_rewinds_survivors():
         np.testing.assert_array_equal(w[w != 0], init_by_path[var.path][w != 0])
     with pytest.raises(ValueError, match="initial_weights"):
         iterative_pruning(conv_model(), schedule=[0.5], fine_tune_epochs=0, reinitialize=True)
+
+
+def test_iterative_pruning_takes_epochs_per_round():
+    import tensorflow as tf
+
+    x, y = data(32)
+    train = tf.data.Dataset.from_tensor_slices((x, y)).batch(16)
+    model = conv_model()
+    seen = []
+
+    class CountEpochs(keras.callbacks.Callback):
+        def on_train_begin(self, logs=None):
+            seen.append(self.params["epochs"])
+
+    rows = iterative_pruning(model, train, None, schedule=[0.2, 0.4, 0.5], fine_tune_epochs=[2, 0, 1],
+                             fit_kwargs={"callbacks": [CountEpochs()], "verbose": 0}, verbose=0)
+    assert seen == [2, 1]  # round 2 was not fine-tuned
+    assert [r["fine_tune_epochs"] for r in rows] == [0, 2, 0, 1]
+    assert rows[-1]["sparsity"] == pytest.approx(0.5, abs=0.01)
+    for bad in ([1, 1], [1, -1, 1], [1, 1.5, 1], -1):
+        with pytest.raises(ValueError, match="fine_tune_epochs"):
+            iterative_pruning(conv_model(), train, schedule=[0.2, 0.4, 0.5], fine_tune_epochs=bad)

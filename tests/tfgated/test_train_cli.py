@@ -185,3 +185,24 @@ def test_preset_recipe_is_translated():
     from tfgated.recipes import GhostBatchNormalization
 
     assert tfgated.inference.find_layers(model, GhostBatchNormalization)
+
+
+def test_held_out_split_keeps_the_recorded_fraction_under_an_explicit_seed(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.json").write_text(json.dumps({"seed": 42, "validation_split": 0.2}))
+    model_path = str(run / "model.keras")  # only its folder is read
+    assert train_mod.held_out_split(model_path) == (42, 0.2)
+    assert train_mod.held_out_split(model_path, split_seed=7) == (7, 0.2)
+    assert train_mod.held_out_split(None, split_seed=7) == (7, 0.1)
+
+
+def test_class_labels_reads_class_ids_and_one_hot_batches_alike():
+    import tensorflow as tf
+
+    ids = np.array([3, 0, 9, 9, 1], dtype="int64")
+    images = np.zeros((5, 2, 2, 1), "float32")
+    sparse = tf.data.Dataset.from_tensor_slices((images, ids)).batch(2)
+    one_hot = tf.data.Dataset.from_tensor_slices((images, np.eye(10, dtype="float32")[ids])).batch(2)
+    np.testing.assert_array_equal(train_mod.class_labels(sparse), ids)
+    np.testing.assert_array_equal(train_mod.class_labels(one_hot), ids)
