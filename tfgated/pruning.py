@@ -722,7 +722,8 @@ def _write_table(directory, rows):
         json.dumps(rows, indent=2).encode("utf-8"),
     )
     buf = io.StringIO()
-    fields = list(rows[0]) if rows else ["round"]
+    # every key of every row, in first-seen order (rows resumed from an older run may lack newer keys)
+    fields = list(dict.fromkeys(key for row in rows for key in row)) or ["round"]
     writer = csv.DictWriter(buf, fieldnames=fields)
     writer.writeheader()
     writer.writerows(rows)

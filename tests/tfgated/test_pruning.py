@@ -1,5 +1,6 @@
 """Tests for tfgated.pruning: schedules, rankings, masks during fit, strip/save, resume."""
 
+import csv
 import json
 import os
 
@@ -287,3 +288,15 @@ def test_iterative_pruning_takes_epochs_per_round():
     for bad in ([1, 1], [1, -1, 1], [1, 1.5, 1], -1):
         with pytest.raises(ValueError, match="fine_tune_epochs"):
             iterative_pruning(conv_model(), train, schedule=[0.2, 0.4, 0.5], fine_tune_epochs=bad)
+
+
+def test_pruning_table_csv_keeps_keys_that_older_resumed_rows_lack(tmp_path):
+    from tfgated.pruning import _write_table
+
+    old = {"round": 0, "target_sparsity": 0.0, "val_accuracy": 0.9}  # written before rows had epochs
+    new = {"round": 1, "target_sparsity": 0.3, "val_accuracy": 0.8, "fine_tune_epochs": 2}
+    _write_table(str(tmp_path), [old, new])
+    with open(tmp_path / "pruning_table.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert rows[0]["fine_tune_epochs"] == "" and rows[1]["fine_tune_epochs"] == "2"
+    assert json.loads((tmp_path / "pruning_table.json").read_text())[1]["fine_tune_epochs"] == 2
