@@ -16,7 +16,8 @@ Every round is checkpointed, so a killed run resumes where it stopped.
     # from the shipped weights (seed 42: the split their training run held out)
     python benchmarks/sipa_prune.py --weights default --split-seed 42 --augment pad2_crop_flip \
         --label-smoothing 0.1 --fine-tune-lr 0.01 --fine-tune-epochs 3 1 --schedule 0.3 0.5 \
-        --rankings global_normalized --output benchmarks/results/sipa_prune_long.json
+        --rankings global_normalized --checkpoint-dir runs/sipa_prune_long \
+        --output benchmarks/results/sipa_prune_long.json
 
 Writes ``benchmarks/results/sipa_prune.json`` (one table per ranking: round, target and
 measured sparsity, validation accuracy, then each round's checkpoint evaluated on the
