@@ -138,9 +138,8 @@ def held_out_split(model_path, split_seed=None, default_seed=0, default_fraction
     """``(seed, validation_split)`` for evaluating or calibrating ``model_path`` on "validation".
 
     The explicit ``split_seed`` wins (with the recorded fraction, if any); else the split its
-    training run recorded
-    (:func:`training_split`), so the validation images really are held out; else
-    ``default_seed``. Prints which one it uses when it comes from the run.
+    training run recorded (:func:`training_split`), so the validation images really are held
+    out; else ``default_seed``. Prints which one it uses when it comes from the run.
     """
     recorded = training_split(model_path) if model_path else None
     if split_seed is not None:
