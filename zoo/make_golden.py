@@ -116,7 +116,8 @@ def render_card(name, entry):
             f'Measured on the full {preset.get("dataset")} test split ({m.get("examples", "?"):,} images) with '
             f'`tfgated.zoo.load("{name}", weights="default")`'
             + (f", {m['inference_style']} inference" if m.get("inference_style") else "")
-            + " (checked by `tests/zoo/test_weights.py`):",
+            + f" (checked by `python -m tfgated.zoo.ship_weights {name} --verify`; `tests/zoo/test_weights.py`"
+            f" checks the first {shipped.get('check', {}).get('examples', '?'):,} test images):",
             "",
             "| quantity | value |",
             "|---|---|",

@@ -7,7 +7,7 @@ import pytest
 
 from tfgated import zoo
 from tfgated.zoo import registry
-from tfgated.zoo.ship_weights import evaluate_preset
+from tfgated.zoo.ship_weights import CHECK_EXAMPLES, evaluate_preset, matches
 
 SHIPPED = sorted(registry.weights_index())
 
@@ -25,24 +25,33 @@ def test_index_entries_name_files_that_match_their_sha256():
 @pytest.mark.parametrize("name", SHIPPED)
 def test_shipped_weights_reach_the_accuracy_in_the_card(name):
     entry = registry.get_preset(name)["weights"]
-    expected = entry["measured"]
-    measured = evaluate_preset(name)  # zoo.load(name, weights="default") on the full test split
-    assert measured["examples"] == expected["examples"] == 10000
-    # the same weights on the same images: equal up to float reordering (a few images at most)
-    assert measured["top1"] == pytest.approx(expected["top1"], abs=5e-4)
-    if expected.get("gate_activation") is not None:
-        assert measured["gate_activation"] == pytest.approx(expected["gate_activation"], abs=5e-3)
+    expected, check = entry["measured"], entry["check"]
+    assert expected["examples"] == 10000 and check["examples"] == CHECK_EXAMPLES
+    # zoo.load(name, weights="default") on the first CHECK_EXAMPLES test images; the full split
+    # is `python -m tfgated.zoo.ship_weights NAME --verify` (minutes a preset on two CPU cores)
+    measured = evaluate_preset(name, limit=CHECK_EXAMPLES)
+    # the same weights on the same images: equal up to float reordering (an image at most)
+    assert matches(measured, check) == []
+    assert set(measured) == set(check)
     if expected.get("micronet_score_16bit") is not None:  # a 16-bit (SIPA-workflow) preset
-        assert measured["sparsity"] == pytest.approx(expected["sparsity"], abs=1e-6)
-        assert measured["micronet_score_16bit"] == pytest.approx(expected["micronet_score_16bit"], rel=1e-6)
-        assert measured["top1_float16_weights"] == pytest.approx(expected["top1_float16_weights"], abs=5e-4)
+        # the score and sparsity do not depend on the images: the card's full-split numbers
+        assert matches({k: measured[k] for k in ("sparsity", "micronet_score_16bit")}, expected) == []
         # rounding the weights to float16 costs almost nothing
-        assert measured["top1_float16_weights"] == pytest.approx(measured["top1"], abs=2e-3)
+        assert measured["top1_float16_weights"] == pytest.approx(measured["top1"], abs=3e-3)
+        assert expected["top1_float16_weights"] == pytest.approx(expected["top1"], abs=2e-3)
     card = open(os.path.join(registry.CARDS_DIR, f"{name}.md"), encoding="utf-8").read()
     assert f"| top-1 | {expected['top1']:.4f} |" in card
     assert "| weights | available |" in card
     # and far better than chance: these are trained weights
     assert measured["top1"] > 0.85
+
+
+def test_verify_compares_numbers_with_tolerances():
+    recorded = {"top1": 0.9, "examples": 10000, "gate_activation": 0.5, "micronet_score_16bit": 0.0058}
+    assert matches({"top1": 0.9003, "examples": 10000, "gate_activation": 0.504}, recorded) == []
+    assert matches({"top1": 0.901, "gate_activation": 0.5}, recorded) == ["top1: measured 0.901, recorded 0.9"]
+    assert matches({"micronet_score_16bit": 0.0059}, recorded)
+    assert matches({"examples": 1000}, recorded)
 
 
 def test_a_tampered_weights_file_is_refused(tmp_path, monkeypatch):
