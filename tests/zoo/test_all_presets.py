@@ -3,12 +3,16 @@
 * every preset: built at its ``input_shape`` and counted with
   :func:`tfgated.complexity.count`; the counts must equal ``zoo/complexity.json``
   (regenerate with ``python -m tfgated.zoo.make_golden`` when a change is meant);
-* every *distinct architecture* (presets that differ only in the activation
-  loss's target, weight or mode build the same network, so one of them stands
-  for the others): built at its ``test_input_shape`` (small inputs keep the
-  ImageNet presets fast), a forward pass in every inference style for gated
-  models (threshold, always_on, stochastic, ensemble via ``tfgated.predict``),
-  then saved and reloaded with ``safe_mode=True`` with equal threshold outputs.
+* every *distinct code path*: presets that differ only in the activation loss's
+  target, weight or mode build the same network, and presets that differ only in
+  size (depth, widths, blocks, growth rate, stem and head widths, SIPA resource or
+  scaling, gate granularity, input shape, number of classes: ResNet-101 against
+  ResNet-50, ResNet-110 against ResNet-20) build it from the same layers, so one
+  of them, the smallest, stands for the others. It is
+  built at its ``test_input_shape`` (small inputs keep the ImageNet presets fast),
+  run forward in every inference style for gated models (threshold, always_on,
+  stochastic, ensemble via ``tfgated.predict``), then saved and reloaded with
+  ``safe_mode=True`` with equal threshold outputs.
 """
 
 import json
@@ -27,6 +31,8 @@ pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 NAMES = registry.list_models()
 GOLDEN = registry.golden()
 LOSS_ONLY_KEYS = ("target", "weight", "loss")
+SIZE_ONLY_KEYS = ("depth", "widths", "blocks", "growth_rate", "resource", "resolution", "width",
+                  "stem_filters", "stem_stride", "last_filters", "exit_filters", "exit_pool_size")
 
 
 def _signature(name, shape_key="test_input_shape"):
@@ -40,10 +46,21 @@ def _signature(name, shape_key="test_input_shape"):
                       sort_keys=True, default=str)
 
 
+def _code_path(name):
+    """What decides which layers and code a preset runs (not its size, target or loss)."""
+    preset = registry.get_preset(name)
+    gates = preset["gates"]
+    if gates is not None:
+        gates = {k: v for k, v in gates.items() if k not in LOSS_ONLY_KEYS + ("granularity",)}
+    arch = {k: v for k, v in preset["arch"].items() if k not in SIZE_ONLY_KEYS}
+    return json.dumps([preset["family"], arch, gates], sort_keys=True, default=str)
+
+
 def _representatives(names):
+    """One preset per code path: the one with the fewest layers (smallest test input first)."""
     chosen = {}
-    for name in names:
-        chosen.setdefault(_signature(name), name)
+    for name in sorted(names, key=lambda n: (GOLDEN.get(n, {}).get("params", 0), n)):
+        chosen.setdefault(_code_path(name), name)
     return sorted(chosen.values())
 
 
