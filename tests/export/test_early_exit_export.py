@@ -2,8 +2,6 @@
 
 import json
 import os
-import subprocess
-import sys
 
 import keras
 import numpy as np
@@ -107,23 +105,18 @@ def test_bad_requests_are_clear_and_leave_no_file(model_and_data, tmp_path, monk
     assert os.listdir(tmp_path) == []
 
 
-def test_cli_exports_a_saved_exit_model(model_and_data, tmp_path):
+def test_cli_exports_a_saved_exit_model(model_and_data, tmp_path, capsys):
+    from tfgated.export.__main__ import main
+
     model, _, threshold = model_and_data
     path = tmp_path / "exit.keras"
     model.save(path)
-
-    def cli(*args):
-        return subprocess.run(
-            [sys.executable, "-m", "tfgated.export", *args], capture_output=True, text=True, timeout=300,
-            env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
-        )
-
-    done = cli("--tflite", str(path), "--exit-threshold", str(threshold), "-o", str(tmp_path / "e.tflite"))
-    assert done.returncode == 0, done.stderr
-    assert "early exit (conditional)" in done.stdout and "PASSED" in done.stdout
+    assert main(["--tflite", str(path), "--exit-threshold", str(threshold), "-o", str(tmp_path / "e.tflite")]) == 0
+    out = capsys.readouterr().out
+    assert "early exit (conditional)" in out and "PASSED" in out
     assert json.loads((tmp_path / "e.tflite.json").read_text())["early_exit"]["form"] == "conditional"
-    missing = cli("--tflite", str(path), "-o", str(tmp_path / "f.tflite"))
-    assert missing.returncode == 2 and "--exit-threshold" in missing.stderr
+    assert main(["--tflite", str(path), "-o", str(tmp_path / "f.tflite")]) == 2
+    assert "--exit-threshold" in capsys.readouterr().err
     assert not (tmp_path / "f.tflite").exists()
 
 
@@ -197,12 +190,11 @@ def test_gumbel_exit_gates_export_as_nested_conditionals(tmp_path, fashion_mnist
         export_exit_gates(model, tmp_path / "s.tflite", parity_data=x)
 
 
-def test_cli_exports_a_zoo_exit_gate_preset(tmp_path):
+def test_cli_exports_a_zoo_exit_gate_preset(tmp_path, capsys):
+    from tfgated.export.__main__ import main
+
     out = tmp_path / "dn.tflite"
-    done = subprocess.run(
-        [sys.executable, "-m", "tfgated.export", "--tflite", "gumbel_densenet_fashion_mnist_exit", "-o", str(out)],
-        capture_output=True, text=True, timeout=300, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
-    )
-    assert done.returncode == 0, done.stderr
-    assert "exit gates (conditional): 2 exits" in done.stdout and "PASSED" in done.stdout
+    assert main(["--tflite", "gumbel_densenet_fashion_mnist_exit", "-o", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "exit gates (conditional): 2 exits" in printed and "PASSED" in printed
     assert tflite_operators(out)[0]["IF"] == 1

@@ -101,17 +101,24 @@ def _cli(*args):
     )
 
 
-def test_cli_help_documents_options():
-    out = _cli("--help")
-    assert out.returncode == 0
+def test_cli_help_documents_options(capsys):
+    from tfgated.export.__main__ import main
+
+    with pytest.raises(SystemExit) as done:
+        main(["--help"])
+    assert done.value.code == 0
+    out = capsys.readouterr().out
     for option in ["--tflite", "--onnx", "--fp16", "--int8", "--representative-data", "--batch-size", "--mode",
                    "--no-fold", "--threads", "--no-check"]:
-        assert option in out.stdout
-    bench = _cli("bench", "--help")
-    assert bench.returncode == 0 and "--runs" in bench.stdout and "--json" in bench.stdout
+        assert option in out
+    with pytest.raises(SystemExit) as done:
+        main(["bench", "--help"])
+    out = capsys.readouterr().out
+    assert done.value.code == 0 and "--runs" in out and "--json" in out
 
 
 def test_cli_export_keras_file_and_bench(tmp_path):
+    """The real ``python -m tfgated.export`` in a subprocess (the other CLI tests call ``main``)."""
     inputs = keras.Input((8, 8, 1))
     x = keras.layers.Conv2D(8, 3, activation="relu", name="conv")(inputs)
     x, z = tfgated.channel_gate(x, 2, name="g")
@@ -134,9 +141,11 @@ def test_cli_export_keras_file_and_bench(tmp_path):
     assert "median ms" in out.stdout
 
 
-def test_cli_missing_model_is_clear(tmp_path):
-    out = _cli("--tflite", str(tmp_path / "nope.keras"), "-o", str(tmp_path / "x.tflite"))
-    assert out.returncode == 2 and "No such model file" in out.stderr
+def test_cli_missing_model_is_clear(tmp_path, capsys):
+    from tfgated.export.__main__ import main
+
+    assert main(["--tflite", str(tmp_path / "nope.keras"), "-o", str(tmp_path / "x.tflite")]) == 2
+    assert "No such model file" in capsys.readouterr().err
 
 
 def test_pruning_masks_are_applied_before_export(tmp_path):
