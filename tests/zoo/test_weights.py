@@ -30,7 +30,7 @@ def test_shipped_weights_reach_the_accuracy_in_the_card(name):
     # zoo.load(name, weights="default") on the first CHECK_EXAMPLES test images; the full split
     # is `python -m tfgated.zoo.ship_weights NAME --verify` (minutes a preset on two CPU cores)
     measured = evaluate_preset(name, limit=CHECK_EXAMPLES)
-    # the same weights on the same images: equal up to float reordering (an image at most)
+    # the same weights on the same images: equal up to float reordering (two images at most)
     assert matches(measured, check) == []
     assert set(measured) == set(check)
     if expected.get("micronet_score_16bit") is not None:  # a 16-bit (SIPA-workflow) preset
@@ -52,6 +52,9 @@ def test_verify_compares_numbers_with_tolerances():
     assert matches({"top1": 0.901, "gate_activation": 0.5}, recorded) == ["top1: measured 0.901, recorded 0.9"]
     assert matches({"micronet_score_16bit": 0.0059}, recorded)
     assert matches({"examples": 1000}, recorded)
+    # on 1,000 images two images are 0.002: that much float reordering may flip, three may not
+    check = {"top1": 0.9, "examples": 1000}
+    assert matches({"top1": 0.902}, check) == [] and matches({"top1": 0.897}, check)
 
 
 def test_a_tampered_weights_file_is_refused(tmp_path, monkeypatch):
