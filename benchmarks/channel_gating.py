@@ -149,7 +149,7 @@ def export_and_time(model, preset, gates, x, args, workdir):
         variants = {"folded": {}} if not gated else {"folded": {"style": "threshold"}, "unfolded": {"fold": False}}
         paths = {}
         for variant, kwargs in variants.items():
-            path = os.path.join(workdir, f"{preset}_{size}_{variant}_{id(model)}.tflite")
+            path = os.path.join(workdir, f"{preset}_{size}_{variant}.tflite")
             result = export(sized, path, parity_data=data, threads=1, **kwargs)
             if not result.parity["passed"]:
                 raise RuntimeError(f"Parity failed for {path}: {result.parity}")
@@ -218,6 +218,7 @@ def table(rows):
 
 def main(argv=None):
     args = parse_args(argv)
+    import shutil
     import tempfile
 
     import numpy as np
@@ -262,6 +263,7 @@ def main(argv=None):
         rows.append(row)
         print(f"[{i + 1}/{len(configs)}] {label}: top-1 {row['top1']:.4f} at {row['macs'] / 1e6:.2f}M MACs, "
               f"latency {json.dumps(row['latency_ms'])}", flush=True)
+    shutil.rmtree(workdir, ignore_errors=True)
 
     dense = next(r for r in rows if r["label"] == "dense")
     for r in rows:

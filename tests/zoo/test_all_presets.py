@@ -8,10 +8,10 @@
   size (depth, widths, blocks, growth rate, stem and head widths, SIPA resource or
   scaling, gate granularity, input shape, number of classes: ResNet-101 against
   ResNet-50, ResNet-110 against ResNet-20) build it from the same layers, so one
-  of them, the smallest, stands for the others. It is
-  built at its ``test_input_shape`` (small inputs keep the ImageNet presets fast),
-  run forward in every inference style for gated models (threshold, always_on,
-  stochastic, ensemble via ``tfgated.predict``), then saved and reloaded with
+  of them, the smallest, stands for the others. It is built at its
+  ``test_input_shape`` (small inputs keep the ImageNet presets fast), run forward
+  in every inference style for gated models (threshold, always_on, stochastic,
+  ensemble via ``tfgated.predict``), then saved and reloaded with
   ``safe_mode=True`` with equal threshold outputs.
 """
 
@@ -35,13 +35,13 @@ SIZE_ONLY_KEYS = ("depth", "widths", "blocks", "growth_rate", "resource", "resol
                   "stem_filters", "stem_stride", "last_filters", "exit_filters", "exit_pool_size")
 
 
-def _signature(name, shape_key="test_input_shape"):
-    """Everything that determines the built network (the loss settings do not)."""
+def _signature(name):
+    """Everything that determines the network built at the preset's input shape (the loss settings do not)."""
     preset = registry.get_preset(name)
     gates = preset["gates"]
     if gates is not None:
         gates = {k: v for k, v in gates.items() if k not in LOSS_ONLY_KEYS}
-    shape = preset.get(shape_key) or preset["input_shape"]
+    shape = preset["input_shape"]
     return json.dumps([preset["family"], preset["arch"], gates, list(shape), preset["num_classes"]],
                       sort_keys=True, default=str)
 
@@ -57,7 +57,7 @@ def _code_path(name):
 
 
 def _representatives(names):
-    """One preset per code path: the one with the fewest layers (smallest test input first)."""
+    """One preset per code path: the one with the fewest parameters (``zoo/complexity.json``)."""
     chosen = {}
     for name in sorted(names, key=lambda n: (GOLDEN.get(n, {}).get("params", 0), n)):
         chosen.setdefault(_code_path(name), name)
@@ -77,7 +77,7 @@ _MEASURED = {}
 
 def _measure(name):
     """Counts of preset ``name`` built at its input shape, shared by identical networks."""
-    key = _signature(name, shape_key="input_shape")
+    key = _signature(name)
     if key not in _MEASURED:
         model = registry.build(name)
         report = count(model)
