@@ -15,13 +15,22 @@ Budget note: a data-independent gate starts at logit 4 and Adam moves a logit by
 the learning rate (2e-3) per step, so Ind gates need thousands of steps to close; at a few
 epochs they stay open. ``--kinds dep`` runs the four data-dependent configurations, whose gate
 networks reach their targets within a few epochs; the full recipe (15 epochs) is the budget
-for all eight.
+for all eight. At a few epochs, ``--ind-open-probability`` (a lower starting probability, so a
+gate can cross 0.5 within the steps it has) and ``--ind-loss-weight`` (the activation loss
+outweighs the task's pull on the gate) change the Ind presets' gate settings; every row records
+the settings it trained with.
+
+``--merge FILE`` keeps the rows of an earlier result file for the configurations this run does
+not train, so the two halves can run in separate sessions and still share one table, one set of
+claims and one figure (each row keeps the command that produced it).
 
 The paper's claims it tests, each reported as true/false with the numbers behind it:
 per-batch beats per-gate at equal target (same kind); threshold beats stochastic; the ensemble is
 best of the stochastic styles (and matches or beats threshold); gates polarize.
 
     python benchmarks/layer_gating.py --kinds dep        # about 40 minutes on 2 cores
+    python benchmarks/layer_gating.py --kinds ind --ind-open-probability 0.75 --ind-loss-weight 10 \
+        --merge benchmarks/results/layer_gating.json    # the Ind half, added to the Dep rows
     python benchmarks/layer_gating.py                    # all eight: about 80 minutes
     python benchmarks/layer_gating.py --quick            # smoke run, output under runs/
 
@@ -59,10 +68,22 @@ def parse_args(argv=None):
     p.add_argument("--kinds", nargs="+", choices=KINDS, default=list(KINDS))
     p.add_argument("--losses", nargs="+", choices=LOSSES, default=list(LOSSES))
     p.add_argument("--targets", nargs="+", type=float, choices=TARGETS, default=list(TARGETS))
+    p.add_argument("--ind-open-probability", type=float, default=None,
+                   help="starting open probability of the Ind gates (default: the preset's)")
+    p.add_argument("--ind-loss-weight", type=float, default=None,
+                   help="activation loss weight of the Ind presets (default: the preset's)")
+    p.add_argument("--merge", default=None,
+                   help="an earlier result JSON whose rows fill in the configurations not run here")
     p.add_argument("--run-dir", default=None, help="default runs/layer_gating[_quick]")
     p.add_argument("--output", default=None, help="JSON path (default benchmarks/results/layer_gating.json)")
     p.add_argument("--quick", action="store_true", help="smoke run: 600 images, 1 epoch, 2 runs, output under runs/")
     args = p.parse_args(argv)
+    if args.ind_open_probability is not None and not 0.0 < args.ind_open_probability < 1.0:
+        p.error(f"--ind-open-probability must lie in (0, 1). Received: {args.ind_open_probability}")
+    if args.ind_loss_weight is not None and args.ind_loss_weight <= 0:
+        p.error(f"--ind-loss-weight must be positive. Received: {args.ind_loss_weight}")
+    if args.merge and not os.path.exists(args.merge):
+        p.error(f"--merge: no result file at {args.merge!r}")
     if args.quick:
         args.limit, args.epochs, args.test_examples = min(args.limit or 600, 600), 1, min(args.test_examples, 300)
         args.runs, args.samples = 2, 2
@@ -76,6 +97,47 @@ def parse_args(argv=None):
 
 def preset_name(kind, loss, target):
     return f"gumbel_resnet_fashion_mnist_{kind}_{loss}_t{target}"
+
+
+def gate_settings(kind, args):
+    """The gate settings that replace the preset's for ``kind`` (empty: the preset's own)."""
+    settings = {}
+    if kind == "ind":
+        if args.ind_open_probability is not None:
+            settings["open_probability"] = args.ind_open_probability
+        if args.ind_loss_weight is not None:
+            settings["weight"] = args.ind_loss_weight
+    return settings
+
+
+def train_config(name, run_dir, settings, args):
+    """Train one preset in ``run_dir`` (resumable), its gate settings replaced by ``settings``."""
+    from tfgated import zoo
+    from tfgated.io import save_model
+    from tfgated.recipes import Recipe
+    from tfgated.train import train
+
+    if not settings:
+        return train(name, run_dir, limit=args.limit or None, overrides={"epochs": args.epochs}, verbose=2)
+    os.makedirs(run_dir, exist_ok=True)
+    initial = os.path.join(run_dir, "initial.keras")
+    if not os.path.exists(initial):
+        preset = zoo.get_preset(name)
+        save_model(zoo.load(name, compile=False, gates={**preset["gates"], **settings}), initial)
+    recipe, _ = Recipe.from_preset(zoo.get_preset(name)["recipe"], epochs=args.epochs)  # the preset's, as switches
+    return train(initial, run_dir, dataset="fashion_mnist", limit=args.limit or None, overrides=recipe.to_dict(),
+                 verbose=2)
+
+
+def merged_rows(path, configs):
+    """Rows of an earlier result file whose configuration is not among ``configs``."""
+    with open(path, encoding="utf-8") as f:
+        earlier = json.load(f)
+    rows = []
+    for row in earlier["rows"]:
+        if (row["kind"], row["loss"], row["target"]) not in configs:
+            rows.append({"command": earlier.get("command"), "epochs": earlier.get("epochs"), **row})
+    return rows
 
 
 def evaluate_config(model, test, args):
@@ -125,6 +187,15 @@ def claims(rows):
     }
 
 
+def _settings_label(row):
+    """`` (p0=0.75, w=10)`` for a row whose gate settings differ from its preset's."""
+    names = {"open_probability": "p0", "weight": "w"}
+    settings = row.get("gate_settings") or {}
+    if not settings:
+        return ""
+    return " (" + ", ".join(f"{names.get(k, k)}={v:g}" for k, v in sorted(settings.items())) + ")"
+
+
 def table(rows):
     lines = [
         "| config | activation | threshold | always-on | stochastic (5) | ensemble of 5 | polarized |",
@@ -133,7 +204,8 @@ def table(rows):
     for r in rows:
         s, e = r["stochastic"], r["ensemble"]
         lines.append(
-            f"| {r['kind'].capitalize()}-{r['loss'].upper()} t={r['target']} | {r['threshold']['gate_activation']:.3f} "
+            f"| {r['kind'].capitalize()}-{r['loss'].upper()} t={r['target']}{_settings_label(r)} "
+            f"| {r['threshold']['gate_activation']:.3f} "
             f"| {r['threshold']['top1']:.4f} | {r['always_on']['top1']:.4f} "
             f"| {s['top1']:.4f} +- {s.get('top1_std', 0):.4f} | {e['top1']:.4f} +- {e.get('top1_std', 0):.4f} "
             f"| {r['polarized_share']:.0%} |"
@@ -163,7 +235,7 @@ def plot(rows, path):
     ax.set_xlabel("mean gate activation (threshold inference)")
     ax.set_ylabel("test top-1")
     ax.set_title("Accuracy against activation", fontsize=9)
-    for r in rows:
+    for r in (r for r in rows if "gate_rates" in r):  # rows merged from older files may lack them
         bx.hist(r["gate_rates"], bins=20, range=(0, 1), histtype="step", color=colors[(r["kind"], r["loss"])],
                 label=f"{r['kind'].capitalize()}-{r['loss'].upper()} t={r['target']}")
     bx.set_xlabel("per-gate activation rate on test images")
@@ -179,13 +251,14 @@ def main(argv=None):
     args = parse_args(argv)
     from tfgated.data import load_dataset
     from tfgated.io import write_json
-    from tfgated.train import _load_model_file, train
+    from tfgated.train import _load_model_file
 
     os.makedirs(args.run_dir, exist_ok=True)
     started = time.time()
     test = load_dataset("fashion_mnist", batch_size=256, shuffle_buffer=0).test.unbatch().take(args.test_examples).batch(256)
     rows = []
     configs = [(k, l, t) for k in args.kinds for l in args.losses for t in args.targets]
+    command = "python benchmarks/layer_gating.py " + " ".join(argv if argv is not None else sys.argv[1:])
     for i, (kind, loss, target) in enumerate(configs):
         name = preset_name(kind, loss, target)
         run_dir = os.path.join(args.run_dir, name)
@@ -198,9 +271,11 @@ def main(argv=None):
         images = args.limit or "all"
         print(f"[{i + 1}/{len(configs)}] {name}: training {args.epochs} epoch(s) on {images} training images", flush=True)
         t0 = time.time()
-        metrics = train(name, run_dir, limit=args.limit or None, overrides={"epochs": args.epochs}, verbose=2)
+        settings = gate_settings(kind, args)
+        metrics = train_config(name, run_dir, settings, args)
         model = _load_model_file(run_dir)
-        row = {"preset": name, "kind": kind, "loss": loss, "target": target,
+        row = {"preset": name, "kind": kind, "loss": loss, "target": target, "gate_settings": settings,
+               "command": command, "epochs": args.epochs,
                "train_seconds": metrics.get("train_seconds"), **evaluate_config(model, test, args)}
         row["seconds"] = time.time() - t0
         write_json(row_path, row)
@@ -209,16 +284,20 @@ def main(argv=None):
               f"{row['threshold']['gate_activation']:.3f}, stochastic {row['stochastic']['top1']:.4f}, "
               f"ensemble {row['ensemble']['top1']:.4f}, polarized {row['polarized_share']:.0%}", flush=True)
 
+    if args.merge:
+        earlier = merged_rows(args.merge, configs)
+        print(f"Merged {len(earlier)} row(s) from {args.merge}", flush=True)
+        rows = earlier + rows
     result = {
         "benchmark": "layer_gating",
-        "command": "python benchmarks/layer_gating.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "command": command,
         "quick": args.quick,
         "epochs": args.epochs,
         "train_images": args.limit or "all (54,000 after the validation split)",
         "test_examples": args.test_examples,
         "runs": args.runs,
         "samples": args.samples,
-        "rows": [{k: v for k, v in r.items() if k != "gate_rates"} for r in rows],
+        "rows": rows,
         "claims": claims(rows),
         "table_markdown": table(rows),
         "seconds_total": time.time() - started,
