@@ -77,6 +77,15 @@ FASHION_MNIST_GRANULARITY = (
     (8, 8, 24),
 )
 
+#: Batch-norm momentum of keras.applications.MobileNetV2 (the ImageNet presets keep it).
+KERAS_BN_MOMENTUM = 0.999
+
+#: Batch-norm momentum of the small (Fashion-MNIST) presets: Keras' own default. With
+#: 0.999 the moving statistics trail a few epochs' training by about 1,000 steps, and
+#: the model evaluates near chance (0.13 after 5 epochs) until they are re-estimated.
+SMALL_BN_MOMENTUM = 0.99
+
+
 def make_divisible(value, divisor=8, min_value=None):
     """Round ``value`` to a multiple of ``divisor`` as keras.applications does (at most 10% down)."""
     min_value = divisor if min_value is None else min_value
@@ -130,7 +139,8 @@ def _gate(features, granularity, settings, context, name, force_open):
     )
 
 
-def inverted_residual_block(inputs, expansion, stride, filters, block_id, gates=None, granularity=None):
+def inverted_residual_block(inputs, expansion, stride, filters, block_id, gates=None, granularity=None,
+                            bn_momentum=KERAS_BN_MOMENTUM):
     """One MobileNetV2 block with keras.applications' layer names, optionally gated.
 
     Args:
@@ -139,6 +149,7 @@ def inverted_residual_block(inputs, expansion, stride, filters, block_id, gates=
         block_id: index of the block in the network (0 is the unexpanded first block).
         gates: normalized gate settings, or None for the dense block.
         granularity: (g_inp, g_out, g_exp) channels per gate.
+        bn_momentum: momentum of the block's batch norms' moving statistics.
 
     Returns:
         ``(outputs, [z, ...])``: the block output and its gate tensors.
@@ -152,7 +163,7 @@ def inverted_residual_block(inputs, expansion, stride, filters, block_id, gates=
         x = keras.layers.Conv2D(
             expansion * in_channels, 1, padding="same", use_bias=False, name=f"{prefix}expand"
         )(x)
-        x = keras.layers.BatchNormalization(epsilon=1e-3, momentum=0.999, name=f"{prefix}expand_BN")(x)
+        x = keras.layers.BatchNormalization(epsilon=1e-3, momentum=bn_momentum, name=f"{prefix}expand_BN")(x)
         x = keras.layers.ReLU(6.0, name=f"{prefix}expand_relu")(x)
         if gates is not None:
             x, z = _gate(x, granularity[2], gates, inputs, f"{prefix}expand", not residual)
@@ -166,14 +177,14 @@ def inverted_residual_block(inputs, expansion, stride, filters, block_id, gates=
         padding="same" if stride == 1 else "valid",
         name=f"{prefix}depthwise",
     )(x)
-    x = keras.layers.BatchNormalization(epsilon=1e-3, momentum=0.999, name=f"{prefix}depthwise_BN")(x)
+    x = keras.layers.BatchNormalization(epsilon=1e-3, momentum=bn_momentum, name=f"{prefix}depthwise_BN")(x)
     x = keras.layers.ReLU(6.0, name=f"{prefix}depthwise_relu")(x)
     if gates is not None and not block_id:
         # Block 0 has no expansion convolution: gate its depthwise channels instead.
         x, z = _gate(x, granularity[2], gates, inputs, f"{prefix}expand", not residual)
         zs.append(z)
     x = keras.layers.Conv2D(filters, 1, padding="same", use_bias=False, name=f"{prefix}project")(x)
-    x = keras.layers.BatchNormalization(epsilon=1e-3, momentum=0.999, name=f"{prefix}project_BN")(x)
+    x = keras.layers.BatchNormalization(epsilon=1e-3, momentum=bn_momentum, name=f"{prefix}project_BN")(x)
     if gates is not None:
         x, z = _gate(x, granularity[1], gates, inputs, f"{prefix}project", not residual)
         zs.append(z)
@@ -192,6 +203,7 @@ def build(
     stem_stride=2,
     last_filters=1280,
     dropout=0.0,
+    bn_momentum=KERAS_BN_MOMENTUM,
     name=None,
 ):
     """Build a (gated) MobileNetV2 classifier outputting softmax probabilities.
@@ -210,6 +222,10 @@ def build(
         stem_filters, stem_stride: the ``Conv1`` stem.
         last_filters: channels of the final 1x1 convolution ``Conv_1``.
         dropout: dropout rate before the classifier (0 keeps the Keras structure).
+        bn_momentum: momentum of every batch norm's moving statistics. The default, 0.999,
+            is keras.applications'; it suits ImageNet-length training. Over a few thousand
+            steps the moving statistics lag the weights and evaluation falls toward chance,
+            so the small presets use 0.99.
         name: model name.
 
     Returns:
@@ -227,12 +243,14 @@ def build(
         raise ValueError(f"Expected stem_stride to be 1 or 2. Received: stem_stride={stem_stride}")
     if not 0.0 <= float(dropout) < 1.0:
         raise ValueError(f"Expected dropout in [0, 1). Received: dropout={dropout}")
+    if not 0.0 <= float(bn_momentum) < 1.0:
+        raise ValueError(f"Expected bn_momentum in [0, 1). Received: bn_momentum={bn_momentum}")
 
     inputs = keras.Input(shape=tuple(input_shape))
     x = keras.layers.Conv2D(
         stem_filters, 3, strides=stem_stride, padding="same", use_bias=False, name="Conv1"
     )(inputs)
-    x = keras.layers.BatchNormalization(epsilon=1e-3, momentum=0.999, name="bn_Conv1")(x)
+    x = keras.layers.BatchNormalization(epsilon=1e-3, momentum=bn_momentum, name="bn_Conv1")(x)
     x = keras.layers.ReLU(6.0, name="Conv1_relu")(x)
 
     all_z = []
@@ -247,12 +265,13 @@ def build(
                 block_id=block_id,
                 gates=settings,
                 granularity=granularity[row] if granularity else None,
+                bn_momentum=bn_momentum,
             )
             all_z.extend(zs)
             block_id += 1
 
     x = keras.layers.Conv2D(last_filters, 1, use_bias=False, name="Conv_1")(x)
-    x = keras.layers.BatchNormalization(epsilon=1e-3, momentum=0.999, name="Conv_1_bn")(x)
+    x = keras.layers.BatchNormalization(epsilon=1e-3, momentum=bn_momentum, name="Conv_1_bn")(x)
     x = keras.layers.ReLU(6.0, name="out_relu")(x)
     x = keras.layers.GlobalAveragePooling2D(name="avg_pool")(x)
     if dropout:
@@ -384,6 +403,7 @@ PRESETS = {
             "stem_filters": 16,
             "stem_stride": 1,
             "last_filters": 128,
+            "bn_momentum": SMALL_BN_MOMENTUM,
         },
         "gates": None,
         "dataset": "fashion_mnist",
@@ -408,6 +428,7 @@ PRESETS = {
             "stem_filters": 16,
             "stem_stride": 1,
             "last_filters": 128,
+            "bn_momentum": SMALL_BN_MOMENTUM,
         },
         "gates": {
             "kind": "independent",

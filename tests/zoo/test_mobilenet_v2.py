@@ -140,3 +140,19 @@ def test_bad_arguments_raise_clear_errors():
         fashion_model(granularty=4)
     with pytest.raises(ValueError, match="stem_stride"):
         build(stem_stride=3)
+
+
+def _batch_norm_momenta(model):
+    return {layer.momentum for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)}
+
+
+def test_batch_norm_momentum_keras_for_imagenet_lower_for_small_presets():
+    # The ImageNet body keeps keras.applications' momentum, layer for layer.
+    assert _batch_norm_momenta(build()) == _batch_norm_momenta(keras.applications.MobileNetV2(weights=None))
+    # The Fashion-MNIST presets train a few thousand steps: their moving statistics must keep up.
+    for name in ("mobilenet_v2_fashion_mnist", "gumbel_mobilenet_v2_fashion_mnist"):
+        preset = PRESETS[name]
+        model = build(num_classes=10, input_shape=preset["input_shape"], gates=preset["gates"], **preset["arch"])
+        assert _batch_norm_momenta(model) == {mobilenet_v2.SMALL_BN_MOMENTUM}, name
+    with pytest.raises(ValueError, match="bn_momentum in \\[0, 1\\)"):
+        build(bn_momentum=1.0)
