@@ -8,8 +8,11 @@ it trains the preset's recipe for ``--epochs`` on the first ``--limit`` training
 
 * threshold, always-on, stochastic (mean and std over 5 runs) and ensemble of 5 (5 runs) top-1;
 * mean gate activation (threshold inference) and measured MACs;
-* polarization: the share of gates whose activation rate over the test images is below 1% or
-  above 99%.
+* polarization: the share of gates whose activation rate over the test images, with the gates
+  sampled as in training (stochastic inference), is below 1% or above 99%. Under threshold
+  inference a data-independent gate is always exactly open or closed, so threshold rates would
+  call every Ind gate polarized; sampled rates are its open probability. Threshold rates are
+  kept beside them (``threshold_gate_rates``).
 
 Budget note: a data-independent gate starts at logit 4 and Adam moves a logit by at most about
 the learning rate (2e-3) per step, so Ind gates need thousands of steps to close; at a few
@@ -22,7 +25,10 @@ the settings it trained with.
 
 ``--merge FILE`` keeps the rows of an earlier result file for the configurations this run does
 not train, so the two halves can run in separate sessions and still share one table, one set of
-claims and one figure (each row keeps the command that produced it).
+claims and one figure (each row keeps the command that produced it). ``--reevaluate`` evaluates
+finished configurations again with this script's evaluation: from their run folders, and merged
+rows from the zoo weights their preset ships (the study's own models), so every row is measured
+the same way.
 
 The paper's claims it tests, each reported as true/false with the numbers behind it:
 per-batch beats per-gate at equal target (same kind); threshold beats stochastic; the ensemble is
@@ -74,6 +80,8 @@ def parse_args(argv=None):
                    help="activation loss weight of the Ind presets (default: the preset's)")
     p.add_argument("--merge", default=None,
                    help="an earlier result JSON whose rows fill in the configurations not run here")
+    p.add_argument("--reevaluate", action="store_true",
+                   help="evaluate finished configurations again (run folders; merged rows from the zoo weights)")
     p.add_argument("--run-dir", default=None, help="default runs/layer_gating[_quick]")
     p.add_argument("--output", default=None, help="JSON path (default benchmarks/results/layer_gating.json)")
     p.add_argument("--quick", action="store_true", help="smoke run: 600 images, 1 epoch, 2 runs, output under runs/")
@@ -129,14 +137,27 @@ def train_config(name, run_dir, settings, args):
                  verbose=2)
 
 
-def merged_rows(path, configs):
-    """Rows of an earlier result file whose configuration is not among ``configs``."""
+def merged_rows(path, configs, test=None, args=None):
+    """Rows of an earlier result file whose configuration is not among ``configs``.
+
+    With ``test`` (``--reevaluate``) a row whose preset ships zoo weights is evaluated again
+    from them; ``evaluated_from`` says where its numbers come from.
+    """
+    from tfgated import zoo
+
     with open(path, encoding="utf-8") as f:
         earlier = json.load(f)
     rows = []
     for row in earlier["rows"]:
-        if (row["kind"], row["loss"], row["target"]) not in configs:
-            rows.append({"command": earlier.get("command"), "epochs": earlier.get("epochs"), **row})
+        if (row["kind"], row["loss"], row["target"]) in configs:
+            continue
+        row = {"command": earlier.get("command"), "epochs": earlier.get("epochs"), **row}
+        if test is not None and zoo.weights_status(row["preset"]) == "available":
+            model = zoo.load(row["preset"], weights="default", compile=False)
+            row.update(evaluate_config(model, test, args), evaluated_from=f"zoo weights of {row['preset']}")
+            print(f"re-evaluated {row['preset']} from its zoo weights: threshold {row['threshold']['top1']:.4f}",
+                  flush=True)
+        rows.append(row)
     return rows
 
 
@@ -151,12 +172,17 @@ def evaluate_config(model, test, args):
     for mode in ("threshold", "always_on", "stochastic", "ensemble"):
         row[mode] = evaluate_model(model, test, mode=mode, runs=args.runs, samples=args.samples)
         row[mode].pop("per_run", None)
-    set_inference_style(model, "threshold")
     x = np.concatenate([np.asarray(b[0]) for b in test])
-    rates = np.concatenate([np.ravel(v) for v in gate_rates(model, x).values()])
-    row["gates"] = int(rates.size)
-    row["gate_rates"] = rates.tolist()
-    row["polarized_share"] = float(np.mean((rates < POLAR_LOW) | (rates > POLAR_HIGH)))
+    rates = {}
+    for mode in ("threshold", "stochastic"):
+        set_inference_style(model, mode)
+        rates[mode] = np.concatenate([np.ravel(v) for v in gate_rates(model, x).values()])
+    set_inference_style(model, "threshold")
+    row["gates"] = int(rates["stochastic"].size)
+    row["gate_rates"] = rates["stochastic"].tolist()
+    row["threshold_gate_rates"] = rates["threshold"].tolist()
+    sampled = rates["stochastic"]
+    row["polarized_share"] = float(np.mean((sampled < POLAR_LOW) | (sampled > POLAR_HIGH)))
     return row
 
 
@@ -265,8 +291,14 @@ def main(argv=None):
         row_path = os.path.join(run_dir, "layer_gating_row.json")
         if os.path.exists(row_path):
             with open(row_path) as f:
-                rows.append(json.load(f))
-            print(f"[{i + 1}/{len(configs)}] {name}: loaded from {row_path}", flush=True)
+                row = json.load(f)
+            if args.reevaluate:
+                row.update(evaluate_config(_load_model_file(run_dir), test, args), evaluated_from=run_dir)
+                write_json(row_path, row)
+                print(f"[{i + 1}/{len(configs)}] {name}: re-evaluated from {run_dir}", flush=True)
+            else:
+                print(f"[{i + 1}/{len(configs)}] {name}: loaded from {row_path}", flush=True)
+            rows.append(row)
             continue
         images = args.limit or "all"
         print(f"[{i + 1}/{len(configs)}] {name}: training {args.epochs} epoch(s) on {images} training images", flush=True)
@@ -285,7 +317,7 @@ def main(argv=None):
               f"ensemble {row['ensemble']['top1']:.4f}, polarized {row['polarized_share']:.0%}", flush=True)
 
     if args.merge:
-        earlier = merged_rows(args.merge, configs)
+        earlier = merged_rows(args.merge, configs, test if args.reevaluate else None, args)
         print(f"Merged {len(earlier)} row(s) from {args.merge}", flush=True)
         rows = earlier + rows
     result = {
