@@ -4,7 +4,7 @@ with the latency of the folded export beside it.
 For each activation target ``t`` in ``--targets`` it trains ``gumbel_mobilenet_v2_fashion_mnist``
 (independent, i.e. data-independent, Gumbel channel gates on every expansion and projection:
 learned channel pruning, per-batch activation loss) with that target, and the dense
-``mobilenet_v2_fashion_mnist`` beside it, all with the presets' recipe (SGD 0.05, momentum 0.9,
+``mobilenet_v2_fashion_mnist`` beside it, all with the presets' recipe (SGD 0.05 with cosine decay, momentum 0.9,
 batch 128) for ``--epochs`` on the first ``--limit`` training images (``tfgated.train.train``,
 one resumable run folder per configuration). Then, on the first ``--test-examples`` test images:
 
@@ -117,6 +117,7 @@ def train_config(label, preset, gates, args):
     """Train one configuration in its run folder (resumable); returns the trained model."""
     from tfgated import zoo
     from tfgated.io import save_model
+    from tfgated.recipes import Recipe
     from tfgated.train import _load_model_file, train
 
     run_dir = os.path.join(args.run_dir, label)
@@ -124,9 +125,8 @@ def train_config(label, preset, gates, args):
     initial = os.path.join(run_dir, "initial.keras")
     if not os.path.exists(initial):
         save_model(build(preset, gates), initial)
-    recipe = {k: v for k, v in zoo.get_preset(preset)["recipe"].items() if k != "loss"}  # the loss is the model's
-    recipe["epochs"] = args.epochs
-    train(initial, run_dir, dataset="fashion_mnist", limit=args.limit or None, overrides=recipe, verbose=2)
+    recipe, _ = Recipe.from_preset(zoo.get_preset(preset)["recipe"], epochs=args.epochs)  # the preset's, as switches
+    train(initial, run_dir, dataset="fashion_mnist", limit=args.limit or None, overrides=recipe.to_dict(), verbose=2)
     return _load_model_file(run_dir)
 
 

@@ -409,7 +409,7 @@ PRESETS = {
         "dataset": "fashion_mnist",
         "input_shape": (28, 28, 1),
         "num_classes": 10,
-        "recipe": _recipe(epochs=30, batch_size=128, learning_rate=0.05),
+        "recipe": _recipe(epochs=30, batch_size=128, learning_rate=0.05, schedule={"kind": "cosine"}),
         "weights": None,
         "paper": {
             "source": "Fashion-MNIST benchmark table (zalandoresearch/fashion-mnist README)",
@@ -440,7 +440,7 @@ PRESETS = {
         "dataset": "fashion_mnist",
         "input_shape": (28, 28, 1),
         "num_classes": 10,
-        "recipe": _recipe(epochs=30, batch_size=128, learning_rate=0.05),
+        "recipe": _recipe(epochs=30, batch_size=128, learning_rate=0.05, schedule={"kind": "cosine"}),
         "weights": None,
         "paper": {
             "source": "Herrmann, Bowen, Zabih: Channel selection using Gumbel Softmax, ECCV 2020",
