@@ -115,18 +115,10 @@ def build(preset, gates, input_shape=None):
 
 def train_config(label, preset, gates, args):
     """Train one configuration in its run folder (resumable); returns the trained model."""
-    from tfgated import zoo
-    from tfgated.io import save_model
-    from tfgated.recipes import Recipe
     from tfgated.train import _load_model_file, train
 
     run_dir = os.path.join(args.run_dir, label)
-    os.makedirs(run_dir, exist_ok=True)
-    initial = os.path.join(run_dir, "initial.keras")
-    if not os.path.exists(initial):
-        save_model(build(preset, gates), initial)
-    recipe, _ = Recipe.from_preset(zoo.get_preset(preset)["recipe"], epochs=args.epochs)  # the preset's, as switches
-    train(initial, run_dir, dataset="fashion_mnist", limit=args.limit or None, overrides=recipe.to_dict(), verbose=2)
+    train(preset, run_dir, limit=args.limit or None, overrides={"epochs": args.epochs}, gates=gates, verbose=2)
     return _load_model_file(run_dir)
 
 

@@ -118,25 +118,6 @@ def gate_settings(kind, args):
     return settings
 
 
-def train_config(name, run_dir, settings, args):
-    """Train one preset in ``run_dir`` (resumable), its gate settings replaced by ``settings``."""
-    from tfgated import zoo
-    from tfgated.io import save_model
-    from tfgated.recipes import Recipe
-    from tfgated.train import train
-
-    if not settings:
-        return train(name, run_dir, limit=args.limit or None, overrides={"epochs": args.epochs}, verbose=2)
-    os.makedirs(run_dir, exist_ok=True)
-    initial = os.path.join(run_dir, "initial.keras")
-    if not os.path.exists(initial):
-        preset = zoo.get_preset(name)
-        save_model(zoo.load(name, compile=False, gates={**preset["gates"], **settings}), initial)
-    recipe, _ = Recipe.from_preset(zoo.get_preset(name)["recipe"], epochs=args.epochs)  # the preset's, as switches
-    return train(initial, run_dir, dataset="fashion_mnist", limit=args.limit or None, overrides=recipe.to_dict(),
-                 verbose=2)
-
-
 def merged_rows(path, configs, test=None, args=None):
     """Rows of an earlier result file whose configuration is not among ``configs``.
 
@@ -277,7 +258,7 @@ def main(argv=None):
     args = parse_args(argv)
     from tfgated.data import load_dataset
     from tfgated.io import write_json
-    from tfgated.train import _load_model_file
+    from tfgated.train import _load_model_file, train
 
     os.makedirs(args.run_dir, exist_ok=True)
     started = time.time()
@@ -304,7 +285,8 @@ def main(argv=None):
         print(f"[{i + 1}/{len(configs)}] {name}: training {args.epochs} epoch(s) on {images} training images", flush=True)
         t0 = time.time()
         settings = gate_settings(kind, args)
-        metrics = train_config(name, run_dir, settings, args)
+        metrics = train(name, run_dir, limit=args.limit or None, overrides={"epochs": args.epochs},
+                        gates=settings or None, verbose=2)
         model = _load_model_file(run_dir)
         row = {"preset": name, "kind": kind, "loss": loss, "target": target, "gate_settings": settings,
                "command": command, "epochs": args.epochs,

@@ -184,11 +184,17 @@ def _check_dataset(name):
         raise ValueError(f"Unknown dataset {name!r}. Expected one of: {', '.join(KNOWN_DATASETS)}.")
 
 
-def resolve_model_and_recipe(model, dataset=None, overrides=None, input_shape=None, num_classes=None):
-    """``(keras model, Recipe, preset or None)`` for a preset name or a ``.keras`` path."""
+def resolve_model_and_recipe(model, dataset=None, overrides=None, input_shape=None, num_classes=None, gates=None):
+    """``(keras model, Recipe, preset or None)`` for a preset name or a ``.keras`` path.
+
+    ``gates`` (a preset only) replaces some of the preset's gate settings, e.g.
+    ``{"open_probability": 0.75, "weight": 10}``.
+    """
     from tfgated.recipes import Recipe
 
     overrides = dict(overrides or {})
+    if gates and _is_model_path(model):
+        raise ValueError(f"gates= changes a zoo preset's gate settings; {model!r} is a model file.")
     if _is_model_path(model):
         recipe = Recipe.from_dict(overrides)
         if recipe.activation is not None:
@@ -203,6 +209,10 @@ def resolve_model_and_recipe(model, dataset=None, overrides=None, input_shape=No
         kwargs["input_shape"] = tuple(input_shape)
     if num_classes is not None and num_classes != preset["num_classes"]:
         kwargs["num_classes"] = num_classes
+    if gates:
+        if not preset.get("gates"):
+            raise ValueError(f"gates= changes a gated preset's gate settings; {model!r} has no gates.")
+        kwargs["gates"] = {**preset["gates"], **gates}
     keras_model = zoo.load(model, compile=False, **kwargs, **recipe.model_overrides())
     return recipe.prepare_model(keras_model), recipe, preset
 
@@ -220,11 +230,14 @@ def train(
     verbose="auto",
     overwrite=False,
     callbacks=(),
+    gates=None,
 ):
     """Train ``model`` (preset name or ``.keras`` path) into ``run_dir``; returns the final metrics.
 
     Args:
         overrides: recipe switches (``epochs``, ``batch_size``, ``learning_rate``, ...).
+        gates: for a gated preset, gate settings that replace the preset's (``target``,
+            ``weight``, ``open_probability``, ...); recorded in the run's ``config.json``.
         anneal: optional ``(start, end, epochs)`` of :class:`~tfgated.callbacks.TargetAnnealing`.
         callbacks: extra Keras callbacks (main phase).
     """
@@ -262,6 +275,8 @@ def train(
         "anneal": list(anneal) if anneal else None,
         "seed": seed,
     }
+    if gates:
+        config["gates"] = dict(gates)  # only when given, so earlier run folders still resume
     config_path = os.path.join(run_dir, "config.json")
     metrics_path = os.path.join(run_dir, "metrics.json")
     if os.path.exists(config_path):
@@ -286,7 +301,7 @@ def train(
     splits = base_recipe.datasets(dataset, seed=seed, **load_kwargs)
     info = splits.info
     keras_model, recipe, _ = resolve_model_and_recipe(
-        model, dataset, overrides, input_shape=info.input_shape, num_classes=info.num_classes
+        model, dataset, overrides, input_shape=info.input_shape, num_classes=info.num_classes, gates=gates
     )
     _atomic_json(config_path, {**config, "recipe": recipe.to_dict()})
 

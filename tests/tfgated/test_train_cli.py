@@ -187,6 +187,22 @@ def test_preset_recipe_is_translated():
     assert tfgated.inference.find_layers(model, GhostBatchNormalization)
 
 
+def test_gate_settings_replace_the_presets_and_are_recorded(tmp_path):
+    preset = "gumbel_resnet_fashion_mnist_ind_pb_t0.4"
+    run = tmp_path / "run"
+    gates = {"open_probability": 0.75, "weight": 10.0}
+    train_mod.train(preset, run, limit=600, overrides={"epochs": 1, "batch_size": 64}, gates=gates, verbose=0)
+    assert json.loads((run / "config.json").read_text())["gates"] == gates
+    model, _, _ = train_mod.resolve_model_and_recipe(preset, gates=gates)
+    assert model.get_layer("activation_loss").weight == 10.0
+    for gate in tfgated.gate_layers(model):
+        np.testing.assert_allclose(np.asarray(gate.probabilities()), 0.75, rtol=1e-6)
+    with pytest.raises(ValueError, match="has no gates"):
+        train_mod.resolve_model_and_recipe("resnet_fashion_mnist", gates=gates)
+    with pytest.raises(ValueError, match="is a model file"):
+        train_mod.resolve_model_and_recipe(str(tmp_path / "m.keras"), gates=gates)
+
+
 def test_held_out_split_keeps_the_recorded_fraction_under_an_explicit_seed(tmp_path):
     run = tmp_path / "run"
     run.mkdir()
