@@ -38,14 +38,9 @@ from tfgated.losses import GateActivationLoss
 MAC_LAYERS = (BaseConv, BaseConvTranspose, BaseSeparableConv, keras.layers.Dense)
 #: Per-channel convolutions: their channels follow their input's channels.
 DEPTHWISE_LAYERS = (BaseDepthwiseConv,)
-#: One-input layers that keep channel ``c`` of their input as channel ``c`` of their output.
-CHANNEL_PRESERVING = (
-    keras.layers.BatchNormalization,
-    keras.layers.Activation,
-    keras.layers.ReLU,
-    keras.layers.LeakyReLU,
-    keras.layers.PReLU,
-    keras.layers.ELU,
+#: Layers that only copy, pad, crop or (in training) drop values: no arithmetic at inference,
+#: and channel ``c`` of the input stays channel ``c`` (shared with :mod:`tfgated.micronet`).
+VALUE_MOVING_LAYERS = (
     keras.layers.Dropout,
     keras.layers.SpatialDropout1D,
     keras.layers.SpatialDropout2D,
@@ -60,6 +55,16 @@ CHANNEL_PRESERVING = (
     keras.layers.Cropping1D,
     keras.layers.Cropping2D,
     keras.layers.Cropping3D,
+)
+#: One-input layers that keep channel ``c`` of their input as channel ``c`` of their output.
+CHANNEL_PRESERVING = (
+    keras.layers.BatchNormalization,
+    keras.layers.Activation,
+    keras.layers.ReLU,
+    keras.layers.LeakyReLU,
+    keras.layers.PReLU,
+    keras.layers.ELU,
+    *VALUE_MOVING_LAYERS,
     keras.layers.UpSampling1D,
     keras.layers.UpSampling2D,
     keras.layers.UpSampling3D,

@@ -70,7 +70,7 @@ from keras.src.layers.pooling.base_pooling import BasePooling
 
 from tfgated.complexity import bookkeeping_variables
 from tfgated.gates import ChannelMask, GatedResidual, GumbelGate
-from tfgated.graph import trace
+from tfgated.graph import VALUE_MOVING_LAYERS, trace
 from tfgated.losses import GateActivationLoss
 
 #: WideResNet-28-10 on CIFAR-100, the MicroNet normalisers.
@@ -104,20 +104,7 @@ _FREE_LAYERS = (
     keras.layers.Flatten,
     keras.layers.Permute,
     keras.layers.Concatenate,
-    keras.layers.Dropout,
-    keras.layers.SpatialDropout1D,
-    keras.layers.SpatialDropout2D,
-    keras.layers.SpatialDropout3D,
-    keras.layers.GaussianNoise,
-    keras.layers.GaussianDropout,
-    keras.layers.AlphaDropout,
-    keras.layers.Identity,
-    keras.layers.ZeroPadding1D,
-    keras.layers.ZeroPadding2D,
-    keras.layers.ZeroPadding3D,
-    keras.layers.Cropping1D,
-    keras.layers.Cropping2D,
-    keras.layers.Cropping3D,
+    *VALUE_MOVING_LAYERS,
     keras.layers.ActivityRegularization,
     GateActivationLoss,
 )
