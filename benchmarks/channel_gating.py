@@ -16,7 +16,9 @@ one resumable run folder per configuration). Then, on the first ``--test-example
   LiteRT) and, for gated models, unfolded (every channel computed and masked);
 * batch-1 LiteRT latency of both, 1 thread, at the training size (28x28) and at ``--large-size``
   (the same trained weights in the fully convolutional network built at a larger input, where
-  per-call overhead no longer hides the work).
+  per-call overhead no longer hides the work). Every model's files of one size are timed in one
+  interleaved session after all models are trained, so the ratios to the dense model are not
+  skewed by whatever else the machine ran between trainings; ``--retime`` times finished runs again.
 
 Budget note: the activation loss reaches a data-independent gate's logit only, through the mean
 over all 62 gate groups, and at the presets' starting probability 0.982 (logit 4) the sigmoid's
@@ -70,6 +72,8 @@ def parse_args(argv=None):
     p.add_argument("--large-size", type=int, default=112, help="second latency input size (default 112)")
     p.add_argument("--runs", type=int, default=200, help="timed runs per file and round (default 200)")
     p.add_argument("--rounds", type=int, default=3, help="interleaved timing rounds (default 3)")
+    p.add_argument("--retime", action="store_true",
+                   help="time the finished rows' files again (all models in one interleaved session per size)")
     p.add_argument("--run-dir", default=None, help="default runs/channel_gating[_quick]")
     p.add_argument("--output", default=None, help="JSON path (default benchmarks/results/channel_gating.json)")
     p.add_argument("--quick", action="store_true", help="smoke run: 512 images, 1 epoch, 256 test images, output under runs/")
@@ -122,15 +126,18 @@ def train_config(label, preset, gates, args):
     return _load_model_file(run_dir)
 
 
-def export_and_time(model, preset, gates, x, args, workdir):
-    """Folded (and, for gated models, unfolded) TFLite files at 28x28 and ``--large-size``; LiteRT latency."""
+def export_files(model, preset, gates, x, args, workdir, label):
+    """Folded (and, for gated models, unfolded) TFLite files of one model at 28x28 and ``--large-size``.
+
+    Returns ``{size: {variant: path}}``; every file passed its LiteRT parity check.
+    """
     import numpy as np
 
     import tfgated
-    from tfgated.export import export, latency
+    from tfgated.export import export
 
     gated = bool(tfgated.gate_layers(model))
-    timings = {}
+    files = {}
     for size in (x.shape[1], args.large_size):
         if size == x.shape[1]:
             sized, data = model, x[:64]
@@ -141,19 +148,34 @@ def export_and_time(model, preset, gates, x, args, workdir):
         if gated:
             tfgated.set_inference_style(sized, "threshold")
         variants = {"folded": {}} if not gated else {"folded": {"style": "threshold"}, "unfolded": {"fold": False}}
-        paths = {}
+        files[str(size)] = {}
         for variant, kwargs in variants.items():
-            path = os.path.join(workdir, f"{preset}_{size}_{variant}.tflite")
+            path = os.path.join(workdir, f"{label}_{size}_{variant}.tflite")
             result = export(sized, path, parity_data=data, threads=1, **kwargs)
             if not result.parity["passed"]:
                 raise RuntimeError(f"Parity failed for {path}: {result.parity}")
-            paths[variant] = path
-        results = latency.bench(list(paths.values()), threads=1, runs=args.runs, warmup=20, rounds=args.rounds)
-        timings[str(size)] = {variant: r["median_ms"] for variant, r in zip(paths, results)}
-        for path in paths.values():
-            os.remove(path)
-            if os.path.exists(path + ".json"):
-                os.remove(path + ".json")
+            files[str(size)][variant] = path
+    return files
+
+
+def time_rows(files_of, args):
+    """Batch-1, 1-thread LiteRT medians of every row's files, ``{label: {size: {variant: ms}}}``.
+
+    All files of one input size (the dense model's and every gated model's) are timed in one
+    :func:`tfgated.export.latency.bench` call, interleaved over ``--rounds``, so the ratios to the
+    dense model compare files measured under the same CPU conditions.
+    """
+    from tfgated.export import latency
+
+    timings = {label: {} for label in files_of}
+    sizes = list(next(iter(files_of.values())))
+    for size in sizes:
+        entries = [(label, variant, path) for label, files in files_of.items()
+                   for variant, path in files[size].items()]
+        results = latency.bench([p for _, _, p in entries], threads=1, runs=args.runs, warmup=20,
+                                rounds=args.rounds)
+        for (label, variant, _), r in zip(entries, results):
+            timings[label].setdefault(size, {})[variant] = r["median_ms"]
     return timings
 
 
@@ -250,13 +272,26 @@ def main(argv=None):
             "macs": float(result["macs"]), "dense_macs": float(result["dense_macs"]),
             "examples": result["examples"],
         }
-        row["latency_ms"] = export_and_time(model, preset, gates, x, args, workdir)
         row["seconds"] = time.time() - t0
         os.makedirs(os.path.dirname(row_path), exist_ok=True)
         write_json(row_path, row)
         rows.append(row)
-        print(f"[{i + 1}/{len(configs)}] {label}: top-1 {row['top1']:.4f} at {row['macs'] / 1e6:.2f}M MACs, "
-              f"latency {json.dumps(row['latency_ms'])}", flush=True)
+        print(f"[{i + 1}/{len(configs)}] {label}: top-1 {row['top1']:.4f} at {row['macs'] / 1e6:.2f}M MACs",
+              flush=True)
+
+    if args.retime or any("latency_ms" not in r for r in rows):
+        from tfgated.train import _load_model_file
+
+        print(f"Exporting {len(rows)} models and timing them together ...", flush=True)
+        files_of = {}
+        for label, preset, gates in configs:
+            model = _load_model_file(os.path.join(args.run_dir, label))
+            files_of[label] = export_files(model, preset, gates, x, args, workdir, label)
+        timings = time_rows(files_of, args)
+        for (label, _, _), row in zip(configs, rows):
+            row["latency_ms"] = timings[label]
+            write_json(os.path.join(args.run_dir, label, "channel_gating_row.json"), row)
+            print(f"{label}: latency {json.dumps(row['latency_ms'])}", flush=True)
     shutil.rmtree(workdir, ignore_errors=True)
 
     dense = next(r for r in rows if r["label"] == "dense")
@@ -275,7 +310,8 @@ def main(argv=None):
         "open_probability": args.open_probability,
         "loss_weight": args.loss_weight,
         "recalibrate_batches": args.recalibrate_batches,
-        "latency": {"runtime": "LiteRT", "batch": 1, "threads": 1, "runs": args.runs, "rounds": args.rounds},
+        "latency": {"runtime": "LiteRT", "batch": 1, "threads": 1, "runs": args.runs, "rounds": args.rounds,
+                    "timed": "all models of one input size in one interleaved session"},
         "rows": rows,
         "table_markdown": table(rows),
         "seconds_total": time.time() - started,
