@@ -21,7 +21,8 @@ epoch (``BackupAndRestore``); a finished run is not trained again.
 MACs (from the gate values actually taken on the data) under an inference style;
 for ``stochastic``/``ensemble`` the mean and standard deviation over ``--runs``
 repetitions. ``--bn-recalibrate`` first re-estimates the batch-norm moving
-statistics with the gates in that style (:func:`recalibrate_batch_norm`).
+statistics with the gates in that style (:func:`recalibrate_batch_norm`); ``--save`` keeps
+the model so evaluated as a ``.keras`` file.
 """
 
 from __future__ import annotations
@@ -605,6 +606,8 @@ def build_evaluate_parser():
     p.add_argument("--bn-recalibrate", action="store_true", help="re-estimate BN statistics under --mode first")
     p.add_argument("--recalibrate-batches", type=_positive_int, default=20)
     p.add_argument("--json", default=None, metavar="PATH", help="also write the result as JSON")
+    p.add_argument("--save", default=None, metavar="PATH",
+                   help="save the evaluated model as a .keras file (with --bn-recalibrate: its new statistics)")
     p.add_argument("--seed", type=int, default=42)
     return p
 
@@ -669,6 +672,11 @@ def main_evaluate(argv=None):
             folder = os.path.dirname(os.path.abspath(args.json))
             os.makedirs(folder, exist_ok=True)
             _atomic_json(args.json, result)
+        if args.save:
+            if not args.save.endswith(".keras"):
+                raise ValueError(f"Expected --save to name a .keras file. Received: {args.save!r}")
+            save_model(model, args.save)
+            print(f"Saved the evaluated model to {args.save}", file=sys.stderr, flush=True)
         return 0
 
     return _run(run)

@@ -114,10 +114,17 @@ def test_evaluate_modes_and_json(tmp_path, model_file, capsys):
     assert stoch["runs"] == 3 and len(stoch["per_run"]) == 3 and "top1_std" in stoch and "macs_std" in stoch
     assert cli_main(["evaluate", "--model", os.path.join(run, "model.keras"), "--limit", "100",
                      "--batch-size", "32", "--mode", "ensemble", "--runs", "2", "--samples", "3", "--bn-recalibrate",
-                     "--recalibrate-batches", "2"]) == 0
+                     "--recalibrate-batches", "2", "--save", str(tmp_path / "recal.keras")]) == 0
     ens = json.loads(capsys.readouterr().out)
     assert ens["samples"] == 3 and ens["bn_recalibrated_batches"] == 2
     assert 0 < ens["macs"] <= 3 * ens["dense_macs"]  # ensemble MACs count all 3 passes
+    # --save keeps the re-estimated batch-norm statistics, loadable in safe mode
+    before = keras.saving.load_model(os.path.join(run, "model.keras"), safe_mode=True, compile=False)
+    after = keras.saving.load_model(str(tmp_path / "recal.keras"), safe_mode=True, compile=False)
+    bn = [layer.name for layer in after.layers if isinstance(layer, keras.layers.BatchNormalization)]
+    assert bn and any(not np.allclose(before.get_layer(n).moving_mean, after.get_layer(n).moving_mean) for n in bn)
+    conv = next(layer.name for layer in after.layers if isinstance(layer, keras.layers.Conv2D))
+    np.testing.assert_array_equal(before.get_layer(conv).kernel, after.get_layer(conv).kernel)
 
 
 def test_bn_recalibration_follows_the_gate_style():
