@@ -621,6 +621,8 @@ def main_evaluate(argv=None):
 
         from tfgated.data import load_dataset
 
+        if args.save and not args.save.endswith(".keras"):
+            raise ValueError(f"Expected --save to name a .keras file. Received: {args.save!r}")
         keras.utils.set_random_seed(args.seed)
         config = {}
         if _is_model_path(args.model):
@@ -673,8 +675,6 @@ def main_evaluate(argv=None):
             os.makedirs(folder, exist_ok=True)
             _atomic_json(args.json, result)
         if args.save:
-            if not args.save.endswith(".keras"):
-                raise ValueError(f"Expected --save to name a .keras file. Received: {args.save!r}")
             save_model(model, args.save)
             print(f"Saved the evaluated model to {args.save}", file=sys.stderr, flush=True)
         return 0

@@ -125,6 +125,8 @@ def test_evaluate_modes_and_json(tmp_path, model_file, capsys):
     assert bn and any(not np.allclose(before.get_layer(n).moving_mean, after.get_layer(n).moving_mean) for n in bn)
     conv = next(layer.name for layer in after.layers if isinstance(layer, keras.layers.Conv2D))
     np.testing.assert_array_equal(before.get_layer(conv).kernel, after.get_layer(conv).kernel)
+    assert cli_main(["evaluate", "--model", run, "--save", str(tmp_path / "recal.h5")]) == 2  # refused up front
+    assert not (tmp_path / "recal.h5").exists()
 
 
 def test_bn_recalibration_follows_the_gate_style():
