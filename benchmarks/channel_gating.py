@@ -43,7 +43,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 import time
 
@@ -233,6 +232,7 @@ def table(rows):
 
 
 def main(argv=None):
+    from tfgated.io import machine_info
     args = parse_args(argv)
     import shutil
     import tempfile
@@ -315,7 +315,7 @@ def main(argv=None):
         "rows": rows,
         "table_markdown": table(rows),
         "seconds_total": time.time() - started,
-        "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "python": sys.version.split()[0]},
+        "machine": machine_info(),
     }
     write_json(args.output, result, sort_keys=True)
     png = os.path.splitext(args.output)[0] + ".png"

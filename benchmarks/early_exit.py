@@ -31,8 +31,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
-import sys
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -201,6 +199,7 @@ def collect(dataset):
 
 
 def main(argv=None):
+    from tfgated.io import machine_info
     args = parse_args(argv)
     import keras
     import numpy as np
@@ -277,8 +276,7 @@ def main(argv=None):
     payload = {
         "benchmark": "SIPA Accelerating (early exit) on Fashion-MNIST",
         "config": {k: v for k, v in vars(args).items()},
-        "environment": {"python": sys.version.split()[0], "platform": platform.platform(),
-                        "keras": keras.__version__},
+        "machine": machine_info(),
         "no_exit": {"test_accuracy": full_accuracy, "macs_per_example": main_macs,
                     "seconds_test_predict": full_seconds,
                     "test_accuracy_recomputed": float((full_probs.argmax(1) == y_test).mean())},

@@ -31,7 +31,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 import time
 
@@ -148,6 +147,7 @@ def replot(json_path):
 
 
 def main(argv=None):
+    from tfgated.io import machine_info
     args = parse_args(argv)
     import keras
     import numpy as np
@@ -242,7 +242,7 @@ def main(argv=None):
         "goal": "early-exit latency / no-exit latency <= 1.25 x mean MACs / no-exit MACs (TFLite conditional form)",
         "met": runtimes["litert"]["met"],
         "seconds_total": time.time() - started,
-        "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "python": sys.version.split()[0]},
+        "machine": machine_info(),
     }
     write_json(args.output, result, sort_keys=True)
     png = os.path.splitext(args.output)[0] + ".png"

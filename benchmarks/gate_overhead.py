@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 import time
 
@@ -33,6 +32,7 @@ def time_steps(model, x, y, steps):
 
 
 def main(argv=None):
+    from tfgated.io import machine_info
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--preset", default="gumbel_resnet_fashion_mnist")
     parser.add_argument("--batch-size", type=int, default=128)
@@ -43,7 +43,6 @@ def main(argv=None):
 
     import keras
     import numpy as np
-    import tensorflow as tf
 
     from tfgated import complexity, zoo
     from tfgated.data import load_fashion_mnist_arrays
@@ -83,7 +82,7 @@ def main(argv=None):
         "goal": "gated / dense <= 1.15",
         "goal_met": ratio <= 1.15,
         "params": {name: int(complexity.count(m).params) for name, m in models.items()},
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "tensorflow": tf.__version__},
+        "machine": machine_info(),
     }
     from tfgated.io import write_atomic
 

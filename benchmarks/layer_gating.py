@@ -49,7 +49,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 import time
 
@@ -255,6 +254,7 @@ def plot(rows, path):
 
 
 def main(argv=None):
+    from tfgated.io import machine_info
     args = parse_args(argv)
     from tfgated.data import load_dataset
     from tfgated.io import write_json
@@ -315,7 +315,7 @@ def main(argv=None):
         "claims": claims(rows),
         "table_markdown": table(rows),
         "seconds_total": time.time() - started,
-        "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "python": sys.version.split()[0]},
+        "machine": machine_info(),
     }
     write_json(args.output, result, sort_keys=True)
     png = os.path.splitext(args.output)[0] + ".png"

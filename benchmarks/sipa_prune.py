@@ -35,7 +35,6 @@ import argparse
 import json
 import math
 import os
-import platform
 import sys
 import time
 
@@ -262,6 +261,7 @@ def plot(tables, path, title):
 
 
 def main(argv=None):
+    from tfgated.io import machine_info
     args = parse_args(argv)
     import keras
 
@@ -349,8 +349,7 @@ def main(argv=None):
                   "prunable": pruning.sparsity_report(model)["total"]["total"]},
         "tables": tables,
         "goals": goals(tables),
-        "environment": {"python": platform.python_version(), "keras": keras.__version__,
-                        "platform": platform.platform()},
+        "machine": machine_info(),
         "seconds": round(time.time() - started, 1),
     }
     write_json(args.output, payload, indent=2)

@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
 import sys
 import time
@@ -41,6 +40,7 @@ GOAL_ACTIVATION = 0.6
 
 
 def main(argv=None):
+    from tfgated.io import machine_info
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", default=PRESET, help="zoo preset (default: %(default)s)")
     p.add_argument("--epochs", type=int, default=None, help="default: the preset recipe's")
@@ -142,7 +142,7 @@ def main(argv=None):
                 and (metrics.get("train_seconds") or 0) <= budget_s
             ),
         },
-        "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "python": sys.version.split()[0]},
+        "machine": machine_info(),
         "run_dir": os.path.relpath(run_dir, os.path.dirname(HERE)),
     }
     from tfgated.io import write_json

@@ -162,3 +162,20 @@ def save_figure(fig, path, *, makedirs=True, **savefig_kwargs):
         _remove_quietly(tmp)
         raise
     return path
+
+
+def machine_info():
+    """What a benchmark ran on, for its results JSON: platform, CPU count, Python, TensorFlow, Keras."""
+    import platform
+    import sys
+
+    import keras
+    import tensorflow as tf
+
+    return {
+        "platform": platform.platform(),
+        "cpus": os.cpu_count(),
+        "python": sys.version.split()[0],
+        "tensorflow": tf.__version__,
+        "keras": keras.__version__,
+    }
