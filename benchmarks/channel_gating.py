@@ -232,7 +232,6 @@ def table(rows):
 
 
 def main(argv=None):
-    from tfgated.io import machine_info
     args = parse_args(argv)
     import shutil
     import tempfile
@@ -240,7 +239,7 @@ def main(argv=None):
     import numpy as np
 
     from tfgated.data import load_dataset
-    from tfgated.io import write_json
+    from tfgated.io import machine_info, write_json
     from tfgated.train import evaluate_model, recalibrate_batch_norm
 
     os.makedirs(args.run_dir, exist_ok=True)

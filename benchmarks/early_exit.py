@@ -199,13 +199,13 @@ def collect(dataset):
 
 
 def main(argv=None):
-    from tfgated.io import machine_info
     args = parse_args(argv)
     import keras
     import numpy as np
 
     from tfgated import early_exit as ee
     from tfgated.data import load_dataset
+    from tfgated.io import machine_info
 
     keras.utils.set_random_seed(args.seed)
     os.makedirs(args.checkpoint_dir, exist_ok=True)

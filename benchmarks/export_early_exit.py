@@ -147,7 +147,6 @@ def replot(json_path):
 
 
 def main(argv=None):
-    from tfgated.io import machine_info
     args = parse_args(argv)
     import keras
     import numpy as np
@@ -155,7 +154,7 @@ def main(argv=None):
     from tfgated import early_exit as ee
     from tfgated.data import load_dataset
     from tfgated.export import export, export_early_exit, measure_inputs
-    from tfgated.io import write_json
+    from tfgated.io import machine_info, write_json
 
     keras.utils.set_random_seed(args.seed)
     os.makedirs(args.run_dir, exist_ok=True)

@@ -32,7 +32,6 @@ def time_steps(model, x, y, steps):
 
 
 def main(argv=None):
-    from tfgated.io import machine_info
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--preset", default="gumbel_resnet_fashion_mnist")
     parser.add_argument("--batch-size", type=int, default=128)
@@ -46,6 +45,7 @@ def main(argv=None):
 
     from tfgated import complexity, zoo
     from tfgated.data import load_fashion_mnist_arrays
+    from tfgated.io import machine_info, write_atomic
 
     (x_train, y_train), _ = load_fashion_mnist_arrays()
     x = x_train[: args.batch_size].astype("float32") / 255.0
@@ -84,8 +84,6 @@ def main(argv=None):
         "params": {name: int(complexity.count(m).params) for name, m in models.items()},
         "machine": machine_info(),
     }
-    from tfgated.io import write_atomic
-
     write_atomic(args.output, json.dumps(result, indent=2))  # no trailing newline, as before
     print(f"gated {median['gated'] * 1e3:.1f} ms/step, dense {median['dense'] * 1e3:.1f} ms/step, "
           f"ratio {ratio:.3f} (goal <= 1.15) -> {args.output}")

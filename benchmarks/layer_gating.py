@@ -254,10 +254,9 @@ def plot(rows, path):
 
 
 def main(argv=None):
-    from tfgated.io import machine_info
     args = parse_args(argv)
     from tfgated.data import load_dataset
-    from tfgated.io import write_json
+    from tfgated.io import machine_info, write_json
     from tfgated.train import _load_model_file, train
 
     os.makedirs(args.run_dir, exist_ok=True)

@@ -261,12 +261,11 @@ def plot(tables, path, title):
 
 
 def main(argv=None):
-    from tfgated.io import machine_info
     args = parse_args(argv)
     import keras
 
     from tfgated import pruning
-    from tfgated.io import save_model, write_json
+    from tfgated.io import machine_info, save_model, write_json
     from tfgated.recipes import Recipe
 
     keras.utils.set_random_seed(args.seed)

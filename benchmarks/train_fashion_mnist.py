@@ -40,7 +40,6 @@ GOAL_ACTIVATION = 0.6
 
 
 def main(argv=None):
-    from tfgated.io import machine_info
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", default=PRESET, help="zoo preset (default: %(default)s)")
     p.add_argument("--epochs", type=int, default=None, help="default: the preset recipe's")
@@ -61,6 +60,7 @@ def main(argv=None):
     import keras
 
     from tfgated.data import load_dataset
+    from tfgated.io import machine_info, write_json
     from tfgated.train import _parse_sets, evaluate_model, train
 
     overrides = _parse_sets(args.set)
@@ -145,7 +145,6 @@ def main(argv=None):
         "machine": machine_info(),
         "run_dir": os.path.relpath(run_dir, os.path.dirname(HERE)),
     }
-    from tfgated.io import write_json
 
     path = os.path.join(out_dir, f"{args.name}.json")
     write_json(path, result, sort_keys=True)
