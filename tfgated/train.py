@@ -194,9 +194,9 @@ def resolve_model_and_recipe(model, dataset=None, overrides=None, input_shape=No
     from tfgated.recipes import Recipe
 
     overrides = dict(overrides or {})
-    if gates and _is_model_path(model):
-        raise ValueError(f"gates= changes a zoo preset's gate settings; {model!r} is a model file.")
     if _is_model_path(model):
+        if gates:
+            raise ValueError(f"gates= changes a zoo preset's gate settings; {model!r} is a model file.")
         recipe = Recipe.from_dict(overrides)
         if recipe.activation is not None:
             raise ValueError("activation is an architecture switch: it needs a zoo preset, not a model file.")
