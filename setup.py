@@ -33,7 +33,7 @@ setup(
         "matplotlib>=3.7",
     ],
     extras_require={
-        "test": ["pytest>=8"],
+        "test": ["pytest>=8", "pytest-xdist>=3.5"],
     },
     entry_points={"console_scripts": ["tfgated=tfgated.__main__:main"]},
 )
