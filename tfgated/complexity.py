@@ -275,6 +275,8 @@ def _gate_fraction(info, values):
             f"Expected {info.units} values per example for gate {info.name!r}. "
             f"Received: shape={values.shape}"
         )
+    if info.apply_class == "EarlyExitCombine":  # z = 1 leaves: the rest runs for 1 - z
+        return 1.0 - values.mean(axis=-1)
     return values.mean(axis=-1)
 
 
@@ -294,8 +296,10 @@ def expected_macs(model, rates=None, gate_values=None, input_shape=None):
 
     Each layer's MACs are multiplied by the open fraction of every gate that
     controls it (its masked output channels, masked input channels, enclosing
-    gated residual branches; see :func:`tfgated.graph.gate_structure`).
-    Different gates are assumed independent when ``rates`` are given; with
+    gated residual branches, the stages after an exit gate, whose fraction is
+    ``1 - z``; see :func:`tfgated.graph.gate_structure`). Different gates are
+    assumed independent when ``rates`` are given (for exits an approximation:
+    the later exit's rate then includes examples that left before); with
     ``gate_values`` the product is taken per example, which is exact.
 
     Args:

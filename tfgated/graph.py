@@ -31,6 +31,7 @@ from keras.src.layers.convolutional.base_separable_conv import BaseSeparableConv
 from keras.src.layers.pooling.base_global_pooling import BaseGlobalPooling
 from keras.src.layers.pooling.base_pooling import BasePooling
 
+from tfgated.exits import EarlyExitCombine, ExitGate
 from tfgated.gates import ChannelMask, GatedResidual, GumbelGate
 from tfgated.losses import GateActivationLoss
 
@@ -72,7 +73,7 @@ CHANNEL_PRESERVING = (
     BaseGlobalPooling,
 )
 
-ROLES = ("output", "input", "through", "branch", "after")
+ROLES = ("output", "input", "through", "branch", "after", "rest")
 
 
 # ----------------------------------------------------------------------------- flat graph
@@ -295,6 +296,10 @@ class ControlledLayer:
                           BatchNormalization maps a zeroed channel to a
                           constant, which a folder must carry into the next
                           layer's bias.
+            ``"rest"``    after an exit gate (:class:`~tfgated.exits.ExitGate`,
+                          ``z = 1`` means "leave here"): runs only for the
+                          examples that pass the exit (the later stages, exit
+                          gates and classifiers, and the final classifier).
     """
 
     name: str
@@ -314,12 +319,15 @@ class GateInfo:
         kind: ``"independent"`` or ``"dependent"``.
         units: number of gate values per example.
         apply: qualified name of the layer applying the gate
-            (a ChannelMask or a GatedResidual).
-        apply_class: ``"ChannelMask"`` or ``"GatedResidual"``.
+            (a ChannelMask, a GatedResidual or an EarlyExitCombine).
+        apply_class: ``"ChannelMask"``, ``"GatedResidual"`` or
+            ``"EarlyExitCombine"`` (an exit gate: its value 1 switches the
+            controlled layers *off*, so their open fraction is ``1 - z``).
         granularity: channels per gate unit (ChannelMask); for a GatedResidual
             the whole branch is one unit and ``granularity`` is the number of
-            channels of the branch output.
-        channels: channels of the masked tensor (= ``units * granularity``).
+            channels of the branch output; 1 for an exit gate.
+        channels: channels of the masked tensor (= ``units * granularity``;
+            1 for an exit gate).
         context: qualified name of the layer producing the gate's context
             tensor (``None`` for a model input).
         loss_index: position of this gate's tensor among the model's
@@ -429,6 +437,30 @@ def _residual_branch(graph, call):
     ]
 
 
+def _exit_rest(graph, call):
+    """``(combine call, controlled layers)`` of exit gate ``call``: the calls upstream of the
+    EarlyExitCombine inputs after this gate's (later exits and the final classifier) that
+    are not upstream of its own exit (the trunk so far, this gate and its classifier)."""
+    z = call.outputs[0]
+    combines = [c for c in graph.consumers.get(z, []) if isinstance(c.layer, EarlyExitCombine)]
+    if len(combines) != 1:
+        raise ValueError(
+            f"Expected exit gate {call.name!r} to feed exactly one EarlyExitCombine. "
+            f"Received: {[c.name for c in combines]}"
+        )
+    combine = combines[0]
+    position = combine.inputs.index(z)
+    before = graph.ancestors(combine.inputs[: position + 1])
+    after = graph.ancestors(combine.inputs[position + 1:], stop=before)
+    names = {graph.producer[k].name for k in after if k not in before and k in graph.producer}
+    controlled = [
+        ControlledLayer(c.name, c.class_name, "rest")
+        for c in graph.calls
+        if c.name in names and not isinstance(c.layer, GateActivationLoss)
+    ]
+    return combine, controlled
+
+
 def _loss_order(graph):
     """``{gate tensor key: index}`` for the first GateActivationLoss call's gate inputs."""
     for call in graph.calls:
@@ -463,6 +495,10 @@ def gate_structure(model, graph=None):
     * GatedResidual: every layer strictly inside the residual branch
       (ancestors of the branch input that are not ancestors of the shortcut
       input) gets role ``"branch"``.
+    * ExitGate (applied by an EarlyExitCombine): every layer upstream of the
+      later exits and the final classifier but not of this exit (its trunk,
+      gate and classifier) gets role ``"rest"``; it runs for the examples
+      whose gate is 0.
 
     Args:
         model: a built functional (or Sequential) model.
@@ -479,6 +515,18 @@ def gate_structure(model, graph=None):
         if not isinstance(gate, GumbelGate):
             continue
         z = call.outputs[0]
+        context_call = graph.producer.get(call.inputs[0])
+        if isinstance(gate, ExitGate):
+            combine, controlled = _exit_rest(graph, call)
+            infos.append(
+                GateInfo(
+                    name=call.name, kind=gate.kind, units=gate.units, apply=combine.name,
+                    apply_class="EarlyExitCombine", granularity=1, channels=1,
+                    context=None if context_call is None else context_call.name,
+                    loss_index=order.get(z), controlled=tuple(controlled),
+                )
+            )
+            continue
         appliers = [
             c for c in graph.consumers.get(z, []) if isinstance(c.layer, (ChannelMask, GatedResidual))
         ]
@@ -488,7 +536,6 @@ def gate_structure(model, graph=None):
                 f"Received: {[c.name for c in appliers]}"
             )
         apply = appliers[0]
-        context_call = graph.producer.get(call.inputs[0])
         if isinstance(apply.layer, ChannelMask):
             channels = graph.shapes[apply.inputs[0]][-1]
             granularity = apply.layer.granularity

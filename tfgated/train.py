@@ -157,7 +157,6 @@ def _load_model_file(path):
     import keras
 
     import tfgated  # noqa: F401  (registers the custom objects)
-    import tfgated.recipes  # noqa: F401  (GhostBatchNormalization)
 
     if os.path.isdir(path):
         path = os.path.join(path, "model.keras")
@@ -518,6 +517,34 @@ def _top_k(probs, labels, k):
     return float(np.mean(np.any(top == labels[:, None], axis=1)))
 
 
+def _open_values(gates, values):
+    """Gate values as "computation on": an exit gate's value 1 means "leave here", so exit
+    gate k contributes the share of examples that pass exits 1..k (what ExitReach gives
+    the activation loss in training); other gates are unchanged."""
+    from tfgated.exits import ExitGate
+
+    opened, passing = {}, None
+    for gate in gates:
+        v = values[gate.name]
+        if isinstance(gate, ExitGate):
+            passing = (1.0 - v) if passing is None else passing * (1.0 - v)
+            v = passing
+        opened[gate.name] = v
+    return opened
+
+
+def _exit_share_metrics(gates, values):
+    """``exit_{k}_share`` and ``final_share`` for a model with exit gates (else ``{}``)."""
+    from tfgated.exits import ExitGate, exit_weights
+
+    exits = [values[g.name] for g in gates if isinstance(g, ExitGate)]
+    if not exits:
+        return {}
+    weights = exit_weights(exits)
+    names = [f"exit_{k}_share" for k in range(1, len(exits) + 1)] + ["final_share"]
+    return {name: float(np.mean(w)) for name, w in zip(names, weights)}
+
+
 def evaluate_model(model, dataset, mode="threshold", runs=5, samples=5, threshold=None):
     """Accuracy, gate activation and measured MACs of ``model`` on ``dataset`` under ``mode``.
 
@@ -529,7 +556,9 @@ def evaluate_model(model, dataset, mode="threshold", runs=5, samples=5, threshol
 
     Returns:
         A dict with ``top1``, ``top5``, ``gate_activation`` (fraction of gate
-        elements open, over examples and gates), ``macs`` (expected MACs per
+        elements open, over examples and gates; for exit gates the share of
+        examples passing them), ``exit_{k}_share`` and ``final_share`` for a
+        model with exit gates, ``macs`` (expected MACs per
         example measured from the gates taken; ``ensemble`` counts all passes),
         ``dense_macs``, and for repeated modes ``*_std`` and ``per_run``.
     """
@@ -566,9 +595,11 @@ def evaluate_model(model, dataset, mode="threshold", runs=5, samples=5, threshol
         row = {"top1": _top_k(probs, labels, 1), "top5": _top_k(probs, labels, 5)}
         if gates:
             stacked = {k: np.concatenate(v) for k, v in values.items()}
+            opened = _open_values(gates, stacked)
             row["gate_activation"] = float(
-                sum(v.sum() for v in stacked.values()) / sum(v.size for v in stacked.values())
+                sum(v.sum() for v in opened.values()) / sum(v.size for v in opened.values())
             )
+            row.update(_exit_share_metrics(gates, stacked))
         if expected_macs is not None:
             report = expected_macs(model, gate_values=stacked) if gates else expected_macs(model)
             row["macs"] = float(report.expected) * passes

@@ -139,6 +139,49 @@ def test_training_steps_report_exit_shares_and_depth(fashion_mnist_small):
     assert any(not np.allclose(b, a) for b, a in zip(before, after))  # the exits learn
 
 
+def test_exit_gates_count_the_stages_after_them_and_evaluate_reports_exits(fashion_mnist_small):
+    from tfgated import complexity
+    from tfgated.graph import gate_structure
+    from tfgated.train import evaluate_model
+
+    model = small_model()
+    infos = {i.name: i for i in gate_structure(model)}
+    rest1, rest2 = (set(infos[n].layers("rest")) for n in ("exit1_gate", "exit2_gate"))
+    assert infos["exit1_gate"].apply_class == "EarlyExitCombine"
+    assert rest2 < rest1  # what follows exit 2 also follows exit 1
+    assert {"exit2_gate", "exit2_classifier", "predictions"} <= rest1
+    assert "predictions" in rest2 and "exit2_classifier" not in rest2
+    assert not {"exit1_gate", "exit1_classifier", "conv2_block1_2_conv"} & rest1
+
+    rows = {r.name: r.macs for r in complexity.count(model).rows}
+    dense = sum(rows.values())
+    after1 = sum(m for n, m in rows.items() if n in rest1)
+    after2 = sum(m for n, m in rows.items() if n in rest2)
+    x, y = fashion_mnist_small
+    data = tf.data.Dataset.from_tensor_slices((x[:64], y[:64])).batch(32)
+    for logits, shares, activation, macs in (
+        ([-20.0, -20.0], [0.0, 0.0, 1.0], 1.0, dense),  # nobody leaves: the dense network
+        ([20.0, -20.0], [1.0, 0.0, 0.0], 0.0, dense - after1),  # all leave at exit 1
+        ([-20.0, 20.0], [0.0, 1.0, 0.0], 0.5, dense - after2),  # all pass exit 1, leave at exit 2
+    ):
+        set_exit_logits(model, logits)
+        result = evaluate_model(model, data, mode="threshold", runs=1)
+        assert [result[k] for k in ("exit_1_share", "exit_2_share", "final_share")] == shares
+        assert result["gate_activation"] == pytest.approx(activation)  # share of exits passed
+        assert result["macs"] == pytest.approx(macs) and result["dense_macs"] == dense
+
+
+def test_import_tfgated_alone_registers_the_exit_layers_for_loading(tmp_path):
+    import subprocess
+    import sys
+
+    path = str(tmp_path / "exit.keras")
+    small_model().save(path)
+    code = f"import keras, tfgated; m = keras.saving.load_model({path!r}, safe_mode=True); print(m.name)"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stderr[-2000:]
+
+
 def test_save_and_load_safe_mode(tmp_path):
     model = small_model()
     x = np.random.default_rng(1).uniform(0, 1, (4, 28, 28, 1)).astype("float32")
