@@ -153,17 +153,25 @@ class ExitGate(GumbelGate):
         return {**config, "filters": self.filters, "pool_size": self.pool_size}
 
 
+def exit_reach(gates):
+    """``[r_1, ..., r_K]`` for exit gates ``z_k``: ``r_k = prod_{j<=k} (1 - z_j)``, 1 where the
+    example passes exits 1..k (tensors or NumPy arrays, each ``(batch, 1)``)."""
+    reach, passing = [], None
+    for z in gates:
+        passing = (1.0 - z) if passing is None else passing * (1.0 - z)
+        reach.append(passing)
+    return reach
+
+
 def exit_weights(gates):
     """Mixture weights ``[w_1, ..., w_K, w_final]`` (each ``(batch, 1)``) for exit gates ``z_k``.
 
-    ``w_k = z_k * prod_{j<k} (1 - z_j)``: 1 for the first exit whose gate is 1.
+    ``w_k = z_k * prod_{j<k} (1 - z_j)``: 1 for the first exit whose gate is 1;
+    ``w_final`` is the last :func:`exit_reach`.
     """
-    weights, remaining = [], None
-    for z in gates:
-        weights.append(z if remaining is None else z * remaining)
-        remaining = (1.0 - z) if remaining is None else remaining * (1.0 - z)
-    weights.append(remaining)
-    return weights
+    reach = exit_reach(gates)
+    weights = [z if k == 0 else z * reach[k - 1] for k, z in enumerate(gates)]
+    return weights + reach[-1:]
 
 
 def _check_gate_shape(shape, what):
@@ -234,12 +242,7 @@ class ExitReach(keras.layers.Layer):
     def call(self, inputs):
         if not isinstance(inputs, (list, tuple)):
             inputs = [inputs]
-        reach, columns = None, []
-        for z in inputs:
-            stay = 1.0 - z
-            reach = stay if reach is None else reach * stay
-            columns.append(reach)
-        return ops.concatenate(columns, axis=-1)
+        return ops.concatenate(exit_reach(inputs), axis=-1)
 
     def compute_output_shape(self, input_shape):
         if not isinstance(input_shape[0], (list, tuple)):

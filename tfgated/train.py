@@ -521,15 +521,11 @@ def _open_values(gates, values):
     """Gate values as "computation on": an exit gate's value 1 means "leave here", so exit
     gate k contributes the share of examples that pass exits 1..k (what ExitReach gives
     the activation loss in training); other gates are unchanged."""
-    from tfgated.exits import ExitGate
+    from tfgated.exits import ExitGate, exit_reach
 
-    opened, passing = {}, None
-    for gate in gates:
-        v = values[gate.name]
-        if isinstance(gate, ExitGate):
-            passing = (1.0 - v) if passing is None else passing * (1.0 - v)
-            v = passing
-        opened[gate.name] = v
+    opened = {g.name: values[g.name] for g in gates}
+    exits = [g.name for g in gates if isinstance(g, ExitGate)]
+    opened.update(zip(exits, exit_reach([values[name] for name in exits])))
     return opened
 
 
