@@ -48,6 +48,14 @@ def main(argv=None):
     p.add_argument("--budget-min", type=float, default=45.0, help="training time budget in minutes")
     p.add_argument("--anneal-target", nargs=3, type=float, metavar=("START", "END", "EPOCHS"), default=None)
     p.add_argument("--set", action="append", default=[], metavar="SWITCH=VALUE", help="recipe switch override")
+    p.add_argument(
+        "--gate", action="append", default=[], metavar="SETTING=VALUE",
+        help="gate setting override of a gated preset, e.g. --gate weight=10 --gate open_probability=0.9",
+    )
+    p.add_argument(
+        "--init-from", default=None, metavar="MODEL",
+        help="warm start from a .keras file or a zoo preset's shipped weights (same-named layers)",
+    )
     p.add_argument("--run-dir", default=None)
     p.add_argument("--quick", action="store_true", help="smoke run: 600 images, 1 epoch")
     p.add_argument("--verbose", default="auto")
@@ -61,7 +69,7 @@ def main(argv=None):
 
     from tfgated.data import load_dataset
     from tfgated.io import machine_info, write_json
-    from tfgated.train import _parse_sets, evaluate_model, train
+    from tfgated.train import _parse_sets, evaluate_model, parse_key_values, train
 
     overrides = _parse_sets(args.set)
     if args.epochs is not None:
@@ -105,7 +113,7 @@ def main(argv=None):
     start = time.time()
     metrics = train(
         args.model, run_dir, limit=limit, overrides=overrides, anneal=args.anneal_target,
-        verbose=verbose, callbacks=[budget],
+        verbose=verbose, callbacks=[budget], gates=parse_key_values(args.gate, "--gate") or None, init_from=args.init_from,
     )
     wall = time.time() - start
 
@@ -127,6 +135,8 @@ def main(argv=None):
         "quick": args.quick,
         "recipe": metrics["recipe"],
         "anneal_target": args.anneal_target,
+        "gate_overrides": parse_key_values(args.gate, "--gate") or None,
+        "init_from": args.init_from,
         "threshold": threshold,
         "always_on": extra["always_on"],
         "ensemble": extra["ensemble"],

@@ -88,14 +88,12 @@ def _positive_float(text):
     return value
 
 
-def _parse_sets(items):
-    """``["label_smoothing=0.3", "augment=flip"]`` -> dict (values parsed as JSON when possible)."""
-    from tfgated.recipes import Recipe
-
+def parse_key_values(items, flag="--set"):
+    """``["weight=10", "augment=flip"]`` -> dict (values parsed as JSON when possible)."""
     values = {}
     for item in items or []:
         if "=" not in item:
-            raise ValueError(f"Expected --set KEY=VALUE. Received: {item!r}")
+            raise ValueError(f"Expected {flag} KEY=VALUE. Received: {item!r}")
         key, text = item.split("=", 1)
         key = key.strip().replace("-", "_")
         try:
@@ -103,6 +101,14 @@ def _parse_sets(items):
         except ValueError:
             value = text
         values[key] = value
+    return values
+
+
+def _parse_sets(items):
+    """``["label_smoothing=0.3", "augment=flip"]`` -> recipe switches (checked)."""
+    from tfgated.recipes import Recipe
+
+    values = parse_key_values(items)
     Recipe.check_switches(values)
     return values
 
@@ -217,6 +223,56 @@ def resolve_model_and_recipe(model, dataset=None, overrides=None, input_shape=No
     return recipe.prepare_model(keras_model), recipe, preset
 
 
+def transfer_weights(source, target, exclude=()):
+    """Copy the weights of ``source``'s layers into ``target``'s layers of the same name and shapes.
+
+    Keras 3 dropped ``load_weights(by_name=True)``; this is its replacement for warm starts,
+    e.g. a gated network from its dense counterpart's trained weights: the gate layers, which
+    the dense network lacks, keep their initialization.
+
+    Returns:
+        ``(copied, skipped)``: names of the target layers that received weights, and
+        ``{name: reason}`` for the layers with weights that did not.
+
+    Raises:
+        ValueError: when no layer could be copied (the two networks share nothing).
+    """
+    by_name = {layer.name: layer for layer in source.layers}
+    copied, skipped = [], {}
+    for layer in target.layers:
+        if not layer.weights:
+            continue
+        other = by_name.get(layer.name)
+        if layer.name in exclude:
+            skipped[layer.name] = "excluded"
+            continue
+        if other is None:
+            skipped[layer.name] = "not in the source model"
+            continue
+        mine = [tuple(w.shape) for w in layer.weights]
+        theirs = [tuple(w.shape) for w in other.weights]
+        if mine != theirs:
+            skipped[layer.name] = f"shapes differ: {mine} here, {theirs} in the source"
+            continue
+        layer.set_weights(other.get_weights())
+        copied.append(layer.name)
+    if not copied:
+        raise ValueError(
+            f"No layer of {source.name!r} matches a layer of {target.name!r} by name and weight shapes; "
+            "nothing to warm-start from."
+        )
+    return copied, skipped
+
+
+def _warm_start_source(init_from, **kwargs):
+    """The model whose weights start a run: a ``.keras`` file, or a zoo preset with its shipped weights."""
+    if _is_model_path(init_from):
+        return _load_model_file(init_from)
+    from tfgated import zoo
+
+    return zoo.load(init_from, weights="default", compile=False, **kwargs)
+
+
 def train(
     model,
     run_dir,
@@ -231,6 +287,7 @@ def train(
     overwrite=False,
     callbacks=(),
     gates=None,
+    init_from=None,
 ):
     """Train ``model`` (preset name or ``.keras`` path) into ``run_dir``; returns the final metrics.
 
@@ -238,6 +295,9 @@ def train(
         overrides: recipe switches (``epochs``, ``batch_size``, ``learning_rate``, ...).
         gates: for a gated preset, gate settings that replace the preset's (``target``,
             ``weight``, ``open_probability``, ...); recorded in the run's ``config.json``.
+        init_from: warm start: a ``.keras`` file or a zoo preset with shipped weights whose
+            layers of the same name and shapes initialize the model (:func:`transfer_weights`),
+            e.g. ``"sipa_fashion_mnist"`` for ``"sipa_fashion_mnist_gated"``.
         anneal: optional ``(start, end, epochs)`` of :class:`~tfgated.callbacks.TargetAnnealing`.
         callbacks: extra Keras callbacks (main phase).
     """
@@ -277,6 +337,8 @@ def train(
     }
     if gates:
         config["gates"] = dict(gates)  # only when given, so earlier run folders still resume
+    if init_from:
+        config["init_from"] = os.fspath(init_from)  # likewise
     config_path = os.path.join(run_dir, "config.json")
     metrics_path = os.path.join(run_dir, "metrics.json")
     if os.path.exists(config_path):
@@ -303,6 +365,12 @@ def train(
     keras_model, recipe, _ = resolve_model_and_recipe(
         model, dataset, overrides, input_shape=info.input_shape, num_classes=info.num_classes, gates=gates
     )
+    if init_from and not os.path.exists(os.path.join(run_dir, "main.keras")):
+        source = _warm_start_source(init_from)
+        copied, skipped = transfer_weights(source, keras_model)
+        del source
+        print(f"Warm start from {init_from}: {len(copied)} layers copied, {len(skipped)} kept their "
+              f"initialization ({', '.join(sorted(skipped)[:6])}{', ...' if len(skipped) > 6 else ''})", flush=True)
     _atomic_json(config_path, {**config, "recipe": recipe.to_dict()})
 
     gated = bool(gate_layers(keras_model))
@@ -378,6 +446,11 @@ def build_train_parser():
         help="override an improving switch, e.g. --set label_smoothing=0.3 --set augment=flip",
     )
     p.add_argument("--anneal-target", nargs=3, type=float, metavar=("START", "END", "EPOCHS"), default=None)
+    p.add_argument(
+        "--init-from", default=None, metavar="MODEL",
+        help="warm start: copy the weights of same-named layers from a .keras file or a zoo preset's "
+             "shipped weights (e.g. train sipa_fashion_mnist_gated from sipa_fashion_mnist)",
+    )
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--verbose", default="auto", help="Keras verbosity: auto, 0, 1 (progress bar), 2")
     p.add_argument("--overwrite", action="store_true", help="start over in an existing run folder")
@@ -409,6 +482,7 @@ def main_train(argv=None):
             seed=args.seed,
             verbose=verbose,
             overwrite=args.overwrite,
+            init_from=args.init_from,
         )
         return 0
 

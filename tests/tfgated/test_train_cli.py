@@ -231,3 +231,33 @@ def test_class_labels_reads_class_ids_and_one_hot_batches_alike():
     one_hot = tf.data.Dataset.from_tensor_slices((images, np.eye(10, dtype="float32")[ids])).batch(2)
     np.testing.assert_array_equal(train_mod.class_labels(sparse), ids)
     np.testing.assert_array_equal(train_mod.class_labels(one_hot), ids)
+
+
+def test_warm_start_copies_the_same_named_layers(tmp_path, model_file, capsys):
+    inputs = keras.Input((28, 28, 1))
+    x = keras.layers.Conv2D(8, 3, strides=2, padding="same", name="conv1")(inputs)
+    x = keras.layers.BatchNormalization(name="bn1")(x)
+    x = keras.layers.GlobalAveragePooling2D()(keras.layers.ReLU()(x))
+    dense = keras.Model(inputs, keras.layers.Dense(10, activation="softmax", name="head")(x), name="dense")
+    gated = keras.saving.load_model(model_file)
+    copied, skipped = train_mod.transfer_weights(dense, gated)
+    assert sorted(copied) == ["bn1", "conv1", "head"]
+    assert skipped["conv1_gate"] == "not in the source model"
+    for name in copied:
+        for mine, theirs in zip(gated.get_layer(name).get_weights(), dense.get_layer(name).get_weights()):
+            np.testing.assert_array_equal(mine, theirs)
+    copied, skipped = train_mod.transfer_weights(dense, gated, exclude=["head"])
+    assert "head" not in copied and skipped["head"] == "excluded"
+    narrow = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3, name="head")])
+    with pytest.raises(ValueError, match="nothing to warm-start from"):
+        train_mod.transfer_weights(narrow, gated)
+
+    source = str(tmp_path / "dense.keras")
+    dense.save(source)
+    run = tmp_path / "run"
+    argv = ["train", "--model", model_file, "--init-from", source, "--limit", "200", "--epochs", "1",
+            "--batch-size", "64", "--run-dir", str(run), "--verbose", "0"]
+    capsys.readouterr()
+    assert cli_main(argv) == 0
+    assert f"Warm start from {source}: 3 layers copied" in capsys.readouterr().out
+    assert json.loads((run / "config.json").read_text())["init_from"] == source
