@@ -9,6 +9,9 @@ end to end with the classifiers:
   here") comes from a small network on the stage's feature map: 3x3
   convolution to ``filters`` channels, batch normalization, ReLU, ``pool_size``
   x ``pool_size`` average pooling, flatten, linear. ``z = 1`` means "exit".
+  With ``pool_first=True`` the pooling comes first, which divides the
+  convolution's cost by ``pool_size**2`` (on a small network the paper's order
+  can cost as much as the stages the exit saves).
 * :class:`EarlyExitCombine`: ``[probs_1, z_1, ..., probs_K, z_K, final_probs]``
   -> the probabilities of the first exit whose gate is 1 (the final classifier
   when none is). The mixture weights ``z_k * prod_{j<k} (1 - z_j)`` are exactly
@@ -49,6 +52,8 @@ class ExitGate(GumbelGate):
         filters: channels of the gate network's 3x3 convolution (128 in the paper).
         pool_size: average-pooling window and stride (4 in the paper), clipped to
             the feature map size.
+        pool_first: pool before the convolution instead of after it (the paper's
+            order): the same output size at ``1 / pool_size**2`` of the MACs.
         temperature, threshold, inference_style, seed: as for
             :class:`~tfgated.gates.GumbelGate`.
         open_probability: initial probability of exiting, in (0, 1).
@@ -66,6 +71,7 @@ class ExitGate(GumbelGate):
         self,
         filters=128,
         pool_size=4,
+        pool_first=False,
         temperature=1.0,
         open_probability=DEFAULT_EXIT_PROBABILITY,
         threshold=0.5,
@@ -91,6 +97,7 @@ class ExitGate(GumbelGate):
             raise ValueError(f"Expected pool_size to be a positive integer. Received: pool_size={pool_size}")
         self.filters = filters
         self.pool_size = pool_size
+        self.pool_first = bool(pool_first)
         self.conv = keras.layers.Conv2D(filters, 3, padding="same", use_bias=False, name="conv")
         self.norm = keras.layers.BatchNormalization(name="norm")
         self.head = keras.layers.Dense(
@@ -111,19 +118,24 @@ class ExitGate(GumbelGate):
                 "Expected a feature map (batch, height, width, channels) with known spatial size "
                 f"and channels. Received: shape={input_shape}"
             )
-        _, height, width, _ = input_shape
-        self.conv.build(input_shape)
-        self.norm.build((None, height, width, self.filters))
+        _, height, width, channels = input_shape
         window = self._pool_window(height, width)
-        flat = (height // window[0]) * (width // window[1]) * self.filters
-        self.head.build((None, flat))
+        pooled = (height // window[0], width // window[1])
+        conv_size = pooled if self.pool_first else (height, width)
+        self.conv.build((None, *conv_size, channels))
+        self.norm.build((None, *conv_size, self.filters))
+        self.head.build((None, pooled[0] * pooled[1] * self.filters))
         self.build_style_variables()
 
     def compute_logits(self, inputs, training=None):
         """Exit logits, shape ``(batch, 1)``."""
-        x = ops.relu(self.norm(self.conv(inputs), training=training))
         window = self._pool_window(inputs.shape[1], inputs.shape[2])
-        x = ops.average_pool(x, window, strides=window, padding="valid")
+        x = inputs
+        if self.pool_first:
+            x = ops.average_pool(x, window, strides=window, padding="valid")
+        x = ops.relu(self.norm(self.conv(x), training=training))
+        if not self.pool_first:
+            x = ops.average_pool(x, window, strides=window, padding="valid")
         x = ops.reshape(x, (ops.shape(x)[0], -1))
         return self.head(x)
 
@@ -136,8 +148,9 @@ class ExitGate(GumbelGate):
         """
         height, width, channels = (int(v) for v in input_shape[-3:])
         window = self._pool_window(height, width)
-        flat = (height // window[0]) * (width // window[1]) * self.filters
-        return height * width * 9 * channels * self.filters + flat
+        pooled = (height // window[0]) * (width // window[1])
+        conv_positions = pooled if self.pool_first else height * width
+        return conv_positions * 9 * channels * self.filters + pooled * self.filters
 
     def call(self, inputs, training=None):
         z = super().call(inputs, training=training)
@@ -150,7 +163,7 @@ class ExitGate(GumbelGate):
         config = super().get_config()
         for key in ("units", "kind", "hidden_units", "force_open"):
             config.pop(key, None)
-        return {**config, "filters": self.filters, "pool_size": self.pool_size}
+        return {**config, "filters": self.filters, "pool_size": self.pool_size, "pool_first": self.pool_first}
 
 
 def exit_reach(gates):
@@ -271,3 +284,97 @@ def exit_shares(model, x, batch_size=256):
         values = [values]
     weights = exit_weights([np.asarray(v, dtype="float32") for v in values])
     return np.array([float(np.mean(w)) for w in weights])
+
+
+def exit_classifier_outputs(model):
+    """``[(gate, feature map, exit probabilities)]`` for each exit of a Gumbel-exit ``model``.
+
+    Read from the model's :class:`EarlyExitCombine` inputs ``[probs_1, z_1, ..., final]``:
+    the feature map is the exit gate's input, from which the exit's classifier also starts.
+    """
+    from tfgated.inference import find_layers
+
+    combines = find_layers(model, EarlyExitCombine)
+    if len(combines) != 1:
+        raise ValueError(f"Expected exactly one EarlyExitCombine in {model.name!r}. Found {len(combines)}.")
+    inputs = list(combines[0].input)
+    gate_of = {id(gate.output): gate for gate in exit_gate_layers(model)}
+    exits = []
+    for probabilities, z in zip(inputs[0:-1:2], inputs[1::2]):
+        gate = gate_of.get(id(z))
+        if gate is None:
+            raise ValueError("Expected every gate input of the EarlyExitCombine to be an ExitGate's output.")
+        exits.append((gate, gate.input, probabilities))
+    return exits
+
+
+def fit_exit_classifiers(model, train_ds, val_ds=None, epochs=1, train_trunk=False, optimizer=None,
+                         verbose="auto"):
+    """Train the exit classifiers of a Gumbel-exit ``model`` on every example, gates aside.
+
+    An exit gate learns to send the examples its classifier gets right; a classifier that has
+    never been trained gets almost none right, so from a fresh head the straight-through
+    gradient closes the exit for good within an epoch and the classifier, which only learns
+    from the examples that leave there, never improves. Warm-starting a network's exits
+    therefore starts with this step, then the whole model trains with its gates.
+
+    * ``train_trunk=False``: each exit classifier (the layers between its feature map and its
+      probabilities) trains with cross-entropy, the rest of the network frozen and in
+      inference mode (as SIPA trains its exit head): a linear probe of the trunk's features.
+    * ``train_trunk=True``: deep supervision (as in BranchyNet or MSDNet): the whole network
+      trains on the sum of the cross-entropies of every exit classifier and the final
+      classifier, so the early stages learn features the exits can use.
+
+    Args:
+        model: a model with :class:`ExitGate` layers feeding an :class:`EarlyExitCombine`.
+        train_ds, val_ds: ``tf.data`` datasets of ``(images, class indices or one-hot labels)``.
+        epochs: training epochs.
+        train_trunk: see above.
+        optimizer: None for Adam 1e-3, or any optimizer ``compile`` accepts.
+
+    Returns:
+        The ``keras.callbacks.History``; one loss and accuracy per classifier (exits first).
+    """
+    import tensorflow as tf
+
+    from tfgated.early_exit import _exit_loss, _ExitTrainer, _label_spec
+    from tfgated.inference import find_layers
+
+    if int(epochs) < 1:
+        raise ValueError(f"Expected epochs >= 1. Received: epochs={epochs}")
+    exits = exit_classifier_outputs(model)
+    outputs = [probabilities for _, _, probabilities in exits]
+    if train_trunk:
+        outputs.append(find_layers(model, EarlyExitCombine)[0].input[-1])
+    num_classes = outputs[0].shape[-1]
+    loss = _exit_loss("crossentropy", _label_spec(train_ds), num_classes)
+
+    def repeat_labels(ds):
+        if ds is None:
+            return None
+        return ds.map(lambda x, y: (x, tuple(y for _ in outputs)), num_parallel_calls=tf.data.AUTOTUNE)
+
+    flags = {}
+    try:
+        if train_trunk:
+            trainer = keras.Model(model.inputs, outputs, name="deep_supervision_trainer")
+        else:
+            points = [feature for _, feature, _ in exits]
+            features = keras.Model(model.inputs, points, name="exit_features")
+            heads = keras.Model(points, outputs, name="exit_classifiers")
+            head_ids = {id(layer) for layer in heads.layers}
+            for layer in features.layers:
+                if id(layer) not in head_ids:
+                    flags[id(layer)] = (layer, layer.trainable)
+                    layer.trainable = False
+            trainer = _ExitTrainer(features, heads, name="exit_classifier_trainer")
+        trainer.compile(
+            optimizer=optimizer or keras.optimizers.Adam(1e-3),
+            loss=[loss] * len(outputs),
+            metrics=[["accuracy"] for _ in outputs],
+        )
+        return trainer.fit(repeat_labels(train_ds), validation_data=repeat_labels(val_ds), epochs=int(epochs),
+                           verbose=verbose)
+    finally:
+        for layer, trainable in flags.values():
+            layer.trainable = trainable

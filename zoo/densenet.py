@@ -93,6 +93,7 @@ def build(
     stem_filters=None,
     exit_filters=128,
     exit_pool_size=4,
+    exit_pool_first=False,
     name=None,
 ):
     """Build a DenseNet(-BC) classifier, with Gumbel early exits when ``gates`` is given.
@@ -111,6 +112,8 @@ def build(
         bottleneck: use the BC bottleneck 1x1 convolutions.
         stem_filters: channels of the stem convolution (default 2k).
         exit_filters, exit_pool_size: the exit gate network (128 and 4 in the paper).
+        exit_pool_first: pool before the exit gate's convolution (cheaper; the paper pools
+            after it).
         name: model name.
 
     Returns:
@@ -143,6 +146,7 @@ def build(
             gate = ExitGate(
                 filters=exit_filters,
                 pool_size=exit_pool_size,
+                pool_first=exit_pool_first,
                 name=f"exit{exit_id}_gate",
                 **settings["gate_kwargs"],
             )
@@ -215,6 +219,7 @@ PRESETS = {
             "compression": 0.5,
             "exit_filters": 32,
             "exit_pool_size": 4,
+            "exit_pool_first": True,
         },
         "gates": {"kind": "dependent", "loss": "per_batch", "target": 0.5, "weight": 1.0},
         "dataset": "fashion_mnist",
@@ -229,8 +234,8 @@ PRESETS = {
         },
         "description": (
             "A small DenseNet-BC (3 blocks of 3 layers, k=8) for 28x28x1 images with Gumbel early "
-            "exits after blocks 1 and 2 (exit gate network narrowed to 32 channels), PB activation "
-            "loss at t=0.5. The paper number is the dense DenseNet-BC 768K of the Fashion-MNIST "
+            "exits after blocks 1 and 2 (exit gate network narrowed to 32 channels and pooled 4x4 "
+            "before its convolution, 5% of the MACs instead of 52%), PB activation loss at t=0.5. The paper number is the dense DenseNet-BC 768K of the Fashion-MNIST "
             "benchmark, a reference point rather than a target for this small model."
         ),
     },

@@ -211,3 +211,53 @@ def test_presets_and_bad_arguments():
         build(gates={"target": 0.5}, blocks=[3])
     with pytest.raises(ValueError, match="compression"):
         build(compression=0.0)
+
+
+def test_pool_first_exit_gate_costs_a_pool_window_less_and_counts_itself():
+    from tfgated import complexity
+
+    shape = (28, 28, 40)
+    after, first = (ExitGate(filters=32, pool_size=4, pool_first=flag, name=f"g{flag}") for flag in (False, True))
+    x = np.random.default_rng(0).uniform(0, 1, (3, *shape)).astype("float32")
+    for gate in (after, first):
+        assert tuple(gate(x).shape) == (3, 1)
+    head = 7 * 7 * 32  # both orders end in a 7x7x32 map: the weights have the same shapes
+    assert after.compute_macs(shape) == 28 * 28 * 9 * 40 * 32 + head
+    assert first.compute_macs(shape) == 7 * 7 * 9 * 40 * 32 + head
+    assert [w.shape for w in first.weights] == [w.shape for w in after.weights]
+    assert ExitGate.from_config(first.get_config()).pool_first is True
+
+    model = small_model()  # the Fashion-MNIST preset pools first
+    gate = model.get_layer("exit1_gate")
+    rows = {r.name: r.macs for r in complexity.count(model).rows}
+    assert gate.pool_first and rows["exit1_gate"] == gate.compute_macs(gate.input.shape)
+    assert rows["exit1_gate"] < 0.1 * sum(rows.values())  # 5%; the paper's order: 9.03M, 41%
+
+
+def test_fit_exit_classifiers_probes_a_frozen_trunk_or_trains_it_with_deep_supervision(fashion_mnist_small):
+    from tfgated.exits import fit_exit_classifiers
+
+    x, y = fashion_mnist_small
+    data = tf.data.Dataset.from_tensor_slices((x[:64], y[:64])).batch(32)
+    model = small_model()
+
+    def snapshot():
+        return {w.path: np.array(w.numpy()) for w in model.weights}
+
+    def changed(before):
+        now = snapshot()
+        return {path.split("/")[0] for path in before if not np.array_equal(before[path], now[path])}
+
+    before = snapshot()
+    history = fit_exit_classifiers(model, data, data, epochs=1, verbose=0)
+    assert changed(before) == {"exit1_classifier", "exit1_classifier_bn", "exit2_classifier", "exit2_classifier_bn"}
+    assert all(layer.trainable for layer in model.layers)  # flags restored
+    assert {"val_accuracy", "val_accuracy_1"} <= set(history.history)
+
+    before = snapshot()
+    fit_exit_classifiers(model, data, epochs=1, train_trunk=True, verbose=0)
+    moved = changed(before)
+    assert {"conv1_conv", "conv4_block3_2_conv", "predictions", "exit1_classifier"} <= moved
+    assert not {"exit1_gate", "exit2_gate"} & moved  # the gates are left to the gated training
+    with pytest.raises(ValueError, match="EarlyExitCombine"):
+        fit_exit_classifiers(keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)]), data)
