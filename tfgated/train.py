@@ -237,6 +237,8 @@ def transfer_weights(source, target, exclude=()):
     Raises:
         ValueError: when no layer could be copied (the two networks share nothing).
     """
+    from tfgated.losses import GateActivationLoss
+
     by_name = {layer.name: layer for layer in source.layers}
     copied, skipped = [], {}
     for layer in target.layers:
@@ -245,6 +247,9 @@ def transfer_weights(source, target, exclude=()):
         other = by_name.get(layer.name)
         if layer.name in exclude:
             skipped[layer.name] = "excluded"
+            continue
+        if isinstance(layer, GateActivationLoss):
+            skipped[layer.name] = "a setting, not a weight: the target stays the model's own"
             continue
         if other is None:
             skipped[layer.name] = "not in the source model"
