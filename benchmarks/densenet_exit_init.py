@@ -19,9 +19,9 @@ to learn from. This script prepares the start that avoids that, in three steps:
     python benchmarks/densenet_exit_init.py
     python benchmarks/train_fashion_mnist.py --model gumbel_densenet_fashion_mnist_exit \\
         --init-from runs/densenet_exit_init.keras --name train_densenet_fashion_mnist_exit_warm \\
-        --epochs 4 --lr 0.01 --set cosine_decay=true
+        --epochs 5 --lr 0.01 --set cosine_decay=true
 
-Prints each exit classifier's validation accuracy.
+Prints each classifier's last-epoch accuracy and loss and writes them to ``--json``.
 """
 
 from __future__ import annotations
@@ -45,6 +45,8 @@ def main(argv=None):
     p.add_argument("--epochs", type=int, default=2, help="epochs of exit-classifier training (default: %(default)s)")
     p.add_argument("--frozen-trunk", action="store_true", help="train only the exit classifiers (linear probes)")
     p.add_argument("--limit", type=int, default=None, help="first N images only (smoke runs)")
+    p.add_argument("--json", default=os.path.join(HERE, "results", "densenet_exit_init.json"),
+                   help="result file (default: %(default)s)")
     args = p.parse_args(argv)
     if not os.path.exists(args.trunk):
         p.error(f"--trunk {args.trunk!r} does not exist: train the preset first (see the README's DenseNet-exit row)")
@@ -54,7 +56,7 @@ def main(argv=None):
     from tfgated import zoo
     from tfgated.data import load_dataset
     from tfgated.exits import exit_gate_layers, fit_exit_classifiers
-    from tfgated.io import save_model
+    from tfgated.io import machine_info, save_model, write_json
     from tfgated.train import _load_model_file, transfer_weights
 
     keras.utils.set_random_seed(42)
@@ -68,7 +70,19 @@ def main(argv=None):
                                    train_trunk=not args.frozen_trunk, verbose=2)
     save_model(model, args.output)
     last = {key: round(float(values[-1]), 4) for key, values in history.history.items()}
-    print(json.dumps({"exit_classifiers": last, "output": args.output}, indent=2))
+    result = {
+        "benchmark": "densenet_exit_init",
+        "command": "python benchmarks/densenet_exit_init.py " + " ".join(sys.argv[1:] if argv is None else argv),
+        "trunk": args.trunk,
+        "epochs": args.epochs,
+        "train_trunk": not args.frozen_trunk,
+        "limit": args.limit,
+        "last_epoch": last,
+        "output": args.output,
+        "machine": machine_info(),
+    }
+    write_json(args.json, result, sort_keys=True)
+    print(json.dumps({"last_epoch": last, "output": args.output}, indent=2))
     return 0
 
 

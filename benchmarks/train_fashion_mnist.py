@@ -72,6 +72,7 @@ def main(argv=None):
     from tfgated.train import _parse_sets, evaluate_model, parse_key_values, train
 
     overrides = _parse_sets(args.set)
+    gate_overrides = parse_key_values(args.gate, "--gate") or None
     if args.epochs is not None:
         overrides["epochs"] = args.epochs
     if args.batch_size is not None:
@@ -113,7 +114,7 @@ def main(argv=None):
     start = time.time()
     metrics = train(
         args.model, run_dir, limit=limit, overrides=overrides, anneal=args.anneal_target,
-        verbose=verbose, callbacks=[budget], gates=parse_key_values(args.gate, "--gate") or None, init_from=args.init_from,
+        verbose=verbose, callbacks=[budget], gates=gate_overrides, init_from=args.init_from,
     )
     wall = time.time() - start
 
@@ -135,7 +136,7 @@ def main(argv=None):
         "quick": args.quick,
         "recipe": metrics["recipe"],
         "anneal_target": args.anneal_target,
-        "gate_overrides": parse_key_values(args.gate, "--gate") or None,
+        "gate_overrides": gate_overrides,
         "init_from": args.init_from,
         "threshold": threshold,
         "always_on": extra["always_on"],

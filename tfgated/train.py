@@ -269,13 +269,13 @@ def transfer_weights(source, target, exclude=()):
     return copied, skipped
 
 
-def _warm_start_source(init_from, **kwargs):
+def _warm_start_source(init_from):
     """The model whose weights start a run: a ``.keras`` file, or a zoo preset with its shipped weights."""
     if _is_model_path(init_from):
         return _load_model_file(init_from)
     from tfgated import zoo
 
-    return zoo.load(init_from, weights="default", compile=False, **kwargs)
+    return zoo.load(init_from, weights="default", compile=False)
 
 
 def train(
