@@ -91,6 +91,10 @@ class GumbelGate(keras.layers.Layer):
         Gate values of shape ``(batch, units)``, each 0 or 1 in the forward pass.
     """
 
+    #: Variables that hold settings (the inference style), not learned values: a warm
+    #: start (:func:`tfgated.train.transfer_weights`) leaves them as the model has them.
+    SETTING_VARIABLES = ("style_id", "threshold_value")
+
     def __init__(
         self,
         units,

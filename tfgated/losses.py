@@ -86,6 +86,10 @@ class GateActivationLoss(keras.layers.Layer):
         inputs: ``[outputs, gates_1, ..., gates_n]``. Returns ``outputs``.
     """
 
+    #: The target rate is a setting of the model, not a learned value (see
+    #: :attr:`tfgated.gates.GumbelGate.SETTING_VARIABLES`).
+    SETTING_VARIABLES = ("target_value",)
+
     def __init__(self, target=0.5, weight=1.0, mode="per_batch", gate_weights=None, **kwargs):
         super().__init__(**kwargs)
         _check_target(target)

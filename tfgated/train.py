@@ -228,7 +228,10 @@ def transfer_weights(source, target, exclude=()):
 
     Keras 3 dropped ``load_weights(by_name=True)``; this is its replacement for warm starts,
     e.g. a gated network from its dense counterpart's trained weights: the gate layers, which
-    the dense network lacks, keep their initialization.
+    the dense network lacks, keep their initialization. Layers named in ``exclude`` keep theirs
+    too. Variables a layer lists in ``SETTING_VARIABLES`` (a gate's inference style and
+    threshold, the activation loss's target rate) are settings of the model being trained,
+    not weights, and are never copied; a layer that holds nothing else is skipped.
 
     Returns:
         ``(copied, skipped)``: names of the target layers that received weights, and
@@ -237,8 +240,6 @@ def transfer_weights(source, target, exclude=()):
     Raises:
         ValueError: when no layer could be copied (the two networks share nothing).
     """
-    from tfgated.losses import GateActivationLoss
-
     by_name = {layer.name: layer for layer in source.layers}
     copied, skipped = [], {}
     for layer in target.layers:
@@ -248,8 +249,9 @@ def transfer_weights(source, target, exclude=()):
         if layer.name in exclude:
             skipped[layer.name] = "excluded"
             continue
-        if isinstance(layer, GateActivationLoss):
-            skipped[layer.name] = "a setting, not a weight: the target stays the model's own"
+        settings = set(getattr(layer, "SETTING_VARIABLES", ()))
+        if all(w.name in settings for w in layer.weights):
+            skipped[layer.name] = f"settings only ({', '.join(sorted(settings))}): they stay the model's own"
             continue
         if other is None:
             skipped[layer.name] = "not in the source model"
@@ -259,7 +261,9 @@ def transfer_weights(source, target, exclude=()):
         if mine != theirs:
             skipped[layer.name] = f"shapes differ: {mine} here, {theirs} in the source"
             continue
-        layer.set_weights(other.get_weights())
+        for variable, value in zip(layer.weights, other.weights):
+            if variable.name not in settings:
+                variable.assign(value)
         copied.append(layer.name)
     if not copied:
         raise ValueError(

@@ -248,12 +248,22 @@ def test_warm_start_copies_the_same_named_layers(tmp_path, model_file, capsys):
             np.testing.assert_array_equal(mine, theirs)
     copied, skipped = train_mod.transfer_weights(dense, gated, exclude=["head"])
     assert "head" not in copied and skipped["head"] == "excluded"
-    # from a gated model with another target, the gates come along but the target does not
+    # from a gated model with another target and style, the gates' logits come along but the
+    # settings (target rate, inference style, threshold) do not
     other = keras.saving.load_model(model_file)
     other.get_layer("activation_loss").set_target(0.2)
+    tfgated.set_inference_style(other, "stochastic", threshold=0.3)
+    other_gate = other.get_layer("conv1_gate")
+    for variable in other_gate.trainable_weights:
+        variable.assign(variable + 0.5)
     copied, skipped = train_mod.transfer_weights(other, gated)
     assert "conv1_gate" in copied and "activation_loss" in skipped
     assert float(gated.get_layer("activation_loss").target_value.numpy()) == pytest.approx(0.6)
+    gate = gated.get_layer("conv1_gate")
+    for mine, theirs in zip(gate.trainable_weights, other_gate.trainable_weights):
+        np.testing.assert_array_equal(mine.numpy(), theirs.numpy())
+    assert int(gate.style_id.numpy()) != int(other_gate.style_id.numpy())
+    assert float(gate.threshold_value.numpy()) == pytest.approx(0.5)
     narrow = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3, name="head")])
     with pytest.raises(ValueError, match="nothing to warm-start from"):
         train_mod.transfer_weights(narrow, gated)
