@@ -282,6 +282,12 @@ def exit_shares(model, x, batch_size=256):
     values = probe.predict(x, batch_size=batch_size, verbose=0)
     if len(gates) == 1:
         values = [values]
+    return gate_exit_shares(values)
+
+
+def gate_exit_shares(values):
+    """Share of the examples leaving at each exit (last entry: the final classifier), from
+    the exit gates' values ``[z_1, ..., z_K]`` (NumPy arrays, each ``(examples, 1)``)."""
     weights = exit_weights([np.asarray(v, dtype="float32") for v in values])
     return np.array([float(np.mean(w)) for w in weights])
 

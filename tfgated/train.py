@@ -614,14 +614,13 @@ def _open_values(gates, values):
 
 def _exit_share_metrics(gates, values):
     """``exit_{k}_share`` and ``final_share`` for a model with exit gates (else ``{}``)."""
-    from tfgated.exits import ExitGate, exit_weights
+    from tfgated.exits import ExitGate, gate_exit_shares
 
     exits = [values[g.name] for g in gates if isinstance(g, ExitGate)]
     if not exits:
         return {}
-    weights = exit_weights(exits)
     names = [f"exit_{k}_share" for k in range(1, len(exits) + 1)] + ["final_share"]
-    return {name: float(np.mean(w)) for name, w in zip(names, weights)}
+    return dict(zip(names, (float(share) for share in gate_exit_shares(exits))))
 
 
 def evaluate_model(model, dataset, mode="threshold", runs=5, samples=5, threshold=None):
