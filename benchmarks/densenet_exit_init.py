@@ -10,7 +10,7 @@ to learn from. This script prepares the start that avoids that, in three steps:
    a trained model of the same architecture (``--trunk``: the run that collapsed has a good
    trunk and final classifier);
 2. train the exit classifiers on every example (:func:`tfgated.exits.fit_exit_classifiers`), on
-   the training split of ``tfgated.train`` (seed 42, 10% validation held out): by default with
+   the trunk's training split (the seed and validation fraction its run recorded): by default with
    deep supervision (the whole network on the summed cross-entropy of all classifiers), with
    ``--frozen-trunk`` as linear probes of the frozen trunk (one epoch of that reached only
    0.38 and 0.60 validation accuracy at the two exits of the collapsed run's trunk);
@@ -57,7 +57,7 @@ def main(argv=None):
     from tfgated.data import load_dataset
     from tfgated.exits import exit_gate_layers, fit_exit_classifiers
     from tfgated.io import machine_info, save_model, write_json
-    from tfgated.train import _load_model_file, transfer_weights
+    from tfgated.train import _load_model_file, held_out_split, transfer_weights
 
     keras.utils.set_random_seed(42)
     model = zoo.build(PRESET)
@@ -65,7 +65,8 @@ def main(argv=None):
     gates = [gate.name for gate in exit_gate_layers(model)]
     copied, skipped = transfer_weights(trunk, model, exclude=gates)
     print(f"Copied {len(copied)} layers from {args.trunk}; fresh: {sorted(skipped)}", flush=True)
-    splits = load_dataset("fashion_mnist", batch_size=128, validation_split=0.1, seed=42, limit=args.limit)
+    seed, fraction = held_out_split(args.trunk, default_seed=42)  # the trunk's own validation split
+    splits = load_dataset("fashion_mnist", batch_size=128, validation_split=fraction, seed=seed, limit=args.limit)
     history = fit_exit_classifiers(model, splits.train, splits.validation, epochs=args.epochs,
                                    train_trunk=not args.frozen_trunk, verbose=2)
     save_model(model, args.output)
