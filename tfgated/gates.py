@@ -53,6 +53,13 @@ def _check_probability(name, value, *, open_interval=False):
         raise ValueError(f"Expected {name} in {interval}. Received: {name}={value}")
 
 
+def scale_gradient(x, scale):
+    """``x`` in the forward pass, ``scale`` times its gradient in the backward pass."""
+    if scale == 1.0:
+        return x
+    return ops.stop_gradient(x) + scale * (x - ops.stop_gradient(x))
+
+
 def check_style(style, allowed=GATE_STYLES):
     """Raise a clear error if ``style`` is not one of ``allowed``."""
     if style not in allowed:
@@ -80,6 +87,12 @@ class GumbelGate(keras.layers.Layer):
         threshold: open-probability threshold of the ``threshold`` style.
         inference_style: initial inference style (see module docstring).
         seed: seed of the gate noise.
+        gradient_scale: factor on the gradient that reaches the gate's logits
+            in training (the forward pass is unchanged). Under SGD it is a
+            learning-rate multiplier for the gates (logits or gate network):
+            independent gates on a warm-started network see per-gate gradients
+            too small to separate them within a few epochs at the network's
+            learning rate. Adaptive optimizers (Adam) normalize it away.
 
     Call arguments:
         inputs: the context tensor, rank >= 2 with the batch first. Independent
@@ -106,6 +119,7 @@ class GumbelGate(keras.layers.Layer):
         threshold=0.5,
         inference_style="threshold",
         seed=None,
+        gradient_scale=1.0,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -117,6 +131,8 @@ class GumbelGate(keras.layers.Layer):
             raise ValueError(f"Expected temperature > 0. Received: temperature={temperature}")
         _check_probability("open_probability", open_probability, open_interval=True)
         _check_probability("threshold", threshold, open_interval=True)
+        if not gradient_scale > 0:
+            raise ValueError(f"Expected gradient_scale > 0. Received: gradient_scale={gradient_scale}")
         if not isinstance(hidden_units, int) or hidden_units < 1:
             raise ValueError(
                 f"Expected hidden_units to be a positive integer. Received: hidden_units={hidden_units}"
@@ -131,6 +147,7 @@ class GumbelGate(keras.layers.Layer):
         self.threshold = float(threshold)
         self.inference_style = inference_style
         self.seed = seed
+        self.gradient_scale = float(gradient_scale)
         self.seed_generator = keras.random.SeedGenerator(seed)
         # Set by static_inference_style(): trace the current style as a constant.
         self.static_style = False
@@ -201,6 +218,7 @@ class GumbelGate(keras.layers.Layer):
     def call(self, inputs, training=None):
         logits = self.compute_logits(inputs, training=training)
         if training:
+            logits = scale_gradient(logits, self.gradient_scale)
             noise = self._logistic_noise(ops.shape(logits), logits.dtype)
             sampled = ops.cast(logits + noise > 0, logits.dtype)
             soft = ops.sigmoid((logits + noise) / self.temperature)
@@ -285,6 +303,7 @@ class GumbelGate(keras.layers.Layer):
             "threshold": self.threshold,
             "inference_style": self.inference_style,
             "seed": self.seed,
+            "gradient_scale": self.gradient_scale,
         }
 
 

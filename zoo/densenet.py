@@ -26,7 +26,7 @@ import tfgated
 from tfgated.exits import DEFAULT_EXIT_PROBABILITY, EarlyExitCombine, ExitGate, ExitReach
 from tfgated.zoo.registry import gate_settings, register_family
 
-EXIT_GATE_ARGS = ("temperature", "open_probability", "threshold", "seed")
+EXIT_GATE_ARGS = ("temperature", "open_probability", "threshold", "seed", "gradient_scale")
 
 
 def dense_layer(x, growth_rate, name, bottleneck=True):

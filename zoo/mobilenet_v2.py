@@ -217,7 +217,8 @@ def build(
             ``granularity`` (one (g_inp, g_out, g_exp) row per row of
             ``blocks``; defaults to the supplement's table for the ImageNet
             body) and optional GumbelGate arguments (``temperature``,
-            ``open_probability``, ``hidden_units``, ``threshold``, ``seed``).
+            ``open_probability``, ``hidden_units``, ``threshold``, ``seed``,
+            ``gradient_scale``).
         blocks: rows (expansion, channels, repeats, first stride).
         stem_filters, stem_stride: the ``Conv1`` stem.
         last_filters: channels of the final 1x1 convolution ``Conv_1``.

@@ -21,7 +21,8 @@ A *family module* (``zoo/sipa.py``, ``zoo/resnet.py``, ``zoo/mobilenet_v2.py``,
   ``"weight"`` (float) and ``"granularity"`` (family-specific: how many
   channels one gate controls, or a per-stage list), plus optional
   :class:`tfgated.GumbelGate` keyword arguments (``"temperature"``,
-  ``"open_probability"``, ``"hidden_units"``). :func:`gate_settings` fills the
+  ``"open_probability"``, ``"hidden_units"``, ``"threshold"``, ``"seed"``,
+  ``"gradient_scale"``). :func:`gate_settings` fills the
   defaults and checks the values; builders should call it.
 
 * a module-level ``PRESETS: dict[str, dict]``. A preset is plain data::
@@ -84,7 +85,7 @@ WEIGHTS_INDEX = os.path.join(WEIGHTS_DIR, "index.json")
 GATE_KINDS = ("independent", "dependent")
 GATE_LOSSES = ("per_batch", "per_gate")
 GATE_DEFAULTS = {"kind": "independent", "loss": "per_batch", "target": 0.5, "weight": 1.0}
-GATE_LAYER_ARGS = ("temperature", "open_probability", "hidden_units", "threshold", "seed")
+GATE_LAYER_ARGS = ("temperature", "open_probability", "hidden_units", "threshold", "seed", "gradient_scale")
 GATE_KEYS = (*GATE_DEFAULTS, "granularity", *GATE_LAYER_ARGS)
 PRESET_REQUIRED = ("family", "arch", "input_shape", "num_classes", "recipe", "description")
 PRESET_OPTIONAL = {"gates": None, "dataset": None, "weights": None, "paper": None}

@@ -45,7 +45,7 @@ keras.applications model for ImageNet) or a dict::
      "target": 0.5, "weight": 1.0,               # activation loss target rate and weight
      "level": "layer" | "channel",               # imagenet only; default "layer"
      "granularity": [16, 32, 64, 128],           # channel level: expansion filters per gate per stage
-     "temperature", "open_probability", "hidden_units", "threshold",
+     "temperature", "open_probability", "hidden_units", "threshold", "gradient_scale",
      "inference_style", "seed"}                  # passed to every GumbelGate
 
 The common keys are checked by :func:`tfgated.zoo.registry.gate_settings`. Presets

@@ -50,6 +50,36 @@ def test_training_samples_are_hard_with_straight_through_gradient():
     assert np.all(grad > 0)  # relaxed sample's gradient: pushing z up raises the logits
 
 
+@pytest.mark.parametrize("kind", ["independent", "dependent"])
+def test_gradient_scale_multiplies_the_gate_gradient_only(kind):
+    context = tf.random.stateless_normal((16, 8), seed=(1, 2))
+
+    def forward_and_gradient(scale):
+        gate = GumbelGate(6, kind=kind, open_probability=0.5, seed=7, gradient_scale=scale, name="g")
+        gate.build((None, 8))
+        if kind == "dependent":  # same gate network for both scales
+            for variable in gate.trainable_variables:
+                variable.assign(tf.random.stateless_normal(variable.shape, seed=(3, 4)))
+        with tf.GradientTape() as tape:
+            z = gate(context, training=True)
+            objective = tf.reduce_sum(z * tf.range(6, dtype=z.dtype))
+        return z.numpy(), [g.numpy() for g in tape.gradient(objective, gate.trainable_variables)]
+
+    z1, grads1 = forward_and_gradient(1.0)
+    z30, grads30 = forward_and_gradient(30.0)
+    np.testing.assert_array_equal(z1, z30)  # same seed, same samples: the forward pass is unchanged
+    assert any(np.abs(g).max() > 0 for g in grads1)
+    for g1, g30 in zip(grads1, grads30):
+        np.testing.assert_allclose(g30, 30.0 * g1, rtol=1e-4, atol=1e-6)
+
+
+def test_gradient_scale_is_checked_and_serialized():
+    with pytest.raises(ValueError, match="gradient_scale"):
+        GumbelGate(2, gradient_scale=0.0)
+    gate = GumbelGate(2, gradient_scale=25.0)
+    assert GumbelGate.from_config(gate.get_config()).gradient_scale == 25.0
+
+
 def test_training_step_moves_gate_logits(fashion_mnist_small):
     x, y = fashion_mnist_small
     model = small_gated_model(kind="dependent")

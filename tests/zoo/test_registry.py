@@ -144,6 +144,8 @@ def test_gate_settings_defaults_and_errors():
     assert settings["kind"] == "dependent" and settings["loss"] == "per_batch"
     assert settings["target"] == 0.5 and settings["granularity"] == 4
     assert settings["gate_kwargs"] == {"temperature": 0.5}
+    scaled = registry.gate_settings({"gradient_scale": 100.0, "seed": 3})
+    assert scaled["gate_kwargs"] == {"gradient_scale": 100.0, "seed": 3}
     assert registry.gate_settings(None) is None
     assert registry.gate_settings({"level": "layer"})["level"] == "layer"  # family keys pass the registry
     with pytest.raises(ValueError, match=r"Unknown gate settings \['level'\]"):

@@ -155,6 +155,14 @@ def test_granularity_errors_name_the_value():
     assert model.get_layer("block9_expand_gate").units == 10
 
 
+def test_gate_layer_settings_reach_every_gate():
+    model = tfgated.zoo.build("sipa_fashion_mnist_gated", gates={"gradient_scale": 50.0, "open_probability": 0.9})
+    gates = [layer for layer in model.layers if isinstance(layer, tfgated.GumbelGate)]
+    assert len(gates) == 10
+    assert {gate.gradient_scale for gate in gates} == {50.0}
+    assert {gate.open_probability for gate in gates} == {0.9}
+
+
 def test_a_small_gated_exit_variant_trains_with_fit():
     """Gates, exit head and activation loss train together through plain fit."""
     model = tfgated.zoo.load(
