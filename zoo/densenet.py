@@ -24,9 +24,10 @@ import keras
 
 import tfgated
 from tfgated.exits import DEFAULT_EXIT_PROBABILITY, EarlyExitCombine, ExitGate, ExitReach
-from tfgated.zoo.registry import gate_settings, register_family
+from tfgated.zoo.registry import GATE_LAYER_ARGS, gate_settings, register_family
 
-EXIT_GATE_ARGS = ("temperature", "open_probability", "threshold", "seed", "gradient_scale")
+#: GumbelGate arguments an exit gate takes: all but ``hidden_units`` (its network is its own).
+EXIT_GATE_ARGS = tuple(arg for arg in GATE_LAYER_ARGS if arg != "hidden_units")
 
 
 def dense_layer(x, growth_rate, name, bottleneck=True):
@@ -105,7 +106,7 @@ def build(
             ("per_batch"/"per_gate"), ``target`` (average share of post-exit
             blocks run), ``weight`` and optionally ``kind`` (must be
             "dependent"), ``temperature``, ``open_probability`` (initial exit
-            probability, default 0.25), ``threshold``, ``seed``.
+            probability, default 0.25), ``threshold``, ``seed``, ``gradient_scale``.
         blocks: layers per dense block (DenseNet-BC-100: (16, 16, 16)).
         growth_rate: channels each layer adds (k).
         compression: channel factor of the transitions, in (0, 1].
