@@ -52,11 +52,23 @@ def transition(x, compression, name):
     return keras.layers.AveragePooling2D(2, strides=2, name=f"{name}_pool")(x)
 
 
-def classifier(x, num_classes, name):
-    """BN, ReLU, global average pool, linear, softmax."""
+def classifier(x, num_classes, name, grid=None):
+    """BN, ReLU, average pool, linear, softmax.
+
+    ``grid=None`` pools globally (the paper's classifiers). ``grid=g`` average-pools in
+    windows of ``H // g`` pixels (stride the same, valid padding) to about a g x g grid and
+    flattens it, so a linear classifier on an early, wide feature map still sees where
+    things are: on Fashion-MNIST a global pool of the first block's 40 channels is a poor
+    classifier (0.60 validation accuracy after deep supervision).
+    """
     x = keras.layers.BatchNormalization(epsilon=1.001e-5, name=f"{name}_bn")(x)
     x = keras.layers.Activation("relu", name=f"{name}_relu")(x)
-    x = keras.layers.GlobalAveragePooling2D(name=f"{name}_pool")(x)
+    if grid is None:
+        x = keras.layers.GlobalAveragePooling2D(name=f"{name}_pool")(x)
+    else:
+        window = max(1, min(int(x.shape[1]), int(x.shape[2])) // int(grid))
+        x = keras.layers.AveragePooling2D(window, strides=window, name=f"{name}_pool")(x)
+        x = keras.layers.Flatten(name=f"{name}_flatten")(x)
     return keras.layers.Dense(num_classes, activation="softmax", dtype="float32", name=name)(x)
 
 
@@ -95,6 +107,7 @@ def build(
     exit_filters=128,
     exit_pool_size=4,
     exit_pool_first=False,
+    exit_classifier_grid=None,
     name=None,
 ):
     """Build a DenseNet(-BC) classifier, with Gumbel early exits when ``gates`` is given.
@@ -115,6 +128,9 @@ def build(
         exit_filters, exit_pool_size: the exit gate network (128 and 4 in the paper).
         exit_pool_first: pool before the exit gate's convolution (cheaper; the paper pools
             after it).
+        exit_classifier_grid: None for the paper's globally pooled exit classifiers, or g
+            to pool each exit's features to about a g x g grid before its linear layer
+            (see :func:`classifier`; the final classifier always pools globally).
         name: model name.
 
     Returns:
@@ -131,6 +147,11 @@ def build(
     if not isinstance(growth_rate, int) or growth_rate < 1:
         raise ValueError(f"Expected growth_rate to be a positive integer. Received: growth_rate={growth_rate}")
     stem_filters = 2 * growth_rate if stem_filters is None else int(stem_filters)
+    if exit_classifier_grid is not None and (isinstance(exit_classifier_grid, bool)
+                                             or not isinstance(exit_classifier_grid, int)
+                                             or exit_classifier_grid < 1):
+        raise ValueError("Expected exit_classifier_grid to be None or a positive integer. "
+                         f"Received: exit_classifier_grid={exit_classifier_grid!r}")
 
     inputs = keras.Input(shape=tuple(input_shape))
     x = keras.layers.Conv2D(stem_filters, 3, padding="same", use_bias=False, name="conv1_conv")(inputs)
@@ -143,7 +164,7 @@ def build(
             break
         if settings is not None:
             exit_id = index + 1
-            exit_outputs.append(classifier(x, num_classes, f"exit{exit_id}_classifier"))
+            exit_outputs.append(classifier(x, num_classes, f"exit{exit_id}_classifier", exit_classifier_grid))
             gate = ExitGate(
                 filters=exit_filters,
                 pool_size=exit_pool_size,
@@ -221,6 +242,7 @@ PRESETS = {
             "exit_filters": 32,
             "exit_pool_size": 4,
             "exit_pool_first": True,
+            "exit_classifier_grid": 4,
         },
         "gates": {"kind": "dependent", "loss": "per_batch", "target": 0.5, "weight": 1.0},
         "dataset": "fashion_mnist",
@@ -236,7 +258,8 @@ PRESETS = {
         "description": (
             "A small DenseNet-BC (3 blocks of 3 layers, k=8) for 28x28x1 images with Gumbel early "
             "exits after blocks 1 and 2 (exit gate network narrowed to 32 channels and pooled 4x4 "
-            "before its convolution, 5% of the MACs instead of 52%), PB activation loss at t=0.5. The paper number is the dense DenseNet-BC 768K of the Fashion-MNIST "
+            "before its convolution, 5% of the MACs instead of 52%; exit classifiers pooled to a 4x4 grid "
+            "instead of globally, 0.1% of the MACs), PB activation loss at t=0.5. The paper number is the dense DenseNet-BC 768K of the Fashion-MNIST "
             "benchmark, a reference point rather than a target for this small model."
         ),
     },

@@ -234,6 +234,27 @@ def test_pool_first_exit_gate_costs_a_pool_window_less_and_counts_itself():
     assert rows["exit1_gate"] < 0.1 * sum(rows.values())  # 5%; the paper's order: 9.03M, 41%
 
 
+def test_exit_classifier_grid_pools_to_a_grid_and_counts_its_linear_layer():
+    from tfgated import complexity
+
+    grid = small_model()  # the Fashion-MNIST preset pools its exits to a 4x4 grid
+    plain = build(num_classes=10, input_shape=(28, 28, 1), gates=SMALL["gates"],
+                  **{**SMALL["arch"], "exit_classifier_grid": None})
+    assert SMALL["arch"]["exit_classifier_grid"] == 4
+    # block 1 ends at 28x28x40 (window 7), block 2 at 14x14x44 (window 3, the last 2 rows dropped)
+    assert grid.get_layer("exit1_classifier_pool").output.shape[1:] == (4, 4, 40)
+    assert grid.get_layer("exit2_classifier_pool").output.shape[1:] == (4, 4, 44)
+    assert grid.get_layer("exit1_classifier").kernel.shape == (640, 10)
+    assert plain.get_layer("exit1_classifier").kernel.shape == (40, 10)
+    assert isinstance(plain.get_layer("predictions_pool"), keras.layers.GlobalAveragePooling2D)
+    assert isinstance(grid.get_layer("predictions_pool"), keras.layers.GlobalAveragePooling2D)
+    extra = complexity.count(grid).macs - complexity.count(plain).macs
+    assert extra == (640 - 40) * 10 + (704 - 44) * 10
+    for bad in (0, 2.5, True, "4"):
+        with pytest.raises(ValueError, match="exit_classifier_grid"):
+            build(gates={"target": 0.5}, blocks=[1, 1], exit_classifier_grid=bad)
+
+
 def test_fit_exit_classifiers_probes_a_frozen_trunk_or_trains_it_with_deep_supervision(fashion_mnist_small):
     from tfgated.exits import fit_exit_classifiers
 
