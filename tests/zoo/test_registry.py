@@ -239,7 +239,7 @@ def test_weights_that_need_the_internet_or_do_not_exist(tiny):
     with pytest.raises(ValueError, match=r"need the internet.*python -m tfgated train --model tiny_registry_test"):
         tfgated.zoo.load(TINY, weights="default")
     with pytest.raises(ValueError, match=r"has no pretrained weights.*python -m tfgated train --model"):
-        tfgated.zoo.load("gumbel_densenet_fashion_mnist_exit", weights="default")
+        tfgated.zoo.load("gumbel_densenet_cifar10_exit", weights="default")
     with pytest.raises(FileNotFoundError, match="does not exist"):
         tfgated.zoo.load(TINY, weights=str(tiny / "nope.weights.h5"))
 
