@@ -8,6 +8,9 @@ temporary file is removed, ``path`` is left as it was, and the error propagates.
 * :func:`write_json` — ``json.dumps(obj, indent=2)`` plus a trailing newline.
 * :func:`save_model` — ``model.save`` (Keras) to a temporary ``.keras`` file.
 * :func:`save_figure` — ``fig.savefig`` (matplotlib) to a temporary file with the same extension.
+* :func:`json_default` — the one ``default=`` for ``json.dumps`` of NumPy values and tuples.
+* :func:`load_model` — the one ``.keras`` loader (every tfgated custom object registered,
+  ``safe_mode=True``).
 
 Temporary files are named ``.<file name>.<random>.tmp[<ext>]`` in the target's folder
 (so ``os.replace`` never crosses file systems) and the target's parent folders are
@@ -24,7 +27,7 @@ import json
 import os
 import tempfile
 
-__all__ = ["save_figure", "save_model", "write_atomic", "write_json"]
+__all__ = ["json_default", "load_model", "save_figure", "save_model", "write_atomic", "write_json"]
 
 
 def _umask():
@@ -162,6 +165,47 @@ def save_figure(fig, path, *, makedirs=True, **savefig_kwargs):
         _remove_quietly(tmp)
         raise
     return path
+
+
+def json_default(value):
+    """``default=`` for :func:`json.dumps`: NumPy scalars and arrays, tuples and sets as JSON values.
+
+    Anything else raises ``TypeError`` as :func:`json.dumps` itself would, so a value
+    that has no faithful JSON form is never written as its ``str``.
+    """
+    import numpy as np
+
+    if isinstance(value, np.bool_):
+        return bool(value)
+    if isinstance(value, np.integer):
+        return int(value)
+    if isinstance(value, np.floating):
+        return float(value)
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, (tuple, set, frozenset)):
+        return list(value)
+    raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
+
+
+def load_model(path, *, compile=False):
+    """Load a ``.keras`` file (or a run folder holding ``model.keras``) with ``safe_mode=True``.
+
+    ``import tfgated`` registers every custom object the library defines (gates, exit
+    gates and heads, ghost batch norm, pruning schedules, the soft-smoothing loss), so
+    any file tfgated wrote loads here. Raises ``FileNotFoundError`` naming the path
+    when it does not exist.
+    """
+    import keras
+
+    import tfgated  # noqa: F401  (registers the custom objects)
+
+    path = os.fspath(path)
+    if os.path.isdir(path):
+        path = os.path.join(path, "model.keras")
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"Model file {path!r} not found.")
+    return keras.saving.load_model(path, safe_mode=True, compile=compile)
 
 
 def machine_info():
