@@ -1,7 +1,7 @@
 """Installs tfgated: gated efficient networks for Keras 3, with TFLite/ONNX export.
 
 The top-level folders ``zoo/`` and ``export/`` are the subpackages ``tfgated.zoo``
-and ``tfgated.export`` (see DESIGN.md), mapped with ``package_dir``.
+and ``tfgated.export`` (see docs/layout.md), mapped with ``package_dir``.
 """
 
 from setuptools import setup
