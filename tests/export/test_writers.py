@@ -102,7 +102,7 @@ def _cli(*args):
 
 
 def test_cli_help_documents_options(capsys):
-    from tfgated.export.__main__ import main
+    from tfgated.cli.export import main
 
     with pytest.raises(SystemExit) as done:
         main(["--help"])
@@ -142,10 +142,10 @@ def test_cli_export_keras_file_and_bench(tmp_path):
 
 
 def test_cli_missing_model_is_clear(tmp_path, capsys):
-    from tfgated.export.__main__ import main
+    from tfgated.cli.export import main
 
     assert main(["--tflite", str(tmp_path / "nope.keras"), "-o", str(tmp_path / "x.tflite")]) == 2
-    assert "No such model file" in capsys.readouterr().err
+    assert "not found" in capsys.readouterr().err
 
 
 def test_pruning_masks_are_applied_before_export(tmp_path):
