@@ -20,12 +20,17 @@ Keras layers that computes the same function:
 * data-dependent gates are rebuilt as plain layers in *masked* form: the gate
   network (pool, dense, batch norm, ReLU, dense), a hard step
   (``Rescaling`` + ``ReLU(max_value=1)``), and a ``Multiply``. For a batch of
-  one, :func:`tfgated.export.writers.export_function` can instead run gated
+  one, :func:`tfgated.export.convert.export_function` can instead run gated
   residual branches under ``tf.cond`` (conditional form);
 * the :class:`~tfgated.GateActivationLoss` layer becomes the identity.
 
 The analysis is channel-exact: a channel is removed only when the folded model
 provably computes the same outputs (up to float rounding).
+
+The work is split in three modules: :mod:`tfgated.export.fold_graph` (nodes, how a layer
+treats channels, constants), :mod:`tfgated.export.fold_plan` (the live / constant / present
+analyses) and :mod:`tfgated.export.fold_build` (the rebuild); this module holds the public
+:func:`fold`, :class:`FoldReport` and :func:`fold_batchnorms`.
 """
 
 from __future__ import annotations

@@ -99,11 +99,13 @@ def gate_of(producer, z):
     return gate, (static_gate_values(gate) if is_static_gate(gate) else None)
 
 def channels(tensor):
+    """The channel count (last axis) of ``tensor``, or ``None`` for a rank-1 tensor."""
     shape = tensor.shape
     return shape[-1] if len(shape) >= 2 else None
 
 
 def is_static_gate(gate):
+    """Whether ``gate``'s decision ignores its input (independent, always on, or a forced single unit)."""
     return gate.kind == "independent" or gate.inference_style == "always_on" or (
         gate.force_open and gate.units == 1
     )
@@ -118,20 +120,24 @@ def static_gate_values(gate):
 
 
 def is_builtin(layer):
+    """Whether ``layer`` is a built-in Keras layer."""
     return type(layer).__module__.startswith("keras.")
 
 
 def conv_like(layer):
+    """Whether ``layer`` is a plain (ungrouped, not depthwise/separable/transposed) convolution."""
     return isinstance(layer, (L.Conv1D, L.Conv2D, L.Conv3D)) and not isinstance(
         layer, (L.DepthwiseConv2D, L.SeparableConv2D, L.Conv2DTranspose, L.Conv1DTranspose, L.Conv3DTranspose)
     ) and getattr(layer, "groups", 1) == 1
 
 
 def depthwise_like(layer):
+    """Whether ``layer`` is a ``DepthwiseConv2D`` with one output channel per input channel."""
     return isinstance(layer, L.DepthwiseConv2D) and layer.depth_multiplier == 1
 
 
 def bn_last_axis(layer, rank):
+    """Whether ``layer`` is a batch norm over the last axis of a rank-``rank`` input."""
     if not isinstance(layer, L.BatchNormalization):
         return False
     axis = layer.axis if isinstance(layer.axis, int) else (layer.axis[0] if len(layer.axis) == 1 else None)
@@ -139,6 +145,7 @@ def bn_last_axis(layer, rank):
 
 
 def reshape_keeps_channels(layer, in_tensor):
+    """Whether ``layer`` is a ``Reshape`` that keeps ``in_tensor``'s channels as its last axis."""
     return (
         isinstance(layer, L.Reshape)
         and channels(in_tensor) is not None

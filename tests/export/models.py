@@ -125,3 +125,10 @@ def load_preset(name):
     if shape[0] > TEST_SIDE:
         shape = (TEST_SIDE, TEST_SIDE) + shape[2:]
     return zoo.load(name, weights=None, input_shape=shape, compile=False)
+
+
+def fashion_mnist_presets():
+    """The representative presets of :func:`representative_presets` that read Fashion-MNIST."""
+    from tfgated import zoo
+
+    return [name for name in representative_presets() if zoo.get_preset(name).get("dataset") == "fashion_mnist"]
