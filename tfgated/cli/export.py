@@ -56,19 +56,12 @@ def _export_parser():
         "or a .npy array of inputs (default: fashion_mnist)",
     )
     p.add_argument("--batch-size", type=positive_int, default=1, help="fixed batch size of the exported signature (default 1)")
-    p.add_argument(
-        "--mode",
-        choices=["threshold", "always_on"],
-        default=None,
-        help="inference style of the gates to export (default: the model's own style)",
-    )
+    styles = ["threshold", "always_on"]
+    p.add_argument("--mode", choices=styles, help="inference style of the gates to export (default: the model's own)")
     p.add_argument("--no-fold", action="store_true", help="export the gated model as is (masks computed at run time)")
     p.add_argument("--fold-batchnorm", action="store_true", help="also fold batch norms into the preceding convolutions")
-    p.add_argument(
-        "--no-conditional",
-        action="store_true",
-        help="keep data-dependent residual gates in masked form even at batch size 1 (TFLite)",
-    )
+    masked = "keep data-dependent residual gates in masked form even at batch size 1 (TFLite)"
+    p.add_argument("--no-conditional", action="store_true", help=masked)
     p.add_argument(
         "--exit-threshold",
         type=float,
