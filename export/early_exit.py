@@ -39,49 +39,83 @@ classifiers. The gates decide in their threshold style (``probability > threshol
 
 from __future__ import annotations
 
-import json
 import os
 
 import keras
 import numpy as np
 
-from tfgated.export import parity as parity_lib
-from tfgated.export.writers import (
-    FORMATS,
-    ExportResult,
-    _default_parity_inputs,
-    _json_default,
-    _temp_path,
-    check_exportable,
-    convert_onnx,
-    convert_tflite,
-    fold_lib,
-    input_spec,
-)
-from tfgated.io import write_atomic
+from tfgated.export.convert import FORMATS, trace
+from tfgated.export.fold_graph import graph_index, nodes_in_order, run_node
+from tfgated.export.options import ExportOptions
+from tfgated.export.parity import write_verified
+from tfgated.export.writers import ExportResult, check_exportable, describe
 
 EXIT_FORMS = ("conditional", "masked")
+#: Quantizations an export with exits takes (int8 would move the exit decisions).
+EXIT_QUANTIZATIONS = ("float32", "float16")
 
 #: Exit confidences this close to the threshold may round to either side in another runtime.
 BOUNDARY_TOLERANCE = {"float32": 1e-5, "float16": 2e-3}
 
 
-def _check_form(form, batch_size, fmt="tflite"):
-    if form is None:
-        return "conditional" if batch_size == 1 and fmt == "tflite" else "masked"
-    if form not in EXIT_FORMS:
-        raise ValueError(f"Expected form to be one of {list(EXIT_FORMS)}. Received: form={form!r}")
-    if form == "conditional" and fmt == "onnx":
+def _form(form, batch_size, fmt):
+    """The checked form for ``fmt`` (see :meth:`ExportOptions.resolve_form`)."""
+    if fmt not in FORMATS:
+        raise ValueError(f"Expected format to be one of {list(FORMATS)}. Received: format={fmt!r}")
+    return ExportOptions(batch_size=batch_size, form=form).resolve_form(FORMATS[fmt])
+
+
+def _exit_request(path, options, overrides, what):
+    """``(options, format entry, form)`` of an export with exits, checked before any work."""
+    options = ExportOptions.of(options, **overrides)
+    if options.quantization not in EXIT_QUANTIZATIONS:
         raise ValueError(
-            "tf2onnx cannot convert convolutions inside a conditional branch, so an ONNX early-exit "
-            "file uses form='masked'. Received: form='conditional' with format='onnx'"
+            f"Expected quantization to be 'float32' or 'float16' for {what}. Received: {options.quantization!r}"
         )
-    if form == "conditional" and batch_size != 1:
-        raise ValueError(
-            "The conditional early-exit form decides per example, so it needs batch_size=1. "
-            f"Received: batch_size={batch_size} (use form='masked' for larger batches)"
-        )
-    return form
+    target = options.resolve_format(path)
+    return options, target, options.resolve_form(target)
+
+
+def _write_exit_file(model, path, target, options, data, x, expected_for, what, info):
+    """Verify and write ``data``, then the sidecar with ``info`` (``{key: fields}``)."""
+    parity = write_verified(path, data, target, options, x, expected_for, what)
+    sidecar_path, sidecar = describe(path, model, target, options, **info, folded=False, parity=parity)
+    return ExportResult(path=os.fspath(path), sidecar_path=sidecar_path, sidecar=sidecar, report=None, parity=parity)
+
+
+# -- SIPA early exit (tfgated.early_exit) ------------------------------------------------------------
+
+
+def _early_exit_traced(model_with_exit, threshold, batch_size, form):
+    """``(Traced, EarlyExitModel)`` of the function that returns the taken path's probabilities."""
+    import tensorflow as tf
+
+    from tfgated.early_exit import EarlyExitModel
+
+    check_exportable(model_with_exit, allow_gates=True)
+    split = EarlyExitModel(model_with_exit, threshold)
+    part_a, part_b = split.part_a, split.part_b
+    limit = float(split.threshold)
+
+    def rest(crossing):
+        if part_b is None:  # the main output itself crosses the split
+            return crossing[0]
+        return part_b(crossing if len(crossing) > 1 else crossing[0], training=False)
+
+    def call(x):
+        with keras.StatelessScope():
+            outs = part_a(x, training=False)
+            exit_probs, crossing = tf.cast(outs[0], tf.float32), list(outs[1:])
+            confident = tf.reduce_max(exit_probs, axis=-1) > limit
+            if form == "conditional":
+                return tf.cond(
+                    confident[0],
+                    lambda: tf.identity(exit_probs),
+                    lambda: tf.cast(rest(crossing), tf.float32),
+                )
+            return tf.where(confident[:, None], exit_probs, tf.cast(rest(crossing), tf.float32))
+
+    return trace(model_with_exit, call, batch_size), split
 
 
 def early_exit_function(model_with_exit, threshold, batch_size=1, form=None, fmt="tflite"):
@@ -98,40 +132,9 @@ def early_exit_function(model_with_exit, threshold, batch_size=1, form=None, fmt
     Returns:
         ``(concrete_function, tf_function, input_spec, early_exit_model, form)``.
     """
-    import tensorflow as tf
-
-    from tfgated.early_exit import EarlyExitModel
-    from tfgated.gates import static_inference_style
-
-    form = _check_form(form, batch_size, fmt)
-    check_exportable(model_with_exit, allow_gates=True)
-    split = EarlyExitModel(model_with_exit, threshold)
-    spec = input_spec(model_with_exit, batch_size)
-    part_a, part_b = split.part_a, split.part_b
-    limit = float(split.threshold)
-
-    def rest(crossing):
-        if part_b is None:  # the main output itself crosses the split
-            return crossing[0]
-        return part_b(crossing if len(crossing) > 1 else crossing[0], training=False)
-
-    @tf.function(input_signature=[spec])
-    def serve(x):
-        with keras.StatelessScope():
-            outs = part_a(x, training=False)
-            exit_probs, crossing = tf.cast(outs[0], tf.float32), list(outs[1:])
-            confident = tf.reduce_max(exit_probs, axis=-1) > limit
-            if form == "conditional":
-                return tf.cond(
-                    confident[0],
-                    lambda: tf.identity(exit_probs),
-                    lambda: tf.cast(rest(crossing), tf.float32),
-                )
-            return tf.where(confident[:, None], exit_probs, tf.cast(rest(crossing), tf.float32))
-
-    with static_inference_style(model_with_exit):
-        concrete = serve.get_concrete_function()
-    return concrete, serve, spec, split, form
+    form = _form(form, batch_size, fmt)
+    traced, split = _early_exit_traced(model_with_exit, threshold, batch_size, form)
+    return traced.concrete, traced.function, traced.spec, split, form
 
 
 def _reference(main_probs, exit_probs, threshold, outputs, quantization):
@@ -153,105 +156,19 @@ def _reference(main_probs, exit_probs, threshold, outputs, quantization):
     return expected, int(at_threshold.sum())
 
 
-def _runtime_outputs(path, x, threads):
-    return parity_lib.run_file(path, x, threads=threads)
-
-
-def _check_request(path, format, quantization, what):
-    fmt = format or parity_lib.file_format(path)
-    if fmt not in FORMATS:
-        raise ValueError(f"Expected format to be one of {list(FORMATS)}. Received: format={fmt!r}")
-    if quantization not in ("float32", "float16"):
-        raise ValueError(f"Expected quantization to be 'float32' or 'float16' for {what}. Received: {quantization!r}")
-    if fmt == "onnx" and quantization != "float32":
-        raise ValueError(f"ONNX export supports float32 only. Received: quantization={quantization!r}")
-    return fmt
-
-
-def _write_checked(path, data, fmt, quantization, x, expected_for, check, allow_mismatch, threads, what):
-    """Write ``data`` to ``path`` only after it matches Keras in its runtime (or the check is waived).
-
-    ``expected_for(outputs)`` returns ``(expected outputs, extra parity fields)``. Returns the
-    parity record (``None`` when not checked); nothing is left behind on failure.
-    """
-    tmp = _temp_path(path)
-    tmp_ext = tmp + os.path.splitext(os.fspath(path))[1]  # the runtimes need the right extension
-    try:
-        with open(tmp_ext, "wb") as f:
-            f.write(data)
-        os.remove(tmp)
-        parity = None
-        if check or allow_mismatch:
-            outputs = _runtime_outputs(tmp_ext, x, threads)
-            expected, extra = expected_for(outputs)
-            parity = parity_lib.compare(expected, outputs, quantization)
-            parity["runtime"] = "litert" if fmt == "tflite" else "onnxruntime"
-            parity.update(extra)
-            if not parity["passed"] and check and not allow_mismatch:
-                raise parity_lib.ParityError(
-                    f"Parity check failed for the {what} {os.fspath(path)!r} ({quantization}): "
-                    f"max_abs_diff={parity['max_abs_diff']}, top1_agreement={parity.get('top1_agreement')}; "
-                    f"expected {parity['threshold']}. Pass allow_mismatch=True (--no-check) to write it anyway."
-                )
-        os.replace(tmp_ext, path)
-    except BaseException:
-        for leftover in (tmp, tmp_ext):
-            if os.path.exists(leftover):
-                os.remove(leftover)
-        raise
-    return parity
-
-
-def _write_sidecar(path, model, fmt, quantization, batch_size, class_names, preprocessing, parity, key, info):
-    sidecar = {
-        "file": os.path.basename(path),
-        "format": fmt,
-        "quantization": quantization,
-        "model": model.name,
-        "input_shape": [batch_size] + [int(d) for d in model.inputs[0].shape[1:]],
-        "input_dtype": "float32",
-        "preprocessing": preprocessing,
-        "class_names": list(class_names) if class_names is not None else None,
-        key: info,
-        "folded": False,
-        "parity": parity,
-    }
-    sidecar_path = os.fspath(path) + ".json"
-    write_atomic(sidecar_path, json.dumps(sidecar, indent=2, default=_json_default) + "\n")
-    return ExportResult(path=os.fspath(path), sidecar_path=sidecar_path, sidecar=sidecar, report=None, parity=parity)
-
-
-def export_early_exit(
-    model_with_exit,
-    path,
-    threshold,
-    format=None,
-    quantization="float32",
-    batch_size=1,
-    form=None,
-    parity_data=None,
-    check=True,
-    allow_mismatch=False,
-    threads=None,
-    class_names=None,
-    preprocessing=None,
-    opset=None,
-):
+def export_early_exit(model_with_exit, path, threshold, options=None, **overrides):
     """Write a two-output exit model as one file that stops early (see the module docstring).
 
     Args:
         model_with_exit: a functional model ``[main_probs, exit_probs]``.
         path: ``.tflite`` or ``.onnx`` output, written atomically.
         threshold: exit confidence threshold (a number in [0, 1]).
-        format: ``"tflite"`` or ``"onnx"`` (default: from the extension).
-        quantization: ``"float32"`` or ``"float16"`` (TFLite weights).
-        batch_size: fixed batch size of the signature.
-        form: ``"conditional"`` or ``"masked"`` (default: conditional for TFLite at batch size 1,
-            masked otherwise).
-        parity_data: inputs of the parity check (default: 256 uniform random inputs; real
-            images exercise both paths, random ones may all take one).
-        check, allow_mismatch, threads, class_names, preprocessing, opset: as in
-            :func:`tfgated.export.export`.
+        options: :class:`~tfgated.export.options.ExportOptions`; ``**overrides`` set its fields.
+            Used here: ``format``, ``quantization`` (``"float32"`` or ``"float16"``),
+            ``batch_size``, ``form`` (default: conditional for TFLite at batch size 1, masked
+            otherwise), ``parity_data`` (default: 256 uniform random inputs; real images
+            exercise both paths, random ones may all take one), ``check``, ``allow_mismatch``,
+            ``threads``, ``class_names``, ``preprocessing``, ``opset``. The gates are not folded.
 
     Returns:
         :class:`tfgated.export.ExportResult` (no fold report).
@@ -260,24 +177,18 @@ def export_early_exit(
         ParityError: the written file does not match the split Keras inference.
         ValueError: not a two-output exit model, bad threshold, form or format.
     """
-    fmt = _check_request(path, format, quantization, "an early-exit export")
-    concrete, function, spec, split, form = early_exit_function(model_with_exit, threshold, batch_size, form, fmt)
-    if fmt == "tflite":
-        data = convert_tflite(concrete, model_with_exit, quantization, None, batch_size)
-    else:
-        data = convert_onnx(function, spec, opset)
-    x = np.asarray(parity_data if parity_data is not None else _default_parity_inputs(model_with_exit), "float32")
+    options, target, form = _exit_request(path, options, overrides, "an early-exit export")
+    traced, split = _early_exit_traced(model_with_exit, threshold, options.batch_size, form)
+    data = target.convert(traced, options)
+    x = options.parity_inputs(model_with_exit)
     # One Keras pass gives both the parity reference and the exit ratio on the parity data.
     main_probs, exit_probs = (np.asarray(p, "float32") for p in model_with_exit.predict(x, batch_size=256, verbose=0))
     exit_ratio = float(np.mean(exit_probs.max(axis=1).astype("float64") > split.threshold))
 
     def expected_for(outputs):
-        expected, ambiguous = _reference(main_probs, exit_probs, split.threshold, outputs, quantization)
+        expected, ambiguous = _reference(main_probs, exit_probs, split.threshold, outputs, options.quantization)
         return expected, {"examples_at_threshold": ambiguous}
 
-    parity = _write_checked(
-        path, data, fmt, quantization, x, expected_for, check, allow_mismatch, threads, "early-exit export"
-    )
     macs = split.macs
     info = {
         "form": form,
@@ -289,8 +200,8 @@ def export_early_exit(
         "parity_exit_ratio": exit_ratio,
         "parity_mean_macs": float(macs["part_a"] + macs["head"] + (1.0 - exit_ratio) * macs["part_b"]),
     }
-    return _write_sidecar(
-        path, model_with_exit, fmt, quantization, batch_size, class_names, preprocessing, parity, "early_exit", info
+    return _write_exit_file(
+        model_with_exit, path, target, options, data, x, expected_for, "early-exit export", {"early_exit": info}
     )
 
 
@@ -300,7 +211,7 @@ def export_early_exit(
 def _combine_node(model):
     from tfgated.exits import EarlyExitCombine
 
-    nodes = _nodes(model)
+    nodes = nodes_in_order(model)
     found = [n for n in nodes if isinstance(n.operation, EarlyExitCombine)]
     if len(found) != 1:
         raise ValueError(
@@ -309,13 +220,9 @@ def _combine_node(model):
     return nodes, found[0]
 
 
-def _nodes(model):
-    return fold_lib._nodes_in_order(model)
-
-
 def _run_until(nodes, targets, values):
     """Run, in topological order, the nodes needed for ``targets`` that ``values`` lacks."""
-    producer = {id(t): n for n in nodes for t in n.outputs}
+    producer, _ = graph_index(nodes)
     needed, stack = set(), [t for t in targets if id(t) not in values]
     while stack:
         node = producer.get(id(stack.pop()))
@@ -325,10 +232,7 @@ def _run_until(nodes, targets, values):
         stack.extend(t for t in node.input_tensors if id(t) not in values)
     for node in nodes:
         if id(node) in needed and any(id(t) not in values for t in node.outputs):
-            args, kwargs = node.arguments.fill_in(values)
-            outs = node.operation(*args, **kwargs)
-            for t, v in zip(node.outputs, keras.tree.flatten(outs)):
-                values[id(t)] = v
+            run_node(node, values)
 
 
 def exit_gates_call(model):
@@ -356,14 +260,12 @@ def exit_gates_call(model):
     return lambda x: step(0, {id(model.inputs[0]): x})
 
 
-def exit_gates_function(model, batch_size=1, form=None, fmt="tflite"):
-    """``(concrete, tf_function, spec, form)`` of a Gumbel exit-gate model in threshold style."""
+def _exit_gates_traced(model, batch_size, form):
+    """:class:`Traced` of a Gumbel exit-gate model in threshold style, exits in ``form``."""
     import tensorflow as tf
 
     import tfgated
-    from tfgated.gates import static_inference_style
 
-    form = _check_form(form, batch_size, fmt)
     check_exportable(model, allow_gates=True)
     styles = {g.inference_style for g in tfgated.gate_layers(model)}
     if styles - {"threshold", "always_on"}:
@@ -372,60 +274,43 @@ def exit_gates_function(model, batch_size=1, form=None, fmt="tflite"):
             "(call tfgated.set_inference_style(model, 'threshold') first)"
         )
     _combine_node(model)
-    spec = input_spec(model, batch_size)
-    call = exit_gates_call(model) if form == "conditional" else None
+    conditional = exit_gates_call(model) if form == "conditional" else None
 
-    @tf.function(input_signature=[spec])
-    def serve(x):
+    def call(x):
         with keras.StatelessScope():
-            if call is not None:
-                return call(x)
+            if conditional is not None:
+                return conditional(x)
             return tf.cast(model(x, training=False), tf.float32)
 
-    with static_inference_style(model):
-        concrete = serve.get_concrete_function()
-    return concrete, serve, spec, form
+    return trace(model, call, batch_size)
 
 
-def export_exit_gates(
-    model,
-    path,
-    format=None,
-    quantization="float32",
-    batch_size=1,
-    form=None,
-    parity_data=None,
-    check=True,
-    allow_mismatch=False,
-    threads=None,
-    class_names=None,
-    preprocessing=None,
-    opset=None,
-):
+def exit_gates_function(model, batch_size=1, form=None, fmt="tflite"):
+    """``(concrete, tf_function, spec, form)`` of a Gumbel exit-gate model in threshold style."""
+    form = _form(form, batch_size, fmt)
+    traced = _exit_gates_traced(model, batch_size, form)
+    return traced.concrete, traced.function, traced.spec, form
+
+
+def export_exit_gates(model, path, options=None, **overrides):
     """Write a Gumbel exit-gate model (:mod:`tfgated.exits`) as one file that stops at its exits.
 
-    Arguments as for :func:`export_early_exit`, without a threshold: the exit gates decide in
+    Options as for :func:`export_early_exit`, without a threshold: the exit gates decide in
     their threshold style. The parity reference is the Keras model's own routed output.
     """
     from tfgated.exits import exit_shares
 
-    fmt = _check_request(path, format, quantization, "an exit-gate export")
-    concrete, function, spec, form = exit_gates_function(model, batch_size, form, fmt)
-    if fmt == "tflite":
-        data = convert_tflite(concrete, model, quantization, None, batch_size)
-    else:
-        data = convert_onnx(function, spec, opset)
-    x = np.asarray(parity_data if parity_data is not None else _default_parity_inputs(model), "float32")
+    options, target, form = _exit_request(path, options, overrides, "an exit-gate export")
+    data = target.convert(_exit_gates_traced(model, options.batch_size, form), options)
+    x = options.parity_inputs(model)
     reference = np.asarray(model.predict(x, batch_size=256, verbose=0), "float32")
     shares = exit_shares(model, x)
-    parity = _write_checked(
-        path, data, fmt, quantization, x, lambda outputs: (reference, {}), check, allow_mismatch, threads,
-        "exit-gate export",
-    )
     info = {
         "form": form,
         "exits": int(len(shares) - 1),
         "rule": "leave at the first exit whose gate probability is above its threshold",
         "parity_exit_shares": [float(v) for v in shares],
     }
-    return _write_sidecar(path, model, fmt, quantization, batch_size, class_names, preprocessing, parity, "exit_gates", info)
+    return _write_exit_file(
+        model, path, target, options, data, x, lambda outputs: (reference, {}), "exit-gate export", {"exit_gates": info}
+    )

@@ -158,3 +158,58 @@ def tflite_operators(path):
         graph = model.Subgraphs(g)
         result.append(collections.Counter(kinds[graph.Operators(i).OpcodeIndex()] for i in range(graph.OperatorsLength())))
     return result
+
+
+def _runtime_outputs(path, x, threads):
+    """The file's outputs on ``x`` in its runtime (a seam for tests)."""
+    return run_file(path, x, threads=threads)
+
+
+def write_verified(path, data, target, options, x, expected_for, what="export"):
+    """Write ``data`` to ``path`` only after it matches Keras in its runtime (or the check is waived).
+
+    The bytes go to a temporary file next to ``path`` (with the format's extension, which the
+    runtimes need); when ``options.verifies`` it runs on ``x`` and ``expected_for(outputs)``
+    returns ``(expected outputs, extra parity fields)``; then ``os.replace`` moves it into
+    place. Nothing is left behind on failure.
+
+    Args:
+        path: the destination file.
+        data: the converted model's bytes.
+        target: the :class:`tfgated.export.convert.Format` of the file.
+        options: :class:`tfgated.export.options.ExportOptions` (quantization, check,
+            allow_mismatch, threads).
+        x: parity inputs.
+        expected_for: ``outputs -> (expected, extra fields)``.
+        what: how the error message names the export.
+
+    Returns:
+        The parity record (``None`` when not checked).
+
+    Raises:
+        ParityError: the check failed, ``options.check`` is set and mismatches are not allowed.
+    """
+    from tfgated.io import _remove_quietly, _replace, _temp_file
+
+    fd, tmp = _temp_file(path, suffix=".tmp" + os.path.splitext(os.fspath(path))[1])
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        parity = None
+        if options.verifies:
+            outputs = _runtime_outputs(tmp, x, options.threads)
+            expected, extra = expected_for(outputs)
+            parity = compare(expected, outputs, options.quantization)
+            parity["runtime"] = target.runtime
+            parity.update(extra)
+            if not parity["passed"] and options.check and not options.allow_mismatch:
+                raise ParityError(
+                    f"Parity check failed for the {what} {os.fspath(path)!r} ({options.quantization}): "
+                    f"max_abs_diff={parity['max_abs_diff']}, top1_agreement={parity.get('top1_agreement')}; "
+                    f"expected {parity['threshold']}. Pass allow_mismatch=True (--no-check) to write it anyway."
+                )
+        _replace(tmp, path)
+    except BaseException:
+        _remove_quietly(tmp)
+        raise
+    return parity

@@ -89,3 +89,46 @@ def close_gates(model, names, open_=False):
         if gate.name in names:
             gate.logits.assign(np.full((gate.units,), 3.0 if open_ else -3.0, "float32"))
     return model
+
+
+#: Largest side the preset tests build at (the ImageNet presets' 224 px would only cost time).
+TEST_SIDE = 32
+
+
+def representative_presets():
+    """One gated zoo preset per (family, gate kind), from the registry's public listing.
+
+    Fashion-MNIST presets are preferred, then the smallest input and depth, then the name, so
+    the tests build the smallest model of each group.
+    """
+    from tfgated import zoo
+
+    chosen = {}
+    for name in zoo.list_models():
+        preset = zoo.get_preset(name)
+        gates = preset.get("gates")
+        if not gates:
+            continue
+        group = (preset["family"], gates.get("kind", "independent"))
+        h, w = preset["input_shape"][:2]
+        rank = (preset.get("dataset") != "fashion_mnist", h * w, preset["arch"].get("depth", 0), name)
+        if group not in chosen or rank < chosen[group][0]:
+            chosen[group] = (rank, name)
+    return sorted(name for _, name in chosen.values())
+
+
+def load_preset(name):
+    """The preset's model (no weights, not compiled) at an input no larger than ``TEST_SIDE``."""
+    from tfgated import zoo
+
+    shape = tuple(zoo.get_preset(name)["input_shape"])
+    if shape[0] > TEST_SIDE:
+        shape = (TEST_SIDE, TEST_SIDE) + shape[2:]
+    return zoo.load(name, weights=None, input_shape=shape, compile=False)
+
+
+def fashion_mnist_presets():
+    """The representative presets of :func:`representative_presets` that read Fashion-MNIST."""
+    from tfgated import zoo
+
+    return [name for name in representative_presets() if zoo.get_preset(name).get("dataset") == "fashion_mnist"]

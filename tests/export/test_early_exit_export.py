@@ -97,16 +97,16 @@ def test_bad_requests_are_clear_and_leave_no_file(model_and_data, tmp_path, monk
     with pytest.raises(ValueError, match="float16"):
         export_early_exit(model, tmp_path / "a.tflite", threshold, quantization="int8")
     # a file that does not match is an error, and nothing is left behind
-    from tfgated.export import early_exit as export_ee
+    from tfgated.export import parity
 
-    monkeypatch.setattr(export_ee, "_runtime_outputs", lambda path, x, threads: run_file(path, x)[:, ::-1])
+    monkeypatch.setattr(parity, "_runtime_outputs", lambda path, x, threads: run_file(path, x)[:, ::-1])
     with pytest.raises(ParityError, match="early-exit"):
         export_early_exit(model, tmp_path / "bad.tflite", threshold, parity_data=x)
     assert os.listdir(tmp_path) == []
 
 
 def test_cli_exports_a_saved_exit_model(model_and_data, tmp_path, capsys):
-    from tfgated.export.__main__ import main
+    from tfgated.cli.export import main
 
     model, _, threshold = model_and_data
     path = tmp_path / "exit.keras"
@@ -191,7 +191,7 @@ def test_gumbel_exit_gates_export_as_nested_conditionals(tmp_path, fashion_mnist
 
 
 def test_cli_exports_a_zoo_exit_gate_preset(tmp_path, capsys):
-    from tfgated.export.__main__ import main
+    from tfgated.cli.export import main
 
     out = tmp_path / "dn.tflite"
     assert main(["--tflite", "gumbel_densenet_fashion_mnist_exit", "-o", str(out)]) == 0

@@ -13,7 +13,7 @@ import tfgated
 from tfgated.export import ParityError, UnsupportedLayerError, export, run_file
 
 sys.path.insert(0, os.path.dirname(__file__))
-from models import close_gates, mbconv_model, randomize, residual_model  # noqa: E402
+from models import close_gates, fashion_mnist_presets, load_preset, mbconv_model, randomize, residual_model  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -102,7 +102,7 @@ def _cli(*args):
 
 
 def test_cli_help_documents_options(capsys):
-    from tfgated.export.__main__ import main
+    from tfgated.cli.export import main
 
     with pytest.raises(SystemExit) as done:
         main(["--help"])
@@ -142,10 +142,10 @@ def test_cli_export_keras_file_and_bench(tmp_path):
 
 
 def test_cli_missing_model_is_clear(tmp_path, capsys):
-    from tfgated.export.__main__ import main
+    from tfgated.cli.export import main
 
     assert main(["--tflite", str(tmp_path / "nope.keras"), "-o", str(tmp_path / "x.tflite")]) == 2
-    assert "No such model file" in capsys.readouterr().err
+    assert "not found" in capsys.readouterr().err
 
 
 def test_pruning_masks_are_applied_before_export(tmp_path):
@@ -168,3 +168,24 @@ def test_pruning_masks_are_applied_before_export(tmp_path):
         assert np.all(keras.ops.convert_to_numpy(k.variable)[mask == 0] == 0)
     np.testing.assert_allclose(run_file(result.path, x), model.predict(x, verbose=0), atol=1e-4)
     assert pruning.get_pruning_state(model) is not None  # still attached
+
+
+@pytest.mark.parametrize("name", fashion_mnist_presets())
+def test_zoo_presets_export_to_tflite(name, tmp_path):
+    """One Fashion-MNIST preset per family and gate kind: a TFLite file that matches Keras in LiteRT
+    (folded; models with Gumbel exit gates through export_exit_gates, each exit an IF)."""
+    from tfgated.exits import exit_gate_layers
+    from tfgated.export import export_exit_gates, tflite_operators
+
+    model = randomize(load_preset(name))
+    tfgated.set_inference_style(model, "threshold")
+    x = np.random.default_rng(5).random((8,) + tuple(model.input_shape[1:])).astype("float32")
+    path = tmp_path / f"{name}.tflite"
+    if exit_gate_layers(model):
+        result = export_exit_gates(model, path, parity_data=x)
+        assert tflite_operators(path)[0]["IF"] == 1
+    else:
+        result = export(model, path, parity_data=x)
+        dependent = [g for g in tfgated.gate_layers(model) if g.kind == "dependent"]
+        assert (result.sidecar["gates"]["dependent_form"] is not None) == bool(dependent)
+    assert result.parity["passed"] and result.parity["max_abs_diff"] <= 1e-4

@@ -1,0 +1,273 @@
+"""``python -m tfgated.export``: write TFLite / ONNX files, and measure their latency.
+
+Export::
+
+    python -m tfgated.export --tflite MODEL -o out.tflite [--fp16 | --int8 ...]
+    python -m tfgated.export --onnx MODEL -o out.onnx
+
+``MODEL`` is a ``.keras`` file or a zoo preset name. A two-output early-exit model
+(``[main, exit]``, see ``tfgated.early_exit``) needs ``--exit-threshold``; its file then
+stops early (TFLite at batch 1: the rest of the network sits in an ``IF`` branch)::
+
+    python -m tfgated.export --tflite exit_model.keras --exit-threshold 0.9 -o model.tflite
+
+A model with Gumbel exit gates (``tfgated.exits``) exports with each exit as an ``IF`` the same
+way, its gates deciding in threshold style (``--mode``), with no threshold argument.
+
+Latency::
+
+    python -m tfgated.export bench a.tflite b.onnx --threads 1 --runs 200 [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+from tfgated.cli.common import positive_int
+
+#: How many Fashion-MNIST test images calibrate int8 and check exits.
+FASHION_MNIST_EXAMPLES = 200
+
+
+def _export_parser():
+    p = argparse.ArgumentParser(
+        prog="python -m tfgated.export",
+        description=(
+            "Fold the gates of a tfgated model into plain layers and write TFLite or ONNX, "
+            "with a parity check in the real runtime and a JSON sidecar (<output>.json). "
+            "Use 'python -m tfgated.export bench FILE ...' to measure latency."
+        ),
+    )
+    fmt = p.add_mutually_exclusive_group(required=True)
+    fmt.add_argument("--tflite", metavar="MODEL", help="export MODEL (a .keras file or a zoo preset name) to TFLite")
+    fmt.add_argument("--onnx", metavar="MODEL", help="export MODEL (a .keras file or a zoo preset name) to ONNX")
+    p.add_argument("-o", "--output", required=True, help="output file (.tflite or .onnx), written atomically")
+    q = p.add_mutually_exclusive_group()
+    q.add_argument("--fp16", action="store_true", help="TFLite with float16 weights (top-1 agreement >= 99.5%% checked)")
+    q.add_argument("--int8", action="store_true", help="TFLite int8 post-training quantization (parity reported only)")
+    p.add_argument(
+        "--representative-data",
+        default="fashion_mnist",
+        metavar="fashion_mnist|FILE.npy",
+        help="calibration inputs for --int8: real Fashion-MNIST test images resized to the model input, "
+        "or a .npy array of inputs (default: fashion_mnist)",
+    )
+    p.add_argument("--batch-size", type=positive_int, default=1, help="fixed batch size of the exported signature (default 1)")
+    styles = ["threshold", "always_on"]
+    p.add_argument("--mode", choices=styles, help="inference style of the gates to export (default: the model's own)")
+    p.add_argument("--no-fold", action="store_true", help="export the gated model as is (masks computed at run time)")
+    p.add_argument("--fold-batchnorm", action="store_true", help="also fold batch norms into the preceding convolutions")
+    masked = "keep data-dependent residual gates in masked form even at batch size 1 (TFLite)"
+    p.add_argument("--no-conditional", action="store_true", help=masked)
+    p.add_argument(
+        "--exit-threshold",
+        type=float,
+        default=None,
+        metavar="T",
+        help="for a two-output early-exit model [main, exit]: an example exits when its maximum exit "
+        "probability is above T; the file then runs the rest of the network only for the others",
+    )
+    p.add_argument(
+        "--exit-form",
+        choices=["conditional", "masked"],
+        default=None,
+        help="early exit as a conditional (TFLite at batch 1, the default there) or masked "
+        "(both paths run, tf.where selects; the only form for ONNX)",
+    )
+    p.add_argument("--threads", type=positive_int, default=None, help="runtime threads used by the parity check")
+    p.add_argument("--no-check", action="store_true", help="write the file even if the parity check fails")
+    p.add_argument("--input-shape", default=None, help="for zoo presets: input shape as H,W,C (e.g. 64,64,3)")
+    p.add_argument("--class-names", default=None, help="comma-separated class names recorded in the sidecar")
+    return p
+
+
+def _bench_parser():
+    p = argparse.ArgumentParser(
+        prog="python -m tfgated.export bench",
+        description="Batch-1 latency of exported .tflite (LiteRT) and .onnx (ONNX Runtime) files side by side.",
+    )
+    p.add_argument("files", nargs="+", help=".tflite / .onnx files")
+    p.add_argument("--threads", type=positive_int, default=1, help="threads for every runtime (default 1)")
+    p.add_argument("--runs", type=positive_int, default=100, help="timed runs per file; the median is reported (default 100)")
+    p.add_argument("--warmup", type=int, default=10, help="untimed warm-up runs (default 10)")
+    p.add_argument("--rounds", type=positive_int, default=1, help="interleaved rounds over the files (default 1)")
+    p.add_argument("--json", default=None, help="also write the results to this JSON file")
+    return p
+
+
+def load_model(spec, input_shape=None):
+    """A Keras model from a ``.keras`` file (:func:`tfgated.io.load_model`) or a zoo preset name."""
+    if spec.endswith(".keras") or os.path.sep in spec:
+        from tfgated.io import load_model as load_file
+
+        return load_file(spec)
+    from tfgated import zoo
+
+    kwargs = {"compile": False}
+    if input_shape is not None:
+        kwargs["input_shape"] = input_shape
+    return zoo.load(spec, **kwargs)
+
+
+def fashion_mnist_inputs(shape, n=FASHION_MNIST_EXAMPLES):
+    """``n`` real Fashion-MNIST test images in [0, 1] (:mod:`tfgated.data`), resized/tiled to ``shape`` (H, W, C)."""
+    import numpy as np
+
+    from tfgated.data import load_fashion_mnist_arrays
+
+    _, (images, _) = load_fashion_mnist_arrays()
+    x = images[:n].astype("float32") / 255.0
+    h, w, c = shape
+    if (h, w) != (28, 28):
+        import tensorflow as tf
+
+        x = tf.image.resize(x, (h, w)).numpy()
+    if c != 1:
+        x = np.repeat(x, c, axis=-1)
+    return x.astype("float32")
+
+
+def _representative(option, shape):
+    import numpy as np
+
+    if option == "fashion_mnist":
+        return fashion_mnist_inputs(shape)
+    if not os.path.exists(option):
+        raise FileNotFoundError(f"Expected 'fashion_mnist' or a .npy file. Received: {option!r}")
+    x = np.load(option).astype("float32")
+    if tuple(x.shape[1:]) != tuple(shape):
+        raise ValueError(f"Expected representative data of shape (N, {', '.join(map(str, shape))}). Received: {x.shape}")
+    return x
+
+
+def _input_shape(text):
+    if not text:
+        return None
+    try:
+        shape = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        raise ValueError(f"Expected --input-shape as H,W,C integers (e.g. 64,64,3). Received: {text!r}") from None
+    if len(shape) != 3 or min(shape) < 1:
+        raise ValueError(f"Expected --input-shape as three positive integers H,W,C. Received: {text!r}")
+    return shape
+
+
+def _options(args, shape, exits):
+    """The :class:`tfgated.export.ExportOptions` the arguments ask for."""
+    from tfgated.export import ExportOptions
+
+    quantization = "float16" if args.fp16 else "int8" if args.int8 else "float32"
+    if exits and quantization == "int8":
+        raise ValueError("Exports with exits support float32 and --fp16. Received: --int8")
+    form = args.exit_form if exits else ("masked" if args.no_conditional else None)
+    return ExportOptions(
+        format="tflite" if args.tflite else "onnx",
+        quantization=quantization,
+        batch_size=args.batch_size,
+        style=None if exits else args.mode,
+        fold=not args.no_fold,
+        form=form,
+        fold_batchnorm=args.fold_batchnorm,
+        representative_data=_representative(args.representative_data, shape) if quantization == "int8" else None,
+        # exits: parity on real images (they exercise every path) when the input allows
+        parity_data=fashion_mnist_inputs(shape) if exits and shape[-1] in (1, 3) else None,
+        allow_mismatch=args.no_check,
+        threads=args.threads,
+        class_names=args.class_names.split(",") if args.class_names else None,
+    )
+
+
+def main_export(argv):
+    args = _export_parser().parse_args(argv)
+    from tfgated.exits import exit_gate_layers
+
+    model = load_model(args.tflite or args.onnx, _input_shape(args.input_shape))
+    shape = tuple(int(d) for d in model.inputs[0].shape[1:])
+    if len(model.outputs) == 2 or args.exit_threshold is not None:
+        return _export_early_exit(args, model, _options(args, shape, exits=True))
+    if exit_gate_layers(model) and not args.no_fold:
+        return _export_exit_gates(args, model, _options(args, shape, exits=True))
+    from tfgated.export import export
+
+    result = export(model, args.output, _options(args, shape, exits=False))
+    if result.report is not None:
+        print(result.report)
+    if result.parity:
+        _print_parity(result.parity)
+    print(f"wrote {result.path} and {result.sidecar_path}")
+    return 0
+
+
+def _print_parity(p):
+    print(
+        f"parity ({p['runtime']}, {p['quantization']}): max_abs_diff={p['max_abs_diff']:.3g}"
+        + (f", top1_agreement={p['top1_agreement']:.4f}" if "top1_agreement" in p else "")
+        + (" PASSED" if p["passed"] else " FAILED (written because of --no-check)")
+    )
+
+
+def _export_early_exit(args, model, options):
+    from tfgated.export import export_early_exit
+
+    if len(model.outputs) != 2:
+        raise ValueError(
+            f"--exit-threshold needs a two-output early-exit model [main, exit]. Received: {len(model.outputs)} output(s)"
+        )
+    if args.exit_threshold is None:
+        raise ValueError("This model has two outputs [main, exit]: pass --exit-threshold T to export it with its early exit.")
+    result = export_early_exit(model, args.output, args.exit_threshold, options)
+    info = result.sidecar["early_exit"]
+    print(
+        f"early exit ({info['form']}): threshold {info['threshold']:.4g}; MACs {info['macs_exit_path']:,} on the exit "
+        f"path, {info['macs_full_path']:,} on the full path; {info['parity_exit_ratio']:.1%} of the parity inputs exit"
+    )
+    _print_parity(result.parity)
+    print(f"wrote {result.path} and {result.sidecar_path}")
+    return 0
+
+
+def _export_exit_gates(args, model, options):
+    import tfgated
+    from tfgated.export import export_exit_gates
+
+    if args.mode is not None:
+        tfgated.set_inference_style(model, args.mode)
+    result = export_exit_gates(model, args.output, options)
+    info = result.sidecar["exit_gates"]
+    shares = ", ".join(f"{v:.1%}" for v in info["parity_exit_shares"])
+    print(f"exit gates ({info['form']}): {info['exits']} exits; shares of the parity inputs (exits..., final): {shares}")
+    _print_parity(result.parity)
+    print(f"wrote {result.path} and {result.sidecar_path}")
+    return 0
+
+
+def main_bench(argv):
+    args = _bench_parser().parse_args(argv)
+    from tfgated.export import latency
+    from tfgated.io import write_atomic
+
+    results = latency.bench(args.files, threads=args.threads, runs=args.runs, warmup=args.warmup, rounds=args.rounds)
+    print(latency.format_table(results))
+    if args.json:
+        write_atomic(args.json, json.dumps(results, indent=2) + "\n")
+        print(f"wrote {args.json}")
+    return 0
+
+
+def main(argv=None):
+    """``python -m tfgated.export [bench] ...``; a user error is one line on stderr and exit status 2."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        if argv and argv[0] == "bench":
+            return main_bench(argv[1:])
+        return main_export(argv)
+    except (ValueError, FileNotFoundError, RuntimeError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
