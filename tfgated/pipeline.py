@@ -540,11 +540,11 @@ def _stage_search(run, out):
     threshold = budget.budget_macs
     if threshold is None:
         threshold = float(complexity.count(run.build(base_arch)).macs)
-    hypermodel = SIPAHyperModel(
+    hypermodel = SIPAHyperModel.from_options(
+        lambda num_classes, input_shape, **arch: run.build(arch),
         num_classes=info.num_classes,
         input_shape=info.input_shape,
         base_arch=base_arch,
-        build_fn=lambda arch: run.build(arch),
         budget=threshold,
         measure="macs",
         **space,
