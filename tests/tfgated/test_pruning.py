@@ -8,7 +8,6 @@ import keras
 import numpy as np
 import pytest
 
-from tfgated import pruning
 from tfgated.pruning import (
     ConstantSparsity,
     IterativePruningOptions,
