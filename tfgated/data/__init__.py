@@ -157,7 +157,7 @@ def load_dataset(
             validation, chosen with ``seed``; the same seed gives the same disjoint split.
         train_on_validation: Train on train + validation and return ``validation=None`` (the
             final run once hyperparameters are fixed).
-        normalize: Apply per-channel ``(x - mean) / std`` (see the module docstring for the
+        normalize: Apply per-channel ``(x - mean) / std`` (see the package docstring for the
             values); otherwise images are in ``[0, 1]``.
         seed: Seed of the validation carve-out and of the training shuffle.
         limit: Use only the first ``limit`` examples of the source train and test splits (the

@@ -1,7 +1,7 @@
 """Magnitude pruning for Keras 3 models (SIPA, Lee et al. 2019, "Pruning").
 
 ``tensorflow-model-optimization`` only prunes legacy ``tf_keras`` models and ranks
-weights layer by layer. This module prunes plain Keras 3 models, keeps the names
+weights layer by layer. This package prunes plain Keras 3 models, keeps the names
 tfmot users know (``ConstantSparsity``, ``PolynomialDecay``, ``prune_low_magnitude``,
 ``UpdatePruningStep``, ``strip_pruning``) and adds SIPA's global ranking.
 
