@@ -325,10 +325,11 @@ def main(argv=None):
         if args.fine_tune_lr:
             callbacks.append(round_cosine(keras, args.fine_tune_lr))
         tables[ranking] = pruning.iterative_pruning(
-            copy, fine_tune_data, splits.validation, schedule=schedule,
-            fine_tune_epochs=epochs_per_round, ranking=ranking,
-            checkpoint_dir=os.path.join(args.checkpoint_dir, ranking),
-            fit_kwargs={"verbose": 2, "callbacks": callbacks},
+            copy, fine_tune_data, splits.validation, pruning.IterativePruningOptions(
+                schedule=schedule, fine_tune_epochs=epochs_per_round, ranking=ranking,
+                checkpoint_dir=os.path.join(args.checkpoint_dir, ranking),
+                fit_kwargs={"verbose": 2, "callbacks": callbacks},
+            ),
         )
         pruning.strip_pruning(copy)
 

@@ -1,15 +1,11 @@
 """Shared test set-up: quiet TensorFlow, seeded Keras, the real Fashion-MNIST files."""
 
-import gzip
 import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
-import numpy as np  # noqa: E402
 import pytest  # noqa: E402
-
-FASHION_MNIST_DIR = os.environ.get("TFGATED_FASHION_MNIST_DIR", "/usr/share/datasets/fashion-mnist")
 
 
 @pytest.fixture(autouse=True)
@@ -20,18 +16,17 @@ def _seed():
     yield
 
 
-def _read_idx(path, offset):
-    with gzip.open(path, "rb") as f:
-        return np.frombuffer(f.read(), dtype=np.uint8, offset=offset)
-
-
 @pytest.fixture(scope="session")
 def fashion_mnist_small():
-    """2,000 real Fashion-MNIST training images in [0, 1], shape (N, 28, 28, 1), and labels."""
-    images = os.path.join(FASHION_MNIST_DIR, "train-images-idx3-ubyte.gz")
-    labels = os.path.join(FASHION_MNIST_DIR, "train-labels-idx1-ubyte.gz")
-    if not os.path.exists(images):
-        pytest.fail(f"Fashion-MNIST not found at {FASHION_MNIST_DIR}: apt-get install dataset-fashion-mnist")
-    x = _read_idx(images, 16).reshape(-1, 28, 28, 1)[:2000].astype("float32") / 255.0
-    y = _read_idx(labels, 8)[:2000].astype("int64")
-    return x, y
+    """2,000 real Fashion-MNIST training images in [0, 1], shape (N, 28, 28, 1), and labels.
+
+    Read by ``tfgated.data.load_fashion_mnist_arrays`` (``$TFGATED_FASHION_MNIST_DIR`` or
+    Debian's ``/usr/share/datasets/fashion-mnist``), the library's one Fashion-MNIST reader.
+    """
+    from tfgated.data import load_fashion_mnist_arrays
+
+    try:
+        (x, y), _ = load_fashion_mnist_arrays()
+    except FileNotFoundError as error:
+        pytest.fail(f"Fashion-MNIST not found: {error}")
+    return x[:2000].astype("float32") / 255.0, y[:2000].astype("int64")

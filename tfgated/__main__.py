@@ -22,7 +22,7 @@ COMMANDS = {
     "train": ("tfgated.train", "main_train"),
     "evaluate": ("tfgated.train", "main_evaluate"),
     "score": ("tfgated.micronet", "main_score"),
-    "search": ("tfgated.search", "main_search"),
+    "search": ("tfgated.cli.search", "main"),
 }
 
 

@@ -37,7 +37,7 @@ import os
 import time
 from typing import Callable, Dict, List, Sequence, Tuple
 
-from tfgated.io import write_atomic
+from tfgated.io import write_atomic, write_json
 from tfgated.recipes import Recipe
 
 __all__ = ["Candidate", "ImproveResult", "SIPA_GROUPS", "Trial", "improve", "keras_trainer", "read_trials"]
@@ -152,17 +152,12 @@ def _normalize_groups(groups):
 
 
 def _write_table(out_dir, trials):
-    rows = [t.to_row() for t in trials]
     buffer = io.StringIO()
-    fields = list(Trial.__dataclass_fields__)
-    writer = csv.DictWriter(buffer, fieldnames=fields)
+    writer = csv.DictWriter(buffer, fieldnames=list(Trial.__dataclass_fields__))
     writer.writeheader()
-    writer.writerows(rows)
+    writer.writerows(t.to_row() for t in trials)
     write_atomic(os.path.join(out_dir, CSV_NAME), buffer.getvalue())
-    write_atomic(
-        os.path.join(out_dir, JSON_NAME),
-        json.dumps([dataclasses.asdict(t) for t in trials], indent=2, sort_keys=True),
-    )
+    write_json(os.path.join(out_dir, JSON_NAME), [dataclasses.asdict(t) for t in trials], sort_keys=True)
 
 
 def read_trials(out_dir):
@@ -207,72 +202,70 @@ def improve(
     """
     if not isinstance(base, Recipe):
         raise ValueError(f"Expected base to be a Recipe. Received: {type(base).__name__}")
-    groups = _normalize_groups(groups)
+    plan = [(BASELINE, BASELINE, {})] + [(g, c.name, c.changes) for g, cs in _normalize_groups(groups) for c in cs]
     out_dir = os.fspath(out_dir)
     os.makedirs(out_dir, exist_ok=True)
     recorded = read_trials(out_dir)
-    trials: List[Trial] = []
-
-    plan = [(BASELINE, BASELINE, {})] + [(g, c.name, c.changes) for g, cs in groups for c in cs]
-    best, best_acc, adopted = base, None, []
-    for index, (group, name, changes) in enumerate(plan):
-        candidate = best.replace(**changes) if changes else best
-        if index < len(recorded):
-            row = recorded[index]
-            if (row.group, row.candidate, row.recipe) != (group, name, candidate.to_dict()):
-                raise ValueError(
-                    f"The trial table in {out_dir!r} is from a different run (trial {index}: recorded "
-                    f"{row.group!r}/{row.candidate!r}, now {group!r}/{name!r}). "
-                    "Use another out_dir or delete the table."
-                )
-            accuracy, seconds = row.accuracy, row.seconds
-            resumed = True
-        else:
-            start = time.time()
-            accuracy = float(train_and_evaluate(candidate))
-            seconds = time.time() - start
-            resumed = False
-            if not math.isfinite(accuracy):
-                raise ValueError(f"train_and_evaluate returned a non-finite accuracy for {name!r}: {accuracy}")
-        is_better = best_acc is None or accuracy > best_acc + min_improvement
-        if is_better:
-            best, best_acc = candidate, accuracy
-            if changes:
-                adopted.append(name)
-        trials.append(
-            Trial(
-                index=index,
-                group=group,
-                candidate=name,
-                changes=dict(changes),
-                recipe=candidate.to_dict(),
-                accuracy=accuracy,
-                adopted=bool(is_better),
-                best_accuracy=best_acc,
-                seconds=seconds,
-            )
-        )
-        if not resumed:
-            _write_table(out_dir, trials)
-        if verbose:
-            mark = "adopted" if is_better and changes else ("baseline" if not changes else "rejected")
-            origin = " (from table)" if resumed else ""
-            print(
-                f"[improve {index + 1}/{len(plan)}] {group} / {name}: val_acc={accuracy:.4f} "
-                f"{mark}; best={best_acc:.4f}{origin}",
-                flush=True,
-            )
     if len(recorded) > len(plan):
         raise ValueError(
             f"The trial table in {out_dir!r} has {len(recorded)} trials but this run plans {len(plan)}: "
             "it is from a different run."
         )
+    trials: List[Trial] = []
+    best, best_acc, adopted = base, None, []
+    for index, (group, name, changes) in enumerate(plan):
+        candidate = best.replace(**changes) if changes else best
+        if index < len(recorded):
+            accuracy, seconds = _recorded_accuracy(recorded[index], index, group, name, candidate, out_dir)
+        else:
+            accuracy, seconds = _train_trial(train_and_evaluate, candidate, name)
+        is_better = best_acc is None or accuracy > best_acc + min_improvement
+        if is_better:
+            best, best_acc = candidate, accuracy
+            if changes:
+                adopted.append(name)
+        trials.append(Trial(index=index, group=group, candidate=name, changes=dict(changes),
+                            recipe=candidate.to_dict(), accuracy=accuracy, adopted=bool(is_better),
+                            best_accuracy=best_acc, seconds=seconds))
+        if index >= len(recorded):
+            _write_table(out_dir, trials)
+        if verbose:
+            _print_trial(trials[-1], len(plan), resumed=index < len(recorded))
     _write_table(out_dir, trials)
-    write_atomic(
-        os.path.join(out_dir, "best_recipe.json"),
-        json.dumps({"accuracy": best_acc, "adopted": adopted, "recipe": best.to_dict()}, indent=2, sort_keys=True),
-    )
+    write_json(os.path.join(out_dir, "best_recipe.json"),
+               {"accuracy": best_acc, "adopted": adopted, "recipe": best.to_dict()}, sort_keys=True)
     return ImproveResult(recipe=best, accuracy=best_acc, adopted=adopted, trials=trials)
+
+
+def _recorded_accuracy(row, index, group, name, candidate, out_dir):
+    """``(accuracy, seconds)`` of a finished trial read back from the table, checked to be this run's."""
+    if (row.group, row.candidate, row.recipe) != (group, name, candidate.to_dict()):
+        raise ValueError(
+            f"The trial table in {out_dir!r} is from a different run (trial {index}: recorded "
+            f"{row.group!r}/{row.candidate!r}, now {group!r}/{name!r}). "
+            "Use another out_dir or delete the table."
+        )
+    return row.accuracy, row.seconds
+
+
+def _train_trial(train_and_evaluate, candidate, name):
+    """``(accuracy, seconds)`` of training ``candidate``; a non-finite accuracy is an error."""
+    start = time.time()
+    accuracy = float(train_and_evaluate(candidate))
+    if not math.isfinite(accuracy):
+        raise ValueError(f"train_and_evaluate returned a non-finite accuracy for {name!r}: {accuracy}")
+    return accuracy, time.time() - start
+
+
+def _print_trial(trial, total, resumed):
+    changed = bool(trial.changes)
+    mark = "adopted" if trial.adopted and changed else ("baseline" if not changed else "rejected")
+    origin = " (from table)" if resumed else ""
+    print(
+        f"[improve {trial.index + 1}/{total}] {trial.group} / {trial.candidate}: val_acc={trial.accuracy:.4f} "
+        f"{mark}; best={trial.best_accuracy:.4f}{origin}",
+        flush=True,
+    )
 
 
 def keras_trainer(

@@ -540,11 +540,11 @@ def _stage_search(run, out):
     threshold = budget.budget_macs
     if threshold is None:
         threshold = float(complexity.count(run.build(base_arch)).macs)
-    hypermodel = SIPAHyperModel(
+    hypermodel = SIPAHyperModel.from_options(
+        lambda num_classes, input_shape, **arch: run.build(arch),
         num_classes=info.num_classes,
         input_shape=info.input_shape,
         base_arch=base_arch,
-        build_fn=lambda arch: run.build(arch),
         budget=threshold,
         measure="macs",
         **space,
@@ -738,7 +738,7 @@ def _stage_train(run, out):
 def _stage_prune(run, out):
     import keras
 
-    from tfgated.pruning import iterative_pruning, sparsity_report, strip_pruning
+    from tfgated.pruning import IterativePruningOptions, iterative_pruning, sparsity_report, strip_pruning
     from tfgated.recipes import Recipe, steps_per_epoch
 
     budget = run.budget
@@ -757,11 +757,10 @@ def _stage_prune(run, out):
     model = _load_model(run.model_path("train"))
     splits = tune.datasets(run.dataset, seed=run.seed, **run.data_kwargs())
     tune.compile(model, steps_per_epoch=steps_per_epoch(splits.train))
-    rows = iterative_pruning(
-        model, splits.train, splits.validation, schedule=list(budget.prune_schedule),
-        fine_tune_epochs=budget.prune_epochs, ranking="global_normalized",
+    rows = iterative_pruning(model, splits.train, splits.validation, IterativePruningOptions(
+        schedule=list(budget.prune_schedule), fine_tune_epochs=budget.prune_epochs, ranking="global_normalized",
         checkpoint_dir=os.path.join(out, "rounds"), fit_kwargs={"verbose": run.fit_verbose()}, verbose=1,
-    )
+    ))
     strip_pruning(model)
     save_model(model, run.model_path("prune"))
     sparsity = sparsity_report(model)["total"]["sparsity"]

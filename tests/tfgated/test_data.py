@@ -27,6 +27,7 @@ from tfgated.data import (
     load_fashion_mnist_arrays,
     scaled_size,
 )
+from tfgated.data.tfds_sources import _TFDS_STATS
 
 FMNIST_DIR = "/usr/share/datasets/fashion-mnist"
 needs_fmnist = pytest.mark.skipif(
@@ -203,7 +204,7 @@ def test_tfds_mock(name, num_classes, tmp_path):
         assert info.num_classes == num_classes and len(info.class_names) == num_classes
         assert info.input_shape == (32, 32, 3)
         assert (info.num_train, info.num_validation, info.num_test) == (18, 2, 20)
-        assert info.mean == data._TFDS_STATS[name][0]
+        assert info.mean == _TFDS_STATS[name][0]
         x, y = next(iter(s.train))
         assert x.shape == (8, 32, 32, 3) and x.dtype == tf.float32
         assert y.shape == (8,) and y.dtype == tf.int32

@@ -8,9 +8,9 @@ import keras
 import numpy as np
 import pytest
 
-from tfgated import pruning
 from tfgated.pruning import (
     ConstantSparsity,
+    IterativePruningOptions,
     PolynomialDecay,
     UpdatePruningStep,
     get_pruning_state,
@@ -22,9 +22,10 @@ from tfgated.pruning import (
     sparsity_report,
     strip_pruning,
 )
+from tfgated.pruning.masks import _to_numpy
 
 
-npv = pruning._to_numpy
+npv = _to_numpy
 
 
 def conv_model(seed=0):
@@ -224,8 +225,8 @@ def test_iterative_pruning_resumes_finished_rounds(tmp_path, capsys):
         return float(np.mean(pred == y))
 
     ckpt = str(tmp_path / "run")
-    rows = iterative_pruning(conv_model(), schedule=[0.2, 0.4], train_fn=train_fn,
-                             eval_fn=eval_fn, checkpoint_dir=ckpt)
+    rows = iterative_pruning(conv_model(), options=IterativePruningOptions(
+        schedule=[0.2, 0.4], train_fn=train_fn, eval_fn=eval_fn, checkpoint_dir=ckpt))
     assert len(calls) == 2
     assert [r["round"] for r in rows] == [0, 1, 2]
     assert rows[0]["sparsity"] == 0.0
@@ -233,8 +234,8 @@ def test_iterative_pruning_resumes_finished_rounds(tmp_path, capsys):
     assert "Pruning round 2" in capsys.readouterr().out
 
     model = conv_model(seed=7)  # a fresh process would rebuild the model
-    rows = iterative_pruning(model, schedule=[0.2, 0.4, 0.6], train_fn=train_fn,
-                             eval_fn=eval_fn, checkpoint_dir=ckpt)
+    rows = iterative_pruning(model, options=IterativePruningOptions(
+        schedule=[0.2, 0.4, 0.6], train_fn=train_fn, eval_fn=eval_fn, checkpoint_dir=ckpt))
     assert len(calls) == 3  # only round 3 ran
     assert [r["round"] for r in rows] == [0, 1, 2, 3]
     assert rows[3]["sparsity"] == pytest.approx(0.6, abs=0.01)
@@ -248,8 +249,8 @@ def test_iterative_pruning_resumes_finished_rounds(tmp_path, capsys):
     assert sparsity_report(loaded)["total"]["sparsity"] == pytest.approx(0.6, abs=0.01)
 
     with pytest.raises(ValueError, match="same run"):
-        iterative_pruning(conv_model(), schedule=[0.3, 0.4], train_fn=train_fn,
-                          eval_fn=eval_fn, checkpoint_dir=ckpt)
+        iterative_pruning(conv_model(), options=IterativePruningOptions(
+            schedule=[0.3, 0.4], train_fn=train_fn, eval_fn=eval_fn, checkpoint_dir=ckpt))
 
 
 def test_iterative_pruning_reinitialize_rewinds_survivors():
@@ -257,15 +258,16 @@ def test_iterative_pruning_reinitialize_rewinds_survivors():
     initial = init_model.get_weights()
     x, y = data(32)
     init_model.fit(x, y, epochs=1, verbose=0)  # "trained" weights differ from initial ones
-    rows = iterative_pruning(init_model, schedule=[0.5], fine_tune_epochs=0,
-                             reinitialize=True, initial_weights=initial, verbose=0)
+    rows = iterative_pruning(init_model, options=IterativePruningOptions(
+        schedule=[0.5], fine_tune_epochs=0, reinitialize=True, initial_weights=initial, verbose=0))
     assert rows[-1]["sparsity"] == pytest.approx(0.5, abs=0.01)
     init_by_path = dict(zip([w.path for w in init_model.weights], initial))
     for key, var in prunable_weights(init_model).items():
         w = npv(var)
         np.testing.assert_array_equal(w[w != 0], init_by_path[var.path][w != 0])
     with pytest.raises(ValueError, match="initial_weights"):
-        iterative_pruning(conv_model(), schedule=[0.5], fine_tune_epochs=0, reinitialize=True)
+        iterative_pruning(conv_model(), options=IterativePruningOptions(
+            schedule=[0.5], fine_tune_epochs=0, reinitialize=True))
 
 
 def test_iterative_pruning_takes_epochs_per_round():
@@ -280,18 +282,31 @@ def test_iterative_pruning_takes_epochs_per_round():
         def on_train_begin(self, logs=None):
             seen.append(self.params["epochs"])
 
-    rows = iterative_pruning(model, train, None, schedule=[0.2, 0.4, 0.5], fine_tune_epochs=[2, 0, 1],
-                             fit_kwargs={"callbacks": [CountEpochs()], "verbose": 0}, verbose=0)
+    options = IterativePruningOptions(schedule=[0.2, 0.4, 0.5], fine_tune_epochs=[2, 0, 1],
+                                      fit_kwargs={"callbacks": [CountEpochs()], "verbose": 0}, verbose=0)
+    rows = iterative_pruning(model, train, None, options)
     assert seen == [2, 1]  # round 2 was not fine-tuned
     assert [r["fine_tune_epochs"] for r in rows] == [0, 2, 0, 1]
     assert rows[-1]["sparsity"] == pytest.approx(0.5, abs=0.01)
     for bad in ([1, 1], [1, -1, 1], [1, 1.5, 1], -1):
         with pytest.raises(ValueError, match="fine_tune_epochs"):
-            iterative_pruning(conv_model(), train, schedule=[0.2, 0.4, 0.5], fine_tune_epochs=bad)
+            IterativePruningOptions(schedule=[0.2, 0.4, 0.5], fine_tune_epochs=bad)
+
+
+def test_iterative_pruning_checks_its_options():
+    with pytest.raises(ValueError, match="IterativePruningOptions"):
+        iterative_pruning(conv_model(), options={"schedule": [0.5]})
+    with pytest.raises(ValueError, match="ranking='magnitude'"):
+        IterativePruningOptions(ranking="magnitude")
+    with pytest.raises(ValueError, match=r"schedule\[1\]"):
+        IterativePruningOptions(schedule=[0.5, 1.0])
+    with pytest.raises(ValueError, match="train_data or train_fn"):
+        iterative_pruning(conv_model(), options=IterativePruningOptions(schedule=[0.5]))
+    assert IterativePruningOptions().schedule == tuple(sipa_schedule())
 
 
 def test_pruning_table_csv_keeps_keys_that_older_resumed_rows_lack(tmp_path):
-    from tfgated.pruning import _write_table
+    from tfgated.pruning.iterative import _write_table
 
     old = {"round": 0, "target_sparsity": 0.0, "val_accuracy": 0.9}  # written before rows had epochs
     new = {"round": 1, "target_sparsity": 0.3, "val_accuracy": 0.8, "fine_tune_epochs": 2}

@@ -1,20 +1,19 @@
-"""Tests of tfgated.search: SIPA fitness, the hypermodel's space, resuming, distributed search, CLI."""
+"""Tests of tfgated.search: SIPA fitness, the options, the hypermodel's space, resuming.
+
+The command line (``python -m tfgated search``, distributed search) is tested in
+tests/cli/test_search_command.py."""
 
 import json
 import math
-import os
-import socket
-import subprocess
-import sys
 
 import keras
 import keras_tuner
 import numpy as np
 import pytest
 
+import tfgated.zoo
 from tfgated import search
-
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from tfgated.zoo.sipa import build_sipa
 
 #: A tiny two-block SIPA network (28x28 -> 14 -> 7 -> 4) for real, fast trials.
 TINY_ARCH = {
@@ -36,8 +35,13 @@ TINY_SPACE = {
 }
 
 
+def hypermodel_of(**options):
+    """A hypermodel building tfgated.zoo.sipa networks, from flat options."""
+    return search.SIPAHyperModel.from_options(build_sipa, **options)
+
+
 def tiny_hypermodel(**kwargs):
-    return search.SIPAHyperModel(base_arch=TINY_ARCH, **{**TINY_SPACE, **kwargs})
+    return hypermodel_of(base_arch=TINY_ARCH, **{**TINY_SPACE, **kwargs})
 
 
 @pytest.fixture(scope="module")
@@ -89,7 +93,7 @@ def test_block_strings_round_trip():
 
 
 def test_default_hyperparameters_reproduce_the_base_architecture():
-    hypermodel = search.SIPAHyperModel(constraint="none")
+    hypermodel = search.SIPAHyperModel(build_sipa, space=search.SearchSpace(constraint="none"))
     hp = keras_tuner.HyperParameters()
     arch = hypermodel.architecture(hp)
     assert arch["blocks"] == list(search.REFERENCE_BLOCKS)
@@ -105,7 +109,7 @@ def test_default_hyperparameters_reproduce_the_base_architecture():
 
 
 def test_enforced_compound_constraint_derives_resolution_and_chains_channels():
-    hypermodel = search.SIPAHyperModel(resolution_range=(1.0, 2.0))
+    hypermodel = search.SIPAHyperModel(build_sipa, space=search.SearchSpace(resolution_range=(1.0, 2.0)))
     hp = keras_tuner.HyperParameters()
     hypermodel.architecture(hp)
     assert "resolution" not in hp.values
@@ -120,28 +124,45 @@ def test_enforced_compound_constraint_derives_resolution_and_chains_channels():
 
 
 def test_penalized_constraint_lowers_fitness():
-    hypermodel = search.SIPAHyperModel(constraint="penalize", constraint_weight=0.5)
+    hypermodel = hypermodel_of(constraint="penalize", constraint_weight=0.5)
     arch = {"depth": 1.0, "width": 1.0, "resolution": 2.0}  # product 4, target 2
     metrics = hypermodel.fitness_metrics(0.9, arch, {"macs": 1.0, "params": 1.0, "cost": 1.0})
     assert metrics["fitness"] == pytest.approx(0.9 - 0.5 * 1.0)
     assert metrics["compound_product"] == pytest.approx(4.0)
 
 
+def test_flat_options_are_sorted_into_space_and_fitness():
+    hypermodel = hypermodel_of(kernel_sizes=[3], budget=5e6, indicator="hinge", learning_rate=0.01, name="h")
+    assert hypermodel.space == search.SearchSpace(kernel_sizes=(3,))
+    assert hypermodel.fitness == search.FitnessOptions(budget=5e6, indicator="hinge")
+    assert (hypermodel.learning_rate, hypermodel.name) == (0.01, "h")
+    space, fitness, rest = search.split_options({"divisor": 4, "bits": 32, "other": 1})
+    assert (space.divisor, fitness.bits, rest) == (4, 32, {"other": 1})
+
+
 def test_hypermodel_rejects_bad_arguments():
     with pytest.raises(ValueError, match="measure='flops'"):
-        search.SIPAHyperModel(measure="flops")
+        search.FitnessOptions(measure="flops")
     with pytest.raises(ValueError, match="constraint='soft'"):
-        search.SIPAHyperModel(constraint="soft")
+        search.SearchSpace(constraint="soft")
     with pytest.raises(ValueError, match="budget=-1"):
-        search.SIPAHyperModel(budget=-1)
+        hypermodel_of(budget=-1)
     with pytest.raises(ValueError, match="width_range"):
-        search.SIPAHyperModel(width_range=(1.2, 0.5))
+        search.SearchSpace(width_range=(1.2, 0.5))
+    with pytest.raises(ValueError, match="scaling_step=0"):
+        search.SearchSpace(scaling_step=0)
+    with pytest.raises(ValueError, match=r"Unknown search option\(s\) \['depth'\]"):
+        hypermodel_of(depth=1.0)
+    with pytest.raises(ValueError, match="builder=None"):
+        search.SIPAHyperModel(None)
+    with pytest.raises(ValueError, match="space"):
+        search.SIPAHyperModel(build_sipa, space={"kernel_sizes": (3,)})
     with pytest.raises(ValueError, match="algorithm='grid'"):
         search.make_tuner(tiny_hypermodel(), algorithm="grid")
 
 
-def test_default_build_fn_builds_the_sipa_network_and_injected_build_fn_is_used():
-    hypermodel = search.SIPAHyperModel()
+def test_the_given_builder_builds_the_models():
+    hypermodel = search.SIPAHyperModel(build_sipa)
     model = hypermodel.build(keras_tuner.HyperParameters())
     assert model.name == "sipa" and model.output_shape == (None, 10)
     # Enforced constraint at the defaults (depth 1.0, width 0.9): gamma = sqrt(2 / 0.81) = 1.57, 28 -> 44.
@@ -151,14 +172,15 @@ def test_default_build_fn_builds_the_sipa_network_and_injected_build_fn_is_used(
 
     seen = []
 
-    def build_fn(arch):
+    def builder(num_classes, input_shape, **arch):
         seen.append(arch)
-        inputs = keras.Input((28, 28, 1))
+        inputs = keras.Input(input_shape)
         return keras.Model(inputs, keras.layers.Dense(10, activation="softmax")(keras.layers.Flatten()(inputs)))
 
-    model = search.SIPAHyperModel(build_fn=build_fn, measure="micronet").build(keras_tuner.HyperParameters())
-    assert len(seen) == 1 and seen[0]["blocks"] and model.compiled
-    score = search.SIPAHyperModel(measure="micronet").costs(model)["cost"]
+    micronet = search.FitnessOptions(measure="micronet")
+    model = search.SIPAHyperModel(builder, fitness=micronet).build(keras_tuner.HyperParameters())
+    assert len(seen) == 1 and seen[0]["blocks"] and model.compiled and model.output_shape == (None, 10)
+    score = search.SIPAHyperModel(build_sipa, fitness=micronet).costs(model)["cost"]
     assert 0 < score < 1e-3
 
 
@@ -201,26 +223,16 @@ def test_search_resumes_from_finished_trials(tmp_path, tiny_data):
     assert preset["family"] == "sipa" and preset["gates"] is None and preset["weights"] is None
     path = tmp_path / "best.json"
     path.write_text(json.dumps(preset))
-    model = search.load_preset_file(path)
+    model = tfgated.zoo.load(str(path))
     assert model.output_shape == (None, 10) and model.compiled
-    macs = search.SIPAHyperModel().costs(model)["macs"]
+    macs = search.SIPAHyperModel(build_sipa).costs(model)["macs"]
     assert macs == best["macs"]
 
 
-def test_load_preset_file_errors(tmp_path):
-    with pytest.raises(FileNotFoundError, match="missing.json"):
-        search.load_preset_file(tmp_path / "missing.json")
-    bad = tmp_path / "bad.json"
-    bad.write_text(json.dumps({"family": "sipa", "arch": {}}))
-    with pytest.raises(ValueError, match="lacks the keys"):
-        search.load_preset_file(bad)
-    bad.write_text("{not json")
-    with pytest.raises(ValueError, match="not valid JSON"):
-        search.load_preset_file(bad)
-
-
 def test_numpy_gaussian_process_interpolates():
-    gp = search._NumpyGaussianProcess(alpha=1e-6)
+    from tfgated.search.oracles import _NumpyGaussianProcess
+
+    gp = _NumpyGaussianProcess(alpha=1e-6)
     x = np.linspace(0, 1, 8)[:, None]
     y = np.sin(4 * x[:, 0])
     mean, std = gp.fit(x, y).predict(x, return_std=True)
@@ -228,71 +240,3 @@ def test_numpy_gaussian_process_interpolates():
     assert std.max() < 0.05
     _, far = gp.predict(np.array([[3.0]]), return_std=True)
     assert far[0] > 10 * std.max()
-
-
-# -- distributed search through the CLI -------------------------------------------------
-
-
-def _free_port():
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _cli(tmp_path, role, port, trials=2):
-    env = {
-        **os.environ,
-        "KERASTUNER_TUNER_ID": role,
-        "KERASTUNER_ORACLE_IP": "127.0.0.1",
-        "KERASTUNER_ORACLE_PORT": str(port),
-        "TF_CPP_MIN_LOG_LEVEL": "3",
-        "CUDA_VISIBLE_DEVICES": "",
-    }
-    command = [
-        sys.executable, "-m", "tfgated", "search", "--dataset", "fashion_mnist", "--limit", "200",
-        "--batch-size", "64", "--trials", str(trials), "--epochs", "1", "--budget-macs", "1e9",
-        "--algorithm", "random", "--verbose", "0", "--arch-json", json.dumps(TINY_ARCH),
-        "--space-json", json.dumps(TINY_SPACE), "--directory", str(tmp_path / role),
-        "--output", str(tmp_path / "best.json"),
-    ]
-    return subprocess.Popen(
-        command, env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-    )
-
-
-def test_distributed_search_chief_and_worker(tmp_path):
-    port = _free_port()
-    chief = _cli(tmp_path, "chief", port)
-    worker = _cli(tmp_path, "worker0", port)
-    try:
-        worker_out, _ = worker.communicate(timeout=240)
-        chief_out, _ = chief.communicate(timeout=60)
-    finally:
-        for process in (worker, chief):
-            if process.poll() is None:
-                process.kill()
-                process.communicate()
-    assert worker.returncode == 0, worker_out[-3000:]
-    assert chief.returncode == 0, chief_out[-3000:]
-    assert "Worker worker0 finished" in worker_out
-
-    # The worker trained both trials (its checkpoints) ...
-    worker_dir = tmp_path / "worker0" / "sipa"
-    assert len(list(worker_dir.glob("trial_*/checkpoint.weights.h5"))) == 2
-    # ... and the chief's oracle recorded them with their fitness.
-    trials = [json.loads(p.read_text()) for p in sorted((tmp_path / "chief" / "sipa").glob("trial_*/trial.json"))]
-    assert [t["status"] for t in trials] == ["COMPLETED", "COMPLETED"]
-    for t in trials:
-        assert "fitness" in t["metrics"]["metrics"] and "macs" in t["metrics"]["metrics"]
-    assert "val acc" in chief_out and "Best trial" in chief_out
-
-    # The chief wrote the best architecture as a preset and the trial table.
-    preset = json.loads((tmp_path / "best.json").read_text())
-    assert preset["family"] == "sipa" and preset["dataset"] == "fashion_mnist"
-    assert preset["input_shape"] == [28, 28, 1] and preset["num_classes"] == 10
-    assert preset["search"]["budget"] == 1e9 and preset["search"]["trials"] == 2
-    table = json.loads((tmp_path / "best.trials.json").read_text())
-    assert len(table) == 2
-    assert (tmp_path / "best.trials.csv").read_text().startswith("trial,status,fitness,val_accuracy,macs")
-    model = search.load_preset_file(tmp_path / "best.json")
-    assert model.output_shape == (None, 10)
