@@ -1,7 +1,7 @@
 """Early-exit export: the exit decision becomes control flow inside the exported file.
 
-A SIPA early-exit model (:func:`tfgated.early_exit.attach_exit`, two outputs
-``[main_probs, exit_probs]``) is split the way :class:`tfgated.early_exit.EarlyExitModel`
+A SIPA early-exit model (:func:`tfgated.exits.attach_exit`, two outputs
+``[main_probs, exit_probs]``) is split the way :class:`tfgated.exits.EarlyExitModel`
 splits it: part A computes the exit probabilities (and every tensor the rest of the
 network needs), part B the main output. The exported function returns one tensor, the
 probabilities of the path each example took:
@@ -100,7 +100,7 @@ def early_exit_function(model_with_exit, threshold, batch_size=1, form=None, fmt
     """
     import tensorflow as tf
 
-    from tfgated.early_exit import EarlyExitModel
+    from tfgated.exits import EarlyExitModel
     from tfgated.gates import static_inference_style
 
     form = _check_form(form, batch_size, fmt)
