@@ -203,7 +203,7 @@ def main(argv=None):
     import keras
     import numpy as np
 
-    from tfgated import early_exit as ee
+    from tfgated import exits as ee
     from tfgated.data import load_dataset
     from tfgated.io import machine_info
 

@@ -18,7 +18,7 @@ Steps (each finished one is kept under ``--run-dir``, so a killed run resumes):
    ``--rounds``, 1 thread; the mean over the images is the file's latency on that data.
 
 The latency ratio is compared with the MAC ratio measured by the split inference
-(:class:`tfgated.early_exit.EarlyExitModel`) on the same images.
+(:class:`tfgated.exits.EarlyExitModel`) on the same images.
 
     python benchmarks/export_early_exit.py                  # about 10 minutes on 2 cores
     python benchmarks/export_early_exit.py --quick          # smoke run, output under runs/
@@ -151,7 +151,7 @@ def main(argv=None):
     import keras
     import numpy as np
 
-    from tfgated import early_exit as ee
+    from tfgated import exits as ee
     from tfgated.data import load_dataset
     from tfgated.export import export, export_early_exit, measure_inputs
     from tfgated.io import machine_info, write_json

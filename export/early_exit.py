@@ -1,7 +1,7 @@
 """Early-exit export: the exit decision becomes control flow inside the exported file.
 
-A SIPA early-exit model (:func:`tfgated.early_exit.attach_exit`, two outputs
-``[main_probs, exit_probs]``) is split the way :class:`tfgated.early_exit.EarlyExitModel`
+A SIPA early-exit model (:func:`tfgated.exits.attach_exit`, two outputs
+``[main_probs, exit_probs]``) is split the way :class:`tfgated.exits.EarlyExitModel`
 splits it: part A computes the exit probabilities (and every tensor the rest of the
 network needs), part B the main output. The exported function returns one tensor, the
 probabilities of the path each example took:
@@ -83,14 +83,14 @@ def _write_exit_file(model, path, target, options, data, x, expected_for, what, 
     return ExportResult(path=os.fspath(path), sidecar_path=sidecar_path, sidecar=sidecar, report=None, parity=parity)
 
 
-# -- SIPA early exit (tfgated.early_exit) ------------------------------------------------------------
+# -- SIPA early exit (tfgated.exits) ------------------------------------------------------------
 
 
 def _early_exit_traced(model_with_exit, threshold, batch_size, form):
     """``(Traced, EarlyExitModel)`` of the function that returns the taken path's probabilities."""
     import tensorflow as tf
 
-    from tfgated.early_exit import EarlyExitModel
+    from tfgated.exits import EarlyExitModel
 
     check_exportable(model_with_exit, allow_gates=True)
     split = EarlyExitModel(model_with_exit, threshold)

@@ -25,7 +25,7 @@ from tfgated.models import gated_model  # noqa: E402
 # Modules whose custom objects (exit gates, ghost batch norm, pruning schedules, the soft
 # smoothing loss) must be registered before keras.saving.load_model(..., safe_mode=True)
 # reads a file that uses them: `import tfgated` is then enough to load any tfgated model.
-from tfgated import early_exit, exits, pruning, recipes  # noqa: E402,F401
+from tfgated import exits, pruning, recipes  # noqa: E402,F401
 
 __version__ = "0.1.0"
 

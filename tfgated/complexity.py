@@ -33,13 +33,15 @@ import math
 import keras
 import numpy as np
 
-from tfgated.gates import GumbelGate
-from tfgated.graph import gate_structure, trace
-from tfgated.losses import GateActivationLoss
 from keras.src.layers.convolutional.base_conv import BaseConv
 from keras.src.layers.convolutional.base_conv_transpose import BaseConvTranspose
 from keras.src.layers.convolutional.base_depthwise_conv import BaseDepthwiseConv
 from keras.src.layers.convolutional.base_separable_conv import BaseSeparableConv
+
+from tfgated.gates import GumbelGate
+from tfgated.graph import gate_structure, trace
+from tfgated.inference import gate_values as measure_gate_values
+from tfgated.losses import GateActivationLoss
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -356,9 +358,7 @@ def expected_macs_on_data(model, x, batch_size=256, per_example=False):
     With ``per_example=True`` the result carries the per-example MACs (exact
     for data-dependent gates); otherwise it uses the mean rates.
     """
-    from tfgated.inference import gate_values as measure
-
-    values = measure(model, x, batch_size=batch_size)
+    values = measure_gate_values(model, x, batch_size=batch_size)
     if per_example:
         return expected_macs(model, gate_values=values)
     return expected_macs(model, rates={k: v.mean(axis=0) for k, v in values.items()})

@@ -13,9 +13,14 @@ the exporter that folds gates) can rely on them:
   the layer that applies it and the layers whose computation it switches off,
   each with a *role* (see :class:`GateInfo`).
 
-The gate-aware MAC counts built on this structure (:func:`expected_macs`,
-:func:`gate_mac_weights`, :func:`expected_macs_on_data`) live in
-:mod:`tfgated.complexity` and are re-exported here.
+The gate-aware MAC counts built on this structure (``expected_macs``,
+``gate_mac_weights``, ``expected_macs_on_data``) live in :mod:`tfgated.complexity`,
+which imports this module (never the other way round).
+
+Exit gates (:mod:`tfgated.exits`) are recognised by the class attributes their
+layers declare, ``exits_early = True`` on the gate and ``routes_exits = True``
+on the layer applying it (``EarlyExitCombine``): the exits package builds on
+this module and complexity counting, so this module does not import it.
 """
 
 from __future__ import annotations
@@ -31,7 +36,6 @@ from keras.src.layers.convolutional.base_separable_conv import BaseSeparableConv
 from keras.src.layers.pooling.base_global_pooling import BaseGlobalPooling
 from keras.src.layers.pooling.base_pooling import BasePooling
 
-from tfgated.exits import EarlyExitCombine, ExitGate
 from tfgated.gates import ChannelMask, GatedResidual, GumbelGate
 from tfgated.losses import GateActivationLoss
 
@@ -362,6 +366,16 @@ class GateInfo:
         return data
 
 
+def _is_exit_gate(layer):
+    """An exit gate (``tfgated.exits.ExitGate``): its value 1 means "leave here"."""
+    return isinstance(layer, GumbelGate) and getattr(type(layer), "exits_early", False) is True
+
+
+def _routes_exits(layer):
+    """A layer applying exit gates (``tfgated.exits.EarlyExitCombine``)."""
+    return getattr(type(layer), "routes_exits", False) is True
+
+
 def _non_gate_consumers(graph, key):
     return [c for c in graph.consumers.get(key, []) if not isinstance(c.layer, GumbelGate)]
 
@@ -442,7 +456,7 @@ def _exit_rest(graph, call):
     EarlyExitCombine inputs after this gate's (later exits and the final classifier) that
     are not upstream of its own exit (the trunk so far, this gate and its classifier)."""
     z = call.outputs[0]
-    combines = [c for c in graph.consumers.get(z, []) if isinstance(c.layer, EarlyExitCombine)]
+    combines = [c for c in graph.consumers.get(z, []) if _routes_exits(c.layer)]
     if len(combines) != 1:
         raise ValueError(
             f"Expected exit gate {call.name!r} to feed exactly one EarlyExitCombine. "
@@ -516,7 +530,7 @@ def gate_structure(model, graph=None):
             continue
         z = call.outputs[0]
         context_call = graph.producer.get(call.inputs[0])
-        if isinstance(gate, ExitGate):
+        if _is_exit_gate(gate):
             combine, controlled = _exit_rest(graph, call)
             infos.append(
                 GateInfo(
@@ -563,27 +577,3 @@ def gate_structure(model, graph=None):
             )
         )
     return infos
-
-
-# ----------------------------------------------------------------------------- gate-aware MACs
-
-
-def expected_macs(model, rates=None, gate_values=None, input_shape=None):
-    """Alias of :func:`tfgated.complexity.expected_macs` (which needs per-layer MACs)."""
-    from tfgated.complexity import expected_macs as _expected_macs
-
-    return _expected_macs(model, rates=rates, gate_values=gate_values, input_shape=input_shape)
-
-
-def gate_mac_weights(model, input_shape=None):
-    """Alias of :func:`tfgated.complexity.gate_mac_weights`."""
-    from tfgated.complexity import gate_mac_weights as _gate_mac_weights
-
-    return _gate_mac_weights(model, input_shape=input_shape)
-
-
-def expected_macs_on_data(model, x, batch_size=256, per_example=False):
-    """Alias of :func:`tfgated.complexity.expected_macs_on_data`."""
-    from tfgated.complexity import expected_macs_on_data as _on_data
-
-    return _on_data(model, x, batch_size=batch_size, per_example=per_example)

@@ -16,7 +16,7 @@ stage  name          what it does (module)
                      normalization, fine-tuning between rounds (:mod:`tfgated.pruning`)
 5      accelerate    an early-exit head trained with soft smoothing on the frozen
                      network, confidence threshold calibrated on validation data
-                     (:mod:`tfgated.early_exit`)
+                     (:mod:`tfgated.exits`)
 6      quantize      weights rounded to 16 bits; MicroNet score at 16 bits
                      (:mod:`tfgated.micronet`)
 7      export        the 16-bit main network written to TFLite (float16) and ONNX,
@@ -320,7 +320,7 @@ def _load_model(path):
     import keras
 
     import tfgated  # noqa: F401  (registers the custom objects)
-    import tfgated.early_exit  # noqa: F401  (SoftSmoothingLoss)
+    import tfgated.exits  # noqa: F401  (SoftSmoothingLoss)
     import tfgated.recipes  # noqa: F401  (GhostBatchNormalization)
 
     path = os.fspath(path)
@@ -811,7 +811,7 @@ def _head_channels(model, budget):
 
 def _exit_evaluation(run, model_with_exit, threshold, bits):
     """Early-exit test accuracy and the MicroNet row with expected operations."""
-    from tfgated.early_exit import EarlyExitModel
+    from tfgated.exits import EarlyExitModel
 
     x, y = run.test_arrays()
     split = EarlyExitModel(model_with_exit, threshold)
@@ -834,7 +834,7 @@ def _exit_evaluation(run, model_with_exit, threshold, bits):
 def _stage_accelerate(run, out):
     import keras
 
-    from tfgated.early_exit import attach_exit, calibrate_threshold, plot_risk_coverage, risk_coverage, train_exit
+    from tfgated.exits import attach_exit, calibrate_threshold, plot_risk_coverage, risk_coverage, train_exit
 
     budget = run.budget
     keras.utils.set_random_seed(run.seed)

@@ -7,7 +7,7 @@ import keras
 import numpy as np
 import pytest
 
-from tfgated import early_exit as ee
+from tfgated import exits as ee
 from tfgated.export import export_early_exit, measure_inputs, run_file, tflite_operators
 from tfgated.export.parity import ParityError
 

@@ -6,7 +6,7 @@ Export::
     python -m tfgated.export --onnx MODEL -o out.onnx
 
 ``MODEL`` is a ``.keras`` file or a zoo preset name. A two-output early-exit model
-(``[main, exit]``, see ``tfgated.early_exit``) needs ``--exit-threshold``; its file then
+(``[main, exit]``, see ``tfgated.exits``) needs ``--exit-threshold``; its file then
 stops early (TFLite at batch 1: the rest of the network sits in an ``IF`` branch)::
 
     python -m tfgated.export --tflite exit_model.keras --exit-threshold 0.9 -o model.tflite

@@ -30,6 +30,10 @@ and every example gets the final classifier (the dense network).
 The combined model computes every stage for every example (a static graph);
 the saving comes from running the stages after an exit only for the examples
 that pass it, which :func:`exit_shares` measures.
+
+:func:`tfgated.graph.gate_structure` recognises these layers by two class
+attributes, ``ExitGate.exits_early`` and ``EarlyExitCombine.routes_exits``, so
+the graph module needs nothing from this package (which builds on it).
 """
 
 from __future__ import annotations
@@ -39,6 +43,20 @@ import numpy as np
 from keras import ops
 
 from tfgated.gates import STYLE_IDS, GumbelGate
+from tfgated.inference import find_layers
+
+__all__ = [
+    "DEFAULT_EXIT_PROBABILITY",
+    "EarlyExitCombine",
+    "ExitGate",
+    "ExitReach",
+    "exit_classifier_outputs",
+    "exit_gate_layers",
+    "exit_reach",
+    "exit_shares",
+    "exit_weights",
+    "gate_exit_shares",
+]
 
 #: Initial exit probability: most examples reach the final classifier at first.
 DEFAULT_EXIT_PROBABILITY = 0.25
@@ -66,6 +84,9 @@ class ExitGate(GumbelGate):
         ``(batch, 1)``: 1 where the example exits here. Under the
         ``always_on`` style always 0 (no early exit).
     """
+
+    #: Read by :func:`tfgated.graph.gate_structure`: ``z = 1`` means "leave here".
+    exits_early = True
 
     def __init__(
         self,
@@ -204,6 +225,9 @@ class EarlyExitCombine(keras.layers.Layer):
         ``sum_k w_k * probs_k + w_final * final_probs`` (see :func:`exit_weights`).
     """
 
+    #: Read by :func:`tfgated.graph.gate_structure`: this layer applies exit gates.
+    routes_exits = True
+
     def build(self, input_shape):
         if len(input_shape) < 3 or len(input_shape) % 2 == 0:
             raise ValueError(
@@ -265,8 +289,6 @@ class ExitReach(keras.layers.Layer):
 
 def exit_gate_layers(model):
     """Every :class:`ExitGate` of ``model``, in model order."""
-    from tfgated.inference import find_layers
-
     return find_layers(model, ExitGate)
 
 
@@ -298,8 +320,6 @@ def exit_classifier_outputs(model):
     Read from the model's :class:`EarlyExitCombine` inputs ``[probs_1, z_1, ..., final]``:
     the feature map is the exit gate's input, from which the exit's classifier also starts.
     """
-    from tfgated.inference import find_layers
-
     combines = find_layers(model, EarlyExitCombine)
     if len(combines) != 1:
         raise ValueError(f"Expected exactly one EarlyExitCombine in {model.name!r}. Found {len(combines)}.")
@@ -312,75 +332,3 @@ def exit_classifier_outputs(model):
             raise ValueError("Expected every gate input of the EarlyExitCombine to be an ExitGate's output.")
         exits.append((gate, gate.input, probabilities))
     return exits
-
-
-def fit_exit_classifiers(model, train_ds, val_ds=None, epochs=1, train_trunk=False, optimizer=None,
-                         verbose="auto"):
-    """Train the exit classifiers of a Gumbel-exit ``model`` on every example, gates aside.
-
-    An exit gate learns to send the examples its classifier gets right; a classifier that has
-    never been trained gets almost none right, so from a fresh head the straight-through
-    gradient closes the exit for good within an epoch and the classifier, which only learns
-    from the examples that leave there, never improves. Warm-starting a network's exits
-    therefore starts with this step, then the whole model trains with its gates.
-
-    * ``train_trunk=False``: each exit classifier (the layers between its feature map and its
-      probabilities) trains with cross-entropy, the rest of the network frozen and in
-      inference mode (as SIPA trains its exit head): a linear probe of the trunk's features.
-    * ``train_trunk=True``: deep supervision (as in BranchyNet or MSDNet): the whole network
-      trains on the sum of the cross-entropies of every exit classifier and the final
-      classifier, so the early stages learn features the exits can use.
-
-    Args:
-        model: a model with :class:`ExitGate` layers feeding an :class:`EarlyExitCombine`.
-        train_ds, val_ds: ``tf.data`` datasets of ``(images, class indices or one-hot labels)``.
-        epochs: training epochs.
-        train_trunk: see above.
-        optimizer: None for Adam 1e-3, or any optimizer ``compile`` accepts.
-
-    Returns:
-        The ``keras.callbacks.History``; one loss and accuracy per classifier (exits first).
-    """
-    import tensorflow as tf
-
-    from tfgated.early_exit import _exit_loss, _ExitTrainer, _label_spec
-    from tfgated.inference import find_layers
-
-    if int(epochs) < 1:
-        raise ValueError(f"Expected epochs >= 1. Received: epochs={epochs}")
-    exits = exit_classifier_outputs(model)
-    outputs = [probabilities for _, _, probabilities in exits]
-    if train_trunk:
-        outputs.append(find_layers(model, EarlyExitCombine)[0].input[-1])
-    num_classes = outputs[0].shape[-1]
-    loss = _exit_loss("crossentropy", _label_spec(train_ds), num_classes)
-
-    def repeat_labels(ds):
-        if ds is None:
-            return None
-        return ds.map(lambda x, y: (x, tuple(y for _ in outputs)), num_parallel_calls=tf.data.AUTOTUNE)
-
-    flags = {}
-    try:
-        if train_trunk:
-            trainer = keras.Model(model.inputs, outputs, name="deep_supervision_trainer")
-        else:
-            points = [feature for _, feature, _ in exits]
-            features = keras.Model(model.inputs, points, name="exit_features")
-            heads = keras.Model(points, outputs, name="exit_classifiers")
-            head_ids = {id(layer) for layer in heads.layers}
-            for layer in features.layers:
-                if id(layer) not in head_ids:
-                    flags[id(layer)] = (layer, layer.trainable)
-                    layer.trainable = False
-            trainer = _ExitTrainer(features, heads, name="exit_classifier_trainer")
-        trainer.compile(
-            optimizer=optimizer or keras.optimizers.Adam(1e-3),
-            loss=[loss] * len(outputs),
-            metrics=[["accuracy"] for _ in outputs],
-        )
-        return trainer.fit(repeat_labels(train_ds), validation_data=repeat_labels(val_ds), epochs=int(epochs),
-                           verbose=verbose)
-    finally:
-        for layer, trainable in flags.values():
-            layer.trainable = trainable
