@@ -528,6 +528,7 @@ def evaluate_model(model, dataset, mode="threshold", runs=5, samples=5, threshol
     """
     import keras
 
+    from tfgated.complexity import expected_macs
     from tfgated.inference import gate_layers, set_inference_style
 
     gates = gate_layers(model)
@@ -540,10 +541,6 @@ def evaluate_model(model, dataset, mode="threshold", runs=5, samples=5, threshol
     passes = samples if (gates and mode == "ensemble") else 1
     probe = keras.Model(model.inputs, [model.outputs[0]] + [g.output for g in gates]) if gates else model
     labels = class_labels(dataset)
-    try:
-        from tfgated.complexity import expected_macs
-    except ImportError:  # pragma: no cover - complexity is part of the package
-        expected_macs = None
 
     per_run = []
     for _ in range(repeats):
@@ -564,10 +561,9 @@ def evaluate_model(model, dataset, mode="threshold", runs=5, samples=5, threshol
                 sum(v.sum() for v in opened.values()) / sum(v.size for v in opened.values())
             )
             row.update(_exit_share_metrics(gates, stacked))
-        if expected_macs is not None:
-            report = expected_macs(model, gate_values=stacked) if gates else expected_macs(model)
-            row["macs"] = float(report.expected) * passes
-            row["dense_macs"] = int(report.dense)
+        report = expected_macs(model, gate_values=stacked) if gates else expected_macs(model)
+        row["macs"] = float(report.expected) * passes
+        row["dense_macs"] = int(report.dense)
         per_run.append(row)
 
     result = {"mode": mode if gates else None, "examples": int(len(labels)), "runs": repeats}
