@@ -5,7 +5,7 @@ For each activation target ``t`` in ``--targets`` it trains ``gumbel_mobilenet_v
 (independent, i.e. data-independent, Gumbel channel gates on every expansion and projection:
 learned channel pruning, per-batch activation loss) with that target, and the dense
 ``mobilenet_v2_fashion_mnist`` beside it, all with the presets' recipe (SGD 0.05 with cosine decay, momentum 0.9,
-batch 128) for ``--epochs`` on the first ``--limit`` training images (``tfgated.train.train``,
+batch 128) for ``--epochs`` on the first ``--limit`` training images (``tfgated.cli.train.train``,
 one resumable run folder per configuration). Then, on the first ``--test-examples`` test images:
 
 * top-1 with threshold inference and the measured MACs per image (closed channels cost nothing),
@@ -118,11 +118,13 @@ def build(preset, gates, input_shape=None):
 
 def train_config(label, preset, gates, args):
     """Train one configuration in its run folder (resumable); returns the trained model."""
-    from tfgated.train import _load_model_file, train
+    from tfgated.cli.train import TrainOptions, train
+    from tfgated.io import load_model
 
     run_dir = os.path.join(args.run_dir, label)
-    train(preset, run_dir, limit=args.limit or None, overrides={"epochs": args.epochs}, gates=gates, verbose=2)
-    return _load_model_file(run_dir)
+    train(preset, run_dir, TrainOptions(limit=args.limit or None, overrides={"epochs": args.epochs}, gates=gates,
+                                        verbose=2))
+    return load_model(run_dir)
 
 
 def export_files(model, preset, gates, x, args, workdir, label):
@@ -279,12 +281,12 @@ def main(argv=None):
               flush=True)
 
     if args.retime or any("latency_ms" not in r for r in rows):
-        from tfgated.train import _load_model_file
+        from tfgated.io import load_model
 
         print(f"Exporting {len(rows)} models and timing them together ...", flush=True)
         files_of = {}
         for label, preset, gates in configs:
-            model = _load_model_file(os.path.join(args.run_dir, label))
+            model = load_model(os.path.join(args.run_dir, label))
             files_of[label] = export_files(model, preset, gates, x, args, workdir, label)
         timings = time_rows(files_of, args)
         for (label, _, _), row in zip(configs, rows):

@@ -65,13 +65,13 @@ def main(argv=None):
     from tfgated import zoo
     from tfgated.data import load_dataset
     from tfgated.exits import exit_gate_layers, fit_exit_classifiers
-    from tfgated.io import machine_info, save_model, write_json
-    from tfgated.train import _load_model_file, held_out_split, transfer_weights
+    from tfgated.io import load_model, machine_info, save_model, write_json
+    from tfgated.train import held_out_split, transfer_weights
 
     keras.utils.set_random_seed(42)
     model = zoo.build(PRESET)
     if not scratch:
-        trunk = _load_model_file(args.trunk)
+        trunk = load_model(args.trunk)
         gates = [gate.name for gate in exit_gate_layers(model)]
         copied, skipped = transfer_weights(trunk, model, exclude=gates)
         print(f"Copied {len(copied)} layers from {args.trunk}; fresh: {sorted(skipped)}", flush=True)

@@ -3,7 +3,7 @@
 The analog of the Gumbel paper's supplement Figures 3 and 5-8 and Table 2, at a budget sized
 for 2 CPU cores. For each of the eight presets ``gumbel_resnet_fashion_mnist_{ind,dep}_{pb,pg}_t{0.4,0.6}``
 it trains the preset's recipe for ``--epochs`` on the first ``--limit`` training images
-(``tfgated.train.train``, one resumable run folder per configuration), then evaluates on the first
+(``tfgated.cli.train.train``, one resumable run folder per configuration), then evaluates on the first
 ``--test-examples`` test images:
 
 * threshold, always-on, stochastic (mean and std over 5 runs) and ensemble of 5 (5 runs) top-1;
@@ -257,7 +257,8 @@ def main(argv=None):
     args = parse_args(argv)
     from tfgated.data import load_dataset
     from tfgated.io import machine_info, write_json
-    from tfgated.train import _load_model_file, train
+    from tfgated.cli.train import TrainOptions, train
+    from tfgated.io import load_model
 
     os.makedirs(args.run_dir, exist_ok=True)
     started = time.time()
@@ -273,7 +274,7 @@ def main(argv=None):
             with open(row_path) as f:
                 row = json.load(f)
             if args.reevaluate:
-                row.update(evaluate_config(_load_model_file(run_dir), test, args), evaluated_from=run_dir)
+                row.update(evaluate_config(load_model(run_dir), test, args), evaluated_from=run_dir)
                 write_json(row_path, row)
                 print(f"[{i + 1}/{len(configs)}] {name}: re-evaluated from {run_dir}", flush=True)
             else:
@@ -284,9 +285,10 @@ def main(argv=None):
         print(f"[{i + 1}/{len(configs)}] {name}: training {args.epochs} epoch(s) on {images} training images", flush=True)
         t0 = time.time()
         settings = gate_settings(kind, args)
-        metrics = train(name, run_dir, limit=args.limit or None, overrides={"epochs": args.epochs},
-                        gates=settings or None, verbose=2)
-        model = _load_model_file(run_dir)
+        options = TrainOptions(limit=args.limit or None, overrides={"epochs": args.epochs},
+                               gates=settings or None, verbose=2)
+        metrics = train(name, run_dir, options)
+        model = load_model(run_dir)
         row = {"preset": name, "kind": kind, "loss": loss, "target": target, "gate_settings": settings,
                "command": command, "epochs": args.epochs,
                "train_seconds": metrics.get("train_seconds"), **evaluate_config(model, test, args)}

@@ -8,7 +8,7 @@ activation <= 0.6, trained within 45 minutes on 2 CPU cores.
     python benchmarks/train_fashion_mnist.py --quick         # smoke run: 600 images, 1 epoch
     python benchmarks/train_fashion_mnist.py --model resnet_fashion_mnist --name train_fashion_mnist_dense
 
-It uses ``tfgated.train.train`` (the ``python -m tfgated train`` machinery): a
+It uses ``tfgated.cli.train.train`` (the ``python -m tfgated train`` machinery): a
 run folder under ``runs/`` with per-epoch BackupAndRestore, so a killed run
 resumes where it stopped. A time-budget callback stops training when the next
 epoch would end past ``--budget-min`` (the elapsed time of earlier, killed
@@ -69,9 +69,12 @@ def main(argv=None):
 
     from tfgated.data import load_dataset
     from tfgated.io import machine_info, write_json
-    from tfgated.train import _parse_sets, evaluate_model, parse_key_values, train
+    from tfgated.cli.common import parse_key_values
+    from tfgated.cli.train import TrainOptions, parse_sets, train
+    from tfgated.io import load_model
+    from tfgated.train import evaluate_model
 
-    overrides = _parse_sets(args.set)
+    overrides = parse_sets(args.set)
     gate_overrides = parse_key_values(args.gate, "--gate") or None
     if args.epochs is not None:
         overrides["epochs"] = args.epochs
@@ -112,15 +115,12 @@ def main(argv=None):
     budget = TimeBudget()
     verbose = args.verbose if args.verbose == "auto" else int(args.verbose)
     start = time.time()
-    metrics = train(
-        args.model, run_dir, limit=limit, overrides=overrides, anneal=args.anneal_target,
-        verbose=verbose, callbacks=[budget], gates=gate_overrides, init_from=args.init_from,
-    )
+    options = TrainOptions(limit=limit, overrides=overrides, anneal=args.anneal_target, verbose=verbose,
+                           gates=gate_overrides, init_from=args.init_from)
+    metrics = train(args.model, run_dir, options, callbacks=[budget])
     wall = time.time() - start
 
-    from tfgated.train import _load_model_file
-
-    model = _load_model_file(run_dir)
+    model = load_model(run_dir)
     test = load_dataset("fashion_mnist", batch_size=256, limit=limit, shuffle_buffer=0).test
     extra = {
         "always_on": evaluate_model(model, test, mode="always_on", runs=1),

@@ -16,14 +16,8 @@ from __future__ import annotations
 import importlib
 import sys
 
-COMMANDS = {
-    "run": ("tfgated.pipeline", "main_run"),
-    "demo": ("tfgated.demo", "main"),
-    "train": ("tfgated.train", "main_train"),
-    "evaluate": ("tfgated.train", "main_evaluate"),
-    "score": ("tfgated.micronet", "main_score"),
-    "search": ("tfgated.cli.search", "main"),
-}
+#: command -> the face module whose ``main(argv) -> int`` runs it
+COMMANDS = {name: f"tfgated.cli.{name}" for name in ("run", "demo", "train", "evaluate", "score", "search")}
 
 
 def main(argv=None):
@@ -35,10 +29,8 @@ def main(argv=None):
     if command not in COMMANDS:
         print(f"Unknown command {command!r}. Expected one of: {', '.join(COMMANDS)}", file=sys.stderr)
         return 2
-    module_name, function_name = COMMANDS[command]
-    module = importlib.import_module(module_name)
-    result = getattr(module, function_name)(rest)
-    return int(result or 0)
+    module = importlib.import_module(COMMANDS[command])
+    return int(module.main(rest) or 0)
 
 
 if __name__ == "__main__":

@@ -22,12 +22,12 @@ import numpy as np
 from tfgated.inference import activation_loss_layers, gate_layers
 from tfgated.io import write_atomic
 
-__all__ = ["GateRateLogger", "TargetAnnealing", "read_gate_csv"]
+__all__ = ["GateRateLogger", "TargetAnnealing", "probe_inputs", "read_gate_csv"]
 
 SCHEDULES = ("linear", "cosine")
 
 
-def _probe_inputs(probe, max_examples):
+def probe_inputs(probe, max_examples):
     """Images of ``probe`` (an array, or a dataset of ``(x, y)`` / ``x`` batches), at most ``max_examples``."""
     if isinstance(probe, np.ndarray):
         return probe[:max_examples]
@@ -90,7 +90,7 @@ class GateRateLogger(keras.callbacks.Callback):
         super().__init__()
         if not isinstance(max_examples, int) or max_examples < 1:
             raise ValueError(f"Expected max_examples to be a positive integer. Received: max_examples={max_examples!r}")
-        self.probe = _probe_inputs(probe, max_examples)
+        self.probe = probe_inputs(probe, max_examples)
         self.log_dir = os.fspath(log_dir)
         self.csv_path = os.path.join(self.log_dir, "gate_rates.csv")
         self.tensorboard = tensorboard

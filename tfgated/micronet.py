@@ -53,11 +53,8 @@ their weights densely and no ops (flagged in ``notes``).
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import math
-import os
-import sys
 
 import keras
 import numpy as np
@@ -537,40 +534,3 @@ def wide_resnet(depth=28, width=10, num_classes=100, input_shape=(32, 32, 3), dr
     x = layers.GlobalAveragePooling2D(name="head_pool")(x)
     outputs = layers.Dense(num_classes, activation="softmax", name="head_fc")(x)
     return keras.Model(inputs, outputs, name=name or f"wide_resnet_{depth}_{width}")
-
-
-# ----------------------------------------------------------------------------- CLI
-
-
-def _parse_shape(text):
-    try:
-        return tuple(int(v) for v in text.replace("x", ",").split(",") if v.strip())
-    except ValueError:
-        raise ValueError(f"Expected an input shape like 32,32,3. Received: {text!r}") from None
-
-
-def main_score(argv=None):
-    """``python -m tfgated score MODEL.keras [--bits 16] [--input-shape 32,32,3] [--all]``.
-
-    Prints the per-layer MicroNet breakdown and the total score; returns 0.
-    """
-    parser = argparse.ArgumentParser(prog="tfgated score", description="MicroNet score of a .keras model.")
-    parser.add_argument("model", help="path of a .keras model file")
-    parser.add_argument("--bits", type=int, choices=(16, 32), default=32, help="parameter/mult precision")
-    parser.add_argument("--input-shape", default=None, help="input shape without batch, e.g. 32,32,3")
-    parser.add_argument("--all", action="store_true", help="also list layers with no cost")
-    args = parser.parse_args(argv)
-    if not os.path.exists(args.model):
-        raise FileNotFoundError(f"No model file at {args.model!r}.")
-    try:  # register the zoo's custom objects, if any (the CLI may import the zoo)
-        import importlib
-
-        importlib.import_module("tfgated.zoo")
-    except ImportError:
-        pass
-    model = keras.saving.load_model(args.model, compile=False, safe_mode=True)
-    shape = _parse_shape(args.input_shape) if args.input_shape else None
-    report = micronet_score(model, bits=args.bits, input_shape=shape)
-    print(report.table(skip_empty=not args.all))
-    sys.stdout.flush()
-    return 0

@@ -1,10 +1,9 @@
-"""``python -m tfgated train`` and ``python -m tfgated evaluate``.
+"""Training a built model with its recipe into a run folder, and evaluating it.
 
-``train`` fits a zoo preset (or an untrained ``.keras`` model file) with its
-recipe (:class:`tfgated.recipes.Recipe`, overridable from the command line)
-into a *run folder*::
+:func:`train_model` fits a built Keras model with a :class:`tfgated.recipes.Recipe`
+into a *run folder* that :func:`open_run` prepared::
 
-    RUN_DIR/config.json          the arguments and the resolved recipe
+    RUN_DIR/config.json          what the run records (its data settings, ...) and the recipe
     RUN_DIR/backup/              keras BackupAndRestore state (each epoch)
     RUN_DIR/history.csv          CSVLogger (loss, accuracy, top5, gate_activation, ...)
     RUN_DIR/gate_rates.csv       GateRateLogger (per-gate activation rate per epoch)
@@ -14,113 +13,124 @@ into a *run folder*::
     RUN_DIR/metrics.json         final test metrics (threshold inference)
     RUN_DIR/*.png                history, gate rates over training, gate polarization
 
-Killed and re-run with the same arguments, it resumes from the last finished
-epoch (``BackupAndRestore``); a finished run is not trained again.
+Killed and run again with the same ``config``, it resumes from the last finished epoch
+(``BackupAndRestore``); :func:`open_run` returns the metrics of a finished run, so it is
+not trained again. Which model to build (a zoo preset, a ``.keras`` file) is the caller's
+business: ``python -m tfgated train`` (:mod:`tfgated.cli.train`) resolves preset names.
 
-``evaluate`` reports top-1/top-5 accuracy, mean gate activation and measured
-MACs (from the gate values actually taken on the data) under an inference style;
-for ``stochastic``/``ensemble`` the mean and standard deviation over ``--runs``
-repetitions. ``--bn-recalibrate`` first re-estimates the batch-norm moving
-statistics with the gates in that style (:func:`recalibrate_batch_norm`); ``--save`` keeps
-the model so evaluated as a ``.keras`` file.
+:func:`evaluate_model` reports top-1/top-5 accuracy, mean gate activation and measured
+MACs (from the gate values actually taken on the data) under an inference style; for
+``stochastic``/``ensemble`` the mean and standard deviation over ``runs`` repetitions.
+:func:`recalibrate_batch_norm` re-estimates the batch-norm moving statistics with the
+gates in an inference style.
 """
 
 from __future__ import annotations
 
-import argparse
 import contextlib
+import dataclasses
 import json
 import os
 import shutil
-import sys
 import time
+from typing import Optional
 
 import numpy as np
 
-from tfgated.io import save_model, write_json
+from tfgated.io import json_default, load_model, save_model, write_json
 
 __all__ = [
+    "MODES",
+    "RunData",
+    "check_dataset",
     "class_labels",
     "evaluate_model",
-    "main_evaluate",
-    "main_train",
+    "held_out_split",
+    "main_phase_done",
+    "open_run",
     "recalibrate_batch_norm",
-    "train",
+    "run_config",
+    "train_model",
+    "training_split",
+    "transfer_weights",
+    "warm_start",
 ]
 
 MODES = ("threshold", "always_on", "stochastic", "ensemble")
 
-
-# --------------------------------------------------------------------------- helpers
-
-
-def _atomic_json(path, data):
-    write_json(path, data, sort_keys=True, default=_json_default)
+CONFIG_FILE = "config.json"
+METRICS_FILE = "metrics.json"
+MAIN_MODEL_FILE = "main.keras"
+MODEL_FILE = "model.keras"
 
 
-def _json_default(value):
-    if isinstance(value, (np.integer,)):
-        return int(value)
-    if isinstance(value, (np.floating,)):
-        return float(value)
-    if isinstance(value, (np.ndarray, tuple)):
-        return list(value)
-    raise TypeError(f"not JSON serializable: {type(value).__name__}")
+def _write_sorted_json(path, data):
+    write_json(path, data, sort_keys=True, default=json_default)
 
 
-def _positive_int(text):
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
+# --------------------------------------------------------------------------- run folders
 
 
-def _positive_float(text):
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
-    return value
+def check_dataset(name):
+    """Raise ``ValueError`` unless ``name`` is a dataset :func:`tfgated.data.load_dataset` knows."""
+    from tfgated.data import KNOWN_DATASETS
+
+    if name not in KNOWN_DATASETS:
+        raise ValueError(f"Unknown dataset {name!r}. Expected one of: {', '.join(KNOWN_DATASETS)}.")
 
 
-def parse_key_values(items, flag="--set"):
-    """``["weight=10", "augment=flip"]`` -> dict (values parsed as JSON when possible)."""
-    values = {}
-    for item in items or []:
-        if "=" not in item:
-            raise ValueError(f"Expected {flag} KEY=VALUE. Received: {item!r}")
-        key, text = item.split("=", 1)
-        key = key.strip().replace("-", "_")
-        try:
-            value = json.loads(text)
-        except ValueError:
-            value = text
-        values[key] = value
-    return values
+@dataclasses.dataclass(frozen=True)
+class RunData:
+    """The data of a training run: the dataset and how its validation split is carved out.
+
+    Attributes:
+        dataset: a name :func:`tfgated.data.load_dataset` knows.
+        data_dir: the dataset's folder (required for TFDS datasets).
+        limit: use only the first ``limit`` examples (smoke runs), or None for all.
+        validation_split: the fraction of the training images held out for validation.
+        seed: the seed of the validation carve-out and of the shuffling.
+    """
+
+    dataset: str = "fashion_mnist"
+    data_dir: Optional[str] = None
+    limit: Optional[int] = None
+    validation_split: float = 0.1
+    seed: int = 42
+
+    def __post_init__(self):
+        check_dataset(self.dataset)
+
+    def as_config(self):
+        """The settings as the plain dict a run's ``config.json`` records."""
+        return dataclasses.asdict(self)
+
+    def _load_kwargs(self):
+        return dict(data_dir=self.data_dir, limit=self.limit, validation_split=self.validation_split)
+
+    def splits(self, recipe):
+        """The train/validation/test batches under ``recipe`` (its batch size, labels, augmentation)."""
+        return recipe.datasets(self.dataset, seed=self.seed, **self._load_kwargs())
+
+    def test_split(self, batch_size=256):
+        """The test batches in a fixed order, as :func:`evaluate_model` wants them."""
+        from tfgated.data import load_dataset
+
+        return load_dataset(self.dataset, batch_size=batch_size, seed=self.seed, **self._load_kwargs()).test
 
 
-def _parse_sets(items):
-    """``["label_smoothing=0.3", "augment=flip"]`` -> recipe switches (checked)."""
-    from tfgated.recipes import Recipe
-
-    values = parse_key_values(items)
-    Recipe.check_switches(values)
-    return values
-
-
-def _is_model_path(text):
-    return text.endswith(".keras") or os.path.isdir(text) or os.path.exists(text)
+def run_config(folder):
+    """The ``config.json`` of the run folder ``folder`` as a dict; ``{}`` when it has none."""
+    path = os.path.join(os.fspath(folder), CONFIG_FILE)
+    if not os.path.isfile(path):
+        return {}
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
 
 
 def training_split(model_path):
     """The data split a model was trained on, or None when nobody recorded it.
 
-    A model saved by :func:`train` sits in a run folder whose ``config.json`` records the
+    A model saved by :func:`train_model` sits in a run folder whose ``config.json`` records the
     seed and ``validation_split`` of its validation carve-out. A benchmark that evaluates or
     calibrates on "validation" must use the same split, or its validation images include
     the model's own training images.
@@ -129,11 +139,7 @@ def training_split(model_path):
         ``{"seed": int, "validation_split": float, "limit": int | None}`` or None.
     """
     folder = model_path if os.path.isdir(model_path) else os.path.dirname(os.path.abspath(model_path))
-    path = os.path.join(folder, "config.json")
-    if not os.path.isfile(path):
-        return None
-    with open(path, encoding="utf-8") as f:
-        config = json.load(f)
+    config = run_config(folder)
     if "seed" not in config or "validation_split" not in config:
         return None
     limit = config.get("limit")
@@ -158,69 +164,47 @@ def held_out_split(model_path, split_seed=None, default_seed=0, default_fraction
     return int(default_seed), float(default_fraction)
 
 
-def _load_model_file(path):
-    """A ``.keras`` file, or a run folder holding ``model.keras``."""
-    import keras
 
-    import tfgated  # noqa: F401  (registers the custom objects)
+def open_run(run_dir, config, overwrite=False):
+    """Make ``run_dir`` ready for the run that ``config`` describes; the metrics if it already finished.
 
-    if os.path.isdir(path):
-        path = os.path.join(path, "model.keras")
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"Model file {path!r} not found.")
-    return keras.saving.load_model(path, safe_mode=True, compile=False)
+    Args:
+        run_dir: the run folder (created when missing).
+        config: the run's settings as plain data (JSON-serializable with
+            :func:`tfgated.io.json_default`); a folder holding another run is refused.
+        overwrite: delete a folder that holds a run (any run) and start over.
 
+    Returns:
+        The finished run's ``metrics.json`` as a dict, or None when it still has to be trained.
 
-def _run(main):
-    """Turn user errors into a message and exit status 2."""
-    try:
-        return main()
-    except (ValueError, FileNotFoundError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-
-
-# --------------------------------------------------------------------------- training
-
-
-def _check_dataset(name):
-    from tfgated.data import KNOWN_DATASETS
-
-    if name not in KNOWN_DATASETS:
-        raise ValueError(f"Unknown dataset {name!r}. Expected one of: {', '.join(KNOWN_DATASETS)}.")
-
-
-def resolve_model_and_recipe(model, dataset=None, overrides=None, input_shape=None, num_classes=None, gates=None):
-    """``(keras model, Recipe, preset or None)`` for a preset name or a ``.keras`` path.
-
-    ``gates`` (a preset only) replaces some of the preset's gate settings, e.g.
-    ``{"open_probability": 0.75, "weight": 10}``.
+    Raises:
+        ValueError: ``run_dir`` holds a run with another ``config``.
     """
-    from tfgated.recipes import Recipe
+    run_dir = os.fspath(run_dir)
+    if overwrite and os.path.exists(os.path.join(run_dir, CONFIG_FILE)):
+        shutil.rmtree(run_dir)
+    os.makedirs(run_dir, exist_ok=True)
+    if not os.path.exists(os.path.join(run_dir, CONFIG_FILE)):
+        return None
+    previous = run_config(run_dir)
+    previous.pop("recipe", None)
+    if previous != json.loads(json.dumps(config, default=json_default)):
+        raise ValueError(
+            f"Run folder {run_dir!r} holds a different run ({previous}). Use another --run-dir or --overwrite."
+        )
+    metrics_path = os.path.join(run_dir, METRICS_FILE)
+    if not os.path.exists(metrics_path):
+        return None
+    with open(metrics_path, encoding="utf-8") as f:
+        metrics = json.load(f)
+    print(f"Run {run_dir!r} already finished: {json.dumps(metrics.get('test', metrics))}")
+    return metrics
 
-    overrides = dict(overrides or {})
-    if _is_model_path(model):
-        if gates:
-            raise ValueError(f"gates= changes a zoo preset's gate settings; {model!r} is a model file.")
-        recipe = Recipe.from_dict(overrides)
-        if recipe.activation is not None:
-            raise ValueError("activation is an architecture switch: it needs a zoo preset, not a model file.")
-        return recipe.prepare_model(_load_model_file(model)), recipe, None
-    from tfgated import zoo  # the CLI may import the zoo, lazily
 
-    preset = zoo.get_preset(model)
-    recipe, _ignored = Recipe.from_preset(preset["recipe"], **overrides)
-    kwargs = {}
-    if input_shape is not None and tuple(input_shape) != tuple(preset["input_shape"]):
-        kwargs["input_shape"] = tuple(input_shape)
-    if num_classes is not None and num_classes != preset["num_classes"]:
-        kwargs["num_classes"] = num_classes
-    if gates:
-        if not preset.get("gates"):
-            raise ValueError(f"gates= changes a gated preset's gate settings; {model!r} has no gates.")
-        kwargs["gates"] = {**preset["gates"], **gates}
-    keras_model = zoo.load(model, compile=False, **kwargs, **recipe.model_overrides())
-    return recipe.prepare_model(keras_model), recipe, preset
+def main_phase_done(run_dir):
+    """Whether the run in ``run_dir`` finished its main phase (``main.keras`` exists): a warm
+    start then has nothing left to initialize."""
+    return os.path.exists(os.path.join(os.fspath(run_dir), MAIN_MODEL_FILE))
 
 
 def transfer_weights(source, target, exclude=()):
@@ -273,160 +257,121 @@ def transfer_weights(source, target, exclude=()):
     return copied, skipped
 
 
-def _warm_start_source(init_from):
-    """The model whose weights start a run: a ``.keras`` file, or a zoo preset with its shipped weights."""
-    if _is_model_path(init_from):
-        return _load_model_file(init_from)
-    from tfgated import zoo
-
-    return zoo.load(init_from, weights="default", compile=False)
 
 
-def train(
-    model,
-    run_dir,
-    dataset=None,
-    data_dir=None,
-    limit=None,
-    validation_split=None,
-    overrides=None,
-    anneal=None,
-    seed=42,
-    verbose="auto",
-    overwrite=False,
-    callbacks=(),
-    gates=None,
-    init_from=None,
-):
-    """Train ``model`` (preset name or ``.keras`` path) into ``run_dir``; returns the final metrics.
+def warm_start(model, source, label):
+    """Initialize ``model`` from ``source`` (:func:`transfer_weights`) and print one line naming ``label``.
+
+    Returns:
+        ``(copied, skipped)`` as :func:`transfer_weights`.
+    """
+    copied, skipped = transfer_weights(source, model)
+    more = ", ..." if len(skipped) > 6 else ""
+    print(f"Warm start from {label}: {len(copied)} layers copied, {len(skipped)} kept their "
+          f"initialization ({', '.join(sorted(skipped)[:6])}{more})", flush=True)
+    return copied, skipped
+
+
+# --------------------------------------------------------------------------- training
+
+
+def train_model(model, recipe, run_dir, data, config=None, *, splits=None, anneal=None, verbose="auto", callbacks=()):
+    """Train the built ``model`` with ``recipe`` into ``run_dir``; returns the final metrics.
+
+    Call :func:`open_run` first (it refuses a folder of another run and returns a finished
+    run's metrics), and seed Keras (``keras.utils.set_random_seed``) before building the
+    model. A run whose main phase is done (``main.keras``) continues from that file.
 
     Args:
-        overrides: recipe switches (``epochs``, ``batch_size``, ``learning_rate``, ...).
-        gates: for a gated preset, gate settings that replace the preset's (``target``,
-            ``weight``, ``open_probability``, ...); recorded in the run's ``config.json``.
-        init_from: warm start: a ``.keras`` file or a zoo preset with shipped weights whose
-            layers of the same name and shapes initialize the model (:func:`transfer_weights`),
-            e.g. ``"sipa_fashion_mnist"`` for ``"sipa_fashion_mnist_gated"``.
+        model: a built (and, for the recipe's model switches, prepared:
+            :meth:`Recipe.prepare_model`) Keras model.
+        recipe: the :class:`~tfgated.recipes.Recipe` of the main phase (and of the
+            stabilization fine-tune, if it has one).
+        run_dir: the run folder.
+        data: the :class:`RunData` to train and test on.
+        config: what the run records in ``config.json`` (the ``config`` given to
+            :func:`open_run`); ``data.as_config()`` when None. The recipe is added.
+        splits: ``data.splits(recipe)`` when the caller already loaded them.
         anneal: optional ``(start, end, epochs)`` of :class:`~tfgated.callbacks.TargetAnnealing`.
+        verbose: Keras verbosity of ``fit``.
         callbacks: extra Keras callbacks (main phase).
     """
-    import keras
-
-    from tfgated.callbacks import GateRateLogger, TargetAnnealing
-    from tfgated.data import load_dataset
     from tfgated.inference import gate_layers
-    from tfgated.recipes import Recipe, fit_recipe
 
     run_dir = os.fspath(run_dir)
-    overrides = dict(overrides or {})
-    Recipe.check_switches(overrides)
-    if overwrite and os.path.exists(os.path.join(run_dir, "config.json")):
-        shutil.rmtree(run_dir)
-    os.makedirs(run_dir, exist_ok=True)
+    splits = data.splits(recipe) if splits is None else splits
+    config = data.as_config() if config is None else config
+    _write_sorted_json(os.path.join(run_dir, CONFIG_FILE), {**config, "recipe": recipe.to_dict()})
+    gated = bool(gate_layers(model))
+    probe = splits.validation if splits.validation is not None else splits.test
+    start = time.time()
+    phase = _Phase(run_dir, probe if gated else None, verbose)
+    model = _fit_main_phase(model, recipe, splits, phase, anneal=anneal, callbacks=callbacks)
+    stabilization = recipe.stabilization()
+    if stabilization is not None:
+        _fit(model, stabilization, data.splits(stabilization), phase, "_stabilize")
+    save_model(model, os.path.join(run_dir, MODEL_FILE))
+    train_seconds = time.time() - start
+    # The final evaluation: the test split, threshold inference (deterministic).
+    result = evaluate_model(model, data.test_split(), mode="threshold" if gated else None, runs=1)
+    metrics = {"test": result, "train_seconds": train_seconds, "recipe": recipe.to_dict(), "dataset": data.dataset}
+    _write_plots(model, run_dir, probe, gated)
+    _write_sorted_json(os.path.join(run_dir, METRICS_FILE), metrics)
+    print(json.dumps({"test": result}, indent=2, default=json_default))
+    return metrics
 
-    # Resolve the preset's dataset before touching data.
-    preset = None
-    if not _is_model_path(model):
-        from tfgated import zoo
 
-        preset = zoo.get_preset(model)
-    dataset = dataset or (preset or {}).get("dataset") or "fashion_mnist"
-    _check_dataset(dataset)
-    if validation_split is None:
-        validation_split = float((preset or {}).get("recipe", {}).get("validation_split", 0.1))
-    config = {
-        "model": model,
-        "dataset": dataset,
-        "data_dir": data_dir,
-        "limit": limit,
-        "validation_split": validation_split,
-        "overrides": overrides,
-        "anneal": list(anneal) if anneal else None,
-        "seed": seed,
-    }
-    if gates:
-        config["gates"] = dict(gates)  # only when given, so earlier run folders still resume
-    if init_from:
-        config["init_from"] = os.fspath(init_from)  # likewise
-    config_path = os.path.join(run_dir, "config.json")
-    metrics_path = os.path.join(run_dir, "metrics.json")
-    if os.path.exists(config_path):
-        with open(config_path, encoding="utf-8") as f:
-            previous = json.load(f)
-        previous.pop("recipe", None)
-        if previous != json.loads(json.dumps(config, default=_json_default)):
-            raise ValueError(
-                f"Run folder {run_dir!r} holds a different run ({previous}). "
-                "Use another --run-dir or --overwrite."
-            )
-        if os.path.exists(metrics_path):
-            with open(metrics_path, encoding="utf-8") as f:
-                metrics = json.load(f)
-            print(f"Run {run_dir!r} already finished: {json.dumps(metrics.get('test', metrics))}")
-            return metrics
+@dataclasses.dataclass(frozen=True)
+class _Phase:
+    """What every training phase of a run shares: its folder, the gate-rate probe (None
+    for a model without gates) and Keras' verbosity."""
 
-    keras.utils.set_random_seed(seed)
-    # A first pass for the input shape and class count of the dataset.
-    base_recipe, _ = (Recipe.from_dict(overrides), None) if preset is None else Recipe.from_preset(preset["recipe"], **overrides)
-    load_kwargs = dict(data_dir=data_dir, limit=limit, validation_split=validation_split)
-    splits = base_recipe.datasets(dataset, seed=seed, **load_kwargs)
-    info = splits.info
-    keras_model, recipe, _ = resolve_model_and_recipe(
-        model, dataset, overrides, input_shape=info.input_shape, num_classes=info.num_classes, gates=gates
-    )
-    if init_from and not os.path.exists(os.path.join(run_dir, "main.keras")):
-        source = _warm_start_source(init_from)
-        copied, skipped = transfer_weights(source, keras_model)
-        del source
-        print(f"Warm start from {init_from}: {len(copied)} layers copied, {len(skipped)} kept their "
-              f"initialization ({', '.join(sorted(skipped)[:6])}{', ...' if len(skipped) > 6 else ''})", flush=True)
-    _atomic_json(config_path, {**config, "recipe": recipe.to_dict()})
+    run_dir: str
+    probe: object
+    verbose: object
 
-    gated = bool(gate_layers(keras_model))
-    probe_source = splits.validation if splits.validation is not None else splits.test
+    def callbacks(self, tag):
+        """Resumable state, the history CSV and, with gates, the gate-rate log of phase ``tag``."""
+        import keras
 
-    def phase_callbacks(tag):
+        from tfgated.callbacks import GateRateLogger
+
         cbs = [
-            keras.callbacks.BackupAndRestore(os.path.join(run_dir, f"backup{tag}")),
-            keras.callbacks.CSVLogger(os.path.join(run_dir, f"history{tag}.csv"), append=True),
+            keras.callbacks.BackupAndRestore(os.path.join(self.run_dir, f"backup{tag}")),
+            keras.callbacks.CSVLogger(os.path.join(self.run_dir, f"history{tag}.csv"), append=True),
         ]
-        if gated:
-            cbs.insert(0, GateRateLogger(probe_source, run_dir, max_examples=512))
+        if self.probe is not None:
+            cbs.insert(0, GateRateLogger(self.probe, self.run_dir, max_examples=512))
         return cbs
 
-    start = time.time()
-    main_path = os.path.join(run_dir, "main.keras")
+
+def _fit(model, recipe, splits, phase, tag, first=(), extra=()):
+    from tfgated.recipes import fit_recipe
+
+    callbacks = list(first) + phase.callbacks(tag) + list(extra)
+    fit_recipe(model, recipe, splits, callbacks=callbacks, verbose=phase.verbose)
+
+
+def _fit_main_phase(model, recipe, splits, phase, anneal=None, callbacks=()):
+    """The main phase, or the model it left in ``main.keras`` when it is done."""
+    from tfgated.callbacks import TargetAnnealing
+
+    main_path = os.path.join(phase.run_dir, MAIN_MODEL_FILE)
     if os.path.exists(main_path):
         print(f"Main phase already done: loading {main_path}")
-        keras_model = _load_model_file(main_path)
-    else:
-        cbs = phase_callbacks("")
-        if anneal:
-            a_start, a_end, a_epochs = anneal
-            cbs.insert(0, TargetAnnealing(float(a_start), float(a_end), epochs=int(a_epochs)))
-        fit_recipe(keras_model, recipe, splits, callbacks=cbs + list(callbacks), verbose=verbose)
-        save_model(keras_model, main_path)
-
-    stab = recipe.stabilization()
-    if stab is not None:
-        stab_splits = stab.datasets(dataset, seed=seed, **load_kwargs)
-        fit_recipe(keras_model, stab, stab_splits, callbacks=phase_callbacks("_stabilize"), verbose=verbose)
-    save_model(keras_model, os.path.join(run_dir, "model.keras"))
-    train_seconds = time.time() - start
-
-    # Final evaluation on the test split, threshold inference (deterministic).
-    test_ds = load_dataset(dataset, batch_size=256, seed=seed, **load_kwargs).test
-    result = evaluate_model(keras_model, test_ds, mode="threshold" if gated else None, runs=1)
-    metrics = {"test": result, "train_seconds": train_seconds, "recipe": recipe.to_dict(), "dataset": dataset}
-    _write_plots(keras_model, run_dir, probe_source, gated)
-    _atomic_json(metrics_path, metrics)
-    print(json.dumps({"test": result}, indent=2, default=_json_default))
-    return metrics
+        return load_model(main_path)
+    first = []
+    if anneal:
+        a_start, a_end, a_epochs = anneal
+        first.append(TargetAnnealing(float(a_start), float(a_end), epochs=int(a_epochs)))
+    _fit(model, recipe, splits, phase, "", first=first, extra=callbacks)
+    save_model(model, main_path)
+    return model
 
 
 def _write_plots(model, run_dir, probe, gated):
     from tfgated import plots
-    from tfgated.callbacks import _probe_inputs
+    from tfgated.callbacks import probe_inputs
 
     history = os.path.join(run_dir, "history.csv")
     if os.path.exists(history):
@@ -435,67 +380,8 @@ def _write_plots(model, run_dir, probe, gated):
         rates = os.path.join(run_dir, "gate_rates.csv")
         if os.path.exists(rates):
             plots.plot_gate_rates(rates, os.path.join(run_dir, "gate_rates.png"))
-        values = plots.gate_probability_values(model, _probe_inputs(probe, 256))
+        values = plots.gate_probability_values(model, probe_inputs(probe, 256))
         plots.plot_polarization(values, os.path.join(run_dir, "polarization.png"))
-
-
-def build_train_parser():
-    p = argparse.ArgumentParser(prog="python -m tfgated train", description="Train a zoo preset with its recipe.")
-    p.add_argument("--model", required=True, help="zoo preset name, or an (untrained) .keras model file")
-    p.add_argument("--dataset", default=None, help="dataset name (default: the preset's, else fashion_mnist)")
-    p.add_argument("--data-dir", default=None, help="dataset folder (required for TFDS datasets)")
-    p.add_argument("--epochs", type=_positive_int, default=None, help="override the recipe's epochs")
-    p.add_argument("--batch-size", type=_positive_int, default=None)
-    p.add_argument("--lr", type=_positive_float, default=None, help="initial learning rate")
-    p.add_argument("--run-dir", default=None, help="run folder (default: runs/MODEL)")
-    p.add_argument("--limit", type=_positive_int, default=None, help="use only the first N examples (smoke runs)")
-    p.add_argument("--validation-split", type=float, default=None)
-    p.add_argument(
-        "--set", action="append", default=[], metavar="SWITCH=VALUE",
-        help="override an improving switch, e.g. --set label_smoothing=0.3 --set augment=flip",
-    )
-    p.add_argument("--anneal-target", nargs=3, type=float, metavar=("START", "END", "EPOCHS"), default=None)
-    p.add_argument(
-        "--init-from", default=None, metavar="MODEL",
-        help="warm start: copy the weights of same-named layers from a .keras file or a zoo preset's "
-             "shipped weights (e.g. train sipa_fashion_mnist_gated from sipa_fashion_mnist)",
-    )
-    p.add_argument("--seed", type=int, default=42)
-    p.add_argument("--verbose", default="auto", help="Keras verbosity: auto, 0, 1 (progress bar), 2")
-    p.add_argument("--overwrite", action="store_true", help="start over in an existing run folder")
-    return p
-
-
-def main_train(argv=None):
-    """Entry point of ``python -m tfgated train``; returns the exit status."""
-    args = build_train_parser().parse_args(argv)
-
-    def run():
-        overrides = _parse_sets(args.set)
-        for key, value in (("epochs", args.epochs), ("batch_size", args.batch_size), ("learning_rate", args.lr)):
-            if value is not None:
-                overrides[key] = value
-        if args.dataset is not None:
-            _check_dataset(args.dataset)
-        verbose = args.verbose if args.verbose == "auto" else int(args.verbose)
-        run_dir = args.run_dir or os.path.join("runs", os.path.basename(args.model).replace(".keras", ""))
-        train(
-            args.model,
-            run_dir,
-            dataset=args.dataset,
-            data_dir=args.data_dir,
-            limit=args.limit,
-            validation_split=args.validation_split,
-            overrides=overrides,
-            anneal=args.anneal_target,
-            seed=args.seed,
-            verbose=verbose,
-            overwrite=args.overwrite,
-            init_from=args.init_from,
-        )
-        return 0
-
-    return _run(run)
 
 
 # --------------------------------------------------------------------------- evaluation
@@ -642,6 +528,7 @@ def evaluate_model(model, dataset, mode="threshold", runs=5, samples=5, threshol
     """
     import keras
 
+    from tfgated.complexity import expected_macs
     from tfgated.inference import gate_layers, set_inference_style
 
     gates = gate_layers(model)
@@ -654,10 +541,6 @@ def evaluate_model(model, dataset, mode="threshold", runs=5, samples=5, threshol
     passes = samples if (gates and mode == "ensemble") else 1
     probe = keras.Model(model.inputs, [model.outputs[0]] + [g.output for g in gates]) if gates else model
     labels = class_labels(dataset)
-    try:
-        from tfgated.complexity import expected_macs
-    except ImportError:  # pragma: no cover - complexity is part of the package
-        expected_macs = None
 
     per_run = []
     for _ in range(repeats):
@@ -678,10 +561,9 @@ def evaluate_model(model, dataset, mode="threshold", runs=5, samples=5, threshol
                 sum(v.sum() for v in opened.values()) / sum(v.size for v in opened.values())
             )
             row.update(_exit_share_metrics(gates, stacked))
-        if expected_macs is not None:
-            report = expected_macs(model, gate_values=stacked) if gates else expected_macs(model)
-            row["macs"] = float(report.expected) * passes
-            row["dense_macs"] = int(report.dense)
+        report = expected_macs(model, gate_values=stacked) if gates else expected_macs(model)
+        row["macs"] = float(report.expected) * passes
+        row["dense_macs"] = int(report.dense)
         per_run.append(row)
 
     result = {"mode": mode if gates else None, "examples": int(len(labels)), "runs": repeats}
@@ -695,97 +577,3 @@ def evaluate_model(model, dataset, mode="threshold", runs=5, samples=5, threshol
     if repeats > 1:
         result["per_run"] = per_run
     return result
-
-
-def build_evaluate_parser():
-    p = argparse.ArgumentParser(
-        prog="python -m tfgated evaluate", description="Evaluate a model under a gate inference style."
-    )
-    p.add_argument("--model", required=True, help="a .keras file, a run folder, or a zoo preset name")
-    p.add_argument("--weights", default=None, help="for a preset: 'default' or a weights file")
-    p.add_argument("--dataset", default=None)
-    p.add_argument("--data-dir", default=None)
-    p.add_argument("--split", choices=("test", "validation"), default="test")
-    p.add_argument("--limit", type=_positive_int, default=None)
-    p.add_argument("--batch-size", type=_positive_int, default=256)
-    p.add_argument("--mode", choices=MODES, default="threshold")
-    p.add_argument("--threshold", type=float, default=None)
-    p.add_argument("--samples", type=_positive_int, default=5, help="passes of the ensemble style")
-    p.add_argument("--runs", type=_positive_int, default=5, help="repetitions of stochastic/ensemble")
-    p.add_argument("--bn-recalibrate", action="store_true", help="re-estimate BN statistics under --mode first")
-    p.add_argument("--recalibrate-batches", type=_positive_int, default=20)
-    p.add_argument("--json", default=None, metavar="PATH", help="also write the result as JSON")
-    p.add_argument("--save", default=None, metavar="PATH",
-                   help="save the evaluated model as a .keras file (with --bn-recalibrate: its new statistics)")
-    p.add_argument("--seed", type=int, default=42)
-    return p
-
-
-def main_evaluate(argv=None):
-    """Entry point of ``python -m tfgated evaluate``; returns the exit status."""
-    args = build_evaluate_parser().parse_args(argv)
-
-    def run():
-        import keras
-
-        from tfgated.data import load_dataset
-
-        if args.save and not args.save.endswith(".keras"):
-            raise ValueError(f"Expected --save to name a .keras file. Received: {args.save!r}")
-        keras.utils.set_random_seed(args.seed)
-        config = {}
-        if _is_model_path(args.model):
-            folder = args.model if os.path.isdir(args.model) else None
-            if folder and os.path.exists(os.path.join(folder, "config.json")):
-                with open(os.path.join(folder, "config.json"), encoding="utf-8") as f:
-                    config = json.load(f)  # evaluate with the data settings the run trained with
-            model = _load_model_file(args.model)
-            dataset = args.dataset or config.get("dataset") or "fashion_mnist"
-        else:
-            from tfgated import zoo
-
-            preset = zoo.get_preset(args.model)
-            dataset = args.dataset or preset.get("dataset") or "fashion_mnist"
-            model = None
-        _check_dataset(dataset)
-        splits = load_dataset(
-            dataset,
-            data_dir=args.data_dir or config.get("data_dir"),
-            batch_size=args.batch_size,
-            limit=args.limit if args.limit is not None else config.get("limit"),
-            validation_split=config.get("validation_split", 0.1),
-            seed=config.get("seed", 42),
-            shuffle_buffer=0,
-        )
-        if model is None:
-            model = zoo.load(
-                args.model, weights=args.weights, compile=False,
-                input_shape=splits.info.input_shape, num_classes=splits.info.num_classes,
-            )
-        data = splits.test if args.split == "test" else splits.validation
-        if data is None:
-            raise ValueError("No validation split for this data configuration; use --split test.")
-        from tfgated.inference import gate_layers
-
-        recalibrated = 0
-        if args.bn_recalibrate:
-            recalibrated = recalibrate_batch_norm(
-                model, splits.train, style=args.mode if gate_layers(model) else None,
-                batches=args.recalibrate_batches, samples=args.samples,
-            )
-        result = evaluate_model(
-            model, data, mode=args.mode, runs=args.runs, samples=args.samples, threshold=args.threshold
-        )
-        result.update({"model": args.model, "dataset": dataset, "split": args.split, "bn_recalibrated_batches": recalibrated})
-        text = json.dumps(result, indent=2, sort_keys=True, default=_json_default)
-        print(text)
-        if args.json:
-            folder = os.path.dirname(os.path.abspath(args.json))
-            os.makedirs(folder, exist_ok=True)
-            _atomic_json(args.json, result)
-        if args.save:
-            save_model(model, args.save)
-            print(f"Saved the evaluated model to {args.save}", file=sys.stderr, flush=True)
-        return 0
-
-    return _run(run)

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 import tfgated
-from tfgated.micronet import main_score, micronet_score, wide_resnet
+from tfgated.micronet import micronet_score, wide_resnet
 
 
 def test_wide_resnet_28_10_reproduces_the_normalisers():
@@ -112,17 +112,6 @@ def test_input_shape_for_unknown_spatial_size():
     with pytest.raises(ValueError, match="input_shape"):
         micronet_score(model)
     assert micronet_score(model, input_shape=(2, 2, 3)).mults == 4 * 2 * 3
-
-
-def test_main_score_prints_breakdown(tmp_path, capsys):
-    model = wide_resnet(depth=10, width=1, num_classes=10, input_shape=(8, 8, 1))
-    path = tmp_path / "wrn.keras"
-    model.save(path)
-    assert main_score([str(path), "--bits", "16"]) == 0
-    out = capsys.readouterr().out
-    assert "group1_block1_conv1" in out and "score =" in out and "16-bit" in out
-    with pytest.raises(FileNotFoundError):
-        main_score([str(tmp_path / "missing.keras")])
 
 
 def test_wide_resnet_rejects_bad_depth():
