@@ -244,3 +244,10 @@ def test_budgets_are_data():
         Budget.from_dict("bad", {**{k: v for k, v in values.items() if k != "train_epochs"}, "train_epoch": 1})
     with pytest.raises(ValueError, match="Expected budget to be a name or a Budget"):
         get_budget(3)
+
+
+def test_missing_model_of_a_finished_stage_names_the_fix(tmp_path):
+    from tfgated.cli.pipeline.state import load_stage_model
+
+    with pytest.raises(FileNotFoundError, match="of a finished stage is missing. Delete that stage's state.json"):
+        load_stage_model(tmp_path / "01_search" / "model.keras")
