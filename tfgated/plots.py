@@ -6,6 +6,14 @@
   epochs of training, from a :class:`tfgated.callbacks.GateRateLogger` CSV
   (supplement, Figs. 10-13).
 * :func:`plot_history` — loss/accuracy curves from a Keras ``CSVLogger`` file.
+* :func:`plot_search_trials` — validation accuracy against MACs of SIPA search
+  trials (:func:`tfgated.search.trial_table` rows).
+* :func:`plot_improve_trials` — validation accuracy of greedy Improving trials
+  (:func:`tfgated.improve.improve`), adopted candidates in green.
+* :func:`plot_pruning_rounds` — validation accuracy against sparsity of
+  iterative pruning rounds (:func:`tfgated.pruning.iterative_pruning` rows).
+* :func:`draw_figure` — any figure drawn by a function, saved as PNG without
+  pyplot's global state.
 """
 
 from __future__ import annotations
@@ -16,7 +24,16 @@ import numpy as np
 
 from tfgated.io import save_figure
 
-__all__ = ["gate_probability_values", "plot_gate_rates", "plot_history", "plot_polarization"]
+__all__ = [
+    "draw_figure",
+    "gate_probability_values",
+    "plot_gate_rates",
+    "plot_history",
+    "plot_improve_trials",
+    "plot_polarization",
+    "plot_pruning_rounds",
+    "plot_search_trials",
+]
 
 
 def _pyplot():
@@ -142,3 +159,76 @@ def plot_history(csv_path, path, title="Training"):
         return _save(fig, path)
     finally:
         plt.close(fig)
+
+
+def draw_figure(path, draw, size=(6.5, 4.5)):
+    """Call ``draw(figure)`` on a new matplotlib ``Figure`` (Agg canvas, no pyplot state) and
+    save it atomically as PNG; returns ``path`` as a string."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=size)
+    FigureCanvasAgg(figure)
+    draw(figure)
+    return save_figure(figure, path, format="png", dpi=110, bbox_inches="tight")
+
+
+def plot_search_trials(rows, budget, path):
+    """Validation accuracy against MACs per example of search trials (dicts with ``trial``,
+    ``macs`` and ``val_accuracy``), the MAC budget as a red line. Returns ``path``, or None
+    when no trial has both numbers (nothing is written)."""
+    done = [r for r in rows if r.get("macs") is not None and r.get("val_accuracy") is not None]
+    if not done:
+        return None
+
+    def draw(figure):
+        axes = figure.add_subplot(1, 1, 1)
+        axes.scatter([r["macs"] / 1e6 for r in done], [r["val_accuracy"] for r in done])
+        for r in done:
+            axes.annotate(str(r["trial"]), (r["macs"] / 1e6, r["val_accuracy"]), fontsize=7)
+        axes.axvline(budget / 1e6, color="red", linestyle="--", label="MAC budget")
+        axes.set_xlabel("MACs per example (millions)")
+        axes.set_ylabel("validation accuracy")
+        axes.set_title("SIPA search trials")
+        axes.grid(True, alpha=0.3)
+        axes.legend()
+
+    return draw_figure(path, draw)
+
+
+def plot_improve_trials(trials, path):
+    """Validation accuracy of each Improving trial (objects with ``candidate``, ``accuracy``
+    and ``adopted``), adopted candidates in green. Returns ``path``."""
+    if not trials:
+        raise ValueError("No Improving trials to plot.")
+
+    def draw(figure):
+        axes = figure.add_subplot(1, 1, 1)
+        colors = ["tab:green" if t.adopted else "tab:gray" for t in trials]
+        axes.bar(range(len(trials)), [t.accuracy for t in trials], color=colors)
+        axes.set_xticks(range(len(trials)))
+        axes.set_xticklabels([t.candidate for t in trials], rotation=30, ha="right", fontsize=8)
+        low, high = min(t.accuracy for t in trials), max(t.accuracy for t in trials)
+        axes.set_ylim(max(0.0, low - 0.05), min(1.0, high + 0.02))
+        axes.set_ylabel("validation accuracy")
+        axes.set_title("Greedy Improving (green: adopted)")
+
+    return draw_figure(path, draw)
+
+
+def plot_pruning_rounds(rows, path):
+    """Validation accuracy against sparsity of pruning rounds (dicts with ``sparsity`` and
+    ``val_accuracy``). Returns ``path``, or None when no round has a validation accuracy."""
+    done = [r for r in rows if r.get("val_accuracy") is not None]
+    if not done:
+        return None
+
+    def draw(figure):
+        axes = figure.add_subplot(1, 1, 1)
+        axes.plot([r["sparsity"] for r in done], [r["val_accuracy"] for r in done], marker="o")
+        axes.set_xlabel("sparsity of prunable weights")
+        axes.set_ylabel("validation accuracy")
+        axes.set_title("Iterative global magnitude pruning (layer-wise normalized)")
+        axes.grid(True, alpha=0.3)
+
+    return draw_figure(path, draw)

@@ -1,4 +1,4 @@
-"""Tests of ``python -m tfgated run`` (tfgated.pipeline) on real Fashion-MNIST, tiny budget.
+"""Tests of ``python -m tfgated run`` (tfgated.cli.run) on real Fashion-MNIST, tiny budget.
 
 One tiny run is made in two invocations: the first stops after the pruning stage, the second
 resumes (stages 1-4 skipped, their files untouched) and finishes; a third invocation finds
@@ -14,7 +14,9 @@ import keras
 import numpy as np
 import pytest
 
-from tfgated import pipeline
+from tfgated.cli import run as run_cli
+from tfgated.cli.pipeline import BUDGETS, STAGES, Budget, Run, format_table, get_budget
+from tfgated.cli.pipeline.deploy import round_to_float16
 
 FASHION_DIR = "/usr/share/datasets/fashion-mnist"
 pytestmark = pytest.mark.skipif(
@@ -28,12 +30,12 @@ LATE = ("accelerate", "quantize", "export")
 def _run(argv):
     buffer = io.StringIO()
     with contextlib.redirect_stdout(buffer):
-        status = pipeline.main_run(argv)
+        status = run_cli.main(argv)
     return status, buffer.getvalue()
 
 
 def _stage_dir(run_dir, stage):
-    return os.path.join(run_dir, f"{pipeline.STAGES.index(stage) + 1:02d}_{stage}")
+    return os.path.join(run_dir, f"{STAGES.index(stage) + 1:02d}_{stage}")
 
 
 def _mtimes(run_dir, stages):
@@ -52,7 +54,7 @@ def tiny_run(tmp_path_factory):
     run_dir = str(tmp_path_factory.mktemp("pipeline") / "run")
     argv = ["--budget", "tiny", "--run-dir", run_dir, "--verbose", "0"]
     status1, out1 = _run(argv + ["--stop-after", "prune"])
-    states_after_first = {s: os.path.exists(os.path.join(_stage_dir(run_dir, s), "state.json")) for s in pipeline.STAGES}
+    states_after_first = {s: os.path.exists(os.path.join(_stage_dir(run_dir, s), "state.json")) for s in STAGES}
     mtimes = _mtimes(run_dir, EARLY)
     status2, out2 = _run(argv)
     return {
@@ -77,7 +79,7 @@ def test_stop_after_prune_runs_only_the_first_four_stages(tiny_run):
         assert f"[{index}/7] {stage}: done in" in out
     assert "[5/7]" not in out
     assert "Stopped after stage 'prune'" in out
-    assert tiny_run["states_after_first"] == {s: s in EARLY for s in pipeline.STAGES}
+    assert tiny_run["states_after_first"] == {s: s in EARLY for s in STAGES}
 
 
 def test_resume_skips_finished_stages_and_keeps_their_files(tiny_run):
@@ -93,7 +95,7 @@ def test_resume_skips_finished_stages_and_keeps_their_files(tiny_run):
 
 def test_end_to_end_files_table_and_parity(tiny_run):
     run_dir = tiny_run["run_dir"]
-    for stage in pipeline.STAGES:
+    for stage in STAGES:
         with open(os.path.join(_stage_dir(run_dir, stage), "state.json"), encoding="utf-8") as f:
             state = json.load(f)
         assert state["status"] == "done" and state["stage"] == stage and state["seconds"] >= 0
@@ -102,7 +104,6 @@ def test_end_to_end_files_table_and_parity(tiny_run):
     summary = _summary(run_dir)
     assert [r["stage"] for r in summary["rows"]] == ["search", "improve", "prune", "accelerate", "16-bit"]
     for row in summary["rows"]:
-        assert 0.0 <= row["accuracy"] <= 1.0
         assert row["storage"] > 0 and row["ops"] > 0
         assert row["score"] == pytest.approx(row["storage"] / 36.5e6 + row["ops"] / 10.49e9)
     rows = {r["stage"]: r for r in summary["rows"]}
@@ -122,7 +123,7 @@ def test_end_to_end_files_table_and_parity(tiny_run):
         assert os.path.exists(exported[key] + ".json")
         assert summary["parity"][key]["passed"] is True
         assert summary["parity"][key]["runtime"] == runtime
-        assert summary["parity"][key]["examples"] == pipeline.BUDGETS["tiny"].parity_examples
+        assert summary["parity"][key]["examples"] == BUDGETS["tiny"].parity_examples
     for plot in summary["plots"]:
         assert plot.endswith(".png") and os.path.getsize(plot) > 0
     assert any(p.endswith("stages.png") for p in summary["plots"])
@@ -137,6 +138,31 @@ def test_end_to_end_files_table_and_parity(tiny_run):
     assert "Parity tflite: passed" in out and "Parity onnx: passed" in out
     assert f"Plots: {os.path.join(run_dir, 'plots')}" in out
     assert "Stage times:" in out
+
+
+# table row -> the stage whose model.keras the row measures
+ROW_STAGES = {"search": "search", "improve": "train", "prune": "prune", "accelerate": "accelerate",
+              "16-bit": "quantize"}
+
+
+def test_row_accuracies_are_the_written_models_test_accuracies(tiny_run):
+    from tfgated.early_exit import EarlyExitModel
+    from tfgated.io import load_model
+
+    run_dir = tiny_run["run_dir"]
+    rows = {r["stage"]: r for r in _summary(run_dir)["rows"]}
+    assert set(rows) == set(ROW_STAGES)
+    x, y = Run("fashion_mnist", BUDGETS["tiny"], run_dir, seed=0).test_arrays()
+    assert len(y) > 0
+    for name, stage in ROW_STAGES.items():
+        model = load_model(os.path.join(_stage_dir(run_dir, stage), "model.keras"))
+        if name in ("accelerate", "16-bit"):
+            result = EarlyExitModel(model, rows[name]["threshold"]).predict(x, labels=y)
+            assert rows[name]["accuracy"] == result.accuracy, name
+            assert rows[name]["exit_ratio"] == result.exit_ratio, name
+        else:
+            predictions = model.predict(x, batch_size=256, verbose=0)
+            assert rows[name]["accuracy"] == float(np.mean(predictions.argmax(axis=1) == y)), name
 
 
 def test_exported_tflite_matches_the_16bit_keras_network(tiny_run):
@@ -160,17 +186,17 @@ def test_exported_tflite_matches_the_16bit_keras_network(tiny_run):
 
 def test_third_run_finds_everything_done(tiny_run):
     run_dir = tiny_run["run_dir"]
-    before = _mtimes(run_dir, pipeline.STAGES)
+    before = _mtimes(run_dir, STAGES)
     status, out = _run(tiny_run["argv"])
     assert status == 0
-    for index, stage in enumerate(pipeline.STAGES, start=1):
+    for index, stage in enumerate(STAGES, start=1):
         assert f"[{index}/7] {stage}: skipped (done)" in out
-    assert _mtimes(run_dir, pipeline.STAGES) == before
+    assert _mtimes(run_dir, STAGES) == before
     assert "| 16-bit | 16 |" in out
 
 
 def test_run_dir_of_another_budget_is_refused(tiny_run, capsys):
-    status = pipeline.main_run(["--budget", "small", "--run-dir", tiny_run["run_dir"], "--verbose", "0"])
+    status = run_cli.main(["--budget", "small", "--run-dir", tiny_run["run_dir"], "--verbose", "0"])
     assert status == 2
     err = capsys.readouterr().err
     assert "budget='tiny'" in err and "budget='small'" in err
@@ -178,7 +204,7 @@ def test_run_dir_of_another_budget_is_refused(tiny_run, capsys):
 
 def test_cifar100_without_prepared_data_is_a_clear_error(tmp_path, capsys):
     run_dir = tmp_path / "cifar"
-    status = pipeline.main_run(["--dataset", "cifar100", "--budget", "tiny", "--run-dir", str(run_dir)])
+    status = run_cli.main(["--dataset", "cifar100", "--budget", "tiny", "--run-dir", str(run_dir)])
     assert status == 2
     assert "cifar100" in capsys.readouterr().err
     assert not run_dir.exists()
@@ -186,21 +212,42 @@ def test_cifar100_without_prepared_data_is_a_clear_error(tmp_path, capsys):
 
 def test_bad_arguments():
     with pytest.raises(SystemExit):
-        pipeline._parser().parse_args(["--budget", "huge"])
+        run_cli.build_parser().parse_args(["--budget", "huge"])
     with pytest.raises(ValueError, match="Unknown stage"):
-        pipeline.run_pipeline(budget="tiny", stop_after="deploy")
+        run_cli.run_pipeline(budget="tiny", stop_after="deploy")
     with pytest.raises(ValueError, match="Unknown budget"):
-        pipeline.run_pipeline(budget="huge")
+        run_cli.run_pipeline(budget="huge")
 
 
 def test_round_to_float16_and_table():
     model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(4)])
     model.set_weights([np.full((3, 4), 0.1, "float32"), np.full((4,), 1 / 3, "float32")])
-    pipeline._round_to_float16(model)
+    round_to_float16(model)
     kernel, bias = model.get_weights()
     assert kernel[0, 0] == np.float32(np.float16(0.1)) and kernel[0, 0] != np.float32(0.1)
     assert bias[0] == np.float32(np.float16(1 / 3))
     row = {"stage": "prune", "bits": 32, "accuracy": 0.9, "params": 100, "nonzero_params": 40, "storage": 50.0,
            "ops": 1000.0, "storage_score": 50 / 36.5e6, "ops_score": 1000 / 10.49e9, "score": 0.0}
-    table = pipeline.format_table([row])
+    table = format_table([row])
     assert table.splitlines()[2].startswith("| prune | 32 | 0.9000 | 40 / 100 | 50 | 1,000 |")
+
+
+def test_budgets_are_data():
+    assert list(BUDGETS) == ["tiny", "small", "paper"]
+    tiny = get_budget("tiny")
+    assert tiny is BUDGETS["tiny"] and tiny.name == "tiny"
+    assert tiny.prune_schedule == (0.3, 0.5)
+    assert get_budget(tiny) is tiny
+    values = {k: v for k, v in tiny.to_dict().items() if k != "name"}
+    assert Budget.from_dict("mine", values) == Budget(**{**tiny.to_dict(), "name": "mine"})
+    with pytest.raises(ValueError, match=r"missing=\['train_epochs'\], unknown=\['train_epoch'\]"):
+        Budget.from_dict("bad", {**{k: v for k, v in values.items() if k != "train_epochs"}, "train_epoch": 1})
+    with pytest.raises(ValueError, match="Expected budget to be a name or a Budget"):
+        get_budget(3)
+
+
+def test_missing_model_of_a_finished_stage_names_the_fix(tmp_path):
+    from tfgated.cli.pipeline.state import load_stage_model
+
+    with pytest.raises(FileNotFoundError, match="of a finished stage is missing. Delete that stage's state.json"):
+        load_stage_model(tmp_path / "01_search" / "model.keras")

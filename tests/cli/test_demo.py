@@ -1,0 +1,46 @@
+"""The demo (``python -m tfgated demo``, tfgated.cli.demo) on real Fashion-MNIST images."""
+
+import os
+
+import numpy as np
+import pytest
+
+from tfgated.cli import demo
+
+pytestmark = pytest.mark.skipif(
+    not os.path.isdir("/usr/share/datasets/fashion-mnist"),
+    reason="Fashion-MNIST IDX files (Debian dataset-fashion-mnist) not installed",
+)
+
+
+def test_demo_trains_and_reports_gates_and_macs(monkeypatch, capsys):
+    seen = {}
+    measure = demo.measure_demo
+
+    def spy(model, x, y):
+        seen.update(model=model, x=x, y=y, result=measure(model, x, y))
+        return seen["result"]
+
+    monkeypatch.setattr(demo, "measure_demo", spy)
+    assert demo.main(["--examples", "512", "--epochs", "1", "--batch-size", "64"]) == 0
+    out = capsys.readouterr().out
+    result = seen["result"]
+    # measured on the first 1,000 test images; the accuracy is the model's own top-1 on them
+    assert len(seen["y"]) == demo.PROBE_EXAMPLES == 1000
+    predictions = seen["model"].predict(seen["x"], batch_size=256, verbose=0)
+    assert result["accuracy"] == pytest.approx(float(np.mean(predictions.argmax(axis=1) == seen["y"])), abs=1e-6)
+    assert result["gate_rates"] and all(0.0 <= r <= 1.0 for r in result["gate_rates"].values())
+    assert 0 < result["expected_macs"] <= result["dense_macs"]
+    assert "gumbel_resnet_fashion_mnist: 512 Fashion-MNIST images" in out
+    assert f"accuracy on 1,000 test images (threshold inference): {result['accuracy']:.4f}" in out
+    for name, rate in result["gate_rates"].items():
+        assert f"  {name:<28} {rate:6.3f}" in out
+
+
+def test_demo_rejects_bad_arguments(capsys):
+    with pytest.raises(ValueError, match="Received: examples=0"):
+        demo.run_demo(examples=0)
+    with pytest.raises(SystemExit) as error:
+        demo.main(["--examples", "0"])
+    assert error.value.code == 2
+    assert "expected a positive integer, got '0'" in capsys.readouterr().err

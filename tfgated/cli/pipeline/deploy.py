@@ -1,0 +1,155 @@
+"""Stages 5-7 of the pipeline: accelerate (early exit), quantize (16 bits), export (TFLite, ONNX).
+
+Each stage is ``stage(run, out) -> dict`` as in :mod:`tfgated.cli.pipeline.stages`.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+
+import numpy as np
+
+from tfgated.cli.pipeline.summary import micronet, score_row
+from tfgated.io import save_model
+
+__all__ = ["exit_position", "round_to_float16", "stage_accelerate", "stage_export", "stage_quantize"]
+
+
+def exit_position(model):
+    """SIPA's exit position scaled to the network: block ``int(0.45 * blocks)`` (block 4 of 10)."""
+    indices = sorted({int(m.group(1)) for layer in model.layers if (m := re.match(r"^block(\d+)_", layer.name))})
+    if len(indices) < 2:
+        raise ValueError(f"Expected at least two MBConv blocks to attach an exit. Received: {len(indices)}")
+    return min(int(0.45 * len(indices)), len(indices) - 2)
+
+
+def _head_channels(model, budget):
+    if budget.exit_channels is not None:
+        return int(budget.exit_channels)
+    try:
+        return int(model.get_layer("top_conv").filters)
+    except ValueError:
+        return 136
+
+
+def _exit_evaluation(run, model_with_exit, threshold, bits):
+    """Early-exit test accuracy and the MicroNet numbers with expected operations."""
+    from tfgated.exits import EarlyExitModel
+
+    x, y = run.test_arrays()
+    split = EarlyExitModel(model_with_exit, threshold)
+    result = split.predict(x, labels=y)
+    report = micronet(model_with_exit, bits)
+    part_b = {layer.name for layer in split.part_b.layers} if split.part_b is not None else set()
+    ops_b = float(sum(r.ops for r in report.rows if r.name in part_b))
+    extra = {
+        "ops": float(report.ops) - result.exit_ratio * ops_b,
+        "ops_every_layer": float(report.ops),
+        "exit_ratio": result.exit_ratio,
+        "threshold": float(threshold),
+        "mean_macs": result.mean_macs,
+        "mac_saving": result.mac_saving,
+    }
+    return result, extra, report
+
+
+def _plot_risk_coverage(run, with_exit):
+    from tfgated.exits import plot_risk_coverage, risk_coverage
+
+    x, y = run.test_arrays()
+    test_main, test_exit = (np.asarray(p) for p in with_exit.predict(x, batch_size=256, verbose=0))
+    plot_risk_coverage(
+        {"exit head": risk_coverage(test_exit, y), "full network": risk_coverage(test_main, y)},
+        os.path.join(run.plots_dir, "risk_coverage.png"),
+    )
+
+
+def stage_accelerate(run, out):
+    """Stage 5: an exit head trained with soft smoothing on the frozen network, its threshold
+    calibrated on validation data."""
+    import keras
+
+    from tfgated.exits import attach_exit, calibrate_threshold, train_exit
+
+    budget = run.budget
+    keras.utils.set_random_seed(run.seed)
+    model = run.load_model("prune")
+    after = exit_position(model)
+    channels = _head_channels(model, budget)
+    run.log(f"[5/7] accelerate: exit head after block {after} ({channels} channels), {budget.exit_epochs} epoch(s)")
+    with_exit = attach_exit(model, after=after, channels=channels)
+    splits = run.splits()
+    train_exit(with_exit, splits.train, splits.validation, epochs=budget.exit_epochs, loss="softsmoothing",
+               verbose=run.verbose)
+    vx, vy = run.validation_arrays()
+    main_probs, exit_probs = (np.asarray(p) for p in with_exit.predict(vx, batch_size=256, verbose=0))
+    calibration = calibrate_threshold(exit_probs, main_probs, vy, max_accuracy_drop=budget.exit_max_drop)
+    save_model(with_exit, run.model_path("accelerate"))
+    result, extra, report = _exit_evaluation(run, with_exit, calibration.threshold, 32)
+    _plot_risk_coverage(run, with_exit)
+    row = score_row("accelerate", result.accuracy, report, 32, extra)
+    run.log(
+        f"[5/7] accelerate: threshold {calibration.threshold:.4f}, {result.exit_ratio:.1%} of test images exit, "
+        f"mean MACs {result.mean_macs:,.0f} ({1 - result.mac_saving:.1%} of the network without exit), "
+        f"test accuracy {result.accuracy:.4f}"
+    )
+    return {"row": row, "after": after, "channels": channels, "calibration": calibration.to_dict(),
+            "early_exit": result.to_dict()}
+
+
+def round_to_float16(model):
+    """Round every float weight of ``model`` to the nearest float16 value (in place); returns ``model``."""
+    for variable in model.weights:
+        value = np.asarray(variable.numpy() if hasattr(variable, "numpy") else variable)
+        if value.dtype.kind == "f":
+            variable.assign(value.astype(np.float16).astype(value.dtype))
+    return model
+
+
+def stage_quantize(run, out):
+    """Stage 6: weights rounded to 16 bits; the early-exit row scored at 16 bits."""
+    state = run.need("accelerate")
+    threshold = float(state["calibration"]["threshold"])
+    run.log("[6/7] quantize: weights rounded to 16 bits, MicroNet score at 16 bits")
+    with_exit = round_to_float16(run.load_model("accelerate"))
+    save_model(with_exit, run.model_path("quantize"))
+    result, extra, report = _exit_evaluation(run, with_exit, threshold, 16)
+    row = score_row("16-bit", result.accuracy, report, 16, extra)
+    run.log(f"[6/7] quantize: test accuracy {result.accuracy:.4f}, MicroNet score {row['score']:.6f}")
+    return {"row": row, "early_exit": result.to_dict()}
+
+
+def _log_parity(run, filename, parity):
+    agreement = parity.get("top1_agreement")
+    run.log(
+        f"[7/7] export: {filename}: parity {'passed' if parity['passed'] else 'FAILED'} "
+        f"(max |diff| {parity['max_abs_diff']:.2e}"
+        + (f", top-1 agreement {agreement:.4f}" if agreement is not None else "")
+        + f", {parity['runtime']})"
+    )
+
+
+def stage_export(run, out):
+    """Stage 7: the 16-bit main network (without its exit) to TFLite (float16) and ONNX, each
+    checked against Keras in its runtime."""
+    import keras
+
+    from tfgated.export import export
+
+    with_exit = run.load_model("quantize")
+    main = keras.Model(with_exit.inputs, with_exit.outputs[0], name="sipa_main")
+    x, _ = run.test_arrays()
+    parity_x = x[: run.budget.parity_examples]
+    info = run.splits().info
+    preprocessing = {"mean": list(info.mean), "std": list(info.std), "input_shape": list(info.input_shape)}
+    files, results = {}, {}
+    for key, filename, quantization in (("tflite", "model_fp16.tflite", "float16"), ("onnx", "model.onnx", "float32")):
+        path = os.path.join(out, filename)
+        run.log(f"[7/7] export: {filename} ({quantization}), parity on {len(parity_x)} test images")
+        result = export(main, path, quantization=quantization, parity_data=parity_x,
+                        class_names=info.class_names, preprocessing=preprocessing)
+        files[key] = path
+        results[key] = result.parity
+        _log_parity(run, filename, result.parity)
+    return {"files": files, "parity": results}
