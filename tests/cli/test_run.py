@@ -146,7 +146,7 @@ ROW_STAGES = {"search": "search", "improve": "train", "prune": "prune", "acceler
 
 
 def test_row_accuracies_are_the_written_models_test_accuracies(tiny_run):
-    from tfgated.early_exit import EarlyExitModel
+    from tfgated.exits import EarlyExitModel
     from tfgated.io import load_model
 
     run_dir = tiny_run["run_dir"]
