@@ -11,7 +11,6 @@ family modules, and ``python -m tfgated.zoo list`` / ``info NAME`` for the CLI.
 from tfgated.zoo.registry import (
     build,
     compile_model,
-    gate_settings,
     get_preset,
     info,
     list_families,
@@ -26,7 +25,6 @@ from tfgated.zoo.registry import (
 __all__ = [
     "build",
     "compile_model",
-    "gate_settings",
     "get_preset",
     "info",
     "list_families",

@@ -296,7 +296,7 @@ def test_presets_are_plain_consistent_data():
                 assert f"gumbel_resnet_fashion_mnist_{kind}_{loss}_t{t}" in names
     assert {"resnet110_cifar10", "resnet50_imagenet", "resnet101_imagenet", "resnet_fashion_mnist"} <= names
     assert R.PRESETS["gumbel_resnet_fashion_mnist"]["gates"] == {
-        "kind": "dependent", "loss": "per_batch", "target": 0.5, "weight": 1.0
+        "kind": "dependent", "loss_kind": "per_batch", "target": 0.5, "weight": 1.0
     }
     json.dumps(R.PRESETS)  # plain data
     required = {"family", "arch", "gates", "dataset", "input_shape", "num_classes", "recipe", "weights", "paper", "description"}
@@ -310,9 +310,9 @@ def test_presets_are_plain_consistent_data():
             spec = R._GateSpec(preset["gates"], levels)
             if name == "gumbel_resnet_fashion_mnist":  # the untagged default: Dep, PB, t=0.5
                 continue
-            assert spec.target == float(name.rsplit("_t", 1)[-1])
+            assert spec.settings.target == float(name.rsplit("_t", 1)[-1])
             assert ("_dep_" in name) == (spec.kind == "dependent")
-            assert ("_pg_" in name) == (spec.mode == "per_gate")
+            assert ("_pg_" in name) == (spec.settings.loss_kind == "per_gate")
             assert ("_channel_" in name) == (spec.level == "channel")
 
 
@@ -323,7 +323,7 @@ def test_registry_serves_the_presets():
     assert set(registry.list_models("*resnet*")) >= set(R.PRESETS)
     assert len(registry.list_models("gumbel_resnet50_imagenet_*_t0.4")) == 4
     model = registry.load("gumbel_resnet_fashion_mnist_ind_pg_t0.4", widths=(4, 8, 8), depth=14)
-    assert model.get_layer("activation_loss").mode == "per_gate"
+    assert model.get_layer("activation_loss").loss_kind == "per_gate"
     assert model.get_layer("activation_loss").target == pytest.approx(0.4)
     assert [g.kind for g in tfgated.gate_layers(model)] == ["independent"] * 4
     assert model.optimizer is not None

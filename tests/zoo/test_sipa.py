@@ -118,7 +118,7 @@ def test_gated_preset_gates_every_block_and_keeps_non_residual_blocks_open():
     mask = model.get_layer("block5_expand_mask")
     assert mask.input[0] is model.get_layer("block5_expand_activation").output
     loss = model.get_layer("activation_loss")
-    assert loss.mode == "per_batch" and loss.target == pytest.approx(0.5)
+    assert loss.loss_kind == "per_batch" and loss.target == pytest.approx(0.5)
 
 
 def test_closed_gates_zero_their_expansion_channels():
