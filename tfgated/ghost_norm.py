@@ -114,21 +114,43 @@ def use_ghost_batch_norm(model, virtual_batch_size=32):
             "Expected virtual_batch_size to be a positive integer. "
             f"Received: virtual_batch_size={virtual_batch_size!r}"
         )
-    swapped = []
+
+    def ghost(layer, config):
+        if type(layer) is keras.layers.BatchNormalization or isinstance(layer, GhostBatchNormalization):
+            return GhostBatchNormalization(virtual_batch_size=virtual_batch_size, **config)
+        return None
+
+    return _clone_replacing(model, ghost)
+
+
+def plain_batch_norm(model):
+    """A clone of ``model`` with every :class:`GhostBatchNormalization` back to
+    ``keras.layers.BatchNormalization`` (same config and weights); ``model`` itself
+    when it has none. Ghost batch norm only differs in training; exporters take
+    built-in layers only."""
+    if not any(isinstance(layer, GhostBatchNormalization) for layer in model.layers):
+        return model
+
+    def plain(layer, config):
+        return keras.layers.BatchNormalization(**config) if isinstance(layer, GhostBatchNormalization) else None
+
+    return _clone_replacing(model, plain)
+
+
+def _clone_replacing(model, replace):
+    """``keras.models.clone_model`` where ``replace(layer, config)`` may return a new layer
+    (``virtual_batch_size`` is not in the config it gets); every layer keeps its weights."""
+    pairs = []
 
     def clone(layer):
         config = layer.get_config()
-        if type(layer) is keras.layers.BatchNormalization or isinstance(layer, GhostBatchNormalization):
-            config.pop("virtual_batch_size", None)
-            new = GhostBatchNormalization(virtual_batch_size=virtual_batch_size, **config)
-            swapped.append((layer, new))
-            return new
-        new = layer.__class__.from_config(config)
-        swapped.append((layer, new))
+        ghost_config = {key: value for key, value in config.items() if key != "virtual_batch_size"}
+        new = replace(layer, ghost_config) or layer.__class__.from_config(config)
+        pairs.append((layer, new))
         return new
 
     cloned = keras.models.clone_model(model, clone_function=clone)
-    for old, new in swapped:
+    for old, new in pairs:
         if old.weights:
             new.set_weights(old.get_weights())
     return cloned

@@ -56,7 +56,7 @@ from typing import Any, Dict, Optional
 import keras
 
 from tfgated.augment import AUGMENT_POLICIES, augmentation_layer, mixup_batch, pad_crop_flip
-from tfgated.ghost_norm import GhostBatchNormalization, use_ghost_batch_norm
+from tfgated.ghost_norm import GhostBatchNormalization, plain_batch_norm, use_ghost_batch_norm
 
 __all__ = [
     "AUGMENT_POLICIES",
@@ -66,6 +66,7 @@ __all__ = [
     "fit_recipe",
     "mixup_batch",
     "pad_crop_flip",
+    "plain_batch_norm",
     "use_ghost_batch_norm",
     "weight_decay_exclusions",
 ]

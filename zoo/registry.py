@@ -64,7 +64,7 @@ import inspect
 import json
 import os
 
-from tfgated.gate_settings import LEGACY_KEYS, SETTING_KEYS, GateSettings
+from tfgated.gate_settings import SETTING_KEYS, GateSettings
 from tfgated.recipes import Recipe
 
 FAMILY_MODULES = (
@@ -317,7 +317,7 @@ def build(name, num_classes=None, input_shape=None, **overrides):
     gates = copy.deepcopy(preset["gates"])
     if "gates" in overrides:
         gates = copy.deepcopy(overrides.pop("gates"))
-    gate_keys = set(SETTING_KEYS) | set(LEGACY_KEYS) | set(gates or {})
+    gate_keys = set(SETTING_KEYS) | set(gates or {})
     gate_overrides = {key: overrides.pop(key) for key in list(overrides) if key in gate_keys}
     if gate_overrides:
         gates = {**(gates or {}), **gate_overrides}

@@ -212,6 +212,15 @@ def test_activation_loss_layer_adds_weighted_loss():
     np.testing.assert_allclose(float(layer.activation_tracker.result()), 0.75)
 
 
+def test_activation_loss_reads_the_config_name_before_loss_kind():
+    layer = GateActivationLoss(target=0.3, loss_kind="per_gate", name="activation_loss")
+    config = layer.get_config()
+    assert config["loss_kind"] == "per_gate" and "mode" not in config
+    old = {**{k: v for k, v in config.items() if k != "loss_kind"}, "mode": "per_gate"}  # .keras files saved earlier
+    restored = GateActivationLoss.from_config(old)
+    assert (restored.loss_kind, restored.target, restored.name) == ("per_gate", 0.3, "activation_loss")
+
+
 def test_fit_reports_gate_activation_metric(fashion_mnist_small):
     x, y = fashion_mnist_small
     model = small_gated_model()

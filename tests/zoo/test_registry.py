@@ -125,7 +125,7 @@ def test_register_preset_checks_the_data(tiny):
         registry.register_preset("broken", _tiny_preset(family="nope"))
     with pytest.raises(ValueError, match="without a sha256"):
         registry.register_preset("broken", _tiny_preset(weights={"file": "x.weights.h5"}))
-    with pytest.raises(ValueError, match="Expected gates kind"):
+    with pytest.raises(ValueError, match="Received: kind='sometimes'"):
         registry.register_preset("broken", _tiny_preset(gates={"kind": "sometimes"}))
     assert "broken" not in registry.list_models()
 
@@ -192,6 +192,26 @@ def test_load_compiles_per_recipe_so_fit_works(tiny):
     gated = tfgated.zoo.load(f"{TINY}_gated")
     history = gated.fit(x, y, epochs=1, batch_size=8, verbose=0)
     assert "gate_activation" in history.history
+
+
+def test_load_compiles_with_the_presets_recipe_object(tiny):
+    from tfgated.recipes import Recipe
+
+    registry.register_preset(TINY, _tiny_preset(recipe={
+        "optimizer": "sgd", "learning_rate": 0.05, "momentum": 0.8, "nesterov": False, "weight_decay": 1e-3,
+        "epochs": 4, "batch_size": 8, "schedule": "cosine", "label_smoothing": 0.1, "note": "not a switch",
+    }))
+    recipe, unused = registry.preset_recipe(TINY)  # the one translation, also what training uses
+    assert recipe == Recipe(optimizer="sgd", learning_rate=0.05, momentum=0.8, nesterov=False, weight_decay=1e-3,
+                            epochs=4, batch_size=8, cosine_decay=True, label_smoothing=0.1)
+    assert unused == {"note": "not a switch"}
+    model = tfgated.zoo.load(TINY)  # constant rate and integer labels: plain fit works at once
+    assert float(model.optimizer.learning_rate.numpy()) == pytest.approx(0.05)
+    assert not model.optimizer.nesterov and model.optimizer.momentum == pytest.approx(0.8)
+    assert float(model.optimizer.weight_decay) == pytest.approx(1e-3)
+    assert isinstance(model.loss, keras.losses.SparseCategoricalCrossentropy)
+    with pytest.raises(ValueError, match="Received: learning_rate=-1"):  # checked when registered
+        registry.register_preset(f"{TINY}_bad", _tiny_preset(recipe={**_tiny_preset()["recipe"], "learning_rate": -1}))
 
 
 def test_load_overrides_arch_gates_classes_and_shape(tiny):

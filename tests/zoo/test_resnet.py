@@ -273,7 +273,9 @@ def test_fashion_mnist_preset_trains_a_few_steps():
     history = model.fit(x, y, batch_size=32, epochs=2, verbose=0)
     losses = history.history["loss"]
     assert all(np.isfinite(losses)) and losses[-1] < losses[0]
-    assert 0.0 <= history.history["gate_activation"][-1] <= 1.0
+    # The gates start open with probability sigmoid(4) = 0.982 and 8 small steps barely move
+    # them: the activation the loss reports is the share of open gates drawn, about 0.98.
+    assert history.history["gate_activation"][-1] == pytest.approx(0.982, abs=0.02)
     # Every weight moves. Compare exactly: a gate's bias starts at logit 4 and Adam's steps on it
     # partly cancel (a change of ~2e-5 in 8 steps), under np.allclose's relative tolerance.
     unchanged = [w.path for b, w in zip(before, model.trainable_weights) if np.array_equal(b, keras.ops.convert_to_numpy(w))]
