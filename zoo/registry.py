@@ -8,10 +8,16 @@ A *family module* (``zoo/sipa.py``, ``zoo/resnet.py``, ``zoo/mobilenet_v2.py``,
 
 * builder functions, each registered with ``@register_family("NAME")``::
 
-      @register_family("sipa")
-      def build_sipa(num_classes=100, input_shape=(32, 32, 3), gates=None, **arch_args):
+      @register_family("sipa", options=SipaConfig)
+      def build_sipa(num_classes=100, input_shape=(32, 32, 3), gates=None, name=None, **config):
+          config = make_options(SipaConfig, config)     # the architecture arguments
           ...
           return tfgated.gated_model(inputs, outputs, gates=zs, ...)   # keras.Model
+
+  A builder takes its architecture arguments as keywords, either in its
+  signature or as ``**config`` checked against an options dataclass
+  (``options=``), so ``builder(num_classes=..., input_shape=..., **arch)``
+  builds any preset.
 
   The builder returns an *uncompiled* ``keras.Model``. When ``gates`` is not
   ``None`` the model is built with :func:`tfgated.gated_model`, so it carries the
@@ -32,7 +38,7 @@ A *family module* (``zoo/sipa.py``, ``zoo/resnet.py``, ``zoo/mobilenet_v2.py``,
           "input_shape": [32, 32, 3],
           "num_classes": 100,
           "recipe": {"optimizer": "sgd", "learning_rate": 0.1, "epochs": 200,
-                     "batch_size": 128, ...},     # read by tfgated.recipes.Recipe.from_preset
+                     "batch_size": 128, ...},     # tfgated.recipes.Recipe.from_preset vocabulary
           "weights": None or {"file": "NAME.weights.h5",  # under zoo/weights/
                               "sha256": "...", "url": optional},
           "paper": {"source": "...", "table": "...", "numbers": {...}},
@@ -48,8 +54,11 @@ Public API
 ==========
 
 ``load(name, weights=None, num_classes=None, input_shape=None, compile=True, **overrides)``,
-``list_models(pattern="*")``, ``info(name)``, ``get_preset(name)``,
-``register_family(name)``, ``register_preset(name, preset)``.
+``build(name, ...)``, ``list_models(pattern="*")``, ``info(name)``, ``get_preset(name)``,
+``preset_recipe(name)`` (the preset's :class:`tfgated.recipes.Recipe`, the one
+translation of its ``recipe`` that ``load`` compiles with and training follows),
+``compile_model(model, recipe)``, ``register_family(name, options=None)``,
+``register_preset(name, preset)``, ``make_options(options, arguments)``.
 """
 
 from __future__ import annotations

@@ -339,7 +339,7 @@ def test_registry_serves_the_presets():
         (lambda: R.cifar_resnet(gates={"kind": "dependent", "level": "channel"}), "level='channel'"),
         (lambda: R.cifar_resnet(gates={"kind": "dependant"}), "kind='dependant'"),
         (lambda: R.cifar_resnet(gates={"kind": "independent", "tagret": 0.5}), "tagret"),
-        (lambda: R.cifar_resnet(gates={"kind": "independent", "loss": "pb"}), "loss='pb'"),
+        (lambda: R.cifar_resnet(gates={"kind": "independent", "loss_kind": "pb"}), "loss_kind='pb'"),
         (lambda: R.cifar_resnet(gates={"kind": "independent", "target": 1.5}), "target=1.5"),
         (lambda: R.cifar_resnet(input_shape=(4, 4, 1)), "input_shape"),
         (lambda: R.imagenet_resnet(depth=34), "depth=34"),
