@@ -60,6 +60,13 @@ def scale_gradient(x, scale):
     return ops.stop_gradient(x) + scale * (x - ops.stop_gradient(x))
 
 
+def check_kind(kind):
+    """Raise a clear error if ``kind`` is not a gate kind (:data:`KINDS`)."""
+    if kind not in KINDS:
+        raise ValueError(f"Expected kind to be one of {list(KINDS)}. Received: kind={kind!r}")
+    return kind
+
+
 def check_style(style, allowed=GATE_STYLES):
     """Raise a clear error if ``style`` is not one of ``allowed``."""
     if style not in allowed:
@@ -125,8 +132,7 @@ class GumbelGate(keras.layers.Layer):
         super().__init__(**kwargs)
         if not isinstance(units, int) or units < 1:
             raise ValueError(f"Expected units to be a positive integer. Received: units={units}")
-        if kind not in KINDS:
-            raise ValueError(f"Expected kind to be one of {list(KINDS)}. Received: kind={kind!r}")
+        check_kind(kind)
         if not temperature > 0:
             raise ValueError(f"Expected temperature > 0. Received: temperature={temperature}")
         _check_probability("open_probability", open_probability, open_interval=True)

@@ -19,15 +19,38 @@ receives every gate tensor; it adds the loss with ``add_loss`` so a plain
 
 from __future__ import annotations
 
+import numbers
+
 import keras
 from keras import ops
 
-LOSS_MODES = ("per_batch", "per_gate")
+#: The activation loss kinds: per-batch (PB) and per-gate (PG).
+LOSS_KINDS = ("per_batch", "per_gate")
 
 
-def _check_target(target):
-    if not 0.0 <= float(target) <= 1.0:
-        raise ValueError(f"Expected target in [0, 1]. Received: target={target}")
+def _is_number(value):
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def check_target(target):
+    """Raise a clear error unless ``target`` is a rate in [0, 1]."""
+    if not _is_number(target) or not 0.0 <= target <= 1.0:
+        raise ValueError(f"Expected target in [0, 1]. Received: target={target!r}")
+    return target
+
+
+def check_weight(weight):
+    """Raise a clear error unless ``weight`` is a number >= 0."""
+    if not _is_number(weight) or not weight >= 0:
+        raise ValueError(f"Expected weight >= 0. Received: weight={weight!r}")
+    return weight
+
+
+def check_loss_kind(loss_kind):
+    """Raise a clear error unless ``loss_kind`` is one of :data:`LOSS_KINDS`."""
+    if loss_kind not in LOSS_KINDS:
+        raise ValueError(f"Expected loss_kind to be one of {list(LOSS_KINDS)}. Received: loss_kind={loss_kind!r}")
+    return loss_kind
 
 
 def _gate_means(gates):
@@ -77,7 +100,8 @@ class GateActivationLoss(keras.layers.Layer):
         target: target activation rate ``t`` in [0, 1]; a non-trainable
             variable, so :class:`tfgated.callbacks.TargetAnnealing` can move it.
         weight: multiplier of the loss (>= 0).
-        mode: ``"per_batch"`` (PB) or ``"per_gate"`` (PG).
+        loss_kind: ``"per_batch"`` (PB) or ``"per_gate"`` (PG). Configs saved
+            before the rename spell it ``mode``; :meth:`from_config` reads both.
         gate_weights: optional list, one non-negative weight per gate tensor
             (e.g. the MACs it controls), to target the expected fraction of gated
             MACs instead of the plain gate fraction.
@@ -90,13 +114,11 @@ class GateActivationLoss(keras.layers.Layer):
     #: :attr:`tfgated.gates.GumbelGate.SETTING_VARIABLES`).
     SETTING_VARIABLES = ("target_value",)
 
-    def __init__(self, target=0.5, weight=1.0, mode="per_batch", gate_weights=None, **kwargs):
+    def __init__(self, target=0.5, weight=1.0, loss_kind="per_batch", gate_weights=None, **kwargs):
         super().__init__(**kwargs)
-        _check_target(target)
-        if not float(weight) >= 0:
-            raise ValueError(f"Expected weight >= 0. Received: weight={weight}")
-        if mode not in LOSS_MODES:
-            raise ValueError(f"Expected mode to be one of {list(LOSS_MODES)}. Received: mode={mode!r}")
+        check_target(target)
+        check_weight(weight)
+        check_loss_kind(loss_kind)
         if gate_weights is not None:
             gate_weights = [float(w) for w in gate_weights]
             if any(w < 0 for w in gate_weights) or sum(gate_weights) <= 0:
@@ -106,7 +128,7 @@ class GateActivationLoss(keras.layers.Layer):
                 )
         self.target = float(target)
         self.weight = float(weight)
-        self.mode = mode
+        self.loss_kind = loss_kind
         self.gate_weights = gate_weights
         self.activation_tracker = keras.metrics.Mean(name="gate_activation")
         # An identity on the model output: keep its dtype (e.g. a float32 softmax
@@ -130,14 +152,14 @@ class GateActivationLoss(keras.layers.Layer):
 
     def set_target(self, target):
         """Change the target rate in place (used by annealing)."""
-        _check_target(target)
+        check_target(target)
         self.target = float(target)
         self.target_value.assign(self.target)
 
     def call(self, inputs):
         outputs, gates = inputs[0], list(inputs[1:])
         target = ops.cast(self.target_value, "float32")
-        if self.mode == "per_batch":
+        if self.loss_kind == "per_batch":
             loss = per_batch_loss(gates, target, self.gate_weights)
         else:
             loss = per_gate_loss(gates, target, self.gate_weights)
@@ -163,6 +185,13 @@ class GateActivationLoss(keras.layers.Layer):
             **super().get_config(),
             "target": self.target,
             "weight": self.weight,
-            "mode": self.mode,
+            "loss_kind": self.loss_kind,
             "gate_weights": self.gate_weights,
         }
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        if "mode" in config:  # the name before loss_kind, in .keras files saved earlier
+            config["loss_kind"] = config.pop("mode")
+        return cls(**config)

@@ -14,7 +14,7 @@ def gated_model(
     outputs,
     gates,
     target=0.5,
-    mode="per_batch",
+    loss_kind="per_batch",
     weight=1.0,
     gate_weights=None,
     name=None,
@@ -25,7 +25,7 @@ def gated_model(
         inputs, outputs: as for ``keras.Model``; ``outputs`` is one tensor.
         gates: the gate tensors (``z``) of every gate in the model. With none,
             the model is returned without an activation loss (a dense model).
-        target, mode, weight, gate_weights: see
+        target, loss_kind, weight, gate_weights: see
             :class:`tfgated.losses.GateActivationLoss`.
         name: model name.
     """
@@ -34,7 +34,7 @@ def gated_model(
         outputs = GateActivationLoss(
             target=target,
             weight=weight,
-            mode=mode,
+            loss_kind=loss_kind,
             gate_weights=gate_weights,
             name=ACTIVATION_LOSS_NAME,
         )([outputs, *gates])

@@ -54,7 +54,9 @@ import math
 from typing import Any, Dict, Optional
 
 import keras
-from keras import ops
+
+from tfgated.augment import AUGMENT_POLICIES, augmentation_layer, mixup_batch, pad_crop_flip
+from tfgated.ghost_norm import GhostBatchNormalization, plain_batch_norm, use_ghost_batch_norm
 
 __all__ = [
     "AUGMENT_POLICIES",
@@ -63,152 +65,18 @@ __all__ = [
     "augmentation_layer",
     "fit_recipe",
     "mixup_batch",
+    "pad_crop_flip",
+    "plain_batch_norm",
     "use_ghost_batch_norm",
     "weight_decay_exclusions",
 ]
 
 OPTIMIZERS = ("sgd", "adam")
-AUGMENT_POLICIES = (
-    "none",
-    "flip",
-    "shift_flip",
-    "pad2_crop_flip",
-    "pad4_crop_flip",
-    "random_resized_crop_flip",
-    "randaugment",
-    "augmix",
-)
 #: How free-form zoo preset recipe keys map onto switches (see :meth:`Recipe.from_preset`).
 PRESET_ALIASES = {"mixup_alpha": "mixup"}
 #: Preset recipe keys that are not training switches (used by other stages or informative).
 PRESET_IGNORED = ("loss", "note", "validation_split", "warm_start", "precision_bits", "pruning", "exit", "loss_weights")
 ACTIVATIONS = ("relu", "swish")
-
-
-# --------------------------------------------------------------------------- ghost batch norm
-
-
-@keras.saving.register_keras_serializable(package="tfgated")
-class GhostBatchNormalization(keras.layers.BatchNormalization):
-    """Batch normalization over *virtual* batches (Hoffer et al. 2017).
-
-    In training the batch is split into consecutive virtual batches of
-    ``virtual_batch_size`` examples (the last one may be smaller); each is
-    normalized with its own mean and variance. The moving statistics are
-    updated with the mean over virtual batches of their statistics. At
-    inference it is an ordinary ``BatchNormalization``, and it holds the same
-    weights, so weights transfer both ways.
-
-    Args:
-        virtual_batch_size: examples per virtual batch (positive integer).
-        **kwargs: as for ``keras.layers.BatchNormalization``; only the last
-            axis (channels-last) is supported, and not ``renorm``.
-    """
-
-    def __init__(self, virtual_batch_size=32, **kwargs):
-        super().__init__(**kwargs)
-        if isinstance(virtual_batch_size, bool) or not isinstance(virtual_batch_size, int) or virtual_batch_size < 1:
-            raise ValueError(
-                "Expected virtual_batch_size to be a positive integer. "
-                f"Received: virtual_batch_size={virtual_batch_size!r}"
-            )
-        if self.renorm:
-            raise ValueError("GhostBatchNormalization does not support renorm=True.")
-        self.virtual_batch_size = virtual_batch_size
-
-    def build(self, input_shape):
-        super().build(input_shape)
-        if self.axis not in (-1, len(input_shape) - 1):
-            raise ValueError(
-                "GhostBatchNormalization normalizes the last axis only. "
-                f"Received: axis={self.axis} for inputs of shape {input_shape}"
-            )
-
-    def _ghost_moments(self, inputs):
-        """Per-example mean/variance of its virtual batch, and their batch averages."""
-        rank = len(inputs.shape)
-        spatial_axes = tuple(range(1, rank - 1))
-        batch = ops.shape(inputs)[0]
-        sums = ops.sum(inputs, axis=spatial_axes) if spatial_axes else inputs
-        squares = ops.sum(ops.square(inputs), axis=spatial_axes) if spatial_axes else ops.square(inputs)
-        positions = 1
-        for axis in spatial_axes:
-            positions = positions * ops.shape(inputs)[axis]
-        group = ops.floor_divide(ops.arange(batch), self.virtual_batch_size)
-        num_groups = ops.floor_divide(batch + self.virtual_batch_size - 1, self.virtual_batch_size)
-        # assignment[i, g] = 1 iff example i is in virtual batch g
-        assignment = ops.cast(
-            ops.equal(ops.expand_dims(group, 1), ops.expand_dims(ops.arange(num_groups), 0)),
-            inputs.dtype,
-        )
-        counts = ops.sum(assignment, axis=0) * ops.cast(positions, inputs.dtype)  # (groups,)
-        group_mean = ops.matmul(ops.transpose(assignment), sums) / ops.expand_dims(counts, 1)
-        group_square = ops.matmul(ops.transpose(assignment), squares) / ops.expand_dims(counts, 1)
-        group_var = ops.maximum(group_square - ops.square(group_mean), 0.0)
-        example_mean = ops.matmul(assignment, group_mean)  # (batch, channels)
-        example_var = ops.matmul(assignment, group_var)
-        shape = [-1] + [1] * len(spatial_axes) + [inputs.shape[-1]]
-        return (
-            ops.reshape(example_mean, shape),
-            ops.reshape(example_var, shape),
-            ops.mean(group_mean, axis=0),
-            ops.mean(group_var, axis=0),
-        )
-
-    def call(self, inputs, training=None, mask=None):
-        if not (training and self.trainable) or mask is not None:
-            return super().call(inputs, training=training, mask=mask)
-        x = ops.cast(inputs, "float32")
-        mean, variance, batch_mean, batch_var = self._ghost_moments(x)
-        momentum = self.momentum
-        self.moving_mean.assign(
-            ops.cast(self.moving_mean, "float32") * momentum + batch_mean * (1.0 - momentum)
-        )
-        self.moving_variance.assign(
-            ops.cast(self.moving_variance, "float32") * momentum + batch_var * (1.0 - momentum)
-        )
-        outputs = (x - mean) * ops.rsqrt(variance + self.epsilon)
-        if self.scale:
-            outputs = outputs * ops.cast(self.gamma, "float32")
-        if self.center:
-            outputs = outputs + ops.cast(self.beta, "float32")
-        return ops.cast(outputs, self.compute_dtype)
-
-    def get_config(self):
-        return {**super().get_config(), "virtual_batch_size": self.virtual_batch_size}
-
-
-def use_ghost_batch_norm(model, virtual_batch_size=32):
-    """A clone of a functional/sequential ``model`` with ghost batch norm.
-
-    Every top-level ``keras.layers.BatchNormalization`` (not the BN inside
-    gate networks or other composite layers) is replaced by a
-    :class:`GhostBatchNormalization` with the same config and weights; every
-    other layer is kept with its weights. The clone is not compiled.
-    """
-    if isinstance(virtual_batch_size, bool) or not isinstance(virtual_batch_size, int) or virtual_batch_size < 1:
-        raise ValueError(
-            "Expected virtual_batch_size to be a positive integer. "
-            f"Received: virtual_batch_size={virtual_batch_size!r}"
-        )
-    swapped = []
-
-    def clone(layer):
-        config = layer.get_config()
-        if type(layer) is keras.layers.BatchNormalization or isinstance(layer, GhostBatchNormalization):
-            config.pop("virtual_batch_size", None)
-            new = GhostBatchNormalization(virtual_batch_size=virtual_batch_size, **config)
-            swapped.append((layer, new))
-            return new
-        new = layer.__class__.from_config(config)
-        swapped.append((layer, new))
-        return new
-
-    cloned = keras.models.clone_model(model, clone_function=clone)
-    for old, new in swapped:
-        if old.weights:
-            new.set_weights(old.get_weights())
-    return cloned
 
 
 # --------------------------------------------------------------------------- weight decay
@@ -256,107 +124,6 @@ def weight_decay_exclusions(model, bias=True, batch_norm=True, gates=True):
                 for v in layer.trainable_variables:
                     add(v)
     return excluded
-
-
-# --------------------------------------------------------------------------- data pieces
-
-
-def augmentation_layer(policy, value_range=(0.0, 1.0), seed=None):
-    """The Keras augmentation layer of a policy name (``None`` for ``"none"``).
-
-    Policies: ``flip`` (random horizontal flip), ``shift_flip`` (random
-    translation by up to 1/8 of the size, reflect padding, plus flip),
-    ``pad{2,4}_crop_flip`` (zero-pad by 2/4 pixels, random crop back to size
-    per example, random horizontal flip: the ResNet CIFAR augmentation),
-    ``random_resized_crop_flip`` (random zoom-in up to 2x plus flip, an
-    approximation of Inception's random-resized crop),
-    ``randaugment`` (``keras.layers.RandAugment``, 2 ops, factor 0.5),
-    ``augmix`` (``keras.layers.AugMix``, an AutoAugment-style mixture).
-    Images are float in ``value_range`` (``tfgated.data`` augments in [0, 1]).
-    """
-    if policy not in AUGMENT_POLICIES:
-        raise ValueError(f"Unknown augment policy {policy!r}. Expected one of {list(AUGMENT_POLICIES)}.")
-    if policy == "none":
-        return None
-    if policy == "flip":
-        return keras.layers.RandomFlip("horizontal", seed=seed, name="augment_flip")
-    if policy == "shift_flip":
-        return keras.Sequential(
-            [
-                keras.layers.RandomTranslation(0.125, 0.125, fill_mode="reflect", seed=seed),
-                keras.layers.RandomFlip("horizontal", seed=seed),
-            ],
-            name="augment_shift_flip",
-        )
-    if policy in ("pad2_crop_flip", "pad4_crop_flip"):
-        return pad_crop_flip(int(policy[3]), seed=seed)
-    if policy == "random_resized_crop_flip":
-        # An approximation of Inception's random-resized crop: zoom in by up to 2x.
-        return keras.Sequential(
-            [
-                keras.layers.RandomZoom(height_factor=(-0.5, 0.0), fill_mode="reflect", seed=seed),
-                keras.layers.RandomFlip("horizontal", seed=seed),
-            ],
-            name="augment_random_resized_crop_flip",
-        )
-    if policy == "randaugment":
-        return keras.layers.RandAugment(value_range=value_range, seed=seed, name="augment_randaugment")
-    return keras.layers.AugMix(value_range=value_range, seed=seed, name="augment_augmix")
-
-
-def pad_crop_flip(pad, seed=None):
-    """A batch function: zero-pad by ``pad``, crop back at a random offset per example, random flip.
-
-    Vectorized with ``tf.gather(..., batch_dims=1)``; for the ``tf.data`` pipeline.
-    """
-    import tensorflow as tf  # data pipeline code, not a layer
-
-    if isinstance(pad, bool) or not isinstance(pad, int) or pad < 1:
-        raise ValueError(f"Expected pad to be a positive integer. Received: pad={pad!r}")
-
-    def fn(images, training=True):
-        if not training:
-            return images
-        shape = tf.shape(images)
-        batch, height, width = shape[0], shape[1], shape[2]
-        padded = tf.pad(images, [[0, 0], [pad, pad], [pad, pad], [0, 0]])
-        dy = tf.random.uniform([batch], 0, 2 * pad + 1, dtype=tf.int32, seed=seed)
-        dx = tf.random.uniform([batch], 0, 2 * pad + 1, dtype=tf.int32, seed=None if seed is None else seed + 1)
-        rows = dy[:, None] + tf.range(height)[None, :]
-        cols = dx[:, None] + tf.range(width)[None, :]
-        out = tf.gather(padded, rows, axis=1, batch_dims=1)
-        out = tf.gather(out, cols, axis=2, batch_dims=1)
-        flip = tf.random.uniform([batch], seed=None if seed is None else seed + 2) < 0.5
-        return tf.where(flip[:, None, None, None], tf.reverse(out, axis=[2]), out)
-
-    return fn
-
-
-def mixup_batch(alpha, seed=None):
-    """A ``tf.data`` map ``(images, one_hot_labels) -> mixed batch`` (Zhang et al. 2018).
-
-    One ``lambda ~ Beta(alpha, alpha)`` per batch mixes the batch with a
-    shuffled copy of itself: ``x = l x + (1 - l) x[perm]``, same for labels.
-    Labels must be one-hot (float).
-    """
-    import tensorflow as tf  # data pipeline code, not a layer
-
-    if not alpha > 0:
-        raise ValueError(f"Expected mixup alpha > 0. Received: alpha={alpha}")
-
-    def fn(images, labels):
-        if labels.shape.rank is not None and labels.shape.rank < 2:
-            raise ValueError("mixup needs one-hot labels: load the data with one_hot=True.")
-        a = tf.random.gamma([], alpha, seed=seed)
-        b = tf.random.gamma([], alpha, seed=None if seed is None else seed + 1)
-        lam = a / (a + b)
-        perm = tf.random.shuffle(tf.range(tf.shape(images)[0]), seed=seed)
-        images = lam * images + (1.0 - lam) * tf.gather(images, perm)
-        labels = tf.cast(labels, images.dtype)
-        labels = lam * labels + (1.0 - lam) * tf.gather(labels, perm)
-        return images, labels
-
-    return fn
 
 
 # --------------------------------------------------------------------------- recipe
@@ -574,6 +341,17 @@ class Recipe:
         if self.ghost_batch_norm:
             model = use_ghost_batch_norm(model, self.ghost_batch_norm)
         return model
+
+    def for_plain_fit(self):
+        """This recipe as a plain ``model.fit`` on integer labels can follow it.
+
+        The optimizer, learning rate, momentum and weight decay stay; the
+        learning-rate schedule (it needs the steps per epoch), mixup and label
+        smoothing (they need one-hot labels from :meth:`datasets`) are off.
+        :func:`tfgated.zoo.load` compiles with it; :func:`fit_recipe` applies
+        the whole recipe.
+        """
+        return self.replace(cosine_decay=False, lr_boundaries=(), warmup_epochs=0.0, mixup=0.0, label_smoothing=0.0)
 
     def stabilization(self):
         """The recipe of the distribution-stabilization fine-tune, or ``None`` if off.

@@ -20,14 +20,15 @@ blocks an example runs on average.
 
 from __future__ import annotations
 
+import dataclasses
+from typing import Optional
+
 import keras
 
 import tfgated
 from tfgated.exits import DEFAULT_EXIT_PROBABILITY, EarlyExitCombine, ExitGate, ExitReach
-from tfgated.zoo.registry import GATE_LAYER_ARGS, gate_settings, register_family
-
-#: GumbelGate arguments an exit gate takes: all but ``hidden_units`` (its network is its own).
-EXIT_GATE_ARGS = tuple(arg for arg in GATE_LAYER_ARGS if arg != "hidden_units")
+from tfgated.gate_settings import GateSettings
+from tfgated.zoo.registry import make_options, register_family
 
 
 def dense_layer(x, growth_rate, name, bottleneck=True):
@@ -86,40 +87,17 @@ def _exit_settings(gates):
             f"Exit gates take no {bad}: their network is set by exit_filters and exit_pool_size. "
             f"Received: gates={gates}"
         )
-    settings = gate_settings({**gates, "kind": "dependent"}, extra_keys=())
-    unknown = sorted(set(settings["gate_kwargs"]) - set(EXIT_GATE_ARGS))
-    if unknown:
-        raise ValueError(f"Exit gates accept {list(EXIT_GATE_ARGS)}. Received unknown settings {unknown}")
-    settings["gate_kwargs"].setdefault("open_probability", DEFAULT_EXIT_PROBABILITY)
-    return settings
+    settings = GateSettings.from_config({**gates, "kind": "dependent"}, extra_keys=())
+    return dataclasses.replace(
+        settings, gate_kwargs={"open_probability": DEFAULT_EXIT_PROBABILITY, **settings.gate_kwargs}
+    )
 
 
-@register_family("densenet")
-def build(
-    num_classes=10,
-    input_shape=(32, 32, 3),
-    gates=None,
-    blocks=(16, 16, 16),
-    growth_rate=12,
-    compression=0.5,
-    bottleneck=True,
-    stem_filters=None,
-    exit_filters=128,
-    exit_pool_size=4,
-    exit_pool_first=False,
-    exit_classifier_grid=None,
-    name=None,
-):
-    """Build a DenseNet(-BC) classifier, with Gumbel early exits when ``gates`` is given.
+@dataclasses.dataclass(frozen=True)
+class DenseNetConfig:
+    """Architecture arguments of :func:`build` (a preset's ``arch``).
 
-    Args:
-        num_classes: classes of every classifier.
-        input_shape: image shape, channels last (a CIFAR-style 3x3 stem, no stem pooling).
-        gates: None (plain DenseNet, one classifier) or a dict with ``loss``
-            ("per_batch"/"per_gate"), ``target`` (average share of post-exit
-            blocks run), ``weight`` and optionally ``kind`` (must be
-            "dependent"), ``temperature``, ``open_probability`` (initial exit
-            probability, default 0.25), ``threshold``, ``seed``, ``gradient_scale``.
+    Attributes:
         blocks: layers per dense block (DenseNet-BC-100: (16, 16, 16)).
         growth_rate: channels each layer adds (k).
         compression: channel factor of the transitions, in (0, 1].
@@ -131,66 +109,94 @@ def build(
         exit_classifier_grid: None for the paper's globally pooled exit classifiers, or g
             to pool each exit's features to about a g x g grid before its linear layer
             (see :func:`classifier`; the final classifier always pools globally).
+    """
+
+    blocks: tuple = (16, 16, 16)
+    growth_rate: int = 12
+    compression: float = 0.5
+    bottleneck: bool = True
+    stem_filters: Optional[int] = None
+    exit_filters: int = 128
+    exit_pool_size: int = 4
+    exit_pool_first: bool = False
+    exit_classifier_grid: Optional[int] = None
+
+    def __post_init__(self):
+        blocks = tuple(int(b) for b in self.blocks)
+        if not blocks or min(blocks) < 1:
+            raise ValueError(f"Expected blocks to be positive layer counts. Received: blocks={blocks}")
+        object.__setattr__(self, "blocks", blocks)
+        if not 0.0 < float(self.compression) <= 1.0:
+            raise ValueError(f"Expected compression in (0, 1]. Received: compression={self.compression}")
+        if not isinstance(self.growth_rate, int) or self.growth_rate < 1:
+            raise ValueError(
+                f"Expected growth_rate to be a positive integer. Received: growth_rate={self.growth_rate}"
+            )
+        grid = self.exit_classifier_grid
+        if grid is not None and (isinstance(grid, bool) or not isinstance(grid, int) or grid < 1):
+            raise ValueError(
+                f"Expected exit_classifier_grid to be None or a positive integer. Received: exit_classifier_grid={grid!r}"
+            )
+        stem = 2 * self.growth_rate if self.stem_filters is None else int(self.stem_filters)
+        object.__setattr__(self, "stem_filters", stem)
+
+
+def _exit(x, num_classes, exit_id, settings, config):
+    """Exit ``exit_id``'s classifier probabilities and gate values on features ``x``."""
+    probabilities = classifier(x, num_classes, f"exit{exit_id}_classifier", config.exit_classifier_grid)
+    gate = ExitGate(
+        filters=config.exit_filters,
+        pool_size=config.exit_pool_size,
+        pool_first=config.exit_pool_first,
+        name=f"exit{exit_id}_gate",
+        **settings.gate_kwargs,
+    )
+    return probabilities, gate(x)
+
+
+@register_family("densenet", options=DenseNetConfig)
+def build(num_classes=10, input_shape=(32, 32, 3), gates=None, name=None, **config):
+    """Build a DenseNet(-BC) classifier, with Gumbel early exits when ``gates`` is given.
+
+    Args:
+        num_classes: classes of every classifier.
+        input_shape: image shape, channels last (a CIFAR-style 3x3 stem, no stem pooling).
+        gates: None (plain DenseNet, one classifier) or a dict with ``loss_kind``
+            ("per_batch"/"per_gate"), ``target`` (average share of post-exit
+            blocks run), ``weight`` and optionally ``kind`` (must be
+            "dependent"), ``temperature``, ``open_probability`` (initial exit
+            probability, default 0.25), ``threshold``, ``seed``, ``gradient_scale``.
         name: model name.
+        **config: architecture arguments, the fields of :class:`DenseNetConfig`.
 
     Returns:
         An uncompiled ``keras.Model`` outputting softmax probabilities.
     """
     settings = _exit_settings(gates)
-    blocks = tuple(int(b) for b in blocks)
-    if not blocks or min(blocks) < 1:
-        raise ValueError(f"Expected blocks to be positive layer counts. Received: blocks={blocks}")
-    if settings is not None and len(blocks) < 2:
-        raise ValueError(f"Expected at least 2 dense blocks for early exits. Received: blocks={blocks}")
-    if not 0.0 < float(compression) <= 1.0:
-        raise ValueError(f"Expected compression in (0, 1]. Received: compression={compression}")
-    if not isinstance(growth_rate, int) or growth_rate < 1:
-        raise ValueError(f"Expected growth_rate to be a positive integer. Received: growth_rate={growth_rate}")
-    stem_filters = 2 * growth_rate if stem_filters is None else int(stem_filters)
-    if exit_classifier_grid is not None and (isinstance(exit_classifier_grid, bool)
-                                             or not isinstance(exit_classifier_grid, int)
-                                             or exit_classifier_grid < 1):
-        raise ValueError("Expected exit_classifier_grid to be None or a positive integer. "
-                         f"Received: exit_classifier_grid={exit_classifier_grid!r}")
+    config = make_options(DenseNetConfig, config)
+    if settings is not None and len(config.blocks) < 2:
+        raise ValueError(f"Expected at least 2 dense blocks for early exits. Received: blocks={config.blocks}")
 
     inputs = keras.Input(shape=tuple(input_shape))
-    x = keras.layers.Conv2D(stem_filters, 3, padding="same", use_bias=False, name="conv1_conv")(inputs)
-    exit_outputs, exit_gates = [], []
-    for index, layers in enumerate(blocks):
+    x = keras.layers.Conv2D(config.stem_filters, 3, padding="same", use_bias=False, name="conv1_conv")(inputs)
+    routed, exit_gates = [], []
+    for index, layers in enumerate(config.blocks):
         stage = index + 2
         for layer in range(layers):
-            x = dense_layer(x, growth_rate, f"conv{stage}_block{layer + 1}", bottleneck)
-        if index == len(blocks) - 1:
+            x = dense_layer(x, config.growth_rate, f"conv{stage}_block{layer + 1}", config.bottleneck)
+        if index == len(config.blocks) - 1:
             break
         if settings is not None:
-            exit_id = index + 1
-            exit_outputs.append(classifier(x, num_classes, f"exit{exit_id}_classifier", exit_classifier_grid))
-            gate = ExitGate(
-                filters=exit_filters,
-                pool_size=exit_pool_size,
-                pool_first=exit_pool_first,
-                name=f"exit{exit_id}_gate",
-                **settings["gate_kwargs"],
-            )
-            exit_gates.append(gate(x))
-        x = transition(x, compression, f"pool{stage}")
+            probabilities, z = _exit(x, num_classes, index + 1, settings, config)
+            routed += [probabilities, z]
+            exit_gates.append(z)
+        x = transition(x, config.compression, f"pool{stage}")
     outputs = classifier(x, num_classes, "predictions")
     if settings is None:
         return tfgated.gated_model(inputs, outputs, [], name=name or "densenet")
-    routed = []
-    for probabilities, z in zip(exit_outputs, exit_gates):
-        routed += [probabilities, z]
     outputs = EarlyExitCombine(name="early_exit")([*routed, outputs])
     reach = ExitReach(name="exit_reach")(exit_gates)
-    return tfgated.gated_model(
-        inputs,
-        outputs,
-        [reach],
-        target=settings["target"],
-        mode=settings["loss"],
-        weight=settings["weight"],
-        name=name or "gumbel_densenet",
-    )
+    return tfgated.gated_model(inputs, outputs, [reach], **settings.loss_arguments(), name=name or "gumbel_densenet")
 
 
 def _recipe(epochs, batch_size, learning_rate, **extra):
@@ -217,11 +223,14 @@ PRESETS = {
     "gumbel_densenet_cifar10_exit": {
         "family": "densenet",
         "arch": {"blocks": [16, 16, 16], "growth_rate": 12, "compression": 0.5},
-        "gates": {"kind": "dependent", "loss": "per_batch", "target": 0.5, "weight": 1.0},
+        "gates": {"kind": "dependent", "loss_kind": "per_batch", "target": 0.5, "weight": 1.0},
         "dataset": "cifar10",
         "input_shape": [32, 32, 3],
         "num_classes": 10,
-        "recipe": _recipe(epochs=300, batch_size=64, learning_rate=0.1, schedule="step_150_225"),
+        "recipe": _recipe(
+            epochs=300, batch_size=64, learning_rate=0.1,
+            schedule={"kind": "piecewise", "boundaries_epochs": [150, 225], "factor": 0.1},
+        ),
         "weights": None,
         "paper": _SUPPLEMENT,
         "description": (
@@ -246,7 +255,7 @@ PRESETS = {
         },
         # gradient_scale 0.1: at 1 the exit gates saturated within the first epoch (every image
         # out at exit 1, benchmarks/results/train_densenet_fashion_mnist_exit_grid4.json)
-        "gates": {"kind": "dependent", "loss": "per_batch", "target": 0.5, "weight": 1.0, "gradient_scale": 0.1},
+        "gates": {"kind": "dependent", "loss_kind": "per_batch", "target": 0.5, "weight": 1.0, "gradient_scale": 0.1},
         "dataset": "fashion_mnist",
         "input_shape": [28, 28, 1],
         "num_classes": 10,

@@ -33,49 +33,32 @@ from __future__ import annotations
 import keras
 
 import tfgated
-from tfgated.zoo.registry import gate_settings, register_family
+from tfgated.gate_settings import GateSettings
+from tfgated.zoo.registry import register_family
 
-#: The MobileNetV2 body at alpha=1.0: (expansion t, output channels c, repeats n, first stride s).
-IMAGENET_BLOCKS = (
-    (1, 16, 1, 1),
-    (6, 24, 2, 2),
-    (6, 32, 3, 2),
-    (6, 64, 4, 2),
-    (6, 96, 3, 1),
-    (6, 160, 3, 2),
-    (6, 320, 1, 1),
+#: The MobileNetV2 body at alpha=1.0, one row per stage: the block row (expansion t,
+#: output channels c, repeats n, first stride s) and its channels per gate (g_inp, g_out,
+#: g_exp) from the table in section 1.1 of the Gumbel paper's supplement.
+_IMAGENET_BODY = (
+    ((1, 16, 1, 1), (8, 8, 16)),
+    ((6, 24, 2, 2), (8, 8, 24)),
+    ((6, 32, 3, 2), (8, 16, 24)),
+    ((6, 64, 4, 2), (8, 16, 32)),
+    ((6, 96, 3, 1), (16, 32, 48)),
+    ((6, 160, 3, 2), (16, 32, 64)),
+    ((6, 320, 1, 1), (32, 64, 64)),
 )
-
-#: Channels per gate (g_inp, g_out, g_exp) for each row of IMAGENET_BLOCKS, from the
-#: table in section 1.1 of the Gumbel paper's supplement.
-IMAGENET_GRANULARITY = (
-    (8, 8, 16),
-    (8, 8, 24),
-    (8, 16, 24),
-    (8, 16, 32),
-    (16, 32, 48),
-    (16, 32, 64),
-    (32, 64, 64),
-)
+IMAGENET_BLOCKS = tuple(blocks for blocks, _ in _IMAGENET_BODY)
+IMAGENET_GRANULARITY = tuple(granularity for _, granularity in _IMAGENET_BODY)
 
 #: A narrow MobileNetV2 for 28x28 grayscale images (Fashion-MNIST): stride-1 stem,
-#: three stride-2 stages (28 -> 14 -> 7 -> 4).
-FASHION_MNIST_BLOCKS = (
-    (1, 8, 1, 1),
-    (6, 16, 2, 2),
-    (6, 24, 2, 2),
-    (6, 32, 2, 2),
-)
-
-#: Channels per gate for FASHION_MNIST_BLOCKS; chosen (not from the paper) to divide
-#: every expansion and output width: 4 gates per expansion of the first block of a
-#: stage, 6 or 8 in the others, 2 to 4 per output.
-FASHION_MNIST_GRANULARITY = (
-    (4, 4, 8),
-    (4, 4, 12),
-    (4, 8, 24),
-    (8, 8, 24),
-)
+#: three stride-2 stages (28 -> 14 -> 7 -> 4). Its channels per gate are chosen (not
+#: from the paper) to divide every expansion and output width: 4 gates per expansion
+#: of the first block of a stage, 6 or 8 in the others, 2 to 4 per output.
+_FASHION_MNIST_BODY = (((1, 8, 1, 1), (4, 4, 8)), ((6, 16, 2, 2), (4, 4, 12)),
+                       ((6, 24, 2, 2), (4, 8, 24)), ((6, 32, 2, 2), (8, 8, 24)))
+FASHION_MNIST_BLOCKS = tuple(blocks for blocks, _ in _FASHION_MNIST_BODY)
+FASHION_MNIST_GRANULARITY = tuple(granularity for _, granularity in _FASHION_MNIST_BODY)
 
 #: Batch-norm momentum of keras.applications.MobileNetV2 (the ImageNet presets keep it).
 KERAS_BN_MOMENTUM = 0.999
@@ -129,13 +112,8 @@ def _check_blocks(blocks, granularity):
 def _gate(features, granularity, settings, context, name, force_open):
     """Gate ``features`` in groups of ``granularity`` channels; returns (features, z)."""
     return tfgated.channel_gate(
-        features,
-        granularity,
-        kind=settings["kind"],
-        context=context,
-        name=name,
-        force_open=force_open,
-        **settings["gate_kwargs"],
+        features, granularity, kind=settings.kind, context=context, name=name, force_open=force_open,
+        **settings.gate_kwargs,
     )
 
 
@@ -212,8 +190,8 @@ def build(
         num_classes: classes of the ``predictions`` layer.
         input_shape: image shape, channels last.
         gates: None for the dense network, or a dict (see
-            :func:`tfgated.zoo.registry.gate_settings`) with ``kind``,
-            ``loss`` ("per_batch"/"per_gate"), ``target``, ``weight``,
+            :mod:`tfgated.gate_settings`) with ``kind``,
+            ``loss_kind`` ("per_batch"/"per_gate"), ``target``, ``weight``,
             ``granularity`` (one (g_inp, g_out, g_exp) row per row of
             ``blocks``; defaults to the supplement's table for the ImageNet
             body) and optional GumbelGate arguments (``temperature``,
@@ -233,13 +211,13 @@ def build(
         An uncompiled ``keras.Model``.
     """
     default_granularity = IMAGENET_GRANULARITY if tuple(map(tuple, blocks)) == IMAGENET_BLOCKS else None
-    settings = gate_settings(gates, default_granularity, extra_keys=())
-    if settings is not None and settings["granularity"] is None:
+    settings = GateSettings.from_config(gates, default_granularity, extra_keys=())
+    if settings is not None and settings.granularity is None:
         raise ValueError(
             "Expected gates['granularity'] (one (g_inp, g_out, g_exp) row per block row) for a "
             "non-ImageNet MobileNetV2 body. Received: granularity=None"
         )
-    blocks, granularity = _check_blocks(blocks, settings["granularity"] if settings else None)
+    blocks, granularity = _check_blocks(blocks, settings.granularity if settings else None)
     if stem_stride not in (1, 2):
         raise ValueError(f"Expected stem_stride to be 1 or 2. Received: stem_stride={stem_stride}")
     if not 0.0 <= float(dropout) < 1.0:
@@ -280,15 +258,7 @@ def build(
     outputs = keras.layers.Dense(num_classes, activation="softmax", dtype="float32", name="predictions")(x)
     if settings is None:
         return tfgated.gated_model(inputs, outputs, [], name=name or "mobilenet_v2")
-    return tfgated.gated_model(
-        inputs,
-        outputs,
-        all_z,
-        target=settings["target"],
-        mode=settings["loss"],
-        weight=settings["weight"],
-        name=name or "gumbel_mobilenet_v2",
-    )
+    return tfgated.gated_model(inputs, outputs, all_z, **settings.loss_arguments(), name=name or "gumbel_mobilenet_v2")
 
 
 def copy_weights(source, target, skip_missing=False):
@@ -354,7 +324,7 @@ def _imagenet_preset(kind, loss, target):
     return {
         "family": "mobilenet_v2",
         "arch": {},
-        "gates": {"kind": kind, "loss": loss, "target": target, "weight": 1.0},
+        "gates": {"kind": kind, "loss_kind": loss, "target": target, "weight": 1.0},
         "dataset": "imagenet2012",
         "input_shape": (224, 224, 3),
         "num_classes": 1000,
@@ -370,6 +340,21 @@ def _imagenet_preset(kind, loss, target):
         "test_input_shape": (96, 96, 3),
     }
 
+
+#: The small (Fashion-MNIST) presets' architecture, data and recipe.
+_FASHION_ARCH = {
+    "blocks": FASHION_MNIST_BLOCKS,
+    "stem_filters": 16,
+    "stem_stride": 1,
+    "last_filters": 128,
+    "bn_momentum": SMALL_BN_MOMENTUM,
+}
+_FASHION_DATA = {
+    "dataset": "fashion_mnist",
+    "input_shape": (28, 28, 1),
+    "num_classes": 10,
+    "recipe": _recipe(epochs=30, batch_size=128, learning_rate=0.05, schedule={"kind": "cosine"}),
+}
 
 PRESETS = {
     "mobilenet_v2_imagenet": {
@@ -399,18 +384,9 @@ PRESETS = {
     },
     "mobilenet_v2_fashion_mnist": {
         "family": "mobilenet_v2",
-        "arch": {
-            "blocks": FASHION_MNIST_BLOCKS,
-            "stem_filters": 16,
-            "stem_stride": 1,
-            "last_filters": 128,
-            "bn_momentum": SMALL_BN_MOMENTUM,
-        },
+        "arch": _FASHION_ARCH,
         "gates": None,
-        "dataset": "fashion_mnist",
-        "input_shape": (28, 28, 1),
-        "num_classes": 10,
-        "recipe": _recipe(epochs=30, batch_size=128, learning_rate=0.05, schedule={"kind": "cosine"}),
+        **_FASHION_DATA,
         "weights": None,
         "paper": {
             "source": "Fashion-MNIST benchmark table (zalandoresearch/fashion-mnist README)",
@@ -424,24 +400,15 @@ PRESETS = {
     },
     "gumbel_mobilenet_v2_fashion_mnist": {
         "family": "mobilenet_v2",
-        "arch": {
-            "blocks": FASHION_MNIST_BLOCKS,
-            "stem_filters": 16,
-            "stem_stride": 1,
-            "last_filters": 128,
-            "bn_momentum": SMALL_BN_MOMENTUM,
-        },
+        "arch": _FASHION_ARCH,
         "gates": {
             "kind": "independent",
-            "loss": "per_batch",
+            "loss_kind": "per_batch",
             "target": 0.5,
             "weight": 1.0,
             "granularity": FASHION_MNIST_GRANULARITY,
         },
-        "dataset": "fashion_mnist",
-        "input_shape": (28, 28, 1),
-        "num_classes": 10,
-        "recipe": _recipe(epochs=30, batch_size=128, learning_rate=0.05, schedule={"kind": "cosine"}),
+        **_FASHION_DATA,
         "weights": None,
         "paper": {
             "source": "Herrmann, Bowen, Zabih: Channel selection using Gumbel Softmax, ECCV 2020",

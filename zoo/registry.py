@@ -8,22 +8,25 @@ A *family module* (``zoo/sipa.py``, ``zoo/resnet.py``, ``zoo/mobilenet_v2.py``,
 
 * builder functions, each registered with ``@register_family("NAME")``::
 
-      @register_family("sipa")
-      def build_sipa(num_classes=100, input_shape=(32, 32, 3), gates=None, **arch_args):
+      @register_family("sipa", options=SipaConfig)
+      def build_sipa(num_classes=100, input_shape=(32, 32, 3), gates=None, name=None, **config):
+          config = make_options(SipaConfig, config)     # the architecture arguments
           ...
           return tfgated.gated_model(inputs, outputs, gates=zs, ...)   # keras.Model
 
+  A builder takes its architecture arguments as keywords, either in its
+  signature or as ``**config`` checked against an options dataclass
+  (``options=``), so ``builder(num_classes=..., input_shape=..., **arch)``
+  builds any preset.
+
   The builder returns an *uncompiled* ``keras.Model``. When ``gates`` is not
   ``None`` the model is built with :func:`tfgated.gated_model`, so it carries the
-  activation loss (layer ``"activation_loss"``). ``gates`` is ``None`` or a dict
-  with the keys ``"kind"`` (``"independent"`` | ``"dependent"``), ``"loss"``
-  (``"per_batch"`` | ``"per_gate"``), ``"target"`` (float in [0, 1]),
-  ``"weight"`` (float) and ``"granularity"`` (family-specific: how many
-  channels one gate controls, or a per-stage list), plus optional
-  :class:`tfgated.GumbelGate` keyword arguments (``"temperature"``,
-  ``"open_probability"``, ``"hidden_units"``, ``"threshold"``, ``"seed"``,
-  ``"gradient_scale"``). :func:`gate_settings` fills the
-  defaults and checks the values; builders should call it.
+  activation loss (layer ``"activation_loss"``). ``gates`` is ``None`` or a
+  gate-settings dict (:mod:`tfgated.gate_settings`: ``kind``, ``loss_kind``,
+  ``target``, ``weight``, ``granularity`` and optional
+  :class:`tfgated.GumbelGate` arguments); builders read it with
+  :meth:`tfgated.gate_settings.GateSettings.from_config`, which fills the
+  defaults and checks the values.
 
 * a module-level ``PRESETS: dict[str, dict]``. A preset is plain data::
 
@@ -35,7 +38,7 @@ A *family module* (``zoo/sipa.py``, ``zoo/resnet.py``, ``zoo/mobilenet_v2.py``,
           "input_shape": [32, 32, 3],
           "num_classes": 100,
           "recipe": {"optimizer": "sgd", "learning_rate": 0.1, "epochs": 200,
-                     "batch_size": 128, ...},     # free-form extra keys allowed
+                     "batch_size": 128, ...},     # tfgated.recipes.Recipe.from_preset vocabulary
           "weights": None or {"file": "NAME.weights.h5",  # under zoo/weights/
                               "sha256": "...", "url": optional},
           "paper": {"source": "...", "table": "...", "numbers": {...}},
@@ -51,13 +54,17 @@ Public API
 ==========
 
 ``load(name, weights=None, num_classes=None, input_shape=None, compile=True, **overrides)``,
-``list_models(pattern="*")``, ``info(name)``, ``get_preset(name)``,
-``register_family(name)``, ``register_preset(name, preset)``.
+``build(name, ...)``, ``list_models(pattern="*")``, ``info(name)``, ``get_preset(name)``,
+``preset_recipe(name)`` (the preset's :class:`tfgated.recipes.Recipe`, the one
+translation of its ``recipe`` that ``load`` compiles with and training follows),
+``compile_model(model, recipe)``, ``register_family(name, options=None)``,
+``register_preset(name, preset)``, ``make_options(options, arguments)``.
 """
 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import difflib
 import fnmatch
 import hashlib
@@ -66,7 +73,8 @@ import inspect
 import json
 import os
 
-import keras
+from tfgated.gate_settings import SETTING_KEYS, GateSettings
+from tfgated.recipes import Recipe
 
 FAMILY_MODULES = (
     "tfgated.zoo.sipa",
@@ -82,22 +90,11 @@ GOLDEN_PATH = os.path.join(ZOO_DIR, "complexity.json")
 #: An entry here fills the preset's ``weights`` (the family module keeps ``None``).
 WEIGHTS_INDEX = os.path.join(WEIGHTS_DIR, "index.json")
 
-GATE_KINDS = ("independent", "dependent")
-GATE_LOSSES = ("per_batch", "per_gate")
-GATE_DEFAULTS = {"kind": "independent", "loss": "per_batch", "target": 0.5, "weight": 1.0}
-GATE_LAYER_ARGS = ("temperature", "open_probability", "hidden_units", "threshold", "seed", "gradient_scale")
-GATE_KEYS = (*GATE_DEFAULTS, "granularity", *GATE_LAYER_ARGS)
 PRESET_REQUIRED = ("family", "arch", "input_shape", "num_classes", "recipe", "description")
 PRESET_OPTIONAL = {"gates": None, "dataset": None, "weights": None, "paper": None}
-OPTIMIZERS = {
-    "sgd": "SGD",
-    "adam": "Adam",
-    "adamw": "AdamW",
-    "rmsprop": "RMSprop",
-    "nadam": "Nadam",
-}
 
 _FAMILIES: dict = {}
+_OPTIONS: dict = {}
 _PRESETS: dict = {}
 _LOADED_MODULES: set = set()
 
@@ -105,9 +102,11 @@ _LOADED_MODULES: set = set()
 # -- registration ----------------------------------------------------------------
 
 
-def register_family(name):
+def register_family(name, options=None):
     """Decorator registering ``builder`` as the builder of family ``name``.
 
+    ``options``: the dataclass whose fields are the architecture arguments of a
+    builder that takes them as ``**options`` (checked by :func:`build`).
     Registering the same function again (a module reload) is allowed; a
     different builder under a taken name raises ``ValueError``.
     """
@@ -122,9 +121,21 @@ def register_family(name):
                 f"cannot register {_qualname(builder)}."
             )
         _FAMILIES[name] = builder
+        if options is not None:
+            _OPTIONS[name] = options
         return builder
 
     return decorator
+
+
+def make_options(options, arguments):
+    """``options(**arguments)`` for a family's options dataclass; unknown names raise
+    ``ValueError`` listing the accepted ones."""
+    accepted = [field.name for field in dataclasses.fields(options)]
+    unknown = sorted(set(arguments) - set(accepted))
+    if unknown:
+        raise ValueError(f"Unknown argument(s) {unknown} for {options.__name__}. Accepted: {accepted}.")
+    return options(**arguments)
 
 
 def _qualname(function):
@@ -146,8 +157,8 @@ def register_preset(name, preset):
             f"Registered families: {sorted(_FAMILIES)}."
         )
     full = {**copy.deepcopy(PRESET_OPTIONAL), **copy.deepcopy(preset)}
-    if full["gates"] is not None:
-        gate_settings(full["gates"])  # validates
+    GateSettings.from_config(full["gates"])  # validates
+    Recipe.from_preset(full["recipe"])  # validates
     _check_weights_entry(name, full["weights"])
     _PRESETS[name] = full
 
@@ -195,49 +206,6 @@ def weights_index():
     if not isinstance(index, dict):
         raise ValueError(f"Expected {WEIGHTS_INDEX!r} to hold a JSON object. Received: {type(index).__name__}")
     return index
-
-
-# -- gate settings -----------------------------------------------------------------
-
-
-def gate_settings(gates, default_granularity=None, extra_keys=None):
-    """Validate a preset's ``gates`` dict and fill the defaults.
-
-    Args:
-        gates: ``None`` or the gate settings dict.
-        default_granularity: the family's granularity when none is given.
-        extra_keys: family-specific keys a builder accepts besides
-            :data:`GATE_KEYS` (kept unchanged in the result). ``None`` allows
-            any extra key (the registry's own check); a tuple makes unknown
-            keys a ``ValueError``.
-
-    Returns ``None`` for ``None``; otherwise a new dict with ``kind``, ``loss``,
-    ``target``, ``weight``, ``granularity``, the extra keys, and a
-    ``gate_kwargs`` dict of the :class:`tfgated.GumbelGate` arguments given.
-    """
-    if gates is None:
-        return None
-    if not isinstance(gates, dict):
-        raise ValueError(f"Expected gates to be None or a dict. Received: gates={gates!r}")
-    if extra_keys is not None:
-        unknown = sorted(set(gates) - set(GATE_KEYS) - set(extra_keys))
-        if unknown:
-            raise ValueError(
-                f"Unknown gate settings {unknown}. Expected keys among {[*GATE_KEYS, *extra_keys]}."
-            )
-    settings = {**GATE_DEFAULTS, "granularity": default_granularity, **gates}
-    if settings["kind"] not in GATE_KINDS:
-        raise ValueError(f"Expected gates kind in {list(GATE_KINDS)}. Received: kind={settings['kind']!r}")
-    if settings["loss"] not in GATE_LOSSES:
-        raise ValueError(f"Expected gates loss in {list(GATE_LOSSES)}. Received: loss={settings['loss']!r}")
-    target = settings["target"]
-    if not isinstance(target, (int, float)) or not 0.0 <= target <= 1.0:
-        raise ValueError(f"Expected gates target in [0, 1]. Received: target={target!r}")
-    weight = settings["weight"]
-    if not isinstance(weight, (int, float)) or weight < 0:
-        raise ValueError(f"Expected gates weight >= 0. Received: weight={weight!r}")
-    settings["gate_kwargs"] = {key: settings.pop(key) for key in GATE_LAYER_ARGS if key in settings}
-    return settings
 
 
 # -- queries -----------------------------------------------------------------------
@@ -349,21 +317,22 @@ def build(name, num_classes=None, input_shape=None, **overrides):
     """Build preset ``name`` (uncompiled, fresh weights) with optional overrides.
 
     ``overrides`` update the preset's ``arch`` keys; the gate keys
-    (:data:`GATE_KEYS` and any key the preset's gates already have) update its ``gates`` (creating them on an ungated
-    preset); ``gates=None`` or ``gates={...}`` replaces them entirely.
+    (:data:`tfgated.gate_settings.SETTING_KEYS` and any key the preset's gates already
+    have) update its ``gates`` (creating them on an ungated preset); ``gates=None`` or
+    ``gates={...}`` replaces them entirely.
     """
     preset = get_preset(name)
     arch = dict(preset["arch"])
     gates = copy.deepcopy(preset["gates"])
     if "gates" in overrides:
         gates = copy.deepcopy(overrides.pop("gates"))
-    gate_keys = set(GATE_KEYS) | set(gates or {})
+    gate_keys = set(SETTING_KEYS) | set(gates or {})
     gate_overrides = {key: overrides.pop(key) for key in list(overrides) if key in gate_keys}
     if gate_overrides:
         gates = {**(gates or {}), **gate_overrides}
     arch.update(overrides)
     builder = _FAMILIES[preset["family"]]
-    _check_builder_arguments(name, builder, arch)
+    _check_builder_arguments(name, builder, arch, _OPTIONS.get(preset["family"]))
     return builder(
         num_classes=preset["num_classes"] if num_classes is None else num_classes,
         input_shape=tuple(preset["input_shape"] if input_shape is None else input_shape),
@@ -372,16 +341,20 @@ def build(name, num_classes=None, input_shape=None, **overrides):
     )
 
 
-def _check_builder_arguments(name, builder, arch):
-    parameters = inspect.signature(builder).parameters
-    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
-        return
+def _check_builder_arguments(name, builder, arch, options=None):
+    parameters = {
+        key: p for key, p in inspect.signature(builder).parameters.items() if p.kind is not p.VAR_KEYWORD
+    }
+    if len(parameters) < len(inspect.signature(builder).parameters):  # a **options builder
+        if options is None:
+            return
+        parameters.update({field.name: None for field in dataclasses.fields(options)})
     unknown = sorted(set(arch) - set(parameters))
     if unknown:
         accepted = sorted(set(parameters) - {"num_classes", "input_shape", "gates"})
         raise ValueError(
             f"Unknown argument(s) {unknown} for model {name!r}. "
-            f"Accepted architecture arguments: {accepted}; gate settings: {list(GATE_KEYS)}."
+            f"Accepted architecture arguments: {accepted}; gate settings: {list(SETTING_KEYS)}."
         )
 
 
@@ -395,8 +368,7 @@ def load(name, weights=None, num_classes=None, input_shape=None, compile=True, *
             file under ``zoo/weights/``, verified by sha256 first) or a path to
             a ``.weights.h5`` / ``.keras`` file.
         num_classes, input_shape: replace the preset's values.
-        compile: compile with the recipe's optimizer, sparse categorical
-            cross-entropy and the metrics ``accuracy`` and ``top5``.
+        compile: compile per the preset's recipe (:func:`compile_model`).
         **overrides: architecture or gate settings, see :func:`build`.
 
     Returns:
@@ -463,39 +435,32 @@ def resolve_weights(name, weights):
     return path
 
 
-def make_optimizer(recipe):
-    """A Keras optimizer from a recipe: ``optimizer`` name, ``learning_rate`` and
-    any other recipe keys that the optimizer's constructor accepts
-    (``momentum``, ``nesterov``, ``weight_decay``, ``beta_1`` ...)."""
-    name = str(recipe.get("optimizer", "adam")).lower()
-    if name not in OPTIMIZERS:
-        raise ValueError(f"Expected recipe optimizer in {sorted(OPTIMIZERS)}. Received: optimizer={name!r}")
-    cls = getattr(keras.optimizers, OPTIMIZERS[name])
-    accepted = set(inspect.signature(cls.__init__).parameters) - {"self", "name", "kwargs"}
-    kwargs = {key: value for key, value in recipe.items() if key in accepted}
-    return cls(**kwargs)
+def preset_recipe(name):
+    """The :class:`tfgated.recipes.Recipe` of preset ``name`` (the one translation of its
+    ``recipe`` entry, :meth:`~tfgated.recipes.Recipe.from_preset`) and the entry's keys
+    that are not training switches (e.g. ``loss_weights``, ``pruning``)."""
+    return Recipe.from_preset(get_preset(name)["recipe"])
 
 
-def _classification_metrics():
-    return [
-        keras.metrics.SparseCategoricalAccuracy(name="accuracy"),
-        keras.metrics.SparseTopKCategoricalAccuracy(k=5, name="top5"),
-    ]
+def compile_model(model, recipe, loss_weights=None):
+    """Compile ``model`` so that a plain ``model.fit`` on integer labels follows ``recipe``.
 
+    Args:
+        model: the model to compile.
+        recipe: a :class:`tfgated.recipes.Recipe`, or a preset's ``recipe`` dict
+            (translated by :meth:`~tfgated.recipes.Recipe.from_preset`; its
+            ``loss_weights`` weigh the outputs of a multi-output model).
+        loss_weights: weights of the outputs' losses (overrides the dict's).
 
-def compile_model(model, recipe):
-    """Compile ``model`` per ``recipe``: optimizer, sparse categorical
-    cross-entropy on every output (the outputs are softmax probabilities) and
-    the metrics ``accuracy`` and ``top5`` per output. Returns ``model``."""
-    outputs = len(model.outputs)
-    loss = keras.losses.SparseCategoricalCrossentropy()
-    if outputs == 1:
-        model.compile(optimizer=make_optimizer(recipe), loss=loss, metrics=_classification_metrics())
-    else:
-        model.compile(
-            optimizer=make_optimizer(recipe),
-            loss=[keras.losses.SparseCategoricalCrossentropy() for _ in range(outputs)],
-            loss_weights=recipe.get("loss_weights"),
-            metrics=[_classification_metrics() for _ in range(outputs)],
-        )
-    return model
+    The recipe's optimizer, learning rate, momentum and weight decay apply at a
+    constant rate (:meth:`~tfgated.recipes.Recipe.for_plain_fit`), with sparse
+    categorical cross-entropy and the metrics ``accuracy`` and ``top5`` on every
+    output (the outputs are softmax probabilities). Returns ``model``.
+    """
+    if isinstance(recipe, dict):
+        recipe, unused = Recipe.from_preset(recipe)
+        loss_weights = unused.get("loss_weights") if loss_weights is None else loss_weights
+    if not isinstance(recipe, Recipe):
+        raise ValueError(f"Expected recipe to be a Recipe or a preset's recipe dict. Received: recipe={recipe!r}")
+    compile_kwargs = {} if loss_weights is None or len(model.outputs) == 1 else {"loss_weights": loss_weights}
+    return recipe.for_plain_fit().compile(model, **compile_kwargs)

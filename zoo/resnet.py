@@ -41,26 +41,26 @@ The ``gates`` argument of both builders is ``None`` (dense network, exactly the
 keras.applications model for ImageNet) or a dict::
 
     {"kind": "independent" | "dependent",       # default "independent"
-     "loss": "per_batch" | "per_gate",           # default "per_batch"
+     "loss_kind": "per_batch" | "per_gate",      # default "per_batch"
      "target": 0.5, "weight": 1.0,               # activation loss target rate and weight
      "level": "layer" | "channel",               # imagenet only; default "layer"
      "granularity": [16, 32, 64, 128],           # channel level: expansion filters per gate per stage
      "temperature", "open_probability", "hidden_units", "threshold", "gradient_scale",
      "inference_style", "seed"}                  # passed to every GumbelGate
 
-The common keys are checked by :func:`tfgated.zoo.registry.gate_settings`. Presets
+The common keys are checked by :class:`tfgated.gate_settings.GateSettings`. Presets
 (:data:`PRESETS`) are plain data; see each preset's ``description`` and ``paper``.
 """
 
 from __future__ import annotations
 
-import os
-
 import keras
 from keras import layers
 
 import tfgated
-from tfgated.zoo.registry import gate_settings, register_family
+from tfgated.gate_settings import GateSettings
+from tfgated.zoo.pretrained import load_keras_applications_weights  # noqa: F401  (part of this family's API)
+from tfgated.zoo.registry import register_family
 
 CIFAR_FAMILY = "resnet_cifar"
 IMAGENET_FAMILY = "resnet_imagenet"
@@ -73,7 +73,7 @@ IMAGENET_FILTERS = (64, 128, 256, 512)
 CHANNEL_GRANULARITY = (16, 32, 64, 128)
 
 GATE_LEVELS = ("layer", "channel")
-#: Gate keys of this family besides the registry's common ones (tfgated.zoo.registry.GATE_KEYS).
+#: Gate keys of this family besides the common ones (tfgated.gate_settings.SETTING_KEYS).
 _EXTRA_GATE_KEYS = ("level", "inference_style")
 
 _BN_EPSILON = 1.001e-5  # keras.applications' value (Caffe's ResNets)
@@ -85,21 +85,20 @@ _BN_EPSILON = 1.001e-5  # keras.applications' value (Caffe's ResNets)
 class _GateSpec:
     """Checked gate configuration of one model build; hands out per-gate kwargs.
 
-    The common keys are checked by :func:`tfgated.zoo.registry.gate_settings`; this
+    The common keys are checked by :class:`tfgated.gate_settings.GateSettings`; this
     family adds ``level`` and the per-stage ``granularity`` of channel gating.
     """
 
     def __init__(self, gates, levels):
-        settings = gate_settings(gates, default_granularity=CHANNEL_GRANULARITY, extra_keys=_EXTRA_GATE_KEYS)
-        self.kind = settings["kind"]
-        self.mode = settings["loss"]
-        self.target = float(settings["target"])
-        self.weight = float(settings["weight"])
-        self.level = settings.get("level", "layer")
+        settings = GateSettings.from_config(gates, default_granularity=CHANNEL_GRANULARITY, extra_keys=_EXTRA_GATE_KEYS)
+        self.settings = settings
+        self.kind = settings.kind
+        self.level = settings.extra.get("level", "layer")
         if self.level not in levels:
             raise ValueError(f"Expected gates['level'] in {list(levels)}. Received: level={self.level!r}")
-        granularity = settings["granularity"]
-        if "granularity" in gates and self.level != "channel":
+        granularity = settings.granularity
+        given = gates.to_config() if isinstance(gates, GateSettings) else gates
+        if "granularity" in given and self.level != "channel":
             raise ValueError(
                 "gates['granularity'] only applies to level='channel'. "
                 f"Received: level={self.level!r}, granularity={granularity!r}"
@@ -114,9 +113,9 @@ class _GateSpec:
                 "Expected gates['granularity'] to be 4 even integers >= 2 (expansion filters per "
                 f"gate of the four stages). Received: granularity={granularity!r}"
             )
-        self.gate_kwargs = dict(settings["gate_kwargs"])
-        if "inference_style" in settings:
-            self.gate_kwargs["inference_style"] = settings["inference_style"]
+        self.gate_kwargs = dict(settings.gate_kwargs)
+        if "inference_style" in settings.extra:
+            self.gate_kwargs["inference_style"] = settings.extra["inference_style"]
         self.seed = self.gate_kwargs.pop("seed", None)
         self._count = 0
 
@@ -153,9 +152,7 @@ def _finish(inputs, x, num_classes, spec, gate_tensors, name):
     outputs = layers.Dense(num_classes, activation="softmax", dtype="float32", name="predictions")(x)
     if spec is None:
         return keras.Model(inputs, outputs, name=name)
-    return tfgated.gated_model(
-        inputs, outputs, gates=gate_tensors, target=spec.target, mode=spec.mode, weight=spec.weight, name=name
-    )
+    return tfgated.gated_model(inputs, outputs, gates=gate_tensors, **spec.settings.loss_arguments(), name=name)
 
 
 # -- CIFAR ResNet ----------------------------------------------------------------------
@@ -173,24 +170,22 @@ def _basic_block(x, filters, stride, name, spec, gate_tensors):
     if projection:
         shortcut = layers.Conv2D(filters, 1, strides=stride, use_bias=False, name=f"{name}_0_conv")(x)
         shortcut = layers.BatchNormalization(epsilon=_BN_EPSILON, name=f"{name}_0_bn")(shortcut)
-        x = layers.Add(name=f"{name}_add")([shortcut, y])
-    elif spec is not None:
-        x, z = tfgated.residual_gate(x, y, spec.kind, context=block_input, name=name, **spec.kwargs())
-        gate_tensors.append(z)
+        return _join(shortcut, y, name, None, block_input, gate_tensors)
+    return _join(x, y, name, spec, block_input, gate_tensors)
+
+
+def _join(shortcut, branch, name, spec, context, gate_tensors):
+    """``relu(shortcut + branch)``, or ``relu(shortcut + z * branch)`` with a layer gate when ``spec`` is set."""
+    if spec is None:
+        x = layers.Add(name=f"{name}_add")([shortcut, branch])
     else:
-        x = layers.Add(name=f"{name}_add")([x, y])
+        x, z = tfgated.residual_gate(shortcut, branch, spec.kind, context=context, name=name, **spec.kwargs())
+        gate_tensors.append(z)
     return layers.Activation("relu", name=f"{name}_out")(x)
 
 
 @register_family(CIFAR_FAMILY)
-def cifar_resnet(
-    num_classes=10,
-    input_shape=(32, 32, 3),
-    gates=None,
-    depth=110,
-    widths=(16, 32, 64),
-    name=None,
-):
+def cifar_resnet(num_classes=10, input_shape=(32, 32, 3), gates=None, depth=110, widths=(16, 32, 64), name=None):
     """CIFAR-style ResNet (``depth = 6n + 2``) with optional layer gates.
 
     Args:
@@ -263,22 +258,12 @@ def _bottleneck_block(x, filters, stride, conv_shortcut, name, spec, granularity
     y = layers.BatchNormalization(epsilon=_BN_EPSILON, name=f"{name}_3_bn")(y)
     if channel:
         y = mask(y, 3, granularity)
-    if spec is not None and spec.level == "layer" and not conv_shortcut:
-        x, z = tfgated.residual_gate(shortcut, y, spec.kind, context=block_input, name=name, **spec.kwargs())
-        gate_tensors.append(z)
-    else:
-        x = layers.Add(name=f"{name}_add")([shortcut, y])
-    return layers.Activation("relu", name=f"{name}_out")(x)
+    layer_gated = spec is not None and spec.level == "layer" and not conv_shortcut
+    return _join(shortcut, y, name, spec if layer_gated else None, block_input, gate_tensors)
 
 
 @register_family(IMAGENET_FAMILY)
-def imagenet_resnet(
-    num_classes=1000,
-    input_shape=(224, 224, 3),
-    gates=None,
-    depth=50,
-    name=None,
-):
+def imagenet_resnet(num_classes=1000, input_shape=(224, 224, 3), gates=None, depth=50, name=None):
     """ImageNet ResNet-50/101/152 v1 (keras.applications layout and names) with optional gates.
 
     Args:
@@ -335,89 +320,6 @@ def resnet50(num_classes=1000, input_shape=(224, 224, 3), gates=None, name=None)
 def resnet101(num_classes=1000, input_shape=(224, 224, 3), gates=None, name=None):
     """Shortcut for ``imagenet_resnet(depth=101, ...)``."""
     return imagenet_resnet(num_classes=num_classes, input_shape=input_shape, gates=gates, depth=101, name=name)
-
-
-# -- pretrained weights -----------------------------------------------------------------------
-
-
-def load_keras_applications_weights(model, source, skip=()):
-    """Copy keras.applications ResNet weights into ``model`` by layer name.
-
-    Args:
-        model: a model from :func:`imagenet_resnet` (gated or dense).
-        source: a ``keras.applications`` ResNet model (e.g.
-            ``keras.applications.ResNet50(weights="imagenet")``) or the path of a legacy
-            keras-applications ``.h5`` weights file (e.g.
-            ``resnet50_weights_tf_dim_ordering_tf_kernels.h5``), read by layer name.
-        skip: layer names not to copy (e.g. ``("predictions",)`` for another number of
-            classes).
-
-    Returns:
-        The sorted names of the copied layers. Layers of ``model`` missing from the source
-        (the gates) keep their values.
-
-    Raises:
-        FileNotFoundError: ``source`` is a path that does not exist.
-        ValueError: a source layer is missing from ``model`` or its weights differ in shape
-            (checked before anything is assigned, so ``model`` is then unchanged).
-    """
-    skip = set(skip)
-    if isinstance(source, (str, os.PathLike)):
-        return _load_h5_by_name(model, os.fspath(source), skip)
-    if not isinstance(source, keras.Model):
-        raise ValueError(
-            f"Expected source to be a keras.Model or a weights file path. Received: source={source!r}"
-        )
-    pairs = {
-        layer.name: layer.get_weights() for layer in source.layers if layer.weights and layer.name not in skip
-    }
-    return _assign_all(model, pairs)
-
-
-def _assign_all(model, pairs):
-    """Check every ``{layer name: weights}`` pair against ``model``, then assign them all."""
-    targets = {}
-    for layer_name, weights in pairs.items():
-        try:
-            target = model.get_layer(layer_name)
-        except ValueError:
-            raise ValueError(
-                f"Layer {layer_name!r} of the source has no counterpart in model {model.name!r}."
-            ) from None
-        shapes = [tuple(w.shape) for w in weights]
-        expected = [tuple(w.shape) for w in target.weights]
-        if shapes != expected:
-            raise ValueError(
-                f"Expected weights of shapes {expected} for layer {layer_name!r}. Received: shapes {shapes}"
-            )
-        targets[layer_name] = target
-    # Nothing is assigned unless every layer matched: a failed load leaves the model as it was.
-    for layer_name, target in targets.items():
-        target.set_weights(pairs[layer_name])
-    return sorted(targets)
-
-
-def _load_h5_by_name(model, path, skip):
-    import h5py
-
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"No weights file at {path!r}.")
-    pairs = {}
-    with h5py.File(path, "r") as f:
-        if "layer_names" not in f.attrs and "model_weights" in f:
-            f = f["model_weights"]
-        if "layer_names" not in f.attrs:
-            raise ValueError(f"Expected a legacy Keras .h5 weights file with 'layer_names'. Received: {path!r}")
-        for raw in f.attrs["layer_names"]:
-            layer_name = raw.decode("utf8") if isinstance(raw, bytes) else str(raw)
-            group = f[layer_name]
-            weight_names = [
-                n.decode("utf8") if isinstance(n, bytes) else str(n) for n in group.attrs.get("weight_names", [])
-            ]
-            if not weight_names or layer_name in skip:
-                continue
-            pairs[layer_name] = [group[n][()] for n in weight_names]
-    return _assign_all(model, pairs)
 
 
 # -- presets ------------------------------------------------------------------------------------
@@ -519,14 +421,15 @@ def _preset(family, arch, gates, dataset, input_shape, num_classes, recipe, pape
 
 
 def _gates(kind_tag, loss_tag, target, **extra):
-    return {"kind": _KIND_TAGS[kind_tag], "loss": _LOSS_TAGS[loss_tag], "target": target, "weight": 1.0, **extra}
+    return {"kind": _KIND_TAGS[kind_tag], "loss_kind": _LOSS_TAGS[loss_tag], "target": target, "weight": 1.0, **extra}
 
 
-def _build_presets():
+_COMBOS = [(k, l) for k in ("ind", "dep") for l in ("pb", "pg")]
+
+
+def _cifar_presets():
+    """CIFAR-10 ResNet-110 (supplement Table 2)."""
     presets = {}
-    combos = [(k, l) for k in ("ind", "dep") for l in ("pb", "pg")]
-
-    # CIFAR-10 ResNet-110 (supplement Table 2).
     arch110 = {"depth": 110, "widths": [16, 32, 64]}
     presets["resnet110_cifar10"] = _preset(
         CIFAR_FAMILY, arch110, None, "cifar10", (32, 32, 3), 10, _CIFAR_RECIPE,
@@ -540,7 +443,7 @@ def _build_presets():
         "projection shortcuts on the two downsampling blocks): the ungated baseline of the Gumbel "
         "paper's CIFAR experiments.",
     )
-    for kind, loss in combos:
+    for kind, loss in _COMBOS:
         for target in (0.4, 0.5, 0.6):
             presets[f"gumbel_resnet110_cifar10_{kind}_{loss}_t{target}"] = _preset(
                 CIFAR_FAMILY, arch110, _gates(kind, loss, target), "cifar10", (32, 32, 3), 10, _CIFAR_RECIPE,
@@ -554,8 +457,12 @@ def _build_presets():
                 f"residual blocks (the 2 downsampling blocks stay ungated), {_KIND_WORDS[kind]}, "
                 f"{_LOSS_WORDS[loss]}, target rate t={target}.",
             )
+    return presets
 
-    # ImageNet ResNet-50 / ResNet-101.
+
+def _imagenet_presets():
+    """ImageNet ResNet-50 / ResNet-101, dense and gated."""
+    presets = {}
     app_numbers = {50: {"top1": 0.749, "top5": 0.921}, 101: {"top1": 0.764, "top5": 0.928}}
     for depth in (50, 101):
         presets[f"resnet{depth}_imagenet"] = _preset(
@@ -596,15 +503,19 @@ def _build_presets():
             test_shape=(64, 64, 3),
         )
 
-    for kind, loss in combos:
+    for kind, loss in _COMBOS:
         for target in (0.4, 0.5, 0.6):
             presets[f"gumbel_resnet50_imagenet_{kind}_{loss}_t{target}"] = imagenet_gumbel(50, kind, loss, target, "layer")
-    for kind, loss in combos:
+    for kind, loss in _COMBOS:
         presets[f"gumbel_resnet50_imagenet_channel_{kind}_{loss}_t0.5"] = imagenet_gumbel(50, kind, loss, 0.5, "channel")
-    for kind, loss in combos:
+    for kind, loss in _COMBOS:
         presets[f"gumbel_resnet101_imagenet_{kind}_{loss}_t0.5"] = imagenet_gumbel(101, kind, loss, 0.5, "layer")
+    return presets
 
-    # Fashion-MNIST (small, for the 2-core benchmark).
+
+def _fashion_presets():
+    """Fashion-MNIST (small, for the 2-core benchmark)."""
+    presets = {}
     fashion_paper = {
         "source": "Fashion-MNIST benchmark table (zalandoresearch/fashion-mnist)",
         "table": "benchmark",
@@ -620,7 +531,7 @@ def _build_presets():
         _FASHION_RECIPE, fashion_paper,
         f"Gated ResNet-20 for Fashion-MNIST, {_KIND_WORDS['dep']}, {_LOSS_WORDS['pb']}, t=0.5. " + _FASHION_WHY,
     )
-    for kind, loss in combos:
+    for kind, loss in _COMBOS:
         for target in (0.4, 0.6):
             presets[f"gumbel_resnet_fashion_mnist_{kind}_{loss}_t{target}"] = _preset(
                 CIFAR_FAMILY, _FASHION_ARCH, _gates(kind, loss, target), "fashion_mnist", (28, 28, 1), 10,
@@ -632,4 +543,4 @@ def _build_presets():
 
 
 #: Every ResNet preset of the zoo, by name (plain data; see the registry for ``load``).
-PRESETS = _build_presets()
+PRESETS = {**_cifar_presets(), **_imagenet_presets(), **_fashion_presets()}

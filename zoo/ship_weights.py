@@ -41,20 +41,21 @@ def evaluate_preset(name, path=None, limit=None):
     model = zoo.load(name, weights=path or "default", compile=False)
     test = load_dataset(preset["dataset"], batch_size=256, shuffle_buffer=0, limit=limit).test
     gated = bool(preset["gates"])
-    mode = "threshold" if gated else None
-    result = evaluate_model(model, test, mode=mode, runs=1)
+    style = "threshold" if gated else None
+    result = evaluate_model(model, test, mode=style, runs=1)
     keys = ("top1", "top5", "gate_activation", "macs", "dense_macs", "examples")
     measured = {k: result[k] for k in keys if k in result}
     if preset.get("recipe", {}).get("precision_bits") == 16:
-        measured.update(sixteen_bit_numbers(model, test, mode))
+        measured.update(sixteen_bit_numbers(model, test, style))
     return measured
 
 
-def sixteen_bit_numbers(model, test, mode=None):
+def sixteen_bit_numbers(model, test, style=None):
     """For presets made for 16-bit deployment (recipe ``precision_bits: 16``, SIPA's workflow):
     the sparsity of the prunable weights, the 16-bit MicroNet score, and the test accuracy
     with every weight rounded to float16 (activations stay float32, as in a float16 TFLite
-    file run on a CPU). ``model`` is left with its float32 weights."""
+    file run on a CPU), its gates in inference ``style``. ``model`` is left with its float32
+    weights."""
     import numpy as np
 
     from tfgated.micronet import micronet_score
@@ -71,7 +72,7 @@ def sixteen_bit_numbers(model, test, mode=None):
     weights = model.get_weights()
     try:
         model.set_weights([np.asarray(w).astype(np.float16).astype(w.dtype) for w in weights])
-        numbers["top1_float16_weights"] = evaluate_model(model, test, mode=mode, runs=1)["top1"]
+        numbers["top1_float16_weights"] = evaluate_model(model, test, mode=style, runs=1)["top1"]
     finally:
         model.set_weights(weights)
     return numbers
@@ -79,15 +80,12 @@ def sixteen_bit_numbers(model, test, mode=None):
 
 def ship(name, model_path, trained_by, note=None):
     """Write ``zoo/weights/NAME.weights.h5`` from ``model_path`` and its index entry; returns the entry."""
-    import keras
-
-    import tfgated.zoo  # noqa: F401  (registers the zoo's custom objects)
-    from tfgated.io import write_json
+    from tfgated.io import load_model, write_json
     from tfgated.zoo import registry
 
     if not os.path.isfile(model_path):
         raise FileNotFoundError(f"No trained model at {model_path!r}.")
-    trained = keras.saving.load_model(model_path, safe_mode=True, compile=False)
+    trained = load_model(model_path)
     fresh = registry.build(name)
     ours, theirs = fresh.weights, trained.weights
     if [w.shape for w in ours] != [w.shape for w in theirs]:

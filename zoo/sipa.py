@@ -52,16 +52,19 @@ pixel-centre convention (PyTorch's ``nn.Upsample`` picks ``floor(i * in / out)``
 
 from __future__ import annotations
 
+import dataclasses
 import math
+from typing import Optional
 
 import keras
 
 import tfgated
 from tfgated.blocks import SIPA_REFERENCE_BLOCKS as REFERENCE_BLOCKS
 from tfgated.blocks import decode_block
+from tfgated.gate_settings import GateSettings
 from tfgated.losses import GateActivationLoss
 from tfgated.models import ACTIVATION_LOSS_NAME
-from tfgated.zoo.registry import gate_settings, register_family
+from tfgated.zoo.registry import make_options, register_family
 
 BN_MOMENTUM = 0.9  # PyTorch's momentum 0.1
 BN_EPSILON = 1e-5
@@ -135,13 +138,7 @@ def _conv_padding(x, kernel, stride, padding_size, name):
 
 def _channel_gate(x, granularity, settings, context, name, force_open):
     return tfgated.channel_gate(
-        x,
-        granularity,
-        kind=settings["kind"],
-        context=context,
-        name=name,
-        force_open=force_open,
-        **settings["gate_kwargs"],
+        x, granularity, kind=settings.kind, context=context, name=name, force_open=force_open, **settings.gate_kwargs
     )
 
 
@@ -157,8 +154,8 @@ def mbconv_block(
 ):
     """One MBConv block named ``block{index}_...``; returns ``(outputs, [z, ...])``.
 
-    ``args`` is one dict of :func:`expand_blocks`; ``gates`` the output of
-    :func:`tfgated.zoo.registry.gate_settings` or None.
+    ``args`` is one dict of :func:`expand_blocks`; ``gates`` a
+    :class:`tfgated.gate_settings.GateSettings` or None.
     """
     prefix = f"block{index}"
     filters_in = inputs.shape[-1]
@@ -241,35 +238,11 @@ def _block_granularities(granularity, blocks):
 # -- the family builder --------------------------------------------------------------
 
 
-@register_family("sipa")
-def build_sipa(
-    num_classes=100,
-    input_shape=(32, 32, 3),
-    gates=None,
-    blocks=REFERENCE_BLOCKS,
-    width=0.9,
-    depth=1.0,
-    resolution=1.4,
-    resource=2,
-    stem_filters=24,
-    head_filters=150,
-    divisor=8,
-    activation="swish",
-    dropout=0.2,
-    drop_connect=0.2,
-    exit_after=None,
-    exit_filters=150,
-    padding_size=None,
-    name=None,
-):
-    """Build a (gated, early-exit) SIPA network outputting softmax probabilities.
+@dataclasses.dataclass(frozen=True)
+class SipaConfig:
+    """Architecture arguments of :func:`build_sipa` (a preset's ``arch``).
 
-    Args:
-        num_classes: classes of the classifier(s).
-        input_shape: ``(H, W, C)`` of the un-upsampled images.
-        gates: ``None`` or gate settings (see :mod:`tfgated.zoo.registry`);
-            ``granularity`` is channels per gate, an int or one per MBConv block
-            (default 1), dividing every gated block's expansion channels.
+    Attributes:
         blocks: block strings or dicts (see :func:`decode_block`).
         width, depth: compound scaling coefficients (channels, repeats).
         resolution, resource: the input is resized (nearest neighbour) by
@@ -286,84 +259,131 @@ def build_sipa(
         padding_size: image side for which the static "same" padding of
             strided convolutions is computed (reference: the un-upsampled
             side, the default).
-        name: model name (default ``"sipa"``).
     """
+
+    blocks: tuple = REFERENCE_BLOCKS
+    width: float = 0.9
+    depth: float = 1.0
+    resolution: float = 1.4
+    resource: float = 2
+    stem_filters: int = 24
+    head_filters: int = 150
+    divisor: int = 8
+    activation: str = "swish"
+    dropout: float = 0.2
+    drop_connect: float = 0.2
+    exit_after: Optional[int] = None
+    exit_filters: int = 150
+    padding_size: Optional[int] = None
+
+    def __post_init__(self):
+        if self.resolution <= 0 or self.resource < 0:
+            raise ValueError(
+                "Expected resolution > 0 and resource >= 0. "
+                f"Received: resolution={self.resolution}, resource={self.resource}"
+            )
+        if not 0 <= self.dropout < 1 or not 0 <= self.drop_connect < 1:
+            raise ValueError(
+                "Expected dropout and drop_connect in [0, 1). "
+                f"Received: dropout={self.dropout}, drop_connect={self.drop_connect}"
+            )
+
+    def filters(self, filters):
+        """``filters`` scaled by this config's width (:func:`round_filters`)."""
+        return round_filters(filters, self.width, self.divisor)
+
+    def expanded_blocks(self):
+        """The per-block arguments after scaling (:func:`expand_blocks`), the exit index checked."""
+        block_args = expand_blocks(self.blocks, self.width, self.depth, self.divisor)
+        exit_after = self.exit_after
+        if exit_after is not None and not (isinstance(exit_after, int) and 0 <= exit_after < len(block_args) - 1):
+            raise ValueError(
+                f"Expected exit_after to be a block index in [0, {len(block_args) - 2}]. Received: exit_after={exit_after}"
+            )
+        if block_args[0]["filters_in"] != self.filters(self.stem_filters):
+            raise ValueError(
+                f"Expected the first block to take the stem's {self.filters(self.stem_filters)} channels. "
+                f"Received: {block_args[0]['filters_in']}"
+            )
+        return block_args
+
+
+def _check_shape_and_classes(input_shape, num_classes):
     input_shape = tuple(int(v) for v in input_shape)
     if len(input_shape) != 3:
         raise ValueError(f"Expected input_shape (height, width, channels). Received: input_shape={input_shape}")
     if not isinstance(num_classes, int) or num_classes < 1:
         raise ValueError(f"Expected num_classes to be a positive integer. Received: num_classes={num_classes}")
-    if resolution <= 0 or resource < 0:
-        raise ValueError(
-            f"Expected resolution > 0 and resource >= 0. Received: resolution={resolution}, resource={resource}"
-        )
-    if not 0 <= dropout < 1 or not 0 <= drop_connect < 1:
-        raise ValueError(
-            f"Expected dropout and drop_connect in [0, 1). Received: dropout={dropout}, drop_connect={drop_connect}"
-        )
-    block_args = expand_blocks(blocks, width, depth, divisor)
-    if exit_after is not None and not (isinstance(exit_after, int) and 0 <= exit_after < len(block_args) - 1):
-        raise ValueError(
-            f"Expected exit_after to be a block index in [0, {len(block_args) - 2}]. Received: exit_after={exit_after}"
-        )
-    settings = gate_settings(gates, default_granularity=1, extra_keys=())
-    granularities = _block_granularities(settings["granularity"], block_args) if settings else [None] * len(block_args)
-    padding_size = input_shape[0] if padding_size is None else int(padding_size)
+    return input_shape
+
+
+def _stem(inputs, config, padding_size):
+    """Upsampling (when the resolution coefficient is not 1) and the strided stem convolution."""
+    x = inputs
+    if resolution_coefficient(config.resolution, config.resource) != 1.0:
+        height = upsampled_size(inputs.shape[1], config.resolution, config.resource)
+        width_px = upsampled_size(inputs.shape[2], config.resolution, config.resource)
+        x = keras.layers.Resizing(height, width_px, interpolation="nearest", name="upsample")(x)
+    x, padding = _conv_padding(x, 3, 2, padding_size, "stem_conv")
+    x = keras.layers.Conv2D(
+        config.filters(config.stem_filters), 3, strides=2, padding=padding, use_bias=False, name="stem_conv"
+    )(x)
+    x = _bn("stem_bn")(x)
+    return keras.layers.Activation(config.activation, name="stem_activation")(x)
+
+
+def _top(x, num_classes, config):
+    """Head convolution, pooling, dropout and the softmax classifier."""
+    x = keras.layers.Conv2D(config.filters(config.head_filters), 1, use_bias=False, name="top_conv")(x)
+    x = _bn("top_bn")(x)
+    x = keras.layers.Activation(config.activation, name="top_activation")(x)
+    x = keras.layers.GlobalAveragePooling2D(name="avg_pool")(x)
+    if config.dropout > 0:
+        x = keras.layers.Dropout(config.dropout, name="top_dropout")(x)
+    return keras.layers.Dense(num_classes, activation="softmax", dtype="float32", name="predictions")(x)
+
+
+@register_family("sipa", options=SipaConfig)
+def build_sipa(num_classes=100, input_shape=(32, 32, 3), gates=None, name=None, **config):
+    """Build a (gated, early-exit) SIPA network outputting softmax probabilities.
+
+    Args:
+        num_classes: classes of the classifier(s).
+        input_shape: ``(H, W, C)`` of the un-upsampled images.
+        gates: ``None`` or gate settings (:mod:`tfgated.gate_settings`);
+            ``granularity`` is channels per gate, an int or one per MBConv block
+            (default 1), dividing every gated block's expansion channels.
+        name: model name (default ``"sipa"``).
+        **config: architecture arguments, the fields of :class:`SipaConfig`.
+    """
+    input_shape = _check_shape_and_classes(input_shape, num_classes)
+    config = make_options(SipaConfig, config)
+    block_args = config.expanded_blocks()
+    settings = GateSettings.from_config(gates, default_granularity=1, extra_keys=())
+    granularities = _block_granularities(settings.granularity, block_args) if settings else [None] * len(block_args)
+    padding_size = input_shape[0] if config.padding_size is None else int(config.padding_size)
 
     inputs = keras.Input(shape=input_shape, name="image")
-    x = inputs
-    if resolution_coefficient(resolution, resource) != 1.0:
-        height = upsampled_size(input_shape[0], resolution, resource)
-        width_px = upsampled_size(input_shape[1], resolution, resource)
-        x = keras.layers.Resizing(height, width_px, interpolation="nearest", name="upsample")(x)
-    stem = round_filters(stem_filters, width, divisor)
-    if block_args[0]["filters_in"] != stem:
-        raise ValueError(
-            f"Expected the first block to take the stem's {stem} channels. Received: {block_args[0]['filters_in']}"
-        )
-    x, padding = _conv_padding(x, 3, 2, padding_size, "stem_conv")
-    x = keras.layers.Conv2D(stem, 3, strides=2, padding=padding, use_bias=False, name="stem_conv")(x)
-    x = _bn("stem_bn")(x)
-    x = keras.layers.Activation(activation, name="stem_activation")(x)
-
-    zs = []
-    exit_output = None
+    x = _stem(inputs, config, padding_size)
+    zs, exit_output = [], None
     for index, args in enumerate(block_args):
         x, block_zs = mbconv_block(
             x,
             args,
             index,
-            activation=activation,
-            drop_rate=drop_connect * index / len(block_args),
+            activation=config.activation,
+            drop_rate=config.drop_connect * index / len(block_args),
             padding_size=padding_size,
             gates=settings,
             granularity=granularities[index],
         )
         zs.extend(block_zs)
-        if index == exit_after:
-            exit_output = exit_head(x, num_classes, round_filters(exit_filters, width, divisor), activation)
-
-    x = keras.layers.Conv2D(round_filters(head_filters, width, divisor), 1, use_bias=False, name="top_conv")(x)
-    x = _bn("top_bn")(x)
-    x = keras.layers.Activation(activation, name="top_activation")(x)
-    x = keras.layers.GlobalAveragePooling2D(name="avg_pool")(x)
-    if dropout > 0:
-        x = keras.layers.Dropout(dropout, name="top_dropout")(x)
-    outputs = keras.layers.Dense(num_classes, activation="softmax", dtype="float32", name="predictions")(x)
-
-    name = name or "sipa"
-    if exit_output is None:
-        if settings is None:
-            return keras.Model(inputs, outputs, name=name)
-        return tfgated.gated_model(
-            inputs, outputs, gates=zs, target=settings["target"], mode=settings["loss"],
-            weight=settings["weight"], name=name,
-        )
+        if index == config.exit_after:
+            exit_output = exit_head(x, num_classes, config.filters(config.exit_filters), config.activation)
+    outputs = _top(x, num_classes, config)
     if settings is not None:
-        outputs = GateActivationLoss(
-            target=settings["target"], weight=settings["weight"], mode=settings["loss"], name=ACTIVATION_LOSS_NAME
-        )([outputs, *zs])
-    return keras.Model(inputs, [outputs, exit_output], name=name)
+        outputs = GateActivationLoss(**settings.loss_arguments(), name=ACTIVATION_LOSS_NAME)([outputs, *zs])
+    return keras.Model(inputs, outputs if exit_output is None else [outputs, exit_output], name=name or "sipa")
 
 
 CARD_NOTES = """
@@ -438,6 +458,23 @@ _FASHION_RECIPE = {
 }
 _FASHION_ARCH = {"resolution": 1.4, "resource": 1, "width": 0.9, "depth": 1.0}
 
+
+def _fashion_preset(description, recipe=_FASHION_RECIPE, gates=None):
+    """A Fashion-MNIST preset of the SIPA structure (28x28x1, 10 classes)."""
+    return {
+        "family": "sipa",
+        "arch": _FASHION_ARCH,
+        "gates": gates,
+        "dataset": "fashion_mnist",
+        "input_shape": [28, 28, 1],
+        "num_classes": 10,
+        "recipe": recipe,
+        "weights": None,
+        "paper": _PAPER,
+        "description": description,
+    }
+
+
 PRESETS = {
     "sipa_cifar100": {
         "family": "sipa",
@@ -476,59 +513,29 @@ PRESETS = {
             "Outputs [main, exit] probabilities, main first."
         ),
     },
-    "sipa_fashion_mnist": {
-        "family": "sipa",
-        "arch": _FASHION_ARCH,
-        "gates": None,
-        "dataset": "fashion_mnist",
-        "input_shape": [28, 28, 1],
-        "num_classes": 10,
-        "recipe": _FASHION_RECIPE,
-        "weights": None,
-        "paper": _PAPER,
-        "description": (
-            "The SIPA block structure for 28x28 grey Fashion-MNIST: same 10 MBConv blocks and width 0.9, "
-            "input upsampled in the model by nearest neighbour 28 -> 40 (resolution 1.4, one resource "
-            "unit), 10 classes."
-        ),
-    },
-    "sipa_fashion_mnist_pruned": {
-        "family": "sipa",
-        "arch": _FASHION_ARCH,
-        "gates": None,
-        "dataset": "fashion_mnist",
-        "input_shape": [28, 28, 1],
-        "num_classes": 10,
-        "recipe": {
+    "sipa_fashion_mnist": _fashion_preset(
+        "The SIPA block structure for 28x28 grey Fashion-MNIST: same 10 MBConv blocks and width 0.9, "
+        "input upsampled in the model by nearest neighbour 28 -> 40 (resolution 1.4, one resource "
+        "unit), 10 classes."
+    ),
+    "sipa_fashion_mnist_pruned": _fashion_preset(
+        "sipa_fashion_mnist after SIPA's Pruning step: half of the prunable weights (convolution and "
+        "dense kernels) are exact zeros, chosen by global magnitude ranking with layer-wise "
+        "normalization in two rounds (30%, then 50%), fine-tuned 1 and 7 epochs, then 12 more at 50%; the "
+        "network is the same, its MicroNet storage counts the non-zeros plus a 1-bit mask.",
+        recipe={
             **_FASHION_RECIPE,
             "augment": "pad2_crop_flip",
             "pruning": {"method": "global magnitude, layer-wise normalized", "schedule": [0.3, 0.5],
                         "sparsity": 0.5, "epochs_per_round": [1, 7], "extra_epochs_at_final_sparsity": 12,
                         "learning_rate": 0.01, "start": "sipa_fashion_mnist (shipped weights)"},
         },
-        "weights": None,
-        "paper": _PAPER,
-        "description": (
-            "sipa_fashion_mnist after SIPA's Pruning step: half of the prunable weights (convolution and "
-            "dense kernels) are exact zeros, chosen by global magnitude ranking with layer-wise "
-            "normalization in two rounds (30%, then 50%), fine-tuned 1 and 7 epochs, then 12 more at 50%; the "
-            "network is the same, its MicroNet storage counts the non-zeros plus a 1-bit mask."
-        ),
-    },
-    "sipa_fashion_mnist_gated": {
-        "family": "sipa",
-        "arch": _FASHION_ARCH,
-        "gates": {"kind": "independent", "loss": "per_batch", "target": 0.5, "weight": 1.0, "granularity": 8},
-        "dataset": "fashion_mnist",
-        "input_shape": [28, 28, 1],
-        "num_classes": 10,
-        "recipe": _FASHION_RECIPE,
-        "weights": None,
-        "paper": _PAPER,
-        "description": (
-            "sipa_fashion_mnist with independent Gumbel channel gates on every MBConv block's expansion "
-            "channels (8 channels per gate), per-batch activation loss with target rate 0.5: learned "
-            "structured pruning as an alternative to SIPA's magnitude pruning."
-        ),
-    },
+    ),
+    "sipa_fashion_mnist_gated": _fashion_preset(
+        "sipa_fashion_mnist with independent Gumbel channel gates on every MBConv block's expansion "
+        "channels (8 channels per gate), per-batch activation loss with target rate 0.5: learned "
+        "structured pruning as an alternative to SIPA's magnitude pruning.",
+        gates={"kind": "independent", "loss_kind": "per_batch", "target": 0.5, "weight": 1.0, "granularity": 8},
+    ),
 }
+

@@ -10,7 +10,7 @@ from tfgated.gates import ChannelMask, GatedResidual, GumbelGate
 from tfgated.losses import GateActivationLoss, mean_activation, per_batch_loss, per_gate_loss
 
 
-def small_gated_model(kind="dependent", target=0.5, mode="per_batch", weight=1.0, filters=8):
+def small_gated_model(kind="dependent", target=0.5, loss_kind="per_batch", weight=1.0, filters=8):
     """A model containing every core tfgated layer: both gate kinds, channel mask, gated residual, loss."""
     inputs = keras.Input((28, 28, 1))
     x = keras.layers.Conv2D(filters, 3, strides=2, padding="same", name="stem")(inputs)
@@ -22,7 +22,7 @@ def small_gated_model(kind="dependent", target=0.5, mode="per_batch", weight=1.0
     x, z3 = tfgated.residual_gate(x, branch, kind="independent", name="block2")
     x = keras.layers.GlobalAveragePooling2D()(x)
     outputs = keras.layers.Dense(10, activation="softmax", name="classifier")(x)
-    return tfgated.gated_model(inputs, outputs, [z1, z2, z3], target=target, mode=mode, weight=weight)
+    return tfgated.gated_model(inputs, outputs, [z1, z2, z3], target=target, loss_kind=loss_kind, weight=weight)
 
 
 # -- the gate itself ---------------------------------------------------------------
@@ -203,13 +203,22 @@ def test_per_batch_and_per_gate_losses_equal_hand_values():
 
 
 def test_activation_loss_layer_adds_weighted_loss():
-    layer = GateActivationLoss(target=0.2, weight=3.0, mode="per_batch")
+    layer = GateActivationLoss(target=0.2, weight=3.0, loss_kind="per_batch")
     outputs = tf.ones((2, 10))
     gates = tf.constant([[1.0, 1.0], [1.0, 0.0]])  # mean 0.75
     result = layer([outputs, gates])
     np.testing.assert_array_equal(result.numpy(), outputs.numpy())
     np.testing.assert_allclose(float(layer.losses[0]), 3.0 * (0.2 - 0.75) ** 2, rtol=1e-6)
     np.testing.assert_allclose(float(layer.activation_tracker.result()), 0.75)
+
+
+def test_activation_loss_reads_the_config_name_before_loss_kind():
+    layer = GateActivationLoss(target=0.3, loss_kind="per_gate", name="activation_loss")
+    config = layer.get_config()
+    assert config["loss_kind"] == "per_gate" and "mode" not in config
+    old = {**{k: v for k, v in config.items() if k != "loss_kind"}, "mode": "per_gate"}  # .keras files saved earlier
+    restored = GateActivationLoss.from_config(old)
+    assert (restored.loss_kind, restored.target, restored.name) == ("per_gate", 0.3, "activation_loss")
 
 
 def test_fit_reports_gate_activation_metric(fashion_mnist_small):
@@ -242,7 +251,7 @@ def test_per_batch_loss_pulls_activation_to_target_on_fashion_mnist(fashion_mnis
 
 def test_save_and_safe_load_gives_identical_outputs(tmp_path, fashion_mnist_small):
     x, y = fashion_mnist_small
-    model = small_gated_model(kind="dependent", target=0.4, mode="per_gate", weight=2.0)
+    model = small_gated_model(kind="dependent", target=0.4, loss_kind="per_gate", weight=2.0)
     model.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
     model.fit(x[:64], y[:64], batch_size=32, epochs=1, verbose=0)
     model.get_layer("block2_gate").logits.assign([-3.0])
@@ -254,7 +263,7 @@ def test_save_and_safe_load_gives_identical_outputs(tmp_path, fashion_mnist_smal
     gate = loaded.get_layer("block1_gate")
     assert gate.inference_style == "threshold" and gate.threshold == pytest.approx(0.4)
     loss_layer = loaded.get_layer("activation_loss")
-    assert (loss_layer.target, loss_layer.mode, loss_layer.weight) == (0.4, "per_gate", 2.0)
+    assert (loss_layer.target, loss_layer.loss_kind, loss_layer.weight) == (0.4, "per_gate", 2.0)
 
 
 # -- bad input -----------------------------------------------------------------------
@@ -269,7 +278,7 @@ def test_save_and_safe_load_gives_identical_outputs(tmp_path, fashion_mnist_smal
         (lambda: GumbelGate(4, inference_style="random"), "Received: style='random'"),
         (lambda: GateActivationLoss(target=1.5), "Expected target in [0, 1]. Received: target=1.5"),
         (lambda: GateActivationLoss(target=-0.1), "Received: target=-0.1"),
-        (lambda: GateActivationLoss(mode="per_layer"), "Received: mode='per_layer'"),
+        (lambda: GateActivationLoss(loss_kind="per_layer"), "Received: loss_kind='per_layer'"),
     ],
 )
 def test_bad_arguments_raise_clear_errors(make, message):

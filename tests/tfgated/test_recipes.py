@@ -125,6 +125,30 @@ def test_ghost_batch_norm_normalizes_each_virtual_batch():
         GhostBatchNormalization(virtual_batch_size=0)
 
 
+def test_plain_batch_norm_undoes_ghost_batch_norm_with_the_weights():
+    model = tiny_gated_model()
+    x = np.random.default_rng(2).normal(size=(8, 8, 8, 1)).astype("float32")
+    model.get_layer("bn1").moving_variance.assign(np.full((8,), 2.0, "float32"))
+    ghost = recipes.use_ghost_batch_norm(model, virtual_batch_size=4)
+    plain = recipes.plain_batch_norm(ghost)
+    assert type(plain.get_layer("bn1")) is keras.layers.BatchNormalization
+    assert plain.get_layer("bn1").get_config() == model.get_layer("bn1").get_config()
+    np.testing.assert_allclose(plain.predict(x, verbose=0), model.predict(x, verbose=0), atol=1e-6)
+    assert recipes.plain_batch_norm(model) is model  # nothing to undo
+
+
+def test_for_plain_fit_keeps_the_optimizer_and_drops_what_needs_the_pipeline():
+    r = Recipe(epochs=5, learning_rate=0.2, weight_decay=1e-4, cosine_decay=True, warmup_epochs=1.0,
+               mixup=0.2, label_smoothing=0.1, lr_boundaries=(2, 4), momentum=0.8)
+    plain = r.for_plain_fit()
+    assert plain == r.replace(cosine_decay=False, lr_boundaries=(), warmup_epochs=0.0, mixup=0.0, label_smoothing=0.0)
+    assert not plain.one_hot and plain.learning_rate_schedule() == 0.2
+    model = plain.compile(tiny_gated_model())
+    assert isinstance(model.optimizer, keras.optimizers.SGD) and model.optimizer.nesterov
+    assert float(model.optimizer.weight_decay) == pytest.approx(1e-4)
+    assert isinstance(model.loss, keras.losses.SparseCategoricalCrossentropy)
+
+
 def test_use_ghost_batch_norm_keeps_weights_and_saves(tmp_path):
     model = tiny_gated_model()
     x = np.random.default_rng(1).normal(size=(16, 8, 8, 1)).astype("float32")

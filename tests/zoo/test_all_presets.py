@@ -4,7 +4,7 @@
   :func:`tfgated.complexity.count`; the counts must equal ``zoo/complexity.json``
   (regenerate with ``python -m tfgated.zoo.make_golden`` when a change is meant);
 * every *distinct code path*: presets that differ only in the activation loss's
-  target, weight or mode build the same network, and presets that differ only in
+  target, weight or kind (PB/PG) build the same network, and presets that differ only in
   size (depth, widths, blocks, growth rate, stem and head widths, SIPA resource or
   scaling, gate granularity, input shape, number of classes: ResNet-101 against
   ResNet-50, ResNet-110 against ResNet-20) build it from the same layers, so one
@@ -30,7 +30,7 @@ pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
 NAMES = registry.list_models()
 GOLDEN = registry.golden()
-LOSS_ONLY_KEYS = ("target", "weight", "loss")
+LOSS_ONLY_KEYS = ("target", "weight", "loss_kind")
 SIZE_ONLY_KEYS = ("depth", "widths", "blocks", "growth_rate", "resource", "resolution", "width",
                   "stem_filters", "stem_stride", "last_filters", "exit_filters", "exit_pool_size")
 

@@ -10,25 +10,26 @@ import pytest
 
 import tfgated
 from tfgated.zoo import registry
-from tfgated.zoo.__main__ import main as cli_main
+from tfgated.cli.zoo import main as cli_main
+from tfgated.gate_settings import GateSettings
 
 TINY = "tiny_registry_test"
 
 
 def build_tiny(num_classes=3, input_shape=(6, 6, 1), gates=None, units=8):
     """A small dense network with an optional channel gate, for registry tests."""
-    settings = registry.gate_settings(gates, default_granularity=2, extra_keys=())
+    settings = GateSettings.from_config(gates, default_granularity=2, extra_keys=())
     inputs = keras.Input(shape=input_shape)
     x = keras.layers.Flatten(name="flatten")(inputs)
     x = keras.layers.Dense(units, activation="relu", name="hidden")(x)
     zs = []
     if settings is not None:
-        x, z = tfgated.channel_gate(x, settings["granularity"], kind=settings["kind"], name="hidden")
+        x, z = tfgated.channel_gate(x, settings.granularity, kind=settings.kind, name="hidden")
         zs.append(z)
     outputs = keras.layers.Dense(num_classes, activation="softmax", name="predictions")(x)
     if settings is None:
         return keras.Model(inputs, outputs, name="tiny")
-    return tfgated.gated_model(inputs, outputs, zs, target=settings["target"], mode=settings["loss"])
+    return tfgated.gated_model(inputs, outputs, zs, **settings.loss_arguments())
 
 
 def _tiny_preset(**changes):
@@ -124,7 +125,7 @@ def test_register_preset_checks_the_data(tiny):
         registry.register_preset("broken", _tiny_preset(family="nope"))
     with pytest.raises(ValueError, match="without a sha256"):
         registry.register_preset("broken", _tiny_preset(weights={"file": "x.weights.h5"}))
-    with pytest.raises(ValueError, match="Expected gates kind"):
+    with pytest.raises(ValueError, match="Received: kind='sometimes'"):
         registry.register_preset("broken", _tiny_preset(gates={"kind": "sometimes"}))
     assert "broken" not in registry.list_models()
 
@@ -139,21 +140,31 @@ def test_register_family_refuses_a_second_builder_under_a_taken_name(tiny):
         registry.register_family(TINY)(other)
 
 
-def test_gate_settings_defaults_and_errors():
-    settings = registry.gate_settings({"kind": "dependent", "temperature": 0.5}, default_granularity=4)
-    assert settings["kind"] == "dependent" and settings["loss"] == "per_batch"
-    assert settings["target"] == 0.5 and settings["granularity"] == 4
-    assert settings["gate_kwargs"] == {"temperature": 0.5}
-    scaled = registry.gate_settings({"gradient_scale": 100.0, "seed": 3})
-    assert scaled["gate_kwargs"] == {"gradient_scale": 100.0, "seed": 3}
-    assert registry.gate_settings(None) is None
-    assert registry.gate_settings({"level": "layer"})["level"] == "layer"  # family keys pass the registry
+def test_gate_settings_defaults_and_errors(tiny):
+    settings = GateSettings.from_config({"kind": "dependent", "temperature": 0.5}, default_granularity=4)
+    assert settings.kind == "dependent" and settings.loss_kind == "per_batch"
+    assert settings.target == 0.5 and settings.granularity == 4
+    assert settings.gate_kwargs == {"temperature": 0.5}
+    assert settings.loss_arguments() == {"target": 0.5, "weight": 1.0, "loss_kind": "per_batch"}
+    scaled = GateSettings.from_config({"gradient_scale": 100.0, "seed": 3})
+    assert scaled.gate_kwargs == {"gradient_scale": 100.0, "seed": 3}
+    assert GateSettings.from_config(None) is None
+    assert GateSettings.from_config({"level": "layer"}).extra == {"level": "layer"}  # family keys pass the registry
+    assert GateSettings.from_config(settings.to_config()) == settings
+    # preset files and run folders written before the rename say "loss"
+    assert GateSettings.from_config({"loss": "per_gate"}).loss_kind == "per_gate"
     with pytest.raises(ValueError, match=r"Unknown gate settings \['level'\]"):
-        registry.gate_settings({"level": "layer"}, extra_keys=())
-    with pytest.raises(ValueError, match="Received: loss='per_layer'"):
-        registry.gate_settings({"loss": "per_layer"})
+        GateSettings.from_config({"level": "layer"}, extra_keys=())
+    with pytest.raises(ValueError, match="Received: loss_kind='per_layer'"):
+        GateSettings.from_config({"loss_kind": "per_layer"})
+    with pytest.raises(ValueError, match="Received: kind='sometimes'"):
+        GateSettings.from_config({"kind": "sometimes"})
     with pytest.raises(ValueError, match="Received: target=1.5"):
-        registry.gate_settings({"target": 1.5})
+        GateSettings.from_config({"target": 1.5})
+    with pytest.raises(ValueError, match="Received: weight=-1"):
+        GateSettings.from_config({"weight": -1})
+    with pytest.raises(ValueError, match="Received: target=1.5"):
+        registry.register_preset(f"{TINY}_bad", _tiny_preset(gates={"target": 1.5}))
 
 
 def test_family_modules_load_lazily_missing_skipped_broken_raises(monkeypatch, tmp_path):
@@ -181,6 +192,26 @@ def test_load_compiles_per_recipe_so_fit_works(tiny):
     gated = tfgated.zoo.load(f"{TINY}_gated")
     history = gated.fit(x, y, epochs=1, batch_size=8, verbose=0)
     assert "gate_activation" in history.history
+
+
+def test_load_compiles_with_the_presets_recipe_object(tiny):
+    from tfgated.recipes import Recipe
+
+    registry.register_preset(TINY, _tiny_preset(recipe={
+        "optimizer": "sgd", "learning_rate": 0.05, "momentum": 0.8, "nesterov": False, "weight_decay": 1e-3,
+        "epochs": 4, "batch_size": 8, "schedule": "cosine", "label_smoothing": 0.1, "note": "not a switch",
+    }))
+    recipe, unused = registry.preset_recipe(TINY)  # the one translation, also what training uses
+    assert recipe == Recipe(optimizer="sgd", learning_rate=0.05, momentum=0.8, nesterov=False, weight_decay=1e-3,
+                            epochs=4, batch_size=8, cosine_decay=True, label_smoothing=0.1)
+    assert unused == {"note": "not a switch"}
+    model = tfgated.zoo.load(TINY)  # constant rate and integer labels: plain fit works at once
+    assert float(model.optimizer.learning_rate.numpy()) == pytest.approx(0.05)
+    assert not model.optimizer.nesterov and model.optimizer.momentum == pytest.approx(0.8)
+    assert float(model.optimizer.weight_decay) == pytest.approx(1e-3)
+    assert isinstance(model.loss, keras.losses.SparseCategoricalCrossentropy)
+    with pytest.raises(ValueError, match="Received: learning_rate=-1"):  # checked when registered
+        registry.register_preset(f"{TINY}_bad", _tiny_preset(recipe={**_tiny_preset()["recipe"], "learning_rate": -1}))
 
 
 def test_load_overrides_arch_gates_classes_and_shape(tiny):
