@@ -13,6 +13,7 @@ pytestmark = pytest.mark.skipif(
 )
 
 
+@pytest.mark.slow
 def test_demo_trains_and_reports_gates_and_macs(monkeypatch, capsys):
     seen = {}
     measure = demo.measure_demo

@@ -5,11 +5,13 @@ import os
 
 import keras
 import numpy as np
+import pytest
 
 from tfgated.__main__ import main as cli_main
 from tfgated.cli.train import TrainOptions, train
 
 
+@pytest.mark.slow
 def test_evaluate_modes_and_json(tmp_path, model_file, capsys):
     run = str(tmp_path / "run")
     train(model_file, run, TrainOptions(limit=200, overrides={"epochs": 1, "batch_size": 50}, verbose=0))

@@ -72,6 +72,7 @@ def _summary(run_dir):
         return json.load(f)
 
 
+@pytest.mark.slow
 def test_stop_after_prune_runs_only_the_first_four_stages(tiny_run):
     status, out = tiny_run["first"]
     assert status == 0
@@ -82,6 +83,7 @@ def test_stop_after_prune_runs_only_the_first_four_stages(tiny_run):
     assert tiny_run["states_after_first"] == {s: s in EARLY for s in STAGES}
 
 
+@pytest.mark.slow
 def test_resume_skips_finished_stages_and_keeps_their_files(tiny_run):
     status, out = tiny_run["second"]
     assert status == 0
@@ -93,6 +95,7 @@ def test_resume_skips_finished_stages_and_keeps_their_files(tiny_run):
     assert _mtimes(tiny_run["run_dir"], EARLY) == tiny_run["mtimes"]
 
 
+@pytest.mark.slow
 def test_end_to_end_files_table_and_parity(tiny_run):
     run_dir = tiny_run["run_dir"]
     for stage in STAGES:
@@ -145,6 +148,7 @@ ROW_STAGES = {"search": "search", "improve": "train", "prune": "prune", "acceler
               "16-bit": "quantize"}
 
 
+@pytest.mark.slow
 def test_row_accuracies_are_the_written_models_test_accuracies(tiny_run):
     from tfgated.exits import EarlyExitModel
     from tfgated.io import load_model
@@ -165,6 +169,7 @@ def test_row_accuracies_are_the_written_models_test_accuracies(tiny_run):
             assert rows[name]["accuracy"] == float(np.mean(predictions.argmax(axis=1) == y)), name
 
 
+@pytest.mark.slow
 def test_exported_tflite_matches_the_16bit_keras_network(tiny_run):
     from tfgated.data import load_dataset
     from tfgated.export import run_onnx, run_tflite
@@ -184,6 +189,7 @@ def test_exported_tflite_matches_the_16bit_keras_network(tiny_run):
             np.testing.assert_array_equal(w, w.astype(np.float16).astype(w.dtype))
 
 
+@pytest.mark.slow
 def test_third_run_finds_everything_done(tiny_run):
     run_dir = tiny_run["run_dir"]
     before = _mtimes(run_dir, STAGES)
@@ -195,6 +201,7 @@ def test_third_run_finds_everything_done(tiny_run):
     assert "| 16-bit | 16 |" in out
 
 
+@pytest.mark.slow
 def test_run_dir_of_another_budget_is_refused(tiny_run, capsys):
     status = run_cli.main(["--budget", "small", "--run-dir", tiny_run["run_dir"], "--verbose", "0"])
     assert status == 2

@@ -92,6 +92,7 @@ def _cli(tmp_path, role, port, trials=2):
     )
 
 
+@pytest.mark.slow
 def test_distributed_search_chief_and_worker(tmp_path):
     port = _free_port()
     chief = _cli(tmp_path, "chief", port)

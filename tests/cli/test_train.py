@@ -15,6 +15,7 @@ from tfgated.io import load_model
 from tfgated.train import held_out_split, training_split
 
 
+@pytest.mark.slow
 def test_train_writes_run_folder_and_does_not_retrain(tmp_path, model_file, capsys):
     run = str(tmp_path / "run")
     argv = ["train", "--model", model_file, "--limit", "300", "--epochs", "2", "--batch-size", "64",
@@ -87,6 +88,7 @@ def test_preset_recipe_is_translated():
     assert tfgated.inference.find_layers(model, GhostBatchNormalization)
 
 
+@pytest.mark.slow
 def test_gate_settings_replace_the_presets_and_are_recorded(tmp_path):
     preset = "gumbel_resnet_fashion_mnist_ind_pb_t0.4"
     run = tmp_path / "run"
@@ -103,6 +105,7 @@ def test_gate_settings_replace_the_presets_and_are_recorded(tmp_path):
         resolve_model_and_recipe(str(tmp_path / "m.keras"), gates=gates)
 
 
+@pytest.mark.slow
 def test_init_from_warm_starts_the_run(tmp_path, model_file, capsys):
     import keras
 

@@ -105,6 +105,7 @@ def test_bad_requests_are_clear_and_leave_no_file(model_and_data, tmp_path, monk
     assert os.listdir(tmp_path) == []
 
 
+@pytest.mark.slow
 def test_cli_exports_a_saved_exit_model(model_and_data, tmp_path, capsys):
     from tfgated.cli.export import main
 
@@ -128,6 +129,7 @@ def test_an_example_on_the_threshold_may_take_either_path(model_and_data, tmp_pa
     assert result.parity["passed"] and result.parity["examples_at_threshold"] >= 1
 
 
+@pytest.mark.slow
 def test_a_gated_zoo_exit_model_exports_with_its_gates(tmp_path):
     """The SIPA gated preset with an exit head: unfolded channel gates in threshold style, exit as IF."""
     import tfgated
@@ -169,6 +171,7 @@ def _densenet_with_mixed_exits(x):
     return model, exit_shares(model, x)
 
 
+@pytest.mark.slow
 def test_gumbel_exit_gates_export_as_nested_conditionals(tmp_path, fashion_mnist_small):
     from tfgated.export import export_exit_gates
 
@@ -190,6 +193,7 @@ def test_gumbel_exit_gates_export_as_nested_conditionals(tmp_path, fashion_mnist
         export_exit_gates(model, tmp_path / "s.tflite", parity_data=x)
 
 
+@pytest.mark.slow
 def test_cli_exports_a_zoo_exit_gate_preset(tmp_path, capsys):
     from tfgated.cli.export import main
 

@@ -112,6 +112,7 @@ def test_stochastic_style_refused():
         fold(model)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", representative_presets())
 def test_zoo_presets_fold(name):
     """One preset per family and gate kind (from the registry), folded with random gates."""

@@ -37,6 +37,7 @@ def exported(gated, tmp_path_factory):
     }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("key", ["tflite", "onnx"])
 def test_float32_parity_in_runtime(exported, gated, key):
     result = exported[key]
@@ -68,6 +69,7 @@ def test_conditional_tflite_for_dependent_residual_gates(tmp_path):
     assert result.parity["max_abs_diff"] <= 1e-4
 
 
+@pytest.mark.slow
 def test_failed_parity_leaves_no_file(gated, tmp_path, monkeypatch):
     from tfgated.export import parity
 
@@ -117,6 +119,7 @@ def test_cli_help_documents_options(capsys):
     assert done.value.code == 0 and "--runs" in out and "--json" in out
 
 
+@pytest.mark.slow
 def test_cli_export_keras_file_and_bench(tmp_path):
     """The real ``python -m tfgated.export`` in a subprocess (the other CLI tests call ``main``)."""
     inputs = keras.Input((8, 8, 1))
@@ -170,6 +173,7 @@ def test_pruning_masks_are_applied_before_export(tmp_path):
     assert pruning.get_pruning_state(model) is not None  # still attached
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", fashion_mnist_presets())
 def test_zoo_presets_export_to_tflite(name, tmp_path):
     """One Fashion-MNIST preset per family and gate kind: a TFLite file that matches Keras in LiteRT

@@ -84,6 +84,7 @@ def test_target_annealing_by_epochs_and_steps(data):
     assert annealed_value(1.0, 0.0, 2.0, "linear") == 0.0
 
 
+@pytest.mark.slow
 def test_target_annealing_changes_training_outcome(data):
     """Annealing to 0.1 closes more gates than training at a fixed 0.9 target."""
     x, y = data
@@ -111,6 +112,7 @@ def test_target_annealing_bad_arguments(kwargs, message):
         TargetAnnealing(**kwargs)
 
 
+@pytest.mark.slow
 def test_plots_write_pngs(tmp_path, data):
     x, y = data
     model = tiny_model(kind="dependent")

@@ -91,10 +91,12 @@ def result():
     return json.loads(lines[-1][len("RESULT"):])
 
 
+@pytest.mark.slow
 def test_two_replicas(result):
     assert result["replicas"] == 2
 
 
+@pytest.mark.slow
 def test_gate_loss_and_metric_match_single_device(result):
     single, mirrored = result["single"], result["mirrored"]
     # expected activation: 3 of 4 groups open and the residual gate closed -> mean of 5 elements = 3/5
@@ -108,6 +110,7 @@ def test_gate_loss_and_metric_match_single_device(result):
     assert mirrored["fit_loss"] == pytest.approx(single["fit_loss"], rel=1e-4)
 
 
+@pytest.mark.slow
 def test_recipe_training_runs_under_the_strategy(result):
     hist = result["recipe_fit"]
     assert len(hist["loss"]) == 2 and all(v == v and v < 10 for v in hist["loss"])

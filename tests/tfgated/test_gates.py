@@ -249,6 +249,7 @@ def test_per_batch_loss_pulls_activation_to_target_on_fashion_mnist(fashion_mnis
 # -- serialization ------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_save_and_safe_load_gives_identical_outputs(tmp_path, fashion_mnist_small):
     x, y = fashion_mnist_small
     model = small_gated_model(kind="dependent", target=0.4, loss_kind="per_gate", weight=2.0)

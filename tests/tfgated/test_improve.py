@@ -84,6 +84,7 @@ def test_bad_inputs():
             Recipe(epochs=3).replace(**c.changes)
 
 
+@pytest.mark.slow
 def test_real_tiny_keras_run(tmp_path, capsys):
     def build(recipe):
         inputs = keras.Input((28, 28, 1))

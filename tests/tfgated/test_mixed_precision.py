@@ -17,6 +17,7 @@ def mixed_float16():
         keras.config.set_dtype_policy(previous)
 
 
+@pytest.mark.slow
 def test_gated_model_trains_and_evaluates_under_mixed_float16(mixed_float16, fashion_mnist_small):
     x, y = fashion_mnist_small
     inputs = keras.Input((28, 28, 1))
@@ -46,6 +47,7 @@ def test_gated_model_trains_and_evaluates_under_mixed_float16(mixed_float16, fas
     np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-3)
 
 
+@pytest.mark.slow
 def test_zoo_presets_train_under_mixed_float16_with_float32_probabilities(mixed_float16, fashion_mnist_small):
     """A zoo model compiled by its recipe (accuracy and top-5 metrics) trains under the policy:
     the classifier keeps float32, as Keras' mixed-precision guide advises."""

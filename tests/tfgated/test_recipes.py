@@ -190,6 +190,7 @@ def test_augmentation_policies_run_on_grayscale_batches(policy):
     assert recipes.augmentation_layer("none") is None
 
 
+@pytest.mark.slow
 def test_label_smoothing_mixup_and_augment_train_on_real_data(fashion_mnist_small):
     r = Recipe(
         epochs=1, batch_size=64, learning_rate=0.05, label_smoothing=0.3, mixup=0.2, augment="flip",

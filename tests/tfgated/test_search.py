@@ -187,6 +187,7 @@ def test_the_given_builder_builds_the_models():
 # -- searching and resuming ----------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_search_resumes_from_finished_trials(tmp_path, tiny_data):
     """Two trials, then a new tuner on the same folder with max_trials=3 runs exactly one more
     (the third is chosen by the Gaussian process: 2 random initial points)."""

@@ -94,6 +94,7 @@ def _measure(name):
     return _MEASURED[key]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", NAMES)
 def test_complexity_matches_the_golden_file(name):
     assert name in GOLDEN, f"{name} is missing from zoo/complexity.json: run `python -m tfgated.zoo.make_golden`"
@@ -121,6 +122,7 @@ def _call(model, x):
     return keras.ops.convert_to_numpy(outputs)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", REPRESENTATIVES)
 def test_forward_in_every_style_and_safe_reload(name, tmp_path):
     preset = registry.get_preset(name)

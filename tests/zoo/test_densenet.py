@@ -97,6 +97,7 @@ def test_dense_densenet_bc_100_has_the_published_parameter_count():
     assert not tfgated.gate_layers(model)
 
 
+@pytest.mark.slow
 def test_exit_model_structure_and_routing_in_every_style():
     model = small_model()
     gates = tfgated.gate_layers(model)
@@ -131,6 +132,7 @@ def test_exit_model_structure_and_routing_in_every_style():
     np.testing.assert_allclose(gate_exit_shares([z1, z2]), shares, rtol=1e-6)
 
 
+@pytest.mark.slow
 def test_training_steps_report_exit_shares_and_depth(fashion_mnist_small):
     x, y = fashion_mnist_small
     x, y = x[:64], y[:64]
@@ -181,6 +183,7 @@ def test_exit_gates_count_the_stages_after_them_and_evaluate_reports_exits(fashi
         assert result["macs"] == pytest.approx(macs) and result["dense_macs"] == dense
 
 
+@pytest.mark.slow
 def test_import_tfgated_alone_registers_the_exit_layers_for_loading(tmp_path):
     import subprocess
     import sys
@@ -265,6 +268,7 @@ def test_exit_classifier_grid_pools_to_a_grid_and_counts_its_linear_layer():
             build(gates={"target": 0.5}, blocks=[1, 1], exit_classifier_grid=bad)
 
 
+@pytest.mark.slow
 def test_fit_exit_classifiers_probes_a_frozen_trunk_or_trains_it_with_deep_supervision(fashion_mnist_small):
     from tfgated.exits import fit_exit_classifiers
 

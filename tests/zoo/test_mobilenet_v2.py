@@ -57,6 +57,7 @@ def test_gated_model_adds_only_the_gates_parameters():
     assert units["block_16_project_gate"] == 320 // 64
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["independent", "dependent"])
 def test_always_on_gated_model_reproduces_keras_applications(kind):
     reference = keras.applications.MobileNetV2(weights=None, input_shape=(96, 96, 3))
@@ -76,6 +77,7 @@ def test_copy_weights_rejects_mismatched_models():
         copy_weights(build(input_shape=(96, 96, 3)), fashion_model())
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["independent", "dependent"])
 def test_force_open_keeps_one_gate_per_non_residual_layer(kind):
     model = fashion_model(kind)
@@ -101,6 +103,7 @@ def test_force_open_keeps_one_gate_per_non_residual_layer(kind):
             assert np.all(per_example == 0), name
 
 
+@pytest.mark.slow
 def test_fashion_mnist_variant_trains_and_reloads(tmp_path, fashion_mnist_small):
     x, y = fashion_mnist_small
     x, y = x[:64], y[:64]
@@ -121,6 +124,7 @@ def test_fashion_mnist_variant_trains_and_reloads(tmp_path, fashion_mnist_small)
     np.testing.assert_allclose(restored(x[:8]), model(x[:8]), atol=1e-5)
 
 
+@pytest.mark.slow
 def test_every_preset_builds_at_its_test_shape():
     for name, preset in PRESETS.items():
         shape = tuple(preset.get("test_input_shape") or preset["input_shape"])

@@ -312,6 +312,7 @@ def test_cli_list_and_info(capsys):
     assert "Closest names" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_cli_runs_as_a_module():
     result = subprocess.run(
         [sys.executable, "-m", "tfgated.zoo", "list", "sipa_cifar100*"],

@@ -123,6 +123,7 @@ def test_gated_resnet50_adds_only_gate_parameters(app50, kind, level):
     assert model.layers[-1].name == "activation_loss"
 
 
+@pytest.mark.slow
 def test_resnet101_dense_and_gated_parameters():
     app = keras.applications.ResNet101(weights=None, input_shape=SMALL)
     dense = R.resnet101(input_shape=SMALL)
@@ -138,6 +139,7 @@ def test_resnet101_dense_and_gated_parameters():
 # -- ImageNet: weights from keras.applications ------------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "gates",
     [None, {"kind": "dependent", "level": "layer"}, {"kind": "independent", "level": "channel"}],
@@ -166,6 +168,7 @@ def test_copied_weights_reproduce_keras_applications(app50, image, gates):
         assert float(np.max(np.abs(closed - np.asarray(expected)))) > 1e-2
 
 
+@pytest.mark.slow
 def test_legacy_h5_weights_load_by_name(app50, image, tmp_path):
     from keras.src.legacy.saving import legacy_h5_format
     import h5py
@@ -231,6 +234,7 @@ def test_every_inference_style_runs(kind):
     assert set(rates) == {"stage1_block1_gate", "stage1_block2_gate", "stage2_block2_gate", "stage3_block2_gate"}
 
 
+@pytest.mark.slow
 def test_channel_gated_resnet50_runs_in_every_style(image):
     model = R.resnet50(input_shape=(32, 32, 3), num_classes=5, gates={"kind": "dependent", "level": "channel"})
     x = image[:, :32, :32, :]
@@ -257,6 +261,7 @@ def test_save_and_load_safe_mode(tmp_path, kind):
     assert loaded.get_layer("activation_loss").target == pytest.approx(0.4)
 
 
+@pytest.mark.slow
 def test_fashion_mnist_preset_trains_a_few_steps():
     from tfgated.data import load_fashion_mnist_arrays
 

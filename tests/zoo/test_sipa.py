@@ -161,6 +161,7 @@ def test_gate_layer_settings_reach_every_gate():
     assert {gate.open_probability for gate in gates} == {0.9}
 
 
+@pytest.mark.slow
 def test_a_small_gated_exit_variant_trains_with_fit():
     """Gates, exit head and activation loss train together through plain fit."""
     model = tfgated.zoo.load(

@@ -22,6 +22,7 @@ def test_index_entries_name_files_that_match_their_sha256():
         assert entry["trained_by"].startswith("python ")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", SHIPPED)
 def test_shipped_weights_reach_the_accuracy_in_the_card(name):
     entry = registry.get_preset(name)["weights"]

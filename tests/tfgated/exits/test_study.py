@@ -22,6 +22,7 @@ def test_risk_coverage_hand_example(tmp_path):
         assert f.read(8) == b"\x89PNG\r\n\x1a\n"
 
 
+@pytest.mark.slow
 def test_exit_position_study_rows_and_table(small_data, tiny_model, dataset):
     x, y = small_data
     model = tiny_model()

@@ -63,6 +63,7 @@ def test_soft_smoothing_serializes():
     assert restored.get_config() == loss.get_config()
 
 
+@pytest.mark.slow
 def test_train_exit_keeps_main_weights_and_trains_head(small_data, tiny_model, dataset):
     x, y = small_data
     model = tiny_model()
