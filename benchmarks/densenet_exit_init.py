@@ -58,7 +58,7 @@ def main(argv=None):
     if scratch and args.frozen_trunk:
         p.error("--frozen-trunk needs a trained --trunk: a random trunk has no features to probe")
     if not scratch and not os.path.exists(args.trunk):
-        p.error(f"--trunk {args.trunk!r} does not exist: train the preset first (see the README's DenseNet-exit row)")
+        p.error(f"--trunk {args.trunk!r} does not exist: train the preset first (see the DenseNet-exit row of docs/benchmarks.md)")
 
     import keras
 

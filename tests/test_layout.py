@@ -1,4 +1,4 @@
-"""The four rooms and their arrows (docs/design: mechanism, zoo, export, face), and the size rules.
+"""The four rooms and their arrows (docs/layout.md: mechanism, zoo, export, face), and the size rules.
 
 import-linter cannot check this layout: it finds a package's modules by walking the
 package's folder, and ``tfgated.zoo`` / ``tfgated.export`` live in the top-level folders
