@@ -4,7 +4,19 @@ The top-level folders ``zoo/`` and ``export/`` are the subpackages ``tfgated.zoo
 and ``tfgated.export`` (see docs/layout.md), mapped with ``package_dir``.
 """
 
-from setuptools import setup
+from setuptools import find_packages, setup
+
+#: The package folders mapped to a package name other than their path.
+MAPPED = {"tfgated.zoo": "zoo", "tfgated.export": "export"}
+
+
+def _packages():
+    """Every package: ``tfgated`` and its subpackages, and the mapped folders with theirs."""
+    packages = find_packages(include=["tfgated", "tfgated.*"])
+    for name, folder in MAPPED.items():
+        packages += [name] + [f"{name}.{sub}" for sub in find_packages(folder)]
+    return sorted(packages)
+
 
 setup(
     name="tfgated",
@@ -16,9 +28,9 @@ setup(
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     python_requires=">=3.10,<3.13",
-    packages=["tfgated", "tfgated.zoo", "tfgated.export"],
-    package_dir={"tfgated": "tfgated", "tfgated.zoo": "zoo", "tfgated.export": "export"},
-    package_data={"tfgated.zoo": ["*.json", "cards/*.md", "weights/*"]},
+    packages=_packages(),
+    package_dir={"tfgated": "tfgated", **MAPPED},
+    package_data={"tfgated.zoo": ["*.json", "cards/*.md", "weights/*"], "tfgated.cli.pipeline": ["budgets.json"]},
     include_package_data=True,
     install_requires=[
         "tensorflow>=2.18,<2.22",

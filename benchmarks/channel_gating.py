@@ -263,10 +263,10 @@ def main(argv=None):
         print(f"[{i + 1}/{len(configs)}] {label}: training {preset} {args.epochs} epoch(s)", flush=True)
         t0 = time.time()
         model = train_config(label, preset, gates, args)
-        mode = "threshold" if gates else None
-        before = evaluate_model(model, test, mode=mode, runs=1)["top1"]
-        recalibrate_batch_norm(model, calibration, style=mode, batches=args.recalibrate_batches)
-        result = evaluate_model(model, test, mode=mode, runs=1)
+        style = "threshold" if gates else None
+        before = evaluate_model(model, test, style=style, runs=1)["top1"]
+        recalibrate_batch_norm(model, calibration, style=style, batches=args.recalibrate_batches)
+        result = evaluate_model(model, test, style=style, runs=1)
         row = {
             "label": label, "preset": preset, "target": None if gates is None else gates["target"],
             "top1": result["top1"], "top1_before_recalibration": before, "gate_activation": result.get("gate_activation"),

@@ -98,13 +98,14 @@ def atomic_save(model, path):
 
 def base_model(args, keras, splits_fn):
     """The trained main network: --model, a checkpoint, or the zoo preset trained here."""
+    from tfgated.io import load_model
     base_path = os.path.join(args.checkpoint_dir, "base.keras")
     if args.model:
         if not os.path.exists(args.model):
             raise FileNotFoundError(f"No model file at {args.model!r}")
         import tfgated.zoo  # noqa: F401  (registers the zoo's custom objects)
 
-        model = keras.saving.load_model(args.model, safe_mode=True)
+        model = load_model(args.model, compile=True)
         if len(model.outputs) == 2:
             model = keras.Model(model.inputs, model.outputs[0], name=model.name)
         epochs = args.epochs or 0
@@ -112,7 +113,7 @@ def base_model(args, keras, splits_fn):
         print(f"Loading trained base model from {base_path}", flush=True)
         import tfgated.zoo  # noqa: F401  (registers the zoo's custom objects)
 
-        return keras.saving.load_model(base_path, safe_mode=True), splits_fn(None)
+        return load_model(base_path, compile=True), splits_fn(None)
     else:
         from tfgated import zoo
 
@@ -205,7 +206,7 @@ def main(argv=None):
 
     from tfgated import exits as ee
     from tfgated.data import load_dataset
-    from tfgated.io import machine_info
+    from tfgated.io import load_model, machine_info
 
     keras.utils.set_random_seed(args.seed)
     os.makedirs(args.checkpoint_dir, exist_ok=True)
@@ -230,7 +231,7 @@ def main(argv=None):
     best = choose(rows)
     position = best["position"]
     threshold = best["calibrated"]["validation"]["threshold"]
-    with_exit = keras.saving.load_model(row_paths(args, position)[1], safe_mode=True)
+    with_exit = load_model(row_paths(args, position)[1], compile=True)
     x_test, y_test = collect(splits.test)
     t0 = time.perf_counter()
     measured = ee.early_exit_predict(with_exit, x_test, threshold, batch_size=args.batch_size, labels=y_test)
@@ -246,7 +247,7 @@ def main(argv=None):
     # CE vs soft smoothing at the chosen position (SIPA Figure 9)
     ce_path = os.path.join(args.checkpoint_dir, f"exit{position}_ce.keras")
     if os.path.exists(ce_path):
-        ce_model = keras.saving.load_model(ce_path, safe_mode=True)
+        ce_model = load_model(ce_path, compile=True)
     else:
         print(f"=== Cross-entropy head after block {position} for {args.exit_epochs} epoch(s)", flush=True)
         ce_model = ee.attach_exit(model, position, name=f"exit{position}_ce")

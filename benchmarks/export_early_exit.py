@@ -78,16 +78,16 @@ def parse_args(argv=None):
 
 def exit_model(args, keras, ee, splits):
     """The trained two-output model, from the run folder, --model, or trained here."""
-    from tfgated.io import save_model
+    from tfgated.io import load_model, save_model
 
     import tfgated.zoo as zoo
 
     path = os.path.join(args.run_dir, "exit_model.keras")
     if os.path.exists(path):
         print(f"Loading the trained exit model from {path}", flush=True)
-        return keras.saving.load_model(path, safe_mode=True)
+        return load_model(path, compile=True)
     if args.model:
-        model = keras.saving.load_model(args.model, safe_mode=True)
+        model = load_model(args.model, compile=True)
         if len(model.outputs) == 2:
             save_model(model, path)
             return model

@@ -145,18 +145,18 @@ def evaluate_config(model, test, args):
     """Every inference style, activation and polarization of one trained model."""
     import numpy as np
 
-    from tfgated.inference import gate_rates, set_inference_style
+    from tfgated.inference import STYLES, gate_rates, set_inference_style
     from tfgated.train import evaluate_model
 
     row = {}
-    for mode in ("threshold", "always_on", "stochastic", "ensemble"):
-        row[mode] = evaluate_model(model, test, mode=mode, runs=args.runs, samples=args.samples)
-        row[mode].pop("per_run", None)
+    for style in STYLES:
+        row[style] = evaluate_model(model, test, style=style, runs=args.runs, samples=args.samples)
+        row[style].pop("per_run", None)
     x = np.concatenate([np.asarray(b[0]) for b in test])
     rates = {}
-    for mode in ("threshold", "stochastic"):
-        set_inference_style(model, mode)
-        rates[mode] = np.concatenate([np.ravel(v) for v in gate_rates(model, x).values()])
+    for style in ("threshold", "stochastic"):
+        set_inference_style(model, style)
+        rates[style] = np.concatenate([np.ravel(v) for v in gate_rates(model, x).values()])
     set_inference_style(model, "threshold")
     row["gates"] = int(rates["stochastic"].size)
     row["gate_rates"] = rates["stochastic"].tolist()

@@ -122,10 +122,11 @@ def parse_args(argv=None):
 
 def build_model(args, keras):
     """The model to prune: a saved file, or the zoo preset (imported lazily)."""
+    from tfgated.io import load_model
     if args.model_file:
         if not os.path.exists(args.model_file):
             raise FileNotFoundError(f"No model file at {args.model_file!r}")
-        model = keras.saving.load_model(args.model_file, safe_mode=True)
+        model = load_model(args.model_file, compile=True)
     else:
         try:
             from tfgated import zoo
@@ -180,6 +181,7 @@ def evaluate_checkpoints(tables, args, test_data, keras, base_path):
     The whole test split (10,000 images) gives the headline numbers; the validation
     accuracy the rounds report comes from 6,000. The base model is evaluated once.
     """
+    from tfgated.io import load_model
     import numpy as np
 
     from tfgated.micronet import micronet_score
@@ -191,7 +193,7 @@ def evaluate_checkpoints(tables, args, test_data, keras, base_path):
         for row in rows:
             path = round_path(args, ranking, int(row["round"]), base_path)
             if path not in cache:
-                model = keras.saving.load_model(path, safe_mode=True, compile=False)
+                model = load_model(path)
                 probs = np.asarray(model.predict(test_data, verbose=0))
                 accuracy = float((probs.argmax(axis=-1) == labels).mean())
                 cache[path] = (accuracy, micronet_score(model, bits=16).score)
@@ -261,6 +263,7 @@ def plot(tables, path, title):
 
 
 def main(argv=None):
+    from tfgated.io import load_model
     args = parse_args(argv)
     import keras
 
@@ -292,7 +295,7 @@ def main(argv=None):
     started = time.time()
     if os.path.exists(base_path):
         print(f"Loading trained base model from {base_path}", flush=True)
-        model = keras.saving.load_model(base_path, safe_mode=True)
+        model = load_model(base_path, compile=True)
     else:
         if args.epochs > 0:
             print(f"Training the base model for {args.epochs} epoch(s)", flush=True)
@@ -316,7 +319,7 @@ def main(argv=None):
     tables = {}
     for ranking in args.rankings:
         print(f"=== {ranking}: schedule {schedule}", flush=True)
-        copy = keras.saving.load_model(base_path, safe_mode=True)
+        copy = load_model(base_path, compile=True)
         if args.fine_tune_lr:
             loss, metrics = recipe.loss_and_metrics()
             copy.compile(optimizer=keras.optimizers.SGD(args.fine_tune_lr, momentum=0.9),

@@ -123,8 +123,8 @@ def main(argv=None):
     model = load_model(run_dir)
     test = load_dataset("fashion_mnist", batch_size=256, limit=limit, shuffle_buffer=0).test
     extra = {
-        "always_on": evaluate_model(model, test, mode="always_on", runs=1),
-        "ensemble": evaluate_model(model, test, mode="ensemble", runs=1 if args.quick else 5, samples=5),
+        "always_on": evaluate_model(model, test, style="always_on", runs=1),
+        "ensemble": evaluate_model(model, test, style="ensemble", runs=1 if args.quick else 5, samples=5),
     }
     threshold = metrics["test"]
     # The goal is the gated ResNet's (any of its gate settings); a dense baseline or another

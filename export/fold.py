@@ -40,6 +40,7 @@ import dataclasses
 import keras
 import numpy as np
 
+from tfgated.complexity import mac_fraction
 from tfgated.export.fold_build import STEP_SCALE, FoldBuilder
 from tfgated.export.fold_graph import (
     FoldError,
@@ -99,7 +100,7 @@ class FoldReport:
     @property
     def mac_ratio(self):
         """Folded MACs / dense MACs."""
-        return self.macs_after / self.macs_before if self.macs_before else 1.0
+        return mac_fraction(self.macs_after, self.macs_before)
 
     def summary(self):
         """A JSON-friendly summary (used in the export sidecar)."""

@@ -154,6 +154,24 @@ def _human(n):
     return f"{n:.0f}" if float(n).is_integer() else f"{n:.2f}"
 
 
+def find_row(rows, name, where):
+    """The row of layer call ``name`` among report ``rows``; ``ValueError`` naming ``where`` when absent."""
+    for r in rows:
+        if r.name == name:
+            return r
+    raise ValueError(f"No layer named {name!r} in {where}.")
+
+
+def report_dict(report, keys):
+    """A report's JSON form: ``{key: report.<key>}`` for ``keys``, then ``layers``, each row's ``to_dict()``."""
+    return {**{key: getattr(report, key) for key in keys}, "layers": [r.to_dict() for r in report.rows]}
+
+
+def mac_fraction(macs, dense):
+    """``macs / dense``; 1.0 for a model without dense MACs."""
+    return macs / dense if dense else 1.0
+
+
 class ComplexityReport:
     """Per-layer rows and totals; ``params`` and ``macs`` (per example)."""
 
@@ -166,10 +184,7 @@ class ComplexityReport:
 
     def row(self, name):
         """The row of layer call ``name``."""
-        for r in self.rows:
-            if r.name == name:
-                return r
-        raise ValueError(f"No layer named {name!r} in the complexity report of {self.name!r}.")
+        return find_row(self.rows, name, f"the complexity report of {self.name!r}")
 
     def table(self, skip_empty=False):
         """A fixed-width text table, one line per layer plus the totals."""
@@ -190,13 +205,7 @@ class ComplexityReport:
         return "\n".join(lines)
 
     def to_dict(self):
-        return {
-            "name": self.name,
-            "params": self.params,
-            "macs": self.macs,
-            "bookkeeping": self.bookkeeping,
-            "layers": [r.to_dict() for r in self.rows],
-        }
+        return report_dict(self, ("name", "params", "macs", "bookkeeping"))
 
     def __repr__(self):
         return f"ComplexityReport({self.name!r}, params={self.params:,}, macs={self.macs:,})"
@@ -253,20 +262,21 @@ class ExpectedMacs:
     per_layer: dict
     gated: int
 
-    @property
-    def fraction(self):
-        """``expected / dense``."""
-        return self.expected / self.dense if self.dense else 1.0
-
     def to_dict(self):
+        """The report as JSON-friendly values."""
         return {
             "dense": self.dense,
+            "gated": self.gated,
             "expected": float(self.expected),
             "fraction": float(self.fraction),
-            "gated": self.gated,
             "per_example": None if self.per_example is None else [float(v) for v in self.per_example],
             "per_layer": {k: float(v) for k, v in self.per_layer.items()},
         }
+
+    @property
+    def fraction(self):
+        """``expected / dense``."""
+        return mac_fraction(self.expected, self.dense)
 
 
 def _gate_fraction(info, values):

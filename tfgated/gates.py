@@ -115,6 +115,21 @@ class GumbelGate(keras.layers.Layer):
     #: start (:func:`tfgated.train.transfer_weights`) leaves them as the model has them.
     SETTING_VARIABLES = ("style_id", "threshold_value")
 
+    #: The constructor arguments :meth:`get_config` saves, each kept as the attribute of
+    #: the same name (subclasses change the tuple to save their own).
+    CONFIG_ARGUMENTS = (
+        "units",
+        "kind",
+        "temperature",
+        "open_probability",
+        "hidden_units",
+        "force_open",
+        "threshold",
+        "inference_style",
+        "seed",
+        "gradient_scale",
+    )
+
     def __init__(
         self,
         units,
@@ -297,20 +312,7 @@ class GumbelGate(keras.layers.Layer):
         return (input_shape[0], self.units)
 
     def get_config(self):
-        config = super().get_config()
-        return {
-            **config,
-            "units": self.units,
-            "kind": self.kind,
-            "temperature": self.temperature,
-            "open_probability": self.open_probability,
-            "hidden_units": self.hidden_units,
-            "force_open": self.force_open,
-            "threshold": self.threshold,
-            "inference_style": self.inference_style,
-            "seed": self.seed,
-            "gradient_scale": self.gradient_scale,
-        }
+        return {**super().get_config(), **{name: getattr(self, name) for name in self.CONFIG_ARGUMENTS}}
 
 
 @keras.saving.register_keras_serializable(package="tfgated")

@@ -27,7 +27,16 @@ import json
 import os
 import tempfile
 
-__all__ = ["json_default", "load_model", "save_figure", "save_model", "write_atomic", "write_json"]
+__all__ = [
+    "json_default",
+    "load_model",
+    "parse_json_object",
+    "read_json_object",
+    "save_figure",
+    "save_model",
+    "write_atomic",
+    "write_json",
+]
 
 
 def _umask():
@@ -186,6 +195,30 @@ def json_default(value):
     if isinstance(value, (tuple, set, frozenset)):
         return list(value)
     raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
+
+
+def parse_json_object(text, what):
+    """``text`` parsed as JSON that must be an object (a dict).
+
+    Raises ``ValueError`` naming ``what`` (e.g. ``"--arch-json"``, ``"preset file 'x.json'"``)
+    when the text is not valid JSON or holds another JSON value.
+    """
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise ValueError(f"Expected {what} to be a JSON object, but it is not valid JSON: {error}") from error
+    if not isinstance(value, dict):
+        raise ValueError(f"Expected {what} to be a JSON object. Received: a JSON {type(value).__name__}")
+    return value
+
+
+def read_json_object(path, what=None):
+    """The JSON object (a dict) in the file at ``path``; see :func:`parse_json_object`.
+
+    ``what`` names the file in errors (default: ``file <path>``).
+    """
+    with open(path, encoding="utf-8") as f:
+        return parse_json_object(f.read(), what or f"file {os.fspath(path)!r}")
 
 
 def load_model(path, *, compile=False):

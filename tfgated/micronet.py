@@ -65,7 +65,7 @@ from keras.src.layers.convolutional.base_separable_conv import BaseSeparableConv
 from keras.src.layers.pooling.base_global_pooling import BaseGlobalPooling
 from keras.src.layers.pooling.base_pooling import BasePooling
 
-from tfgated.complexity import bookkeeping_variables
+from tfgated.complexity import bookkeeping_variables, find_row, report_dict
 from tfgated.gates import ChannelMask, GatedResidual, GumbelGate
 from tfgated.graph import VALUE_MOVING_LAYERS, trace
 from tfgated.losses import GateActivationLoss
@@ -152,13 +152,16 @@ class MicroNetRow:
     class_name: str
     params: int = 0
     nonzero: int = 0
-    params_storage: float = 0.0
+    params_storage: float = dataclasses.field(default=0.0, metadata={"unit": "32-bit words"})
+    """Storage of the parameters in 32-bit units (below 32 bits and pruned weights count less)."""
     mults: float = 0.0
     adds: float = 0.0
     ops: float = 0.0
+    """``mults * bits / 32 + adds``: operations in 32-bit units."""
     notes: str = ""
 
     def to_dict(self):
+        """The row as a dict (``dataclasses.asdict``)."""
         return dataclasses.asdict(self)
 
 
@@ -200,10 +203,8 @@ class MicroNetReport:
         return self.storage_score + self.ops_score
 
     def row(self, name):
-        for r in self.rows:
-            if r.name == name:
-                return r
-        raise ValueError(f"No layer named {name!r} in the MicroNet report of {self.name!r}.")
+        """The row of layer call ``name``."""
+        return find_row(self.rows, name, f"the MicroNet report of {self.name!r}")
 
     def table(self, skip_empty=True):
         header = f"{'layer':<36} {'class':<22} {'storage':>13} {'mults':>15} {'adds':>15} {'ops':>15}"
@@ -228,20 +229,8 @@ class MicroNetReport:
         return "\n".join(lines)
 
     def to_dict(self):
-        return {
-            "name": self.name,
-            "bits": self.bits,
-            "params": self.params,
-            "nonzero": self.nonzero,
-            "params_storage": self.params_storage,
-            "mults": self.mults,
-            "adds": self.adds,
-            "ops": self.ops,
-            "storage_score": self.storage_score,
-            "ops_score": self.ops_score,
-            "score": self.score,
-            "layers": [r.to_dict() for r in self.rows],
-        }
+        totals = ("params", "nonzero", "params_storage", "mults", "adds", "ops")
+        return report_dict(self, ("name", "bits", *totals, "storage_score", "ops_score", "score"))
 
     def __repr__(self):
         return (

@@ -40,7 +40,6 @@ import numpy as np
 from tfgated.io import json_default, load_model, save_model, write_json
 
 __all__ = [
-    "MODES",
     "RunData",
     "check_dataset",
     "class_labels",
@@ -55,8 +54,6 @@ __all__ = [
     "transfer_weights",
     "warm_start",
 ]
-
-MODES = ("threshold", "always_on", "stochastic", "ensemble")
 
 CONFIG_FILE = "config.json"
 METRICS_FILE = "metrics.json"
@@ -313,7 +310,7 @@ def train_model(model, recipe, run_dir, data, config=None, *, splits=None, annea
     save_model(model, os.path.join(run_dir, MODEL_FILE))
     train_seconds = time.time() - start
     # The final evaluation: the test split, threshold inference (deterministic).
-    result = evaluate_model(model, data.test_split(), mode="threshold" if gated else None, runs=1)
+    result = evaluate_model(model, data.test_split(), style="threshold" if gated else None, runs=1)
     metrics = {"test": result, "train_seconds": train_seconds, "recipe": recipe.to_dict(), "dataset": data.dataset}
     _write_plots(model, run_dir, probe, gated)
     _write_sorted_json(os.path.join(run_dir, METRICS_FILE), metrics)
@@ -509,13 +506,14 @@ def _exit_share_metrics(gates, values):
     return dict(zip(names, (float(share) for share in gate_exit_shares(exits))))
 
 
-def evaluate_model(model, dataset, mode="threshold", runs=5, samples=5, threshold=None):
-    """Accuracy, gate activation and measured MACs of ``model`` on ``dataset`` under ``mode``.
+def evaluate_model(model, dataset, style="threshold", runs=5, samples=5, threshold=None):
+    """Accuracy, gate activation and measured MACs of ``model`` on ``dataset`` under inference ``style``.
 
     Args:
-        model: a Keras model (gated or not; ``mode`` is ignored without gates).
+        model: a Keras model (gated or not; ``style`` is ignored without gates).
         dataset: batches of ``(images, labels)`` in a fixed order.
-        mode: an inference style; ``stochastic``/``ensemble`` are repeated ``runs`` times.
+        style: an inference style (:data:`tfgated.inference.STYLES`) or None to keep the
+            model's own; ``stochastic``/``ensemble`` are repeated ``runs`` times.
         samples: passes averaged by ``ensemble``.
 
     Returns:
@@ -524,21 +522,23 @@ def evaluate_model(model, dataset, mode="threshold", runs=5, samples=5, threshol
         examples passing them), ``exit_{k}_share`` and ``final_share`` for a
         model with exit gates, ``macs`` (expected MACs per
         example measured from the gates taken; ``ensemble`` counts all passes),
-        ``dense_macs``, and for repeated modes ``*_std`` and ``per_run``.
+        ``dense_macs``, and for repeated styles ``*_std`` and ``per_run``.
+        The style evaluated is under the key ``"mode"`` (None without gates), the key
+        benchmark result files already use.
     """
     import keras
 
     from tfgated.complexity import expected_macs
-    from tfgated.inference import gate_layers, set_inference_style
+    from tfgated.inference import STYLES, gate_layers, set_inference_style
 
     gates = gate_layers(model)
-    if mode is not None and mode not in MODES:
-        raise ValueError(f"Unknown mode {mode!r}. Expected one of {list(MODES)}.")
-    if gates and mode is not None:
-        set_inference_style(model, mode, threshold=threshold, samples=samples)
-    stochastic = bool(gates) and mode in ("stochastic", "ensemble")
+    if style is not None and style not in STYLES:
+        raise ValueError(f"Unknown inference style {style!r}. Expected one of {list(STYLES)} or None.")
+    if gates and style is not None:
+        set_inference_style(model, style, threshold=threshold, samples=samples)
+    stochastic = bool(gates) and style in ("stochastic", "ensemble")
     repeats = runs if stochastic else 1
-    passes = samples if (gates and mode == "ensemble") else 1
+    passes = samples if (gates and style == "ensemble") else 1
     probe = keras.Model(model.inputs, [model.outputs[0]] + [g.output for g in gates]) if gates else model
     labels = class_labels(dataset)
 
@@ -566,7 +566,7 @@ def evaluate_model(model, dataset, mode="threshold", runs=5, samples=5, threshol
         row["dense_macs"] = int(report.dense)
         per_run.append(row)
 
-    result = {"mode": mode if gates else None, "examples": int(len(labels)), "runs": repeats}
+    result = {"mode": style if gates else None, "examples": int(len(labels)), "runs": repeats}
     if passes > 1:
         result["samples"] = passes
     for key in per_run[0]:

@@ -74,6 +74,7 @@ import json
 import os
 
 from tfgated.gate_settings import SETTING_KEYS, GateSettings
+from tfgated.io import read_json_object
 from tfgated.recipes import Recipe
 
 FAMILY_MODULES = (
@@ -198,14 +199,7 @@ def weights_index():
     """The shipped-weights index ``zoo/weights/index.json`` as a dict ({} if absent)."""
     if not os.path.exists(WEIGHTS_INDEX):
         return {}
-    with open(WEIGHTS_INDEX, encoding="utf-8") as f:
-        try:
-            index = json.load(f)
-        except json.JSONDecodeError as error:
-            raise ValueError(f"The weights index {WEIGHTS_INDEX!r} is not valid JSON: {error}") from error
-    if not isinstance(index, dict):
-        raise ValueError(f"Expected {WEIGHTS_INDEX!r} to hold a JSON object. Received: {type(index).__name__}")
-    return index
+    return read_json_object(WEIGHTS_INDEX, f"the weights index {WEIGHTS_INDEX!r}")
 
 
 # -- queries -----------------------------------------------------------------------
@@ -237,13 +231,7 @@ def read_preset_file(path):
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"Preset file {path!r} does not exist.")
-    try:
-        with open(path, encoding="utf-8") as f:
-            preset = json.load(f)
-    except json.JSONDecodeError as error:
-        raise ValueError(f"Preset file {path!r} is not valid JSON: {error}") from error
-    if not isinstance(preset, dict):
-        raise ValueError(f"Expected preset file {path!r} to hold a JSON object. Received: {type(preset).__name__}")
+    preset = read_json_object(path, f"preset file {path!r}")
     missing = [key for key in PRESET_REQUIRED if key not in preset]
     if missing:
         raise ValueError(f"Preset file {path!r} lacks the keys {missing}. Expected at least {list(PRESET_REQUIRED)}.")

@@ -42,7 +42,7 @@ def evaluate_preset(name, path=None, limit=None):
     test = load_dataset(preset["dataset"], batch_size=256, shuffle_buffer=0, limit=limit).test
     gated = bool(preset["gates"])
     style = "threshold" if gated else None
-    result = evaluate_model(model, test, mode=style, runs=1)
+    result = evaluate_model(model, test, style=style, runs=1)
     keys = ("top1", "top5", "gate_activation", "macs", "dense_macs", "examples")
     measured = {k: result[k] for k in keys if k in result}
     if preset.get("recipe", {}).get("precision_bits") == 16:
@@ -72,7 +72,7 @@ def sixteen_bit_numbers(model, test, style=None):
     weights = model.get_weights()
     try:
         model.set_weights([np.asarray(w).astype(np.float16).astype(w.dtype) for w in weights])
-        numbers["top1_float16_weights"] = evaluate_model(model, test, mode=style, runs=1)["top1"]
+        numbers["top1_float16_weights"] = evaluate_model(model, test, style=style, runs=1)["top1"]
     finally:
         model.set_weights(weights)
     return numbers

@@ -16,15 +16,16 @@ def test_evaluate_modes_and_json(tmp_path, model_file, capsys):
     run = str(tmp_path / "run")
     train(model_file, run, TrainOptions(limit=200, overrides={"epochs": 1, "batch_size": 50}, verbose=0))
     out = str(tmp_path / "eval" / "always.json")
-    assert cli_main(["evaluate", "--model", run, "--mode", "always_on", "--json", out]) == 0
+    assert cli_main(["evaluate", "--model", run, "--style", "always_on", "--json", out]) == 0
     with open(out) as f:
         always = json.load(f)
     assert always["gate_activation"] == 1.0 and always["macs"] == always["dense_macs"]
     assert always["examples"] == 200  # the run's --limit is reused
     capsys.readouterr()
-    assert cli_main(["evaluate", "--model", run, "--mode", "stochastic", "--runs", "3"]) == 0
+    assert cli_main(["evaluate", "--model", run, "--style", "stochastic", "--runs", "3"]) == 0
     stoch = json.loads(capsys.readouterr().out)
     assert stoch["runs"] == 3 and len(stoch["per_run"]) == 3 and "top1_std" in stoch and "macs_std" in stoch
+    # --mode: the earlier name of --style, kept as a hidden alias
     assert cli_main(["evaluate", "--model", os.path.join(run, "model.keras"), "--limit", "100",
                      "--batch-size", "32", "--mode", "ensemble", "--runs", "2", "--samples", "3", "--bn-recalibrate",
                      "--recalibrate-batches", "2", "--save", str(tmp_path / "recal.keras")]) == 0

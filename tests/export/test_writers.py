@@ -110,9 +110,14 @@ def test_cli_help_documents_options(capsys):
         main(["--help"])
     assert done.value.code == 0
     out = capsys.readouterr().out
-    for option in ["--tflite", "--onnx", "--fp16", "--int8", "--representative-data", "--batch-size", "--mode",
+    for option in ["--tflite", "--onnx", "--fp16", "--int8", "--representative-data", "--batch-size", "--style",
                    "--no-fold", "--threads", "--no-check"]:
         assert option in out
+    assert "--mode" not in out  # the old name of --style still parses, unlisted
+    from tfgated.cli.export import _export_parser
+
+    for flag in ("--style", "--mode"):
+        assert _export_parser().parse_args(["--onnx", "m.keras", "-o", "m.onnx", flag, "always_on"]).style == "always_on"
     with pytest.raises(SystemExit) as done:
         main(["bench", "--help"])
     out = capsys.readouterr().out
@@ -132,7 +137,7 @@ def test_cli_export_keras_file_and_bench(tmp_path):
     out = _cli("--tflite", str(tmp_path / "tiny.keras"), "-o", str(tmp_path / "tiny.tflite"), "--threads", "1")
     assert out.returncode == 0, out.stderr[-2000:]
     assert "PASSED" in out.stdout
-    out = _cli("--onnx", str(tmp_path / "tiny.keras"), "-o", str(tmp_path / "tiny.onnx"), "--mode", "always_on")
+    out = _cli("--onnx", str(tmp_path / "tiny.keras"), "-o", str(tmp_path / "tiny.onnx"), "--style", "always_on")
     assert out.returncode == 0, out.stderr[-2000:]
     assert json.load(open(tmp_path / "tiny.onnx.json"))["inference_style"] == "always_on"
     out = _cli("bench", str(tmp_path / "tiny.tflite"), str(tmp_path / "tiny.onnx"), "--runs", "5", "--threads", "1",

@@ -177,7 +177,7 @@ def test_exit_gates_count_the_stages_after_them_and_evaluate_reports_exits(fashi
         ([-20.0, 20.0], [0.0, 1.0, 0.0], 0.5, dense - after2),  # all pass exit 1, leave at exit 2
     ):
         set_exit_logits(model, logits)
-        result = evaluate_model(model, data, mode="threshold", runs=1)
+        result = evaluate_model(model, data, style="threshold", runs=1)
         assert [result[k] for k in ("exit_1_share", "exit_2_share", "final_share")] == shares
         assert result["gate_activation"] == pytest.approx(activation)  # share of exits passed
         assert result["macs"] == pytest.approx(macs) and result["dense_macs"] == dense

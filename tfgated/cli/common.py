@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 
-__all__ = ["parse_key_values", "positive_float", "positive_int", "run_command"]
+__all__ = ["add_style_argument", "parse_key_values", "positive_float", "positive_int", "run_command"]
 
 
 def positive_int(text):
@@ -29,6 +29,16 @@ def positive_float(text):
     if not value > 0:
         raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
     return value
+
+
+def add_style_argument(parser, choices, default=None, help=None):
+    """Add ``--style`` (the gates' inference style) to ``parser``, with ``--mode`` as a hidden alias.
+
+    ``--mode`` was the flag's earlier name; old command lines keep working, and both store
+    into ``args.style``.
+    """
+    parser.add_argument("--style", choices=choices, default=default, help=help)
+    parser.add_argument("--mode", dest="style", choices=choices, default=argparse.SUPPRESS, help=argparse.SUPPRESS)
 
 
 def parse_key_values(items, flag="--set"):

@@ -16,8 +16,8 @@ import json
 import os
 import sys
 
-from tfgated.cli.common import positive_int, run_command
-from tfgated.train import MODES
+from tfgated.cli.common import add_style_argument, positive_int, run_command
+from tfgated.inference import STYLES
 
 __all__ = ["build_parser", "main"]
 
@@ -34,11 +34,11 @@ def build_parser():
     p.add_argument("--split", choices=("test", "validation"), default="test")
     p.add_argument("--limit", type=positive_int, default=None)
     p.add_argument("--batch-size", type=positive_int, default=256)
-    p.add_argument("--mode", choices=MODES, default="threshold")
+    add_style_argument(p, STYLES, default="threshold", help="inference style of the gates (default: threshold)")
     p.add_argument("--threshold", type=float, default=None)
     p.add_argument("--samples", type=positive_int, default=5, help="passes of the ensemble style")
     p.add_argument("--runs", type=positive_int, default=5, help="repetitions of stochastic/ensemble")
-    p.add_argument("--bn-recalibrate", action="store_true", help="re-estimate BN statistics under --mode first")
+    p.add_argument("--bn-recalibrate", action="store_true", help="re-estimate BN statistics under --style first")
     p.add_argument("--recalibrate-batches", type=positive_int, default=20)
     p.add_argument("--json", default=None, metavar="PATH", help="also write the result as JSON")
     p.add_argument("--save", default=None, metavar="PATH",
@@ -99,10 +99,10 @@ def _evaluate(args):
     recalibrated = 0
     if args.bn_recalibrate:
         recalibrated = recalibrate_batch_norm(
-            model, splits.train, style=args.mode if gate_layers(model) else None,
+            model, splits.train, style=args.style if gate_layers(model) else None,
             batches=args.recalibrate_batches, samples=args.samples,
         )
-    result = evaluate_model(model, data, mode=args.mode, runs=args.runs, samples=args.samples, threshold=args.threshold)
+    result = evaluate_model(model, data, style=args.style, runs=args.runs, samples=args.samples, threshold=args.threshold)
     result.update({"model": args.model, "dataset": dataset, "split": args.split, "bn_recalibrated_batches": recalibrated})
     print(json.dumps(result, indent=2, sort_keys=True, default=json_default))
     if args.json:

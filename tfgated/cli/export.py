@@ -12,7 +12,7 @@ stops early (TFLite at batch 1: the rest of the network sits in an ``IF`` branch
     python -m tfgated.export --tflite exit_model.keras --exit-threshold 0.9 -o model.tflite
 
 A model with Gumbel exit gates (``tfgated.exits``) exports with each exit as an ``IF`` the same
-way, its gates deciding in threshold style (``--mode``), with no threshold argument.
+way, its gates deciding in threshold style (``--style``), with no threshold argument.
 
 Latency::
 
@@ -26,7 +26,8 @@ import json
 import os
 import sys
 
-from tfgated.cli.common import positive_int
+from tfgated.cli.common import add_style_argument, positive_int
+from tfgated.export.options import STYLES
 
 #: How many Fashion-MNIST test images calibrate int8 and check exits.
 FASHION_MNIST_EXAMPLES = 200
@@ -56,8 +57,7 @@ def _export_parser():
         "or a .npy array of inputs (default: fashion_mnist)",
     )
     p.add_argument("--batch-size", type=positive_int, default=1, help="fixed batch size of the exported signature (default 1)")
-    styles = ["threshold", "always_on"]
-    p.add_argument("--mode", choices=styles, help="inference style of the gates to export (default: the model's own)")
+    add_style_argument(p, STYLES, help="inference style of the gates to export (default: the model's own)")
     p.add_argument("--no-fold", action="store_true", help="export the gated model as is (masks computed at run time)")
     p.add_argument("--fold-batchnorm", action="store_true", help="also fold batch norms into the preceding convolutions")
     masked = "keep data-dependent residual gates in masked form even at batch size 1 (TFLite)"
@@ -167,7 +167,7 @@ def _options(args, shape, exits):
         format="tflite" if args.tflite else "onnx",
         quantization=quantization,
         batch_size=args.batch_size,
-        style=None if exits else args.mode,
+        style=None if exits else args.style,
         fold=not args.no_fold,
         form=form,
         fold_batchnorm=args.fold_batchnorm,
@@ -233,8 +233,8 @@ def _export_exit_gates(args, model, options):
     import tfgated
     from tfgated.export import export_exit_gates
 
-    if args.mode is not None:
-        tfgated.set_inference_style(model, args.mode)
+    if args.style is not None:
+        tfgated.set_inference_style(model, args.style)
     result = export_exit_gates(model, args.output, options)
     info = result.sidecar["exit_gates"]
     shares = ", ".join(f"{v:.1%}" for v in info["parity_exit_shares"])

@@ -13,11 +13,11 @@ then writes the reports.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 
 from tfgated.cli.common import run_command
+from tfgated.io import parse_json_object
 
 __all__ = ["load_preset_file", "main"]
 
@@ -40,16 +40,6 @@ def load_preset_file(path, weights=None, num_classes=None, input_shape=None, com
 def _is_worker():
     """True in KerasTuner's distributed mode on a worker (not the chief)."""
     return "KERASTUNER_ORACLE_IP" in os.environ and "chief" not in os.environ.get("KERASTUNER_TUNER_ID", "")
-
-
-def _json_arg(text, what):
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError as error:
-        raise ValueError(f"Expected {what} to be a JSON object. Received: {text!r} ({error})") from error
-    if not isinstance(value, dict):
-        raise ValueError(f"Expected {what} to be a JSON object. Received: {text!r}")
-    return value
 
 
 def _parser():
@@ -104,7 +94,7 @@ def _base(args):
     preset = tfgated.zoo.get_preset(name)
     arch = {"blocks": list(REFERENCE_BLOCKS), **preset["arch"]}
     if args.arch_json:
-        arch.update(_json_arg(args.arch_json, "--arch-json"))
+        arch.update(parse_json_object(args.arch_json, "--arch-json"))
     return name, preset, arch
 
 
@@ -126,7 +116,7 @@ def _hypermodel(args, base_arch, info=None):
         "learning_rate": args.learning_rate,
     }
     if args.space_json:
-        options.update(_json_arg(args.space_json, "--space-json"))
+        options.update(parse_json_object(args.space_json, "--space-json"))
     shape = {} if info is None else {"num_classes": info.num_classes, "input_shape": info.input_shape}
     return SIPAHyperModel.from_options(build_sipa, base_arch=base_arch, **shape, **options)
 

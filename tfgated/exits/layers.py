@@ -72,9 +72,11 @@ class ExitGate(GumbelGate):
             the feature map size.
         pool_first: pool before the convolution instead of after it (the paper's
             order): the same output size at ``1 / pool_size**2`` of the MACs.
-        temperature, threshold, inference_style, seed: as for
-            :class:`~tfgated.gates.GumbelGate`.
         open_probability: initial probability of exiting, in (0, 1).
+        **kwargs: ``temperature``, ``threshold``, ``inference_style``, ``seed``,
+            ``gradient_scale`` and the Keras layer arguments, as for
+            :class:`~tfgated.gates.GumbelGate` (``units``, ``kind``, ``hidden_units``
+            and ``force_open`` are fixed by this class: one decision, its own network).
 
     Call arguments:
         inputs: feature map ``(batch, height, width, channels)``.
@@ -88,29 +90,14 @@ class ExitGate(GumbelGate):
     #: Read by :func:`tfgated.graph.gate_structure`: ``z = 1`` means "leave here".
     exits_early = True
 
-    def __init__(
-        self,
-        filters=128,
-        pool_size=4,
-        pool_first=False,
-        temperature=1.0,
-        open_probability=DEFAULT_EXIT_PROBABILITY,
-        threshold=0.5,
-        inference_style="threshold",
-        seed=None,
-        **kwargs,
-    ):
-        super().__init__(
-            1,
-            kind="independent",  # no built-in gate network: this class brings its own
-            temperature=temperature,
-            open_probability=open_probability,
-            force_open=False,
-            threshold=threshold,
-            inference_style=inference_style,
-            seed=seed,
-            **kwargs,
-        )
+    #: What :meth:`get_config` saves: the shared :class:`GumbelGate` settings and this class's own.
+    CONFIG_ARGUMENTS = tuple(
+        name for name in GumbelGate.CONFIG_ARGUMENTS if name not in ("units", "kind", "hidden_units", "force_open")
+    ) + ("filters", "pool_size", "pool_first")
+
+    def __init__(self, filters=128, pool_size=4, pool_first=False, open_probability=DEFAULT_EXIT_PROBABILITY, **kwargs):
+        # kind "independent": no built-in gate network, this class brings its own
+        super().__init__(1, kind="independent", open_probability=open_probability, force_open=False, **kwargs)
         self.kind = "dependent"
         if not isinstance(filters, int) or filters < 1:
             raise ValueError(f"Expected filters to be a positive integer. Received: filters={filters}")
@@ -179,12 +166,6 @@ class ExitGate(GumbelGate):
             return z
         never = ops.equal(self.style_id, STYLE_IDS["always_on"])
         return ops.where(never, ops.zeros_like(z), z)
-
-    def get_config(self):
-        config = super().get_config()
-        for key in ("units", "kind", "hidden_units", "force_open"):
-            config.pop(key, None)
-        return {**config, "filters": self.filters, "pool_size": self.pool_size, "pool_first": self.pool_first}
 
 
 def exit_reach(gates):
