@@ -46,22 +46,27 @@ def build_parser():
     return parser
 
 
-def train_demo(preset, x_train, y_train, epochs=1, batch_size=64, verbose=1):
-    """Load ``preset`` from the zoo (shipped weights); with ``epochs`` > 0 fit it on ``(x_train, y_train)``
-    and re-estimate its batch-norm statistics under threshold inference; return ``(model, seconds)``."""
-    import tensorflow as tf
+def _arrays(dataset):
+    import numpy as np
 
+    xs, ys = zip(*((np.asarray(x), np.asarray(y)) for x, y in dataset))
+    return np.concatenate(xs), np.concatenate(ys).reshape(-1)
+
+
+def train_demo(preset, train, epochs=1, verbose=1):
+    """Load ``preset`` from the zoo (shipped weights); with ``epochs`` > 0 fit it on the dataset
+    ``train`` and re-estimate its batch-norm statistics under threshold inference; return
+    ``(model, seconds)``."""
     from tfgated.train import recalibrate_batch_norm
     from tfgated.zoo import load
 
-    model = load(preset)
+    model = load(preset, weights="default")
     start = time.time()
     if epochs > 0:
-        model.fit(x_train, y_train, batch_size=batch_size, epochs=epochs, verbose=verbose)
+        model.fit(train, epochs=epochs, verbose=verbose)
         # After a few hundred steps the batch-norm moving statistics still lag the
         # weights: re-estimate them on training images under threshold inference.
-        batches = tf.data.Dataset.from_tensor_slices((x_train, y_train)).batch(256)
-        recalibrate_batch_norm(model, batches, style="threshold", batches=len(x_train) // 256 or 1)
+        recalibrate_batch_norm(model, train, style="threshold", batches=20)
     return model, time.time() - start
 
 
@@ -101,22 +106,22 @@ def measure_demo(model, x, y):
 def run_demo(preset=DEFAULT_PRESET, examples=4000, epochs=0, batch_size=64, verbose=1):
     """Load ``preset`` with its shipped weights (fine-tuned ``epochs`` on the first ``examples``
     Fashion-MNIST training images when ``epochs`` > 0); return a dict of what was measured on the
-    first :data:`PROBE_EXAMPLES` test images."""
-    from tfgated.data import load_fashion_mnist_arrays
+    first :data:`PROBE_EXAMPLES` test images (standardized like the weights' training data)."""
+    from tfgated.data import load_dataset
 
     if examples < 1 or epochs < 0:
         raise ValueError(f"Expected examples >= 1 and epochs >= 0. Received: examples={examples}, epochs={epochs}")
     start = time.time()
-    (x_train, y_train), (x_test, y_test) = load_fashion_mnist_arrays()
-    x_train = x_train[:examples].astype("float32") / 255.0
-    y_train = y_train[:examples]
-    x_probe = x_test[:PROBE_EXAMPLES].astype("float32") / 255.0
-    y_probe = y_test[:PROBE_EXAMPLES]
-    model, seconds = train_demo(preset, x_train, y_train, epochs=epochs, batch_size=batch_size, verbose=verbose)
+    x_probe, y_probe = _arrays(load_dataset("fashion_mnist", batch_size=256, shuffle_buffer=0,
+                                            limit=PROBE_EXAMPLES).test)
+    train = None
+    if epochs > 0:
+        train = load_dataset("fashion_mnist", batch_size=batch_size, limit=examples, validation_split=0.0).train
+    model, seconds = train_demo(preset, train, epochs=epochs, verbose=verbose)
     result = {
         "preset": preset,
         "epochs": int(epochs),
-        "train_examples": int(len(x_train)) if epochs else 0,
+        "train_examples": int(examples) if epochs else 0,
         "train_seconds": seconds,
         "probe_examples": int(len(x_probe)),
         **measure_demo(model, x_probe, y_probe),
