@@ -47,8 +47,23 @@ def main(argv=None):
     import tfgated
 
     tfgated.register_custom_objects()
-    module = importlib.import_module(COMMANDS[command])
-    return int(module.main(rest) or 0)
+    try:
+        module = importlib.import_module(COMMANDS[command])
+        return int(module.main(rest) or 0)
+    except BaseException:
+        _point_at_native_log()
+        raise
+
+
+def _point_at_native_log():
+    """After a crash in a quiet run, say where TensorFlow's own log lines went (if it wrote any)."""
+    import os
+
+    from tfgated.console import NATIVE_LOG
+
+    if os.path.exists(NATIVE_LOG) and os.path.getsize(NATIVE_LOG) > 0:
+        print(f"(TensorFlow's own log lines of this run: {NATIVE_LOG}; --verbose shows them on the console)",
+              file=sys.stderr)
 
 
 if __name__ == "__main__":

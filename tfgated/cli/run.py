@@ -65,7 +65,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 import time
 
 from tfgated.cli.common import run_command
