@@ -50,7 +50,7 @@ def main(argv=None):
     try:
         module = importlib.import_module(COMMANDS[command])
         return int(module.main(rest) or 0)
-    except BaseException:
+    except Exception:  # a bug: its traceback follows (SystemExit, from argparse, is not one)
         _point_at_native_log()
         raise
 
