@@ -122,6 +122,7 @@ class StageProgress:
     def __enter__(self):
         self.start = time.time()
         if self.live:
+            self._saved_stdout, sys.stdout = sys.stdout, _LineRouter(self.log)  # prints go above the line
             self._thread = threading.Thread(target=self._loop, daemon=True)
             self._thread.start()
         return self
@@ -130,7 +131,33 @@ class StageProgress:
         self._stop.set()
         if self._thread is not None:
             self._thread.join()
+            sys.stdout.flush()
+            sys.stdout = self._saved_stdout
             with self._lock:
                 self.stream.write("\r\x1b[K")
                 self.stream.flush()
+        return False
+
+
+class _LineRouter:
+    """A text stream that hands every complete line to ``log`` (what a stage prints while the live
+    line is drawn: Improving trials, pruning rounds)."""
+
+    def __init__(self, log):
+        self._log = log
+        self._pending = ""
+
+    def write(self, text):
+        self._pending += text
+        *lines, self._pending = self._pending.split("\n")
+        for line in lines:
+            self._log(line.split("\r")[-1])
+        return len(text)
+
+    def flush(self):
+        if self._pending:
+            self._log(self._pending)
+            self._pending = ""
+
+    def isatty(self):
         return False
