@@ -90,9 +90,9 @@ def _plot_accuracy_vs_score(rows, references, anchor, path):
         axes = figure.add_subplot(1, 1, 1)
         axes.plot([r["score"] for r in rows], [r["accuracy"] for r in rows], "o-", color="tab:blue",
                   label="this run")
-        for r in rows:
-            axes.annotate(r["stage"], (r["score"], r["accuracy"]), fontsize=7, xytext=(4, -10),
-                          textcoords="offset points")
+        for index, r in enumerate(rows):  # labels alternate above and below: stages often coincide
+            axes.annotate(r["stage"], (r["score"], r["accuracy"]), fontsize=7,
+                          xytext=(4, 6 if index % 2 else -12), textcoords="offset points")
         scored = [p for p in references if p["score"] is not None]
         if scored:
             axes.scatter([p["score"] for p in scored], [p["accuracy"] for p in scored], marker="s",
