@@ -231,7 +231,9 @@ def load_model(path, *, compile=False):
     """
     import keras
 
-    import tfgated  # noqa: F401  (registers the custom objects)
+    import tfgated
+
+    tfgated.register_custom_objects()  # already done by `import tfgated`, except under `python -m tfgated`
 
     path = os.fspath(path)
     if os.path.isdir(path):

@@ -105,57 +105,70 @@ def test_end_to_end_files_table_and_parity(tiny_run):
         if stage not in ("improve", "export"):
             assert os.path.getsize(os.path.join(_stage_dir(run_dir, stage), "model.keras")) > 0
     summary = _summary(run_dir)
-    assert [r["stage"] for r in summary["rows"]] == ["search", "improve", "prune", "accelerate", "16-bit"]
+    assert [r["stage"] for r in summary["rows"]] == ["search", "train", "prune", "accelerate", "16-bit", "export"]
     for row in summary["rows"]:
         assert row["storage"] > 0 and row["ops"] > 0
         assert row["score"] == pytest.approx(row["storage"] / 36.5e6 + row["ops"] / 10.49e9)
     rows = {r["stage"]: r for r in summary["rows"]}
     # pruning removes weights and operations; the exit head adds parameters; 16 bits halve the storage
-    assert rows["prune"]["nonzero_params"] < rows["improve"]["nonzero_params"]
-    assert rows["prune"]["ops"] < rows["improve"]["ops"]
+    assert rows["prune"]["nonzero_params"] < rows["train"]["nonzero_params"]
+    assert rows["prune"]["ops"] < rows["train"]["ops"]
     assert rows["prune"]["sparsity"] == pytest.approx(0.5, abs=0.01)
     assert rows["accelerate"]["params"] > rows["prune"]["params"]
     assert rows["16-bit"]["bits"] == 16 and rows["accelerate"]["bits"] == 32
     assert rows["16-bit"]["storage"] < 0.6 * rows["accelerate"]["storage"]
     assert rows["16-bit"]["ops"] < rows["accelerate"]["ops"]
-    # the exported files exist, parity was checked in LiteRT and ONNX Runtime and passed
+    # the export row scores the exported file: the 16-bit model with its exit
+    assert {k: v for k, v in rows["export"].items() if k not in ("stage", "accuracy")} == {
+        k: v for k, v in rows["16-bit"].items() if k not in ("stage", "accuracy")}
+    # the exported files exist, carry the exit, parity was checked in LiteRT and ONNX Runtime and passed
     exported = summary["exported"]
     assert exported["tflite"].endswith(".tflite") and exported["onnx"].endswith(".onnx")
     for key, runtime in (("tflite", "litert"), ("onnx", "onnxruntime")):
         assert os.path.getsize(exported[key]) > 0
         assert os.path.exists(exported[key] + ".json")
+        with open(exported[key] + ".json", encoding="utf-8") as f:
+            sidecar = json.load(f)
+        assert sidecar["early_exit"]["threshold"] == pytest.approx(rows["16-bit"]["threshold"])
+        assert sidecar["early_exit"]["form"] == ("conditional" if key == "tflite" else "masked")
         assert summary["parity"][key]["passed"] is True
         assert summary["parity"][key]["runtime"] == runtime
         assert summary["parity"][key]["examples"] == BUDGETS["tiny"].parity_examples
     for plot in summary["plots"]:
         assert plot.endswith(".png") and os.path.getsize(plot) > 0
     assert any(p.endswith("stages.png") for p in summary["plots"])
+    assert summary["accuracy_plot"] == os.path.join(run_dir, "accuracy_vs_score.png")
+    assert os.path.getsize(summary["accuracy_plot"]) > 0
     # the printed and written table
     _, out = tiny_run["second"]
     with open(os.path.join(run_dir, "summary.md"), encoding="utf-8") as f:
         markdown = f.read()
     for text in (out, markdown):
         assert "| stage | bits | accuracy | parameters | storage (32-bit eq.) | MicroNet ops |" in text
-        for stage in ("search", "improve", "prune", "accelerate", "16-bit"):
+        for stage in ("search", "train", "prune", "accelerate", "16-bit", "export"):
             assert f"| {stage} |" in text
+        assert "Rows: search = best searched network" in text  # the legend
+        assert "Next steps:" in text and summary["final_model"] in text
     assert "Parity tflite: passed" in out and "Parity onnx: passed" in out
     assert f"Plots: {os.path.join(run_dir, 'plots')}" in out
     assert "Stage times:" in out
 
 
 # table row -> the stage whose model.keras the row measures
-ROW_STAGES = {"search": "search", "improve": "train", "prune": "prune", "accelerate": "accelerate",
+ROW_STAGES = {"search": "search", "train": "train", "prune": "prune", "accelerate": "accelerate",
               "16-bit": "quantize"}
 
 
 @pytest.mark.slow
 def test_row_accuracies_are_the_written_models_test_accuracies(tiny_run):
     from tfgated.exits import EarlyExitModel
+    from tfgated.export import run_tflite
     from tfgated.io import load_model
 
     run_dir = tiny_run["run_dir"]
-    rows = {r["stage"]: r for r in _summary(run_dir)["rows"]}
-    assert set(rows) == set(ROW_STAGES)
+    summary = _summary(run_dir)
+    rows = {r["stage"]: r for r in summary["rows"]}
+    assert set(rows) == set(ROW_STAGES) | {"export"}
     x, y = Run("fashion_mnist", BUDGETS["tiny"], run_dir, seed=0).test_arrays()
     assert len(y) > 0
     for name, stage in ROW_STAGES.items():
@@ -167,19 +180,21 @@ def test_row_accuracies_are_the_written_models_test_accuracies(tiny_run):
         else:
             predictions = model.predict(x, batch_size=256, verbose=0)
             assert rows[name]["accuracy"] == float(np.mean(predictions.argmax(axis=1) == y)), name
+    lite = run_tflite(summary["exported"]["tflite"], x)
+    assert rows["export"]["accuracy"] == float(np.mean(lite.argmax(axis=1) == y))
 
 
 @pytest.mark.slow
-def test_exported_tflite_matches_the_16bit_keras_network(tiny_run):
+def test_exported_files_match_the_16bit_keras_network_with_its_exit(tiny_run):
     from tfgated.data import load_dataset
+    from tfgated.exits import EarlyExitModel
     from tfgated.export import run_onnx, run_tflite
 
     run_dir = tiny_run["run_dir"]
     summary = _summary(run_dir)
     with_exit = keras.saving.load_model(os.path.join(_stage_dir(run_dir, "quantize"), "model.keras"), safe_mode=True)
-    main = keras.Model(with_exit.inputs, with_exit.outputs[0])
     x = next(iter(load_dataset("fashion_mnist", limit=64, validation_split=0.25, seed=0).test))[0].numpy()[:16]
-    expected = main.predict(x, verbose=0)
+    expected = EarlyExitModel(with_exit, summary["stages"]["export"]["threshold"]).predict(x).probabilities
     np.testing.assert_allclose(run_onnx(summary["exported"]["onnx"], x), expected, atol=1e-4)
     lite = run_tflite(summary["exported"]["tflite"], x)
     assert (lite.argmax(1) == expected.argmax(1)).mean() >= 0.9

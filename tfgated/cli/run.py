@@ -1,80 +1,76 @@
 """``python -m tfgated run``: the whole SIPA workflow, end to end, resumable.
 
-SIPA (Lee, Bae, Oh, Yun, MicroNet Challenge 2019) in seven stages on one
-dataset (Fashion-MNIST from the local IDX files by default, offline):
+SIPA (Lee, Bae, Oh, Yun, MicroNet Challenge 2019) in seven stages on one dataset
+(Fashion-MNIST from the local IDX files by default, offline):
 
-=====  ============  ==============================================================
-stage  name          what it does (module)
-=====  ============  ==============================================================
-1      search        SIPA architecture search with KerasTuner: block arguments and
-                     scaling under a MAC budget (:mod:`tfgated.search`)
-2      improve       greedy Improving: each training trick is kept only if it
-                     raises validation accuracy (:mod:`tfgated.improve`)
-3      train         the searched architecture trained with the improved recipe
-                     (:mod:`tfgated.recipes`)
-4      prune         iterative global magnitude pruning with layer-wise
-                     normalization, fine-tuning between rounds (:mod:`tfgated.pruning`)
-5      accelerate    an early-exit head trained with soft smoothing on the frozen
-                     network, confidence threshold calibrated on validation data
-                     (:mod:`tfgated.exits`)
-6      quantize      weights rounded to 16 bits; MicroNet score at 16 bits
-                     (:mod:`tfgated.micronet`)
-7      export        the 16-bit main network written to TFLite (float16) and ONNX,
-                     each checked against Keras in its runtime (``tfgated.export``)
-=====  ============  ==============================================================
+  1 search      SIPA architecture search with KerasTuner: block arguments and scaling
+                under a MAC budget (tfgated.search)
+  2 improve     greedy Improving: each training trick is kept only if it raises
+                validation accuracy (tfgated.improve); it makes no model of its own
+  3 train       the searched architecture trained with the improved recipe (tfgated.recipes)
+  4 prune       iterative global magnitude pruning with layer-wise normalization,
+                fine-tuning between rounds (tfgated.pruning)
+  5 accelerate  an early-exit head trained with soft smoothing on the frozen network,
+                confidence threshold calibrated on validation data (tfgated.exits)
+  6 quantize    weights rounded to 16 bits; MicroNet score at 16 bits (tfgated.micronet)
+  7 export      the 16-bit network WITH its exit written to TFLite (float16, conditional
+                at batch size 1: confident images stop after the exit head) and ONNX (masked
+                form), each checked against Keras in its runtime (tfgated.export); the TFLite
+                file's own test accuracy is the export row
 
-Each stage prints ``[k/7] name: ...`` lines. At the end the per-stage table of
-SIPA's Table 1 is printed (stage, accuracy, parameters and their storage,
-MicroNet math operations, normalized storage and operation scores, total score)
-and written to ``summary.md`` and ``summary.json`` in the run folder, with the
-plots (``plots/``) and the exported files (``export/``).
+The console stays quiet: TensorFlow's own log lines are hidden (``--verbose`` shows them),
+each stage prints a few lines (on a terminal one live line with the elapsed time and an
+estimate, :mod:`tfgated.cli.pipeline.progress`). At the end the per-stage table of SIPA's
+Table 1 (one row per stage that makes a model: search, train, prune, accelerate, 16-bit,
+export) is printed with a legend and written to ``summary.md`` and ``summary.json`` in the
+run folder, beside ``accuracy_vs_score.png`` (every stage against the shipped presets and
+the anchor); the run ends with the next steps: how to load the final model, the export
+command, the files written with their sizes and a comparison with the nearest shipped
+preset and the anchor (0.925, the Fashion-MNIST benchmark's 2-conv network).
 
-Accuracy is measured on the test split. Stages 1-4 are scored at 32 bits,
-stage 5 with the exit head counted in storage and the *expected* operations
-(part before the exit and the head always, the rest of the network for the
-examples that do not exit), stage 6 like stage 5 at 16 bits (16-bit
-parameters and multiplications, 32-bit additions).
+Accuracy is measured on the test split. Stages 1-4 are scored at 32 bits, stage 5 with the
+exit head counted in storage and the *expected* operations (part before the exit and the
+head always, the rest of the network for the examples that do not exit), stage 6 like stage
+5 at 16 bits (16-bit parameters and multiplications, 32-bit additions).
 
-Resuming: the run folder (``--run-dir``, default ``runs/sipa_<dataset>_<budget>``)
-holds one folder per stage, ``NN_<stage>/``, with the stage's files, its model
-(``model.keras``, where the stage makes one) and ``state.json`` written
-atomically when the stage is finished. Run the same command again after an
-interruption: finished stages print ``skipped (done)``, the interrupted stage
-resumes where its own checkpoints allow (finished search trials, Improving
-trials, training epochs and pruning rounds are kept) and the rest runs.
+Resuming: the run folder (``--run-dir``, default ``runs/sipa_<dataset>_<budget>``) holds one
+folder per stage, ``NN_<stage>/``, with the stage's files, its model (``model.keras``, where
+the stage makes one) and ``state.json`` written atomically when the stage is finished. Run
+the same command again after an interruption: finished stages print ``skipped (done)``, the
+interrupted stage resumes where its own checkpoints allow and the rest runs.
 ``--stop-after STAGE`` stops after a stage.
 
 Budgets (``--budget``; their numbers are data, ``tfgated/cli/pipeline/budgets.json``):
 
-* ``small`` (default): sized to finish well within half an hour on two CPU
-  cores: five SIPA blocks at native resolution (search space of about 2-9M
-  MACs per example, fitness budget 4M), the first 20,000 training images
-  (18,000 for training, 2,000 for validation), four search trials of two
-  epochs, three Improving candidates of two epochs, twelve training epochs,
-  three pruning rounds (30%, 50%, 60%) with one fine-tuning epoch each, two
-  epochs for the exit head. Measured: 655 s (about 11 minutes) on two CPU
-  cores shared with other jobs (load average 4-5); test accuracy 0.898 after
-  training, 0.886 after pruning, early exit and 16 bits.
-* ``tiny``: a few hundred images and a minimal network; seconds per stage
-  (tests and smoke runs).
-* ``paper``: SIPA's searched preset (``sipa_fashion_mnist`` or ``sipa_cifar100``)
-  as the search result, SIPA's Improving groups and full-length training,
-  SIPA's pruning schedule up to 64% sparsity. Hours to days: not for two cores.
+* ``small`` (default): the full training split (54,000 images, 6,000 for validation), five
+  SIPA blocks at native resolution (search space of about 2-9M MACs per example, fitness
+  budget 4M), four search trials and four Improving trials of one epoch, 24 training epochs,
+  pruning to 30% then 50% with two fine-tuning epochs each, two epochs for the exit head.
+  Aimed at the anchor (0.925) in under 30 minutes on two idle CPU cores. NOT YET MEASURED:
+  about 24 minutes is an estimate, scaled by images x epochs from the one committed measured
+  run, the former small budget (18,000 training images, 12 epochs, 3 pruning rounds to 60%):
+  424 s on two cores, test accuracy 0.898 after training and 0.886 after pruning, early
+  exit and 16 bits (``benchmarks/results/pipeline_small_summary.json``).
+* ``tiny``: a few hundred images and a minimal network; seconds per stage (tests and smoke
+  runs).
+* ``paper``: SIPA's searched preset (``sipa_fashion_mnist`` or ``sipa_cifar100``) as the
+  search result, SIPA's Improving groups and full-length training, SIPA's pruning schedule
+  up to 64% sparsity. Hours to days: not for two cores.
 
-``--dataset cifar100 --data-dir DIR`` runs on CIFAR-100 prepared with TFDS in
-``DIR`` (a clear error otherwise).
+``--dataset cifar100 --data-dir DIR`` runs on CIFAR-100 prepared with TFDS in ``DIR`` (a
+clear error otherwise).
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import sys
 import time
 
 from tfgated.cli.common import run_command
 from tfgated.cli.pipeline.budgets import BUDGETS, get_budget
 from tfgated.cli.pipeline.deploy import stage_accelerate, stage_export, stage_quantize
+from tfgated.cli.pipeline.progress import StageProgress, estimate_seconds, format_duration
 from tfgated.cli.pipeline.stages import stage_improve, stage_prune, stage_search, stage_train
 from tfgated.cli.pipeline.state import STAGES, Run, check_run_config, save_json
 from tfgated.cli.pipeline.summary import write_summary
@@ -93,6 +89,27 @@ STAGE_FUNCTIONS = {
 }
 
 
+def _run_stage(run, stage, label):
+    """Run one stage under a progress line; returns its state (saved as ``state.json``)."""
+    estimate = estimate_seconds(stage, run.budget)
+    emit = run.log
+    progress = StageProgress(label, estimate, emit=emit, live=run.verbose == 0)
+    if not progress.live:
+        emit(f"{label}: started, ~{format_duration(estimate)} estimated")
+    run.log = progress.log
+    try:
+        with progress:
+            start = time.time()
+            result = STAGE_FUNCTIONS[stage](run, run.stage_dir(stage))
+            seconds = time.time() - start
+    finally:
+        run.log = emit
+    state = {"stage": stage, "status": "done", "seconds": seconds, **result}
+    save_json(run.state_path(stage), state)
+    emit(f"{label}: done in {seconds:.1f}s ({format_duration(seconds)}; estimated ~{format_duration(estimate)})")
+    return state
+
+
 def _run_stages(run, stop_after):
     """Run every unfinished stage in order; return ``(states, seconds)``, or None when stopped."""
     states, times = {}, {}
@@ -102,12 +119,7 @@ def _run_stages(run, stop_after):
         if state is not None:
             run.log(f"{label}: skipped (done)")
         else:
-            start = time.time()
-            result = STAGE_FUNCTIONS[stage](run, run.stage_dir(stage))
-            seconds = time.time() - start
-            state = {"stage": stage, "status": "done", "seconds": seconds, **result}
-            save_json(run.state_path(stage), state)
-            run.log(f"{label}: done in {seconds:.1f}s")
+            state = _run_stage(run, stage, label)
         states[stage] = state
         times[stage] = float(state.get("seconds", 0.0))
         if stage == stop_after:
@@ -117,7 +129,7 @@ def _run_stages(run, stop_after):
 
 
 def run_pipeline(dataset="fashion_mnist", budget="small", run_dir=None, data_dir=None, seed=0,
-                 stop_after=None, verbose=2, log=print):
+                 stop_after=None, verbose=0, log=print):
     """Run (or resume) the SIPA pipeline; see the module docstring.
 
     Args:
@@ -129,7 +141,8 @@ def run_pipeline(dataset="fashion_mnist", budget="small", run_dir=None, data_dir
         data_dir: dataset folder (TFDS ``data_dir``; optional for Fashion-MNIST).
         seed: seeds the data split, shuffling and initialisation.
         stop_after: a stage name: stop after it (no summary written).
-        verbose: Keras ``fit`` verbosity (0 silent, 1 progress bar, 2 one line per epoch).
+        verbose: Keras ``fit`` verbosity (0: silent, one progress line per stage; 1 progress
+            bar, 2 one line per epoch).
         log: the function printing the progress lines.
 
     Returns:
@@ -165,19 +178,23 @@ def build_parser():
                         "(TFDS, prepared in --data-dir)")
     parser.add_argument("--data-dir", default=None, help="dataset folder (TFDS data_dir)")
     parser.add_argument("--budget", choices=list(BUDGETS), default="small",
-                        help="tiny (smoke test), small (default, ~30 min on 2 CPU cores), paper (SIPA-sized)")
+                        help="tiny (smoke test, minutes), small (default: the full training split; an estimated "
+                        "24 min on 2 idle CPU cores, not yet measured), paper (SIPA-sized, hours to days)")
     parser.add_argument("--run-dir", default=None, help="run folder (default runs/sipa_<dataset>_<budget>)")
     parser.add_argument("--stop-after", choices=list(STAGES), default=None, help="stop after this stage")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--verbose", type=int, choices=(0, 1, 2), default=None,
-                        help="Keras fit verbosity (default: 1 on a terminal, else 2)")
+    parser.add_argument("--verbose", nargs="?", type=int, choices=(0, 1, 2), const=2, default=None,
+                        metavar="LEVEL",
+                        help="show TensorFlow's own log lines; LEVEL is the Keras fit verbosity (0 silent, "
+                        "1 progress bar, 2 a line per epoch; 2 when omitted). Without --verbose: quiet, one "
+                        "progress line per stage")
     return parser
 
 
 def main(argv=None):
     """``python -m tfgated run ...``; returns the exit status (2 for user errors)."""
     args = build_parser().parse_args(argv)
-    verbose = args.verbose if args.verbose is not None else (1 if sys.stdout.isatty() else 2)
+    verbose = args.verbose if args.verbose is not None else 0
 
     def log(message):
         print(message, flush=True)

@@ -4,7 +4,9 @@
 * :mod:`~tfgated.cli.pipeline.state` — the run folder: stage folders, finished-stage state, data.
 * :mod:`~tfgated.cli.pipeline.stages` — stages 1-4: search, improve, train, prune.
 * :mod:`~tfgated.cli.pipeline.deploy` — stages 5-7: accelerate (early exit), quantize, export.
-* :mod:`~tfgated.cli.pipeline.summary` — the per-stage table (SIPA Table 1) and the summary files.
+* :mod:`~tfgated.cli.pipeline.summary` — the per-stage table (SIPA Table 1), its legend, the plots and the summary files.
+* :mod:`~tfgated.cli.pipeline.report` — the shipped presets to compare with and the closing next steps.
+* :mod:`~tfgated.cli.pipeline.progress` — one progress line per stage, estimated stage lengths.
 """
 
 from tfgated.cli.pipeline.budgets import BUDGETS, SIPA_PRESETS, Budget, get_budget

@@ -1,4 +1,4 @@
-"""Stages 5-7 of the pipeline: accelerate (early exit), quantize (16 bits), export (TFLite, ONNX).
+"""Stages 5-7 of the pipeline: accelerate (early exit), quantize (16 bits), export (TFLite, ONNX, with the exit).
 
 Each stage is ``stage(run, out) -> dict`` as in :mod:`tfgated.cli.pipeline.stages`.
 """
@@ -130,15 +130,27 @@ def _log_parity(run, filename, parity):
     )
 
 
+def _exported_accuracy(run, path):
+    """Top-1 accuracy of the exported TFLite file on the run's test images, in LiteRT."""
+    from tfgated.export import run_tflite
+
+    x, y = run.test_arrays()
+    return float((run_tflite(path, x).argmax(axis=1) == y).mean())
+
+
 def stage_export(run, out):
-    """Stage 7: the 16-bit main network (without its exit) to TFLite (float16) and ONNX, each
-    checked against Keras in its runtime."""
-    import keras
+    """Stage 7: the 16-bit network WITH its exit, as scored in the 16-bit row: TFLite (float16,
+    conditional at batch size 1: images leave after the exit head) and ONNX (masked form: both
+    paths computed, the taken one returned), each checked against Keras in its runtime; the
+    TFLite file's own test accuracy makes the export row."""
+    import contextlib
+    import io
 
-    from tfgated.export import export
+    from tfgated.export import export_early_exit
 
+    quantized = run.need("quantize")
+    threshold = float(run.need("accelerate")["calibration"]["threshold"])
     with_exit = run.load_model("quantize")
-    main = keras.Model(with_exit.inputs, with_exit.outputs[0], name="sipa_main")
     x, _ = run.test_arrays()
     parity_x = x[: run.budget.parity_examples]
     info = run.splits().info
@@ -146,10 +158,15 @@ def stage_export(run, out):
     files, results = {}, {}
     for key, filename, quantization in (("tflite", "model_fp16.tflite", "float16"), ("onnx", "model.onnx", "float32")):
         path = os.path.join(out, filename)
-        run.log(f"[7/7] export: {filename} ({quantization}), parity on {len(parity_x)} test images")
-        result = export(main, path, quantization=quantization, parity_data=parity_x,
-                        class_names=info.class_names, preprocessing=preprocessing)
+        run.log(f"[7/7] export: {filename} ({quantization}, with the exit at threshold {threshold:.4f}), "
+                f"parity on {len(parity_x)} test images")
+        with contextlib.redirect_stdout(io.StringIO()):  # the converters print their temporary folders
+            result = export_early_exit(with_exit, path, threshold, quantization=quantization, parity_data=parity_x,
+                                       class_names=info.class_names, preprocessing=preprocessing)
         files[key] = path
         results[key] = result.parity
         _log_parity(run, filename, result.parity)
-    return {"files": files, "parity": results}
+    accuracy = _exported_accuracy(run, files["tflite"])
+    row = {**quantized["row"], "stage": "export", "accuracy": accuracy}
+    run.log(f"[7/7] export: {os.path.basename(files['tflite'])} in LiteRT: test accuracy {accuracy:.4f}")
+    return {"row": row, "files": files, "parity": results, "threshold": threshold}

@@ -204,7 +204,7 @@ def stage_train(run, out):
         plots.plot_history(history_csv, os.path.join(run.plots_dir, "train_history.png"))
     accuracy = run.test_accuracy(model)
     run.log(f"[3/7] train: test accuracy {accuracy:.4f}")
-    return {"row": score_row("improve", accuracy, micronet(model, 32), 32), "recipe": recipe.to_dict()}
+    return {"row": score_row("train", accuracy, micronet(model, 32), 32), "recipe": recipe.to_dict()}
 
 
 def stage_prune(run, out):
@@ -233,7 +233,7 @@ def stage_prune(run, out):
     tune.compile(model, steps_per_epoch=steps_per_epoch(splits.train))
     rows = iterative_pruning(model, splits.train, splits.validation, IterativePruningOptions(
         schedule=list(budget.prune_schedule), fine_tune_epochs=budget.prune_epochs, ranking="global_normalized",
-        checkpoint_dir=os.path.join(out, "rounds"), fit_kwargs={"verbose": run.verbose}, verbose=1,
+        checkpoint_dir=os.path.join(out, "rounds"), fit_kwargs={"verbose": run.verbose}, verbose=1 if run.verbose else 0,
     ))
     strip_pruning(model)
     save_model(model, run.model_path("prune"))

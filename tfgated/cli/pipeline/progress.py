@@ -1,0 +1,163 @@
+"""One progress line per pipeline stage: elapsed time and an estimate of the stage's length.
+
+The estimate scales the committed timing of a whole ``small``-budget run
+(``benchmarks/results/pipeline_small_summary.json``: 424 s on two CPU cores, 18,000
+training images, five-block network of about 3M MACs) by the work a budget asks of each
+stage, counted in training images times epochs. It is a rough guide (another network,
+another machine load change it), never below the stage's time in a tiny run
+(:data:`MINIMUM_SECONDS`), printed as ``~M:SS``.
+
+On a terminal a :class:`StageProgress` rewrites one line every second
+(``[3/7] train  0:42 elapsed, ~2:30 estimated``); elsewhere (a log file, a pipe) the stage
+prints its estimate when it starts and its time when it is done, nothing in between.
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+import time
+
+__all__ = ["SECONDS_PER_IMAGE_EPOCH", "StageProgress", "estimate_seconds", "format_duration"]
+
+#: Seconds per training image per epoch of each stage in the committed small run
+#: (stage seconds / (images x epochs x trials or rounds)): search 115.6 s / (4 x 2 x 18,000),
+#: improve 105.7 s / (4 x 2 x 18,000), train 149.6 s / (12 x 18,000), prune 35.5 s / (3 x 18,000),
+#: accelerate 10.9 s / (2 x 18,000); quantize and export per test image (3.5 s / 10,000 each,
+#: plus the exported file's own test pass, about 1 ms per image).
+SECONDS_PER_IMAGE_EPOCH = {
+    "search": 115.6 / (4 * 2 * 18000),
+    "improve": 105.7 / (4 * 2 * 18000),
+    "train": 149.6 / (12 * 18000),
+    "prune": 35.5 / (3 * 18000),
+    "accelerate": 10.9 / (2 * 18000),
+    "quantize": 3.5 / 10000,
+    "export": 3.5 / 10000 + 1e-3,
+}
+
+#: The least a stage takes, whatever its budget (building models, compiling, loading, plotting):
+#: the stage times of a ``--budget tiny`` run (95 s in all) on the two cores shared with other jobs.
+MINIMUM_SECONDS = {"search": 30.0, "improve": 14.1, "train": 8.8, "prune": 22.6, "accelerate": 10.7,
+                   "quantize": 1.4, "export": 7.3}
+
+FASHION_MNIST_TRAIN, FASHION_MNIST_TEST = 60000, 10000
+
+
+def _improve_trials(groups):
+    if groups == "sipa":
+        return 1 + 9  # the baseline and SIPA's candidates, about
+    return 1 + sum(len(candidates) for _, candidates in groups)
+
+
+def estimate_seconds(stage, budget, num_train=FASHION_MNIST_TRAIN, num_test=FASHION_MNIST_TEST):
+    """Estimated seconds of ``stage`` under ``budget`` (see the module docstring)."""
+    total = num_train if budget.limit is None else min(budget.limit, num_train)
+    images = total * (1.0 - budget.validation_split)
+    test = num_test if budget.limit is None else min(budget.limit, num_test)
+    work = {
+        "search": max(1, budget.search_trials) * budget.search_epochs * images,
+        "improve": _improve_trials(budget.improve_groups) * budget.improve_epochs * images,
+        "train": budget.train_epochs * images,
+        "prune": len(budget.prune_schedule) * budget.prune_epochs * images,
+        "accelerate": budget.exit_epochs * images,
+        "quantize": test,
+        "export": test,
+    }[stage]
+    return max(MINIMUM_SECONDS[stage], work * SECONDS_PER_IMAGE_EPOCH[stage])
+
+
+def format_duration(seconds):
+    """``"M:SS"`` (or ``"H:MM:SS"`` from an hour)."""
+    seconds = int(round(max(0.0, seconds)))
+    hours, rest = divmod(seconds, 3600)
+    minutes, seconds = divmod(rest, 60)
+    return f"{hours}:{minutes:02d}:{seconds:02d}" if hours else f"{minutes}:{seconds:02d}"
+
+
+class StageProgress:
+    """A context manager showing ``label  elapsed, ~estimate`` on one terminal line while a stage runs.
+
+    :meth:`log` prints a message above the line (the line is cleared first and redrawn). With
+    ``live=False`` or off a terminal (``stream.isatty()`` false) nothing is drawn and
+    :meth:`log` calls ``emit``.
+    """
+
+    def __init__(self, label, estimate, emit=print, live=True, stream=None, interval=1.0):
+        self.label = label
+        self.estimate = estimate
+        self.emit = emit
+        self.stream = stream if stream is not None else sys.stdout
+        self.interval = interval
+        self.live = bool(live) and bool(getattr(self.stream, "isatty", lambda: False)())
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = None
+        self.start = None
+
+    def line(self):
+        elapsed = time.time() - self.start
+        return f"{self.label}  {format_duration(elapsed)} elapsed, ~{format_duration(self.estimate)} estimated"
+
+    def _draw(self):
+        self.stream.write("\r" + self.line() + "\x1b[K")
+        self.stream.flush()
+
+    def _loop(self):
+        while not self._stop.wait(self.interval):
+            with self._lock:
+                self._draw()
+
+    def log(self, message):
+        if not self.live:
+            self.emit(message)
+            return
+        with self._lock:
+            if self.live:
+                self.stream.write("\r\x1b[K")
+            self.stream.write(message + "\n")
+            if self.live:
+                self._draw()
+            self.stream.flush()
+
+    def __enter__(self):
+        self.start = time.time()
+        if self.live:
+            self._saved_stdout, sys.stdout = sys.stdout, _LineRouter(self.log)  # prints go above the line
+            self._thread = threading.Thread(target=self._loop, daemon=True)
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+            sys.stdout.flush()
+            sys.stdout = self._saved_stdout
+            with self._lock:
+                self.stream.write("\r\x1b[K")
+                self.stream.flush()
+        return False
+
+
+class _LineRouter:
+    """A text stream that hands every complete line to ``log`` (what a stage prints while the live
+    line is drawn: Improving trials, pruning rounds)."""
+
+    def __init__(self, log):
+        self._log = log
+        self._pending = ""
+
+    def write(self, text):
+        self._pending += text
+        *lines, self._pending = self._pending.split("\n")
+        for line in lines:
+            self._log(line.split("\r")[-1])
+        return len(text)
+
+    def flush(self):
+        if self._pending:
+            self._log(self._pending)
+            self._pending = ""
+
+    def isatty(self):
+        return False
