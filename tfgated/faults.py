@@ -3,9 +3,11 @@
 The code that writes a run's state calls :func:`fault_point` at named points (between the
 steps of a checkpoint write, after a history row, ...). When the environment variable
 ``TFGATED_FAULT`` names that point, the process kills itself with ``SIGKILL`` there, exactly
-as a power cut or the kernel's out-of-memory killer would: no ``finally`` block, no
+as the kernel's out-of-memory killer or ``kill -9`` would: no ``finally`` block, no
 ``atexit`` handler, no flush runs. ``@<hit>`` (1-based, default 1) picks the hit: with
 ``TFGATED_FAULT=checkpoint.weights@2`` the process dies at the second checkpoint write.
+``TFGATED_FAULT=<point>[@<hit>]:stop`` stops the process there (``SIGSTOP``) instead, so a
+test can act while it holds its locks and then kill it.
 
 Points (see ``docs/reliability.md``):
 
@@ -15,8 +17,7 @@ Points (see ``docs/reliability.md``):
 * ``checkpoint.renamed``: the weights file is complete under its final name; the pointer
   ``latest.json`` still names the previous checkpoint.
 * ``checkpoint.committed``: the pointer names the new checkpoint; older files not yet removed.
-* ``history.row``: an epoch's history row is half written (no newline yet).
-* ``epoch.logged``: every history row of the epoch is written, its checkpoint is not.
+* ``history.row``: a row of a CSV log (history, gate rates) is half written (no newline yet).
 * ``train.main_saved``: ``main.keras`` is written, the main phase's backup not yet removed.
 * ``pruning.round_saved``: a pruning round's model is written, its masks not yet.
 
@@ -38,9 +39,10 @@ _hits = {}
 def _requested():
     spec = os.environ.get(ENV_VAR)
     if not spec:
-        return None, 0
+        return None, 0, None
+    spec, _, action = spec.partition(":")
     name, _, hit = spec.partition("@")
-    return name.strip(), int(hit) if hit else 1
+    return name.strip(), int(hit) if hit else 1, action or "kill"
 
 
 def fault_point(name, partial_file=None):
@@ -51,7 +53,7 @@ def fault_point(name, partial_file=None):
         partial_file: a file being written at this point: it is cut to half its size
             first, so the kill leaves what a kill in the middle of the write would.
     """
-    wanted, hit = _requested()
+    wanted, hit, action = _requested()
     if wanted != name:
         return
     _hits[name] = _hits.get(name, 0) + 1
@@ -63,4 +65,4 @@ def fault_point(name, partial_file=None):
             f.truncate(size // 2)
             f.flush()
             os.fsync(f.fileno())
-    os.kill(os.getpid(), signal.SIGKILL)
+    os.kill(os.getpid(), signal.SIGSTOP if action == "stop" else signal.SIGKILL)

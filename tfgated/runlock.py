@@ -31,10 +31,10 @@ class RunFolderBusy(ValueError):
     reports it as one line with exit status 2)."""
 
 
-def lock_holder(folder):
-    """What the lock file of ``folder`` says about its holder (``"PID 123 on host"``), or None."""
+def lock_holder(folder, name=LOCK_NAME):
+    """What the lock file ``name`` of ``folder`` says about its holder (``"PID 123 on host"``), or None."""
     try:
-        with open(os.path.join(os.fspath(folder), LOCK_NAME), encoding="utf-8") as f:
+        with open(os.path.join(os.fspath(folder), name), encoding="utf-8") as f:
             text = f.read().strip()
     except OSError:
         return None
@@ -72,20 +72,22 @@ def _write_holder(fd):
     os.fsync(fd)
 
 
-def _only_lock_left(folder):
+def _only_lock_left(folder, name):
     try:
-        return set(os.listdir(folder)) <= {LOCK_NAME}
+        return set(os.listdir(folder)) <= {name}
     except OSError:
         return False
 
 
 @contextlib.contextmanager
-def run_folder_lock(folder, what="run folder"):
+def run_folder_lock(folder, what="run folder", name=LOCK_NAME):
     """Hold the exclusive lock of ``folder`` for the ``with`` block (creating the folder).
 
     Args:
         folder: the run folder.
         what: how the message names the folder (``"run folder"``, ``"search project"``).
+        name: the lock file's name in ``folder`` (a search locks ``.<project>.lock`` in its
+            directory, outside the project folder that ``overwrite`` deletes).
 
     Raises:
         RunFolderBusy: another process holds the lock; the message names its PID.
@@ -93,11 +95,11 @@ def run_folder_lock(folder, what="run folder"):
     folder = os.fspath(folder)
     created = not os.path.isdir(folder)
     os.makedirs(folder, exist_ok=True)
-    path = os.path.join(folder, LOCK_NAME)
+    path = os.path.join(folder, name)
     try:
         fd = _open_locked(path)
     except BlockingIOError:
-        holder = lock_holder(folder) or "another process"
+        holder = lock_holder(folder, name) or "another process"
         raise RunFolderBusy(
             f"The {what} {folder!r} is in use by {holder} (lock file {path!r}): only one process may "
             "write it. Wait for that run to finish or stop it, or use another folder."
@@ -110,7 +112,7 @@ def run_folder_lock(folder, what="run folder"):
         failed = True
         raise
     finally:
-        if failed and created and _only_lock_left(folder):
+        if failed and created and _only_lock_left(folder, name):
             with contextlib.suppress(OSError):
                 os.remove(path)
                 os.rmdir(folder)
