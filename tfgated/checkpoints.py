@@ -30,6 +30,7 @@ import glob
 import io
 import json
 import os
+import tempfile
 
 import keras
 
@@ -60,7 +61,8 @@ class CrashSafeBackup(keras.callbacks.BackupAndRestore):
             that saves the trained model afterwards passes False and removes the folder
             once the model file is written, so no instant exists with neither.
         write: write checkpoints (False on the non-chief workers of a multi-worker cluster:
-            they restore from the chief's folder but do not write it).
+            they restore from the chief's folder and save into a scratch file that is removed,
+            since saving takes part in collective ops).
     """
 
     def __init__(self, backup_dir, save_freq="epoch", delete_checkpoint=True, write=True):
@@ -118,6 +120,10 @@ class CrashSafeBackup(keras.callbacks.BackupAndRestore):
     # ------------------------------------------------------------------ save
     def _save_model(self):
         if not self.write:
+            # Saving reads the variables with collective ops: every worker must take part,
+            # so a non-chief worker writes a scratch copy and throws it away.
+            with tempfile.TemporaryDirectory(prefix="tfgated-backup-") as scratch:
+                self.model.save_weights(os.path.join(scratch, "scratch.weights.h5"), overwrite=True)
             return
         fault_point("checkpoint.begin")
         os.makedirs(self.backup_dir, exist_ok=True)

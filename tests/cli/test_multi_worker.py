@@ -117,9 +117,10 @@ def test_two_workers_agree_with_one_process_and_only_the_chief_writes(tmp_path, 
 
 def test_a_killed_worker_leaves_a_state_the_next_launch_resumes_from(tmp_path, model_file):
     run = str(tmp_path / "multi")
-    # worker 1 dies half-way through its epoch-0 history row; the chief committed epoch 0 and then
-    # waits for it in the next collective step, until it is killed too (a whole job is relaunched)
-    procs = _cluster(model_file, run, tmp_path, 3, faults=(None, "history.row@2"))
+    # worker 1 dies half-way through its epoch-1 history row (CSV row 4: gate rates and history of
+    # epochs 0 and 1); the chief committed epoch 0 and waits for it in the next collective op (saving
+    # the epoch-1 checkpoint reads the variables collectively) until it fails or is killed too
+    procs = _cluster(model_file, run, tmp_path, 3, faults=(None, "history.row@4"))
     try:
         assert procs[1].wait(timeout=TIMEOUT) == -signal.SIGKILL, procs[1].communicate()[1][-3000:]
         pointer = os.path.join(run, "backup", "latest.json")
