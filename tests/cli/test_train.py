@@ -65,6 +65,15 @@ def test_train_bad_input_messages(tmp_path, model_file, capsys, extra, message):
     rc = cli_main(["train", "--model", model_file, "--run-dir", str(tmp_path / "r"), "--limit", "50", *extra])
     assert rc == 2
     assert message in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()  # refused before the run folder is created
+
+
+def test_multi_worker_strategy_needs_tf_config(tmp_path, model_file, capsys, monkeypatch):
+    monkeypatch.delenv("TF_CONFIG", raising=False)
+    rc = cli_main(["train", "--model", model_file, "--run-dir", str(tmp_path / "r"), "--strategy", "multi_worker"])
+    assert rc == 2
+    assert "reads the cluster from TF_CONFIG, which is not set" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()
 
 
 def test_train_bad_epochs_and_unknown_preset(tmp_path, capsys):
