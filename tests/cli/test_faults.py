@@ -142,3 +142,20 @@ def test_csv_logs_drop_a_torn_row_and_a_second_header(tmp_path):
     assert header == ["epoch", "loss", "accuracy"] and [r["epoch"] for r in rows] == ["0", "1", "2"]
     keep_csv_rows(path, lambda row: int(row["epoch"]) < 1)
     assert path.read_text() == "epoch,loss,accuracy\n0,1.5,\n"
+
+
+@pytest.mark.slow
+def test_busy_pipeline_and_search_folders_are_refused(tmp_path, capsys):
+    run = str(tmp_path / "sipa")
+    with run_folder_lock(run):
+        assert cli_main(["run", "--budget", "tiny", "--run-dir", run, "--verbose", "0"]) == 2
+        assert f"in use by PID {os.getpid()} " in capsys.readouterr().err
+    assert os.listdir(run) == [".lock"]  # run.json not written
+    directory = str(tmp_path / "search")
+    with run_folder_lock(directory, name=".proj.lock"):
+        argv = ["search", "--limit", "100", "--trials", "1", "--epochs", "1", "--directory", directory,
+                "--project-name", "proj", "--output", str(tmp_path / "best.json"), "--verbose", "0"]
+        assert cli_main(argv) == 2
+        err = capsys.readouterr().err
+        assert "search project" in err and f"in use by PID {os.getpid()} " in err
+    assert os.listdir(directory) == [".proj.lock"]  # no project folder, no report
