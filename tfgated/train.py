@@ -16,8 +16,11 @@ into a *run folder* that :func:`open_run` prepared::
 
 Killed (even with ``SIGKILL``, at any instant) and run again with the same ``config``, it
 resumes from the last finished epoch with each epoch once in its logs; :func:`open_run`
-returns the metrics of a finished run, so it is not trained again (``docs/reliability.md``). Which model to build (a zoo preset, a ``.keras`` file) is the caller's
-business: ``python -m tfgated train`` (:mod:`tfgated.cli.train`) resolves preset names.
+returns the metrics of a finished run, so it is not trained again (``docs/reliability.md``).
+The run folders themselves (:func:`open_run`, :class:`RunData`, ...) live in
+:mod:`tfgated.runs` and are re-exported here. Which model to build (a zoo preset, a
+``.keras`` file) is the caller's business: ``python -m tfgated train``
+(:mod:`tfgated.cli.train`) resolves preset names.
 
 :func:`evaluate_model` reports top-1/top-5 accuracy, mean gate activation and measured
 MACs (from the gate values actually taken on the data) under an inference style; for

@@ -132,3 +132,9 @@ def test_init_from_warm_starts_the_run(tmp_path, model_file, capsys):
     assert cli_main(argv) == 0
     assert f"Warm start from {source}: 3 layers copied" in capsys.readouterr().out
     assert json.loads((run / "config.json").read_text())["init_from"] == source
+
+
+def test_multi_worker_refuses_overwrite(tmp_path, model_file, capsys):
+    rc = cli_main(["train", "--model", model_file, "--run-dir", str(tmp_path / "r"), "--strategy", "multi_worker",
+                   "--overwrite"])
+    assert rc == 2 and "--overwrite cannot be coordinated across workers" in capsys.readouterr().err

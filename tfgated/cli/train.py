@@ -187,9 +187,13 @@ def train(model, run_dir, options=None, callbacks=()):
         finished = finished_run(run_dir, config)  # reads only
         if finished is not None:
             return finished
+    if options.overwrite and options.strategy == "multi_worker":
+        raise ValueError("--overwrite cannot be coordinated across workers: delete the run folder, then launch "
+                         "the workers without --overwrite.")
     strategy = _strategy(options.strategy)
+    chief = is_chief() if options.strategy == "multi_worker" else True
     with strategy.scope() if strategy is not None else contextlib.nullcontext():
-        return _train_locked(model, run_dir, options, preset, data, config, callbacks, chief=is_chief() if options.strategy == "multi_worker" else True)
+        return _train_locked(model, run_dir, options, preset, data, config, callbacks, chief=chief)
 
 
 def _strategy(name):
