@@ -82,8 +82,14 @@ class CrashSafeBackup(keras.callbacks.BackupAndRestore):
             self._restore_keras_format()
 
     def _restore_from_pointer(self):
-        with open(self._pointer_path, encoding="utf-8") as f:
-            pointer = json.load(f)
+        try:
+            with open(self._pointer_path, encoding="utf-8") as f:
+                pointer = json.load(f)
+        except ValueError as error:  # only a hand-edited or damaged disk: it is replaced atomically
+            raise ValueError(
+                f"The training backup pointer {self._pointer_path!r} is damaged ({error}). "
+                "Delete that folder to redo this training phase from its start."
+            ) from error
         candidates = [pointer] + ([pointer["previous"]] if pointer.get("previous") else [])
         errors = []
         for entry in candidates:
