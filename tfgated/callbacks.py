@@ -1,5 +1,12 @@
-"""Keras callbacks for gated training: gate-rate monitoring and target annealing.
+"""Keras callbacks for gated training: history and gate-rate logs, target annealing.
 
+Both logs number epochs as Keras does (``epoch`` 0 is the first epoch, as in
+``keras.callbacks.CSVLogger``), are crash-safe (a kill leaves complete rows only; see
+:mod:`tfgated.checkpoints`) and, when a run resumes at epoch ``e``, first drop their rows
+of epochs ``>= e``, so every epoch appears exactly once.
+
+* :class:`HistoryLogger` appends the epoch logs (loss, metrics, ...) to a CSV file, one
+  row per epoch, flushed to disk.
 * :class:`GateRateLogger` measures every gate's activation rate on a fixed
   probe set at the end of each epoch (in the model's current inference style,
   threshold by default) and appends it to a CSV file and to TensorBoard.
@@ -11,8 +18,6 @@
 
 from __future__ import annotations
 
-import csv
-import io
 import math
 import os
 
@@ -20,9 +25,9 @@ import keras
 import numpy as np
 
 from tfgated.inference import activation_loss_layers, gate_layers
-from tfgated.io import write_atomic
+from tfgated.checkpoints import append_csv_row, keep_csv_rows, read_csv_rows
 
-__all__ = ["GateRateLogger", "TargetAnnealing", "probe_inputs", "read_gate_csv"]
+__all__ = ["GateRateLogger", "HistoryLogger", "TargetAnnealing", "probe_inputs", "read_gate_csv"]
 
 SCHEDULES = ("linear", "cosine")
 
@@ -59,9 +64,8 @@ def _scalar_summary(tag, value, step):
 
 
 def read_gate_csv(path):
-    """Read a :class:`GateRateLogger` CSV: ``(epochs, {column: array})``."""
-    with open(path, encoding="utf-8", newline="") as f:
-        rows = list(csv.DictReader(f))
+    """Read a :class:`GateRateLogger` CSV: ``(epochs, {column: array})`` (a damaged last line dropped)."""
+    _, rows = read_csv_rows(path)
     if not rows:
         raise ValueError(f"No epochs recorded in {path!r}.")
     epochs = np.array([int(r["epoch"]) for r in rows])
@@ -69,7 +73,56 @@ def read_gate_csv(path):
     return epochs, columns
 
 
-class GateRateLogger(keras.callbacks.Callback):
+class _EpochCSV(keras.callbacks.Callback):
+    """A CSV log with one row per epoch that, at the first epoch of a ``fit``, drops the rows
+    of that epoch and later ones (left by a run that was killed and now resumes)."""
+
+    def __init__(self, csv_path):
+        super().__init__()
+        self.csv_path = os.fspath(csv_path)
+        self._trimmed = False
+
+    def on_train_begin(self, logs=None):
+        self._trimmed = False
+
+    def on_epoch_begin(self, epoch, logs=None):
+        if not self._trimmed:
+            keep_csv_rows(self.csv_path, lambda row: _epoch_of(row) < epoch)
+            self._trimmed = True
+
+    def append(self, row):
+        os.makedirs(os.path.dirname(os.path.abspath(self.csv_path)), exist_ok=True)
+        append_csv_row(self.csv_path, row)
+
+
+def _epoch_of(row):
+    try:
+        return int(row["epoch"])
+    except (KeyError, TypeError, ValueError):
+        return -1
+
+
+def _cell(value):
+    try:
+        return repr(float(value))
+    except (TypeError, ValueError):
+        return str(value)
+
+
+class HistoryLogger(_EpochCSV):
+    """Append each epoch's logs to a CSV file (``epoch`` first, then the log keys, sorted).
+
+    Like ``keras.callbacks.CSVLogger(path, append=True)``, but every row is flushed to disk
+    whole, a resumed run replaces the rows of the epochs it redoes, and a key that appears
+    later (a metric added in a later phase) widens the header instead of corrupting the file.
+    """
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = dict(logs or {})
+        self.append({"epoch": str(epoch), **{k: _cell(logs[k]) for k in sorted(logs)}})
+
+
+class GateRateLogger(_EpochCSV):
     """Log every gate's activation rate per epoch to CSV and TensorBoard.
 
     Args:
@@ -81,18 +134,20 @@ class GateRateLogger(keras.callbacks.Callback):
         tensorboard: also write ``tf.summary`` scalars ``gate_rate/<gate>`` and
             ``gate_rate/mean``.
 
+        filename: the CSV file's name inside ``log_dir``.
+
     The CSV has columns ``epoch``, ``mean`` (mean over all gate elements) and
-    one per gate (mean over the gate's units). Epoch numbers are 1-based. When
-    training resumes, the rows of epochs being redone are replaced.
+    one per gate (mean over the gate's units). Epochs are numbered as Keras does
+    (0 is the first), like the history CSV. When training resumes, the rows of
+    epochs being redone are replaced.
     """
 
-    def __init__(self, probe, log_dir, max_examples=512, tensorboard=True):
-        super().__init__()
+    def __init__(self, probe, log_dir, max_examples=512, tensorboard=True, filename="gate_rates.csv"):
         if not isinstance(max_examples, int) or max_examples < 1:
             raise ValueError(f"Expected max_examples to be a positive integer. Received: max_examples={max_examples!r}")
+        super().__init__(os.path.join(os.fspath(log_dir), filename))
         self.probe = probe_inputs(probe, max_examples)
         self.log_dir = os.fspath(log_dir)
-        self.csv_path = os.path.join(self.log_dir, "gate_rates.csv")
         self.tensorboard = tensorboard
         self._writer = None
         self._gate_model = None
@@ -117,23 +172,9 @@ class GateRateLogger(keras.callbacks.Callback):
         """``(mean rate, {gate name: rate})`` of the model on the probe now."""
         return self._measure()
 
-    def _rows(self):
-        if not os.path.exists(self.csv_path):
-            return []
-        with open(self.csv_path, encoding="utf-8", newline="") as f:
-            return list(csv.DictReader(f))
-
     def on_epoch_end(self, epoch, logs=None):
         mean, rates = self._measure()
-        os.makedirs(self.log_dir, exist_ok=True)
-        row = {"epoch": str(epoch + 1), "mean": repr(mean), **{k: repr(v) for k, v in rates.items()}}
-        rows = [r for r in self._rows() if int(r["epoch"]) < epoch + 1] + [row]
-        buffer = io.StringIO()
-        writer = csv.DictWriter(buffer, fieldnames=list(row))
-        writer.writeheader()
-        for r in rows:
-            writer.writerow({k: r.get(k, "") for k in row})
-        write_atomic(self.csv_path, buffer.getvalue())
+        self.append({"epoch": str(epoch), "mean": repr(mean), **{k: repr(v) for k, v in rates.items()}})
         if logs is not None:
             logs["gate_rate"] = mean
         if self.tensorboard:
@@ -142,9 +183,9 @@ class GateRateLogger(keras.callbacks.Callback):
             if self._writer is None:
                 self._writer = tf.summary.create_file_writer(os.path.join(self.log_dir, "gates"))
             with self._writer.as_default():
-                _scalar_summary("gate_rate/mean", mean, epoch + 1)
+                _scalar_summary("gate_rate/mean", mean, epoch)
                 for name, value in rates.items():
-                    _scalar_summary(f"gate_rate/{name}", value, epoch + 1)
+                    _scalar_summary(f"gate_rate/{name}", value, epoch)
             self._writer.flush()
 
     def on_train_end(self, logs=None):

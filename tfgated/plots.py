@@ -18,8 +18,6 @@
 
 from __future__ import annotations
 
-import csv
-
 import numpy as np
 
 from tfgated.io import save_figure
@@ -112,6 +110,7 @@ def plot_gate_rates(csv_path, path, title="Gate activation rate during training"
     from tfgated.callbacks import read_gate_csv
 
     epochs, columns = read_gate_csv(csv_path)
+    epochs = epochs + 1  # the file counts as Keras does (0 = first epoch); plot_history shows 1 first too
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6, 4))
     names = [k for k in columns if k != "mean"]
@@ -138,9 +137,10 @@ def _number(text):
 
 
 def plot_history(csv_path, path, title="Training"):
-    """Loss and accuracy curves from a Keras ``CSVLogger`` file."""
-    with open(csv_path, encoding="utf-8", newline="") as f:
-        rows = list(csv.DictReader(f))
+    """Loss and accuracy curves from a Keras ``CSVLogger`` or :class:`~tfgated.callbacks.HistoryLogger` file."""
+    from tfgated.checkpoints import read_csv_rows
+
+    _, rows = read_csv_rows(csv_path)
     if not rows:
         raise ValueError(f"No epochs recorded in {csv_path!r}.")
     epochs = [int(r["epoch"]) + 1 for r in rows]

@@ -3,20 +3,24 @@
 :func:`train_model` fits a built Keras model with a :class:`tfgated.recipes.Recipe`
 into a *run folder* that :func:`open_run` prepared::
 
+    RUN_DIR/.lock                the run's lock (:mod:`tfgated.runlock`): PID of the process writing it
     RUN_DIR/config.json          what the run records (its data settings, ...) and the recipe
-    RUN_DIR/backup/              keras BackupAndRestore state (each epoch)
-    RUN_DIR/history.csv          CSVLogger (loss, accuracy, top5, gate_activation, ...)
-    RUN_DIR/gate_rates.csv       GateRateLogger (per-gate activation rate per epoch)
+    RUN_DIR/backup/              crash-safe BackupAndRestore state (:class:`tfgated.checkpoints.CrashSafeBackup`)
+    RUN_DIR/history.csv          HistoryLogger (epoch from 0, loss, accuracy, top5, gate_activation, ...)
+    RUN_DIR/gate_rates.csv       GateRateLogger (per-gate activation rate per epoch, epoch from 0)
     RUN_DIR/gates/               TensorBoard scalars of the gate rates
     RUN_DIR/main.keras           the model after the main phase
     RUN_DIR/model.keras          the final model (after the stabilization fine-tune, if any)
     RUN_DIR/metrics.json         final test metrics (threshold inference)
     RUN_DIR/*.png                history, gate rates over training, gate polarization
 
-Killed and run again with the same ``config``, it resumes from the last finished epoch
-(``BackupAndRestore``); :func:`open_run` returns the metrics of a finished run, so it is
-not trained again. Which model to build (a zoo preset, a ``.keras`` file) is the caller's
-business: ``python -m tfgated train`` (:mod:`tfgated.cli.train`) resolves preset names.
+Killed (even with ``SIGKILL``, at any instant) and run again with the same ``config``, it
+resumes from the last finished epoch with each epoch once in its logs; :func:`open_run`
+returns the metrics of a finished run, so it is not trained again (``docs/reliability.md``).
+The run folders themselves (:func:`open_run`, :class:`RunData`, ...) live in
+:mod:`tfgated.runs` and are re-exported here. Which model to build (a zoo preset, a
+``.keras`` file) is the caller's business: ``python -m tfgated train``
+(:mod:`tfgated.cli.train`) resolves preset names.
 
 :func:`evaluate_model` reports top-1/top-5 accuracy, mean gate activation and measured
 MACs (from the gate values actually taken on the data) under an inference style; for
@@ -38,12 +42,28 @@ from typing import Optional
 import numpy as np
 
 from tfgated.io import json_default, load_model, save_model, write_json
+from tfgated.runs import (  # noqa: F401  (re-exported: the run folders are part of this module's API)
+    CONFIG_FILE,
+    MAIN_MODEL_FILE,
+    METRICS_FILE,
+    MODEL_FILE,
+    RunData,
+    check_dataset,
+    finished_run,
+    held_out_split,
+    main_phase_done,
+    open_run,
+    run_config,
+    training_split,
+)
 
 __all__ = [
     "RunData",
+    "annealing_callbacks",
     "check_dataset",
     "class_labels",
     "evaluate_model",
+    "finished_run",
     "held_out_split",
     "main_phase_done",
     "open_run",
@@ -55,153 +75,10 @@ __all__ = [
     "warm_start",
 ]
 
-CONFIG_FILE = "config.json"
-METRICS_FILE = "metrics.json"
-MAIN_MODEL_FILE = "main.keras"
-MODEL_FILE = "model.keras"
 
 
 def _write_sorted_json(path, data):
     write_json(path, data, sort_keys=True, default=json_default)
-
-
-# --------------------------------------------------------------------------- run folders
-
-
-def check_dataset(name):
-    """Raise ``ValueError`` unless ``name`` is a dataset :func:`tfgated.data.load_dataset` knows."""
-    from tfgated.data import KNOWN_DATASETS
-
-    if name not in KNOWN_DATASETS:
-        raise ValueError(f"Unknown dataset {name!r}. Expected one of: {', '.join(KNOWN_DATASETS)}.")
-
-
-@dataclasses.dataclass(frozen=True)
-class RunData:
-    """The data of a training run: the dataset and how its validation split is carved out.
-
-    Attributes:
-        dataset: a name :func:`tfgated.data.load_dataset` knows.
-        data_dir: the dataset's folder (required for TFDS datasets).
-        limit: use only the first ``limit`` examples (smoke runs), or None for all.
-        validation_split: the fraction of the training images held out for validation.
-        seed: the seed of the validation carve-out and of the shuffling.
-    """
-
-    dataset: str = "fashion_mnist"
-    data_dir: Optional[str] = None
-    limit: Optional[int] = None
-    validation_split: float = 0.1
-    seed: int = 42
-
-    def __post_init__(self):
-        check_dataset(self.dataset)
-
-    def as_config(self):
-        """The settings as the plain dict a run's ``config.json`` records."""
-        return dataclasses.asdict(self)
-
-    def _load_kwargs(self):
-        return dict(data_dir=self.data_dir, limit=self.limit, validation_split=self.validation_split)
-
-    def splits(self, recipe):
-        """The train/validation/test batches under ``recipe`` (its batch size, labels, augmentation)."""
-        return recipe.datasets(self.dataset, seed=self.seed, **self._load_kwargs())
-
-    def test_split(self, batch_size=256):
-        """The test batches in a fixed order, as :func:`evaluate_model` wants them."""
-        from tfgated.data import load_dataset
-
-        return load_dataset(self.dataset, batch_size=batch_size, seed=self.seed, **self._load_kwargs()).test
-
-
-def run_config(folder):
-    """The ``config.json`` of the run folder ``folder`` as a dict; ``{}`` when it has none."""
-    path = os.path.join(os.fspath(folder), CONFIG_FILE)
-    if not os.path.isfile(path):
-        return {}
-    with open(path, encoding="utf-8") as f:
-        return json.load(f)
-
-
-def training_split(model_path):
-    """The data split a model was trained on, or None when nobody recorded it.
-
-    A model saved by :func:`train_model` sits in a run folder whose ``config.json`` records the
-    seed and ``validation_split`` of its validation carve-out. A benchmark that evaluates or
-    calibrates on "validation" must use the same split, or its validation images include
-    the model's own training images.
-
-    Returns:
-        ``{"seed": int, "validation_split": float, "limit": int | None}`` or None.
-    """
-    folder = model_path if os.path.isdir(model_path) else os.path.dirname(os.path.abspath(model_path))
-    config = run_config(folder)
-    if "seed" not in config or "validation_split" not in config:
-        return None
-    limit = config.get("limit")
-    return {"seed": int(config["seed"]), "validation_split": float(config["validation_split"]),
-            "limit": None if limit is None else int(limit)}
-
-
-def held_out_split(model_path, split_seed=None, default_seed=0, default_fraction=0.1):
-    """``(seed, validation_split)`` for evaluating or calibrating ``model_path`` on "validation".
-
-    The explicit ``split_seed`` wins (with the recorded fraction, if any); else the split its
-    training run recorded (:func:`training_split`), so the validation images really are held
-    out; else ``default_seed``. Prints which one it uses when it comes from the run.
-    """
-    recorded = training_split(model_path) if model_path else None
-    if split_seed is not None:
-        return int(split_seed), float(recorded["validation_split"] if recorded else default_fraction)
-    if recorded is not None:
-        print(f"Validation split of the model's training run: seed {recorded['seed']}, "
-              f"fraction {recorded['validation_split']}", flush=True)
-        return recorded["seed"], recorded["validation_split"]
-    return int(default_seed), float(default_fraction)
-
-
-
-def open_run(run_dir, config, overwrite=False):
-    """Make ``run_dir`` ready for the run that ``config`` describes; the metrics if it already finished.
-
-    Args:
-        run_dir: the run folder (created when missing).
-        config: the run's settings as plain data (JSON-serializable with
-            :func:`tfgated.io.json_default`); a folder holding another run is refused.
-        overwrite: delete a folder that holds a run (any run) and start over.
-
-    Returns:
-        The finished run's ``metrics.json`` as a dict, or None when it still has to be trained.
-
-    Raises:
-        ValueError: ``run_dir`` holds a run with another ``config``.
-    """
-    run_dir = os.fspath(run_dir)
-    if overwrite and os.path.exists(os.path.join(run_dir, CONFIG_FILE)):
-        shutil.rmtree(run_dir)
-    os.makedirs(run_dir, exist_ok=True)
-    if not os.path.exists(os.path.join(run_dir, CONFIG_FILE)):
-        return None
-    previous = run_config(run_dir)
-    previous.pop("recipe", None)
-    if previous != json.loads(json.dumps(config, default=json_default)):
-        raise ValueError(
-            f"Run folder {run_dir!r} holds a different run ({previous}). Use another --run-dir or --overwrite."
-        )
-    metrics_path = os.path.join(run_dir, METRICS_FILE)
-    if not os.path.exists(metrics_path):
-        return None
-    with open(metrics_path, encoding="utf-8") as f:
-        metrics = json.load(f)
-    print(f"Run {run_dir!r} already finished: {json.dumps(metrics.get('test', metrics))}")
-    return metrics
-
-
-def main_phase_done(run_dir):
-    """Whether the run in ``run_dir`` finished its main phase (``main.keras`` exists): a warm
-    start then has nothing left to initialize."""
-    return os.path.exists(os.path.join(os.fspath(run_dir), MAIN_MODEL_FILE))
 
 
 def transfer_weights(source, target, exclude=()):
@@ -272,12 +149,16 @@ def warm_start(model, source, label):
 # --------------------------------------------------------------------------- training
 
 
-def train_model(model, recipe, run_dir, data, config=None, *, splits=None, anneal=None, verbose="auto", callbacks=()):
+def train_model(model, recipe, run_dir, data, config=None, *, splits=None, anneal=None, verbose="auto",
+                callbacks=(), chief=None):
     """Train the built ``model`` with ``recipe`` into ``run_dir``; returns the final metrics.
 
     Call :func:`open_run` first (it refuses a folder of another run and returns a finished
-    run's metrics), and seed Keras (``keras.utils.set_random_seed``) before building the
-    model. A run whose main phase is done (``main.keras``) continues from that file.
+    run's metrics) while holding the folder's lock (:func:`tfgated.runlock.run_folder_lock`),
+    and seed Keras (``keras.utils.set_random_seed``) before building the model. A run whose
+    main phase is done (``main.keras``) continues from that file; one whose ``model.keras``
+    is written only evaluates it. Every file is complete or absent after a kill at any
+    instant (``docs/reliability.md``): the run resumes from its last finished epoch.
 
     Args:
         model: a built (and, for the recipe's model switches, prepared:
@@ -292,77 +173,147 @@ def train_model(model, recipe, run_dir, data, config=None, *, splits=None, annea
         anneal: optional ``(start, end, epochs)`` of :class:`~tfgated.callbacks.TargetAnnealing`.
         verbose: Keras verbosity of ``fit``.
         callbacks: extra Keras callbacks (main phase).
+        chief: whether this process writes ``run_dir``; None: True, except for a model built
+            under a ``MultiWorkerMirroredStrategy``: then :func:`tfgated.runlock.is_chief`. A non-chief worker of a
+            multi-worker cluster restores from ``run_dir`` but writes into a temporary folder
+            that is removed at the end: it runs the same computations as the chief (the
+            collective ops need every worker) and leaves the run folder to the chief.
     """
+    import tempfile
+
+    from tfgated.runlock import is_chief
+
+    if chief is None:
+        strategy = getattr(model, "distribute_strategy", None)
+        chief = is_chief() if type(strategy).__name__.startswith("MultiWorker") else True
+    if chief:
+        return _train_model(model, recipe, _RunFolders(os.fspath(run_dir)), data, config, splits=splits,
+                            anneal=anneal, verbose=verbose, callbacks=callbacks)
+    with tempfile.TemporaryDirectory(prefix="tfgated-worker-") as scratch:
+        folders = _RunFolders(os.fspath(run_dir), write_dir=scratch)
+        return _train_model(model, recipe, folders, data, config, splits=splits, anneal=anneal,
+                            verbose=verbose, callbacks=callbacks)
+
+
+@dataclasses.dataclass(frozen=True)
+class _RunFolders:
+    """Where a run reads its state (``run_dir``) and writes (``write_dir``: the same, except on
+    a non-chief worker of a cluster)."""
+
+    run_dir: str
+    write_dir: Optional[str] = None
+
+    def read(self, name):
+        return os.path.join(self.run_dir, name)
+
+    def write(self, name):
+        return os.path.join(self.write_dir or self.run_dir, name)
+
+    @property
+    def chief(self):
+        return self.write_dir is None
+
+
+def _train_model(model, recipe, folders, data, config, *, splits, anneal, verbose, callbacks):
     from tfgated.inference import gate_layers
 
-    run_dir = os.fspath(run_dir)
     splits = data.splits(recipe) if splits is None else splits
     config = data.as_config() if config is None else config
-    _write_sorted_json(os.path.join(run_dir, CONFIG_FILE), {**config, "recipe": recipe.to_dict()})
+    first = annealing_callbacks(anneal)
+    _write_sorted_json(folders.write(CONFIG_FILE), {**config, "recipe": recipe.to_dict()})
     gated = bool(gate_layers(model))
     probe = splits.validation if splits.validation is not None else splits.test
     start = time.time()
-    phase = _Phase(run_dir, probe if gated else None, verbose)
-    model = _fit_main_phase(model, recipe, splits, phase, anneal=anneal, callbacks=callbacks)
-    stabilization = recipe.stabilization()
-    if stabilization is not None:
-        _fit(model, stabilization, data.splits(stabilization), phase, "_stabilize")
-    save_model(model, os.path.join(run_dir, MODEL_FILE))
+    phase = _Phase(folders, probe if gated else None, verbose)
+    if os.path.exists(folders.read(MODEL_FILE)):
+        print(f"Training already done: evaluating {folders.read(MODEL_FILE)}")
+        model = load_model(folders.read(MODEL_FILE))
+    else:
+        model = _fit_main_phase(model, recipe, splits, phase, first=first, callbacks=callbacks)
+        stabilization = recipe.stabilization()
+        if stabilization is not None:
+            _fit(model, stabilization, data.splits(stabilization), phase, "_stabilize")
+        save_model(model, folders.write(MODEL_FILE))
+        phase.remove_backup("_stabilize")
     train_seconds = time.time() - start
     # The final evaluation: the test split, threshold inference (deterministic).
     result = evaluate_model(model, data.test_split(), style="threshold" if gated else None, runs=1)
     metrics = {"test": result, "train_seconds": train_seconds, "recipe": recipe.to_dict(), "dataset": data.dataset}
-    _write_plots(model, run_dir, probe, gated)
-    _write_sorted_json(os.path.join(run_dir, METRICS_FILE), metrics)
+    _write_plots(model, folders.write_dir or folders.run_dir, probe, gated)
+    _write_sorted_json(folders.write(METRICS_FILE), metrics)
     print(json.dumps({"test": result}, indent=2, default=json_default))
     return metrics
 
 
+def annealing_callbacks(anneal):
+    """The :class:`~tfgated.callbacks.TargetAnnealing` callbacks of ``anneal`` (checked: raises
+    ``ValueError`` before anything is written)."""
+    from tfgated.callbacks import TargetAnnealing
+
+    if not anneal:
+        return []
+    a_start, a_end, a_epochs = anneal
+    if float(a_epochs) != int(a_epochs):
+        raise ValueError(f"Expected the annealing epochs to be a whole number. Received: epochs={a_epochs}")
+    return [TargetAnnealing(float(a_start), float(a_end), epochs=int(a_epochs))]
+
+
 @dataclasses.dataclass(frozen=True)
 class _Phase:
-    """What every training phase of a run shares: its folder, the gate-rate probe (None
+    """What every training phase of a run shares: its folders, the gate-rate probe (None
     for a model without gates) and Keras' verbosity."""
 
-    run_dir: str
+    folders: _RunFolders
     probe: object
     verbose: object
 
     def callbacks(self, tag):
-        """Resumable state, the history CSV and, with gates, the gate-rate log of phase ``tag``."""
-        import keras
+        """The gate-rate log (with gates), the history CSV and the crash-safe backup of phase ``tag``.
 
-        from tfgated.callbacks import GateRateLogger
+        The backup follows them (and precedes the caller's callbacks): an epoch's log rows are on
+        disk before its checkpoint commits, so a kill in between redoes the epoch and the loggers
+        replace its rows.
+        """
+        from tfgated.callbacks import GateRateLogger, HistoryLogger
 
-        cbs = [
-            keras.callbacks.BackupAndRestore(os.path.join(self.run_dir, f"backup{tag}")),
-            keras.callbacks.CSVLogger(os.path.join(self.run_dir, f"history{tag}.csv"), append=True),
-        ]
+        cbs = [HistoryLogger(self.folders.write(f"history{tag}.csv"))]
         if self.probe is not None:
-            cbs.insert(0, GateRateLogger(self.probe, self.run_dir, max_examples=512))
+            cbs.insert(0, GateRateLogger(self.probe, self.folders.write_dir or self.folders.run_dir,
+                                         max_examples=512, filename=f"gate_rates{tag}.csv"))
         return cbs
+
+    def backup(self, tag):
+        from tfgated.checkpoints import CrashSafeBackup
+
+        return CrashSafeBackup(self.folders.read(f"backup{tag}"), delete_checkpoint=False, write=self.folders.chief)
+
+    def remove_backup(self, tag):
+        """Remove phase ``tag``'s backup, once the model it led to is saved (chief only)."""
+        path = self.folders.read(f"backup{tag}")
+        if self.folders.chief and os.path.isdir(path):
+            shutil.rmtree(path)
 
 
 def _fit(model, recipe, splits, phase, tag, first=(), extra=()):
     from tfgated.recipes import fit_recipe
 
-    callbacks = list(first) + phase.callbacks(tag) + list(extra)
+    callbacks = list(first) + phase.callbacks(tag) + [phase.backup(tag)] + list(extra)
     fit_recipe(model, recipe, splits, callbacks=callbacks, verbose=phase.verbose)
 
 
-def _fit_main_phase(model, recipe, splits, phase, anneal=None, callbacks=()):
+def _fit_main_phase(model, recipe, splits, phase, first=(), callbacks=()):
     """The main phase, or the model it left in ``main.keras`` when it is done."""
-    from tfgated.callbacks import TargetAnnealing
+    from tfgated.faults import fault_point
 
-    main_path = os.path.join(phase.run_dir, MAIN_MODEL_FILE)
+    main_path = phase.folders.read(MAIN_MODEL_FILE)
     if os.path.exists(main_path):
         print(f"Main phase already done: loading {main_path}")
+        phase.remove_backup("")
         return load_model(main_path)
-    first = []
-    if anneal:
-        a_start, a_end, a_epochs = anneal
-        first.append(TargetAnnealing(float(a_start), float(a_end), epochs=int(a_epochs)))
     _fit(model, recipe, splits, phase, "", first=first, extra=callbacks)
-    save_model(model, main_path)
+    save_model(model, phase.folders.write(MAIN_MODEL_FILE))
+    fault_point("train.main_saved")
+    phase.remove_backup("")
     return model
 
 

@@ -65,6 +65,15 @@ def test_train_bad_input_messages(tmp_path, model_file, capsys, extra, message):
     rc = cli_main(["train", "--model", model_file, "--run-dir", str(tmp_path / "r"), "--limit", "50", *extra])
     assert rc == 2
     assert message in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()  # refused before the run folder is created
+
+
+def test_multi_worker_strategy_needs_tf_config(tmp_path, model_file, capsys, monkeypatch):
+    monkeypatch.delenv("TF_CONFIG", raising=False)
+    rc = cli_main(["train", "--model", model_file, "--run-dir", str(tmp_path / "r"), "--strategy", "multi_worker"])
+    assert rc == 2
+    assert "reads the cluster from TF_CONFIG, which is not set" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()
 
 
 def test_train_bad_epochs_and_unknown_preset(tmp_path, capsys):
@@ -123,3 +132,9 @@ def test_init_from_warm_starts_the_run(tmp_path, model_file, capsys):
     assert cli_main(argv) == 0
     assert f"Warm start from {source}: 3 layers copied" in capsys.readouterr().out
     assert json.loads((run / "config.json").read_text())["init_from"] == source
+
+
+def test_multi_worker_refuses_overwrite(tmp_path, model_file, capsys):
+    rc = cli_main(["train", "--model", model_file, "--run-dir", str(tmp_path / "r"), "--strategy", "multi_worker",
+                   "--overwrite"])
+    assert rc == 2 and "--overwrite cannot be coordinated across workers" in capsys.readouterr().err

@@ -38,7 +38,7 @@ def test_gate_rate_logger_writes_csv_and_tensorboard(tmp_path, data):
     logger = GateRateLogger(x[:32], tmp_path)
     model.fit(x, y, epochs=3, batch_size=16, verbose=0, callbacks=[logger])
     epochs, cols = read_gate_csv(tmp_path / "gate_rates.csv")
-    assert list(epochs) == [1, 2, 3]
+    assert list(epochs) == [0, 1, 2]  # as Keras counts (and the history CSV)
     assert set(cols) == {"mean", "conv1_gate", "block2_gate"}
     # the last row agrees with an independent measurement in the same (threshold) style
     rates = tfgated.gate_rates(model, x[:32])
@@ -48,7 +48,7 @@ def test_gate_rate_logger_writes_csv_and_tensorboard(tmp_path, data):
     # resume: rerunning epoch 3 replaces its row instead of appending
     model.fit(x, y, epochs=4, initial_epoch=2, batch_size=16, verbose=0, callbacks=[logger])
     epochs, _ = read_gate_csv(tmp_path / "gate_rates.csv")
-    assert list(epochs) == [1, 2, 3, 4]
+    assert list(epochs) == [0, 1, 2, 3]
 
 
 def test_gate_rate_logger_accepts_datasets_and_checks_input(tmp_path, data):

@@ -76,8 +76,10 @@ def test_train_model_resumes_after_kill_and_does_not_retrain(tmp_path, capsys):
     FirstEpoch.first = None
     metrics = _train(run, [FirstEpoch()])
     assert FirstEpoch.first == 2  # epochs 0 and 1 were not redone
-    with open(os.path.join(run, "gate_rates.csv")) as f:
-        assert [r["epoch"] for r in csv.DictReader(f)] == ["1", "2", "3"]
+    for log in ("gate_rates.csv", "history.csv"):  # each epoch once, counted from 0 in both logs
+        with open(os.path.join(run, log)) as f:
+            assert [r["epoch"] for r in csv.DictReader(f)] == ["0", "1", "2"], log
+    assert not os.path.exists(os.path.join(run, "backup"))  # removed once main.keras was written
     assert metrics["test"]["examples"] == 200 and metrics["recipe"]["epochs"] == 3
     recorded = json.loads(open(os.path.join(run, "config.json")).read())
     assert recorded["limit"] == 200 and recorded["recipe"]["cosine_decay"] is True

@@ -159,12 +159,13 @@ def run_pipeline(dataset="fashion_mnist", budget="small", run_dir=None, data_dir
     run_dir = run_dir or os.path.join("runs", f"sipa_{dataset}_{budget.name}")
     run = Run(dataset, budget, run_dir, data_dir=data_dir, seed=seed, verbose=verbose, log=log)
     run.splits()  # fail early (and clearly) when the data is missing, before creating the folder
-    check_run_config(run)
-    log(f"SIPA pipeline: dataset {dataset}, budget {budget.name}, run folder {run.run_dir}")
-    finished = _run_stages(run, stop_after)
-    if finished is None:
-        return None
-    return write_summary(run, *finished)
+    with run.locked():  # one process writes the folder (tfgated.runlock)
+        check_run_config(run)
+        log(f"SIPA pipeline: dataset {dataset}, budget {budget.name}, run folder {run.run_dir}")
+        finished = _run_stages(run, stop_after)
+        if finished is None:
+            return None
+        return write_summary(run, *finished)
 
 
 def build_parser():

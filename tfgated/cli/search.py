@@ -145,6 +145,17 @@ def _write_reports(args, tuner, hypermodel, base_name, base):
           f"{args.output} (trials: {stem}.trials.json, {stem}.trials.csv)")
 
 
+def _project_lock(args):
+    """The search project's lock for the chief (workers share the chief's project)."""
+    import contextlib
+
+    from tfgated.runlock import run_folder_lock
+
+    if _is_worker():
+        return contextlib.nullcontext()
+    return run_folder_lock(args.directory, "search project", name=f".{args.project_name}.lock")
+
+
 def _search(args):
     from tfgated.data import load_dataset
     from tfgated.search import make_tuner
@@ -160,16 +171,18 @@ def _search(args):
     if data.validation is None:
         raise ValueError("The SIPA fitness needs validation data. Received: --validation-split 0")
     hypermodel = _hypermodel(args, base_arch, data.info)
-    tuner = make_tuner(
-        hypermodel, algorithm=args.algorithm, max_trials=args.trials, directory=args.directory,
-        project_name=args.project_name, overwrite=args.overwrite, seed=args.seed,
-        num_initial_points=args.initial_points,
-    )
-    tuner.search(data.train, validation_data=data.validation, epochs=args.epochs, verbose=args.verbose)
-    if _is_worker():
-        print(f"Worker {os.environ.get('KERASTUNER_TUNER_ID')} finished: no more trials from the chief.")
-    else:
-        _write_reports(args, tuner, hypermodel, base_name, base)
+    # one chief per search project (tfgated.runlock); the lock file sits beside the project folder
+    with _project_lock(args):
+        tuner = make_tuner(
+            hypermodel, algorithm=args.algorithm, max_trials=args.trials, directory=args.directory,
+            project_name=args.project_name, overwrite=args.overwrite, seed=args.seed,
+            num_initial_points=args.initial_points,
+        )
+        tuner.search(data.train, validation_data=data.validation, epochs=args.epochs, verbose=args.verbose)
+        if _is_worker():
+            print(f"Worker {os.environ.get('KERASTUNER_TUNER_ID')} finished: no more trials from the chief.")
+        else:
+            _write_reports(args, tuner, hypermodel, base_name, base)
     sys.stdout.flush()
     return 0
 

@@ -13,13 +13,16 @@ model to the mechanism.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import os
 from typing import Any, Optional
 
 from tfgated.cli.common import parse_key_values, positive_float, positive_int, run_command
 
-__all__ = ["TrainOptions", "build_parser", "main", "parse_sets", "resolve_model_and_recipe", "train"]
+STRATEGIES = ("default", "mirrored", "multi_worker")
+
+__all__ = ["STRATEGIES", "TrainOptions", "build_parser", "main", "parse_sets", "resolve_model_and_recipe", "train"]
 
 
 @dataclasses.dataclass
@@ -43,6 +46,10 @@ class TrainOptions:
         seed: seed of the data split, the initialization and the shuffling.
         verbose: Keras verbosity: ``"auto"``, 0, 1 (progress bar) or 2.
         overwrite: start over in a folder that holds a run.
+        strategy: ``"default"`` (one process), ``"mirrored"`` (``tf.distribute.MirroredStrategy``
+            over the local devices) or ``"multi_worker"`` (``MultiWorkerMirroredStrategy``, the
+            cluster from ``TF_CONFIG``; the chief alone writes the run folder). Not recorded:
+            a run may resume under another strategy.
     """
 
     dataset: Optional[str] = None
@@ -56,6 +63,7 @@ class TrainOptions:
     seed: int = 42
     verbose: Any = "auto"
     overwrite: bool = False
+    strategy: str = "default"
 
 
 def is_model_path(text):
@@ -152,42 +160,92 @@ def _run_config(model, data, options, overrides):
 def train(model, run_dir, options=None, callbacks=()):
     """Train ``model`` (a zoo preset name or a ``.keras`` path) into ``run_dir``; returns the final metrics.
 
+    Everything that can refuse the command (the options, the data, the model, a folder of
+    another run) is checked before anything is written: a failed start leaves no run folder.
+    The folder is then locked for the whole run (:func:`tfgated.runlock.run_folder_lock`):
+    a second process training into it is refused, naming the PID that holds it.
+
     Args:
         model: a zoo preset name, or a ``.keras`` file (or run folder) of an untrained model.
         run_dir: the run folder (:func:`tfgated.train.train_model` lists its files).
         options: a :class:`TrainOptions`; the defaults when None.
         callbacks: extra Keras callbacks (main phase).
     """
-    import keras
-
     from tfgated import zoo
     from tfgated.recipes import Recipe
-    from tfgated.train import main_phase_done, open_run, train_model, warm_start
+    from tfgated.runlock import is_chief
+    from tfgated.train import annealing_callbacks, finished_run
 
     options = options or TrainOptions()
     overrides = dict(options.overrides or {})
     Recipe.check_switches(overrides)
+    annealing_callbacks(options.anneal)  # checks the annealing arguments
     preset = None if is_model_path(model) else zoo.get_preset(model)
     data = _run_data(preset, options)
     config = _run_config(model, data, options, overrides)
-    finished = open_run(run_dir, config, overwrite=options.overwrite)
-    if finished is not None:
-        return finished
+    if not options.overwrite:
+        finished = finished_run(run_dir, config)  # reads only
+        if finished is not None:
+            return finished
+    if options.overwrite and options.strategy == "multi_worker":
+        raise ValueError("--overwrite cannot be coordinated across workers: delete the run folder, then launch "
+                         "the workers without --overwrite.")
+    strategy = _strategy(options.strategy)
+    chief = is_chief() if options.strategy == "multi_worker" else True
+    with strategy.scope() if strategy is not None else contextlib.nullcontext():
+        return _train_locked(model, run_dir, options, preset, data, config, callbacks, chief=chief)
+
+
+def _strategy(name):
+    """The ``tf.distribute`` strategy of ``--strategy`` (None for the default one)."""
+    if name in (None, "default"):
+        return None
+    import tensorflow as tf
+
+    if name == "mirrored":
+        return tf.distribute.MirroredStrategy()
+    if name == "multi_worker":
+        if not os.environ.get("TF_CONFIG"):
+            raise ValueError("--strategy multi_worker reads the cluster from TF_CONFIG, which is not set.")
+        from tfgated.distribute import enable_multi_worker_fit
+
+        enable_multi_worker_fit()
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    raise ValueError(f"Unknown strategy {name!r}. Expected one of {list(STRATEGIES)}.")
+
+
+def _train_locked(model, run_dir, options, preset, data, config, callbacks, chief):
+    """Build the model and data, then lock and open the run folder and train (the chief only
+    locks and writes it; see :func:`tfgated.train.train_model`)."""
+    import keras
+
+    from tfgated.inference import activation_loss_layers
+    from tfgated.recipes import Recipe
+    from tfgated.runlock import run_folder_lock
+    from tfgated.train import main_phase_done, open_run, train_model, warm_start
 
     keras.utils.set_random_seed(data.seed)
     # The recipe's data first: the model is built for its input shape and class count.
-    recipe = Recipe.from_dict(overrides) if preset is None else Recipe.from_preset(preset["recipe"], **overrides)[0]
+    recipe = Recipe.from_dict(dict(config["overrides"])) if preset is None else Recipe.from_preset(
+        preset["recipe"], **config["overrides"])[0]
     splits = data.splits(recipe)
     keras_model, recipe, _ = resolve_model_and_recipe(
-        model, overrides, input_shape=splits.info.input_shape, num_classes=splits.info.num_classes,
+        model, config["overrides"], input_shape=splits.info.input_shape, num_classes=splits.info.num_classes,
         gates=options.gates,
     )
-    if options.init_from and not main_phase_done(run_dir):
-        warm_start(keras_model, _warm_start_source(options.init_from), options.init_from)
-    return train_model(
-        keras_model, recipe, run_dir, data, config, splits=splits, anneal=options.anneal,
-        verbose=options.verbose, callbacks=callbacks,
-    )
+    if options.anneal and not activation_loss_layers(keras_model):
+        raise ValueError(f"--anneal-target moves the gates' target rate; {model!r} has no activation loss to anneal.")
+    source = _warm_start_source(options.init_from) if options.init_from else None
+    with run_folder_lock(run_dir) if chief else contextlib.nullcontext():
+        finished = open_run(run_dir, config, overwrite=options.overwrite) if chief else None
+        if finished is not None:
+            return finished
+        if source is not None and not main_phase_done(run_dir):
+            warm_start(keras_model, source, options.init_from)
+        return train_model(
+            keras_model, recipe, run_dir, data, config, splits=splits, anneal=options.anneal,
+            verbose=options.verbose, callbacks=callbacks, chief=chief,
+        )
 
 
 def build_parser():
@@ -215,6 +273,11 @@ def build_parser():
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--verbose", default="auto", help="Keras verbosity: auto, 0, 1 (progress bar), 2")
     p.add_argument("--overwrite", action="store_true", help="start over in an existing run folder")
+    p.add_argument(
+        "--strategy", choices=STRATEGIES, default="default",
+        help="default: this process; mirrored: all local devices; multi_worker: the cluster in TF_CONFIG "
+             "(run the same command on every worker; the chief writes the run folder)",
+    )
     return p
 
 
@@ -235,6 +298,7 @@ def _options(args):
         seed=args.seed,
         verbose=args.verbose if args.verbose == "auto" else int(args.verbose),
         overwrite=args.overwrite,
+        strategy=args.strategy,
     )
 
 

@@ -21,6 +21,7 @@ from typing import Any, Callable, Optional, Sequence, Union
 
 import numpy as np
 
+from tfgated.faults import fault_point
 from tfgated.io import json_default, save_model, write_atomic, write_json
 from tfgated.pruning.masks import _check_ranking, _to_numpy
 from tfgated.pruning.schedules import _check_sparsity, sipa_schedule
@@ -174,6 +175,7 @@ class _RoundCheckpoints:
     def save_round(self, r, model, state):
         model_path, mask_path = self.paths(r)
         save_model(model, model_path)
+        fault_point("pruning.round_saved")  # a kill here: no masks, so the round is redone
         state.save_masks(mask_path)
 
     @property

@@ -3,6 +3,7 @@ with or without scikit-learn, a tuner that runs without ``tensorboard``; :func:`
 
 from __future__ import annotations
 
+import json
 import math
 import os
 
@@ -10,7 +11,22 @@ import keras
 import keras_tuner
 import numpy as np
 
+from tfgated.io import write_atomic
 from tfgated.search.options import ALGORITHMS, OBJECTIVE_NAME
+
+
+def _save_state(obj, fname):
+    """``Stateful.save`` written atomically: a search killed at any instant leaves every
+    ``trial.json``, ``oracle.json`` and ``tuner0.json`` complete (the old or the new one)."""
+    fname = os.fspath(fname)
+    if "://" in fname:  # a remote file system: KerasTuner's own writer
+        from keras_tuner.src.engine.stateful import Stateful
+
+        return Stateful.save(obj, fname)
+    text = json.dumps(obj.get_state())
+    write_atomic(fname, text)
+    return text
+
 
 class _NumpyGaussianProcess:
     """GP regression, Matern 5/2 kernel, normalized targets; the length scale
@@ -60,7 +76,17 @@ class _NumpyGaussianProcess:
         return mean, np.sqrt(variance) * self.std
 
 
-class BaselineFirst:
+class AtomicState:
+    """Oracle mixin: ``oracle.json`` and each trial's ``trial.json`` are replaced atomically."""
+
+    def save(self):
+        _save_state(self, self._get_oracle_fname())
+
+    def _save_trial(self, trial):
+        _save_state(trial, os.path.join(self._get_trial_dir(trial.trial_id), "trial.json"))
+
+
+class BaselineFirst(AtomicState):
     """Oracle mixin: the first trial of a search runs the hyperparameters' default
     values, i.e. the base architecture, so the trial table starts with the
     fitness the search has to beat."""
@@ -177,7 +203,13 @@ class _OptionalTensorBoard:
 
 
 class SIPATuner(_OptionalTensorBoard, keras_tuner.Tuner):
-    """``keras_tuner.Tuner`` that works without tensorboard installed."""
+    """``keras_tuner.Tuner`` that works without tensorboard installed and saves its state atomically."""
+
+    def save(self):
+        """The oracle's state (the chief) and ``tuner0.json``, each replaced atomically."""
+        if not self._is_worker():
+            self.oracle.save()
+        _save_state(self, self._get_tuner_fname())
 
 
 def _has_sklearn():

@@ -179,6 +179,8 @@ def stage_train(run, out):
     import keras
 
     from tfgated import plots
+    from tfgated.callbacks import HistoryLogger
+    from tfgated.checkpoints import CrashSafeBackup
     from tfgated.recipes import Recipe, fit_recipe
 
     budget = run.budget
@@ -189,10 +191,7 @@ def stage_train(run, out):
     model = recipe.prepare_model(run.build(arch, recipe.model_overrides()))
     splits = recipe.datasets(run.dataset, seed=run.seed, **run.data_kwargs())
     history_csv = os.path.join(out, "history.csv")
-    callbacks = [
-        keras.callbacks.BackupAndRestore(os.path.join(out, "backup")),
-        keras.callbacks.CSVLogger(history_csv, append=True),
-    ]
+    callbacks = [HistoryLogger(history_csv), CrashSafeBackup(os.path.join(out, "backup"))]  # crash-safe
     fit_recipe(model, recipe, splits, callbacks=callbacks, verbose=run.verbose)
     stabilization = recipe.stabilization()
     if stabilization is not None:

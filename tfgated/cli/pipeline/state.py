@@ -2,10 +2,12 @@
 
 Layout of a run folder::
 
+    .lock                the run's lock (:mod:`tfgated.runlock`): one process writes the folder
     run.json             dataset, budget, seed (a folder holds one configuration)
     NN_<stage>/          one folder per stage (01_search ... 07_export): its files,
                          model.keras (where the stage makes one) and state.json,
-                         written atomically when the stage is finished
+                         written atomically when the stage is finished (a killed
+                         stage has no state.json and is redone on the next launch)
     plots/               the figures
     summary.json, summary.md
 """
@@ -97,6 +99,13 @@ class Run:
         self._validation = None
 
     # folders and state
+    def locked(self):
+        """A context holding the run folder's exclusive lock (:func:`tfgated.runlock.run_folder_lock`):
+        a second ``python -m tfgated run`` into the same folder is refused with the holder's PID."""
+        from tfgated.runlock import run_folder_lock
+
+        return run_folder_lock(self.run_dir)
+
     def stage_dir(self, stage):
         path = os.path.join(self.run_dir, f"{STAGES.index(stage) + 1:02d}_{stage}")
         os.makedirs(path, exist_ok=True)
