@@ -17,6 +17,7 @@ from tfgated.inference import (  # noqa: E402
     gate_values,
     get_inference_style,
     predict,
+    reset_gate_noise,
     set_inference_style,
 )
 from tfgated.losses import GateActivationLoss, per_batch_loss, per_gate_loss  # noqa: E402
@@ -44,6 +45,7 @@ __all__ = [
     "per_batch_loss",
     "per_gate_loss",
     "predict",
+    "reset_gate_noise",
     "residual_gate",
     "set_inference_style",
 ]

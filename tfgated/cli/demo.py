@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 import time
 
-from tfgated.cli.common import positive_int, run_command
+from tfgated.cli.common import add_debug_flag, positive_int, run_command
 
 __all__ = ["DEFAULT_PRESET", "PROBE_EXAMPLES", "build_parser", "main", "measure_demo", "run_demo", "train_demo"]
 
@@ -27,7 +27,7 @@ def build_parser():
     parser.add_argument("--examples", type=positive_int, default=4000, help="training images (default: %(default)s)")
     parser.add_argument("--epochs", type=positive_int, default=1, help="epochs (default: %(default)s)")
     parser.add_argument("--batch-size", type=positive_int, default=64, help="batch size (default: %(default)s)")
-    return parser
+    return add_debug_flag(parser)
 
 
 def train_demo(preset, x_train, y_train, epochs=1, batch_size=64, verbose=1):
@@ -112,4 +112,4 @@ def main(argv=None):
         _print_result(run_demo(args.preset, args.examples, args.epochs, args.batch_size))
         return 0
 
-    return run_command(demo)
+    return run_command(demo, debug=args.debug)

@@ -16,7 +16,7 @@ import json
 import os
 import sys
 
-from tfgated.cli.common import positive_int, run_command
+from tfgated.cli.common import add_debug_flag, positive_int, run_command
 from tfgated.train import MODES
 
 __all__ = ["build_parser", "main"]
@@ -44,7 +44,7 @@ def build_parser():
     p.add_argument("--save", default=None, metavar="PATH",
                    help="save the evaluated model as a .keras file (with --bn-recalibrate: its new statistics)")
     p.add_argument("--seed", type=int, default=42)
-    return p
+    return add_debug_flag(p)
 
 
 def _model_and_splits(args):
@@ -116,4 +116,4 @@ def _evaluate(args):
 def main(argv=None):
     """Entry point of ``python -m tfgated evaluate``; returns the exit status."""
     args = build_parser().parse_args(argv)
-    return run_command(lambda: _evaluate(args))
+    return run_command(lambda: _evaluate(args), debug=args.debug)

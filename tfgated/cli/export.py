@@ -26,7 +26,7 @@ import json
 import os
 import sys
 
-from tfgated.cli.common import positive_int
+from tfgated.cli.common import add_debug_flag, check_input_shape, parse_shape, positive_int, run_command
 
 #: How many Fashion-MNIST test images calibrate int8 and check exits.
 FASHION_MNIST_EXAMPLES = 200
@@ -81,7 +81,7 @@ def _export_parser():
     p.add_argument("--no-check", action="store_true", help="write the file even if the parity check fails")
     p.add_argument("--input-shape", default=None, help="for zoo presets: input shape as H,W,C (e.g. 64,64,3)")
     p.add_argument("--class-names", default=None, help="comma-separated class names recorded in the sidecar")
-    return p
+    return add_debug_flag(p)
 
 
 def _bench_parser():
@@ -95,15 +95,19 @@ def _bench_parser():
     p.add_argument("--warmup", type=int, default=10, help="untimed warm-up runs (default 10)")
     p.add_argument("--rounds", type=positive_int, default=1, help="interleaved rounds over the files (default 1)")
     p.add_argument("--json", default=None, help="also write the results to this JSON file")
-    return p
+    return add_debug_flag(p)
 
 
 def load_model(spec, input_shape=None):
-    """A Keras model from a ``.keras`` file (:func:`tfgated.io.load_model`) or a zoo preset name."""
+    """A Keras model from a ``.keras`` file (:func:`tfgated.io.load_model`) or a zoo preset name.
+
+    A file keeps its own input shape: an ``input_shape`` that contradicts it is refused."""
     if spec.endswith(".keras") or os.path.sep in spec:
         from tfgated.io import load_model as load_file
 
-        return load_file(spec)
+        model = load_file(spec)
+        check_input_shape(model, input_shape, spec)
+        return model
     from tfgated import zoo
 
     kwargs = {"compile": False}
@@ -146,11 +150,8 @@ def _representative(option, shape):
 def _input_shape(text):
     if not text:
         return None
-    try:
-        shape = tuple(int(v) for v in text.split(","))
-    except ValueError:
-        raise ValueError(f"Expected --input-shape as H,W,C integers (e.g. 64,64,3). Received: {text!r}") from None
-    if len(shape) != 3 or min(shape) < 1:
+    shape = parse_shape(text)
+    if len(shape) != 3:
         raise ValueError(f"Expected --input-shape as three positive integers H,W,C. Received: {text!r}")
     return shape
 
@@ -258,15 +259,12 @@ def main_bench(argv):
 
 
 def main(argv=None):
-    """``python -m tfgated.export [bench] ...``; a user error is one line on stderr and exit status 2."""
+    """``python -m tfgated.export [bench] ...``; a user error is one line on stderr and exit status 2
+    (``--debug`` shows the traceback)."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    try:
-        if argv and argv[0] == "bench":
-            return main_bench(argv[1:])
-        return main_export(argv)
-    except (ValueError, FileNotFoundError, RuntimeError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    if argv and argv[0] == "bench":
+        return run_command(lambda: main_bench(argv[1:]), debug="--debug" in argv)
+    return run_command(lambda: main_export(argv), debug="--debug" in argv)
 
 
 if __name__ == "__main__":

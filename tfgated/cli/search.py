@@ -17,7 +17,7 @@ import json
 import os
 import sys
 
-from tfgated.cli.common import run_command
+from tfgated.cli.common import add_debug_flag, run_command
 
 __all__ = ["load_preset_file", "main"]
 
@@ -92,7 +92,7 @@ def _parser():
     parser.add_argument("--overwrite", action="store_true", help="start afresh instead of resuming")
     parser.add_argument("--output", default="sipa_searched.json", help="preset JSON file of the best architecture")
     parser.add_argument("--verbose", type=int, default=1, help="Keras fit verbosity")
-    return parser
+    return add_debug_flag(parser)
 
 
 def _base(args):
@@ -187,7 +187,7 @@ def _search(args):
 def main(argv=None):
     """``python -m tfgated search ...``; returns the exit status (2 for a user error, one line on stderr)."""
     args = _parser().parse_args(argv)
-    return run_command(lambda: _search(args))
+    return run_command(lambda: _search(args), debug=args.debug)
 
 
 if __name__ == "__main__":

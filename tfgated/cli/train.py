@@ -17,7 +17,7 @@ import dataclasses
 import os
 from typing import Any, Optional
 
-from tfgated.cli.common import parse_key_values, positive_float, positive_int, run_command
+from tfgated.cli.common import add_debug_flag, parse_key_values, positive_float, positive_int, run_command
 
 __all__ = ["TrainOptions", "build_parser", "main", "parse_sets", "resolve_model_and_recipe", "train"]
 
@@ -215,7 +215,7 @@ def build_parser():
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--verbose", default="auto", help="Keras verbosity: auto, 0, 1 (progress bar), 2")
     p.add_argument("--overwrite", action="store_true", help="start over in an existing run folder")
-    return p
+    return add_debug_flag(p)
 
 
 def _options(args):
@@ -247,4 +247,4 @@ def main(argv=None):
         train(args.model, run_dir, _options(args))
         return 0
 
-    return run_command(run)
+    return run_command(run, debug=args.debug)

@@ -148,7 +148,8 @@ def stage_export(run, out):
         path = os.path.join(out, filename)
         run.log(f"[7/7] export: {filename} ({quantization}), parity on {len(parity_x)} test images")
         result = export(main, path, quantization=quantization, parity_data=parity_x,
-                        class_names=info.class_names, preprocessing=preprocessing)
+                        class_names=info.class_names, preprocessing=preprocessing,
+                        allow_mismatch=getattr(run, "allow_mismatch", False))
         files[key] = path
         results[key] = result.parity
         _log_parity(run, filename, result.parity)
