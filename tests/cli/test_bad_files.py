@@ -261,3 +261,29 @@ def test_killed_export_leaves_nothing_after_the_next_run(files, tmp_path):
     os.umask(umask)
     for name in ("model.tflite", "model.tflite.json"):
         assert stat.S_IMODE(os.stat(tmp_path / name).st_mode) == 0o666 & ~umask
+
+
+# -- what run_command counts as a user error -------------------------------------------------------
+
+
+def test_run_command_user_errors_and_bugs(capsys):
+    from tfgated.cli.common import run_command
+    from tfgated.export.parity import compare
+
+    def unwritable():
+        raise PermissionError(13, "Permission denied", "/read-only/history.csv")
+
+    def two_lines():
+        raise ValueError("first\nsecond")
+
+    def bug():
+        raise RuntimeError("an internal error")
+
+    assert run_command(unwritable) == 2
+    assert capsys.readouterr().err == "error: [Errno 13] Permission denied: '/read-only/history.csv'\n"
+    assert run_command(two_lines) == 2
+    assert capsys.readouterr().err == "error: first second\n"
+    assert run_command(lambda: compare(np.zeros((2, 3)), np.zeros((2, 4)))) == 2  # ParityError
+    assert capsys.readouterr().err.startswith("error: Output shape (2, 4) differs")
+    with pytest.raises(RuntimeError, match="internal"):  # not raised by tfgated: a bug, with its traceback
+        run_command(bug)
