@@ -287,3 +287,34 @@ def test_run_command_user_errors_and_bugs(capsys):
     assert capsys.readouterr().err.startswith("error: Output shape (2, 4) differs")
     with pytest.raises(RuntimeError, match="internal"):  # not raised by tfgated: a bug, with its traceback
         run_command(bug)
+
+
+@pytest.mark.parametrize("no_check", [False, True])
+def test_every_check_has_its_override_on_run(no_check, tmp_path, monkeypatch):
+    """``python -m tfgated run --no-check`` reaches the export stage (a resumed run must be able to finish)."""
+    import inspect
+    from types import SimpleNamespace
+
+    import tfgated.export
+    from tfgated.cli import run
+    from tfgated.cli.pipeline import deploy
+
+    assert run.build_parser().parse_args(["--no-check"] if no_check else []).no_check is no_check
+    assert "no_check" in inspect.signature(run.run_pipeline).parameters
+    calls = []
+
+    def fake_export(model, path, **options):
+        calls.append(options)
+        return SimpleNamespace(parity={"passed": True, "max_abs_diff": 0.0, "runtime": "none"})
+
+    monkeypatch.setattr(tfgated.export, "export", fake_export)
+    inputs = keras.Input((4,))
+    with_exit = keras.Model(inputs, [keras.layers.Dense(2)(inputs), keras.layers.Dense(2)(inputs)])
+    info = SimpleNamespace(mean=[0.0], std=[1.0], input_shape=[4], class_names=["a", "b"])
+    fake_run = SimpleNamespace(
+        load_model=lambda stage: with_exit, test_arrays=lambda: (np.zeros((4, 4), "float32"), None),
+        budget=SimpleNamespace(parity_examples=4), splits=lambda: SimpleNamespace(info=info),
+        log=lambda message: None, allow_mismatch=no_check,
+    )
+    deploy.stage_export(fake_run, str(tmp_path))
+    assert [call["allow_mismatch"] for call in calls] == [no_check, no_check]
