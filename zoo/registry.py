@@ -241,8 +241,8 @@ def read_preset_file(path):
     try:
         with open(path, encoding="utf-8") as f:
             preset = json.load(f)
-    except json.JSONDecodeError as error:
-        raise ValueError(f"Preset file {path!r} is not valid JSON: {error}") from error
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:  # a damaged or binary file
+        raise ValueError(f"Preset file {path!r} is not valid JSON (it may be truncated or corrupt): {error}") from error
     if not isinstance(preset, dict):
         raise ValueError(f"Expected preset file {path!r} to hold a JSON object. Received: {type(preset).__name__}")
     missing = [key for key in PRESET_REQUIRED if key not in preset]

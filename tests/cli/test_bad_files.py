@@ -191,10 +191,15 @@ def test_debug_shows_the_traceback(files, monkeypatch):
         cli_main(["score", files["random"]])
 
 
-def test_zoo_command_one_line(capsys):
+def test_zoo_command_one_line(tmp_path, capsys):
     assert zoo_main(["info", "no_such_model"]) == 2
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and "no_such_model" in lines[0]
+    damaged = str(tmp_path / "preset.json")
+    with open(damaged, "wb") as f:
+        f.write(b'{"family": "sipa", "arch": {' + bytes(range(128, 256)))
+    assert zoo_main(["info", damaged]) == 2
+    assert_one_line(capsys.readouterr().err, damaged, "is not valid JSON (it may be truncated or corrupt)")
 
 
 def test_input_shape_must_match_a_model_file(files, tmp_path, capsys):
