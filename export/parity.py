@@ -100,6 +100,32 @@ def run_file(path, x, threads=None):
     return run_tflite(path, x, threads) if kind == "tflite" else run_onnx(path, x, threads)
 
 
+def check_loadable(path):
+    """Raise ``FileNotFoundError`` or a ``ValueError`` naming ``path`` unless its runtime
+    (LiteRT for ``.tflite``, ONNX Runtime for ``.onnx``) can load it."""
+    kind = file_format(path)
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"Exported file {path!r} not found.")
+    try:
+        if kind == "tflite":
+            from ai_edge_litert.interpreter import Interpreter
+
+            Interpreter(model_path=path).allocate_tensors()
+        else:
+            import onnxruntime as ort
+
+            ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+    except Exception as error:  # each runtime has its own error types
+        runtime = "LiteRT" if kind == "tflite" else "ONNX Runtime"
+        detail = " ".join(str(error).split())[:200]
+        raise ValueError(
+            f"Exported file {path!r} cannot be loaded by {runtime}: it is truncated or corrupt ({detail}). "
+            "Export it again."
+        ) from error
+    return path
+
+
 def file_format(path):
     """``"tflite"`` or ``"onnx"`` from the file name."""
     ext = os.path.splitext(os.fspath(path))[1].lower()

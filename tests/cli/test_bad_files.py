@@ -323,3 +323,21 @@ def test_every_check_has_its_override_on_run(no_check, tmp_path, monkeypatch):
     )
     deploy.stage_export(fake_run, str(tmp_path))
     assert [call["allow_mismatch"] for call in calls] == [no_check, no_check]
+
+
+@pytest.mark.parametrize("name", ["bad.tflite", "bad.onnx"])
+def test_bench_names_damaged_exported_file(name, tmp_path, capsys):
+    path = str(tmp_path / name)
+    with open(path, "wb") as f:
+        f.write(np.random.RandomState(2).bytes(4000))
+    assert export_main(["bench", path, "--runs", "1", "--warmup", "0"]) == 2
+    assert_one_line(capsys.readouterr().err, path, "cannot be loaded by")
+
+
+def test_export_names_damaged_representative_data(files, tmp_path, capsys):
+    path = str(tmp_path / "inputs.npy")
+    with open(path, "wb") as f:
+        f.write(np.random.RandomState(3).bytes(300))
+    assert export_main(["--tflite", files["good"], "--int8", "--representative-data", path,
+                        "-o", str(tmp_path / "q.tflite")]) == 2
+    assert_one_line(capsys.readouterr().err, path, "is not a readable .npy array")

@@ -141,7 +141,13 @@ def _representative(option, shape):
         return fashion_mnist_inputs(shape)
     if not os.path.exists(option):
         raise FileNotFoundError(f"Expected 'fashion_mnist' or a .npy file. Received: {option!r}")
-    x = np.load(option).astype("float32")
+    try:
+        x = np.load(option).astype("float32")
+    except (ValueError, OSError, EOFError) as error:
+        raise ValueError(
+            f"Representative data file {option!r} is not a readable .npy array of numbers (truncated or "
+            f"corrupt?): {' '.join(str(error).split())[:200]}"
+        ) from error
     if tuple(x.shape[1:]) != tuple(shape):
         raise ValueError(f"Expected representative data of shape (N, {', '.join(map(str, shape))}). Received: {x.shape}")
     return x
@@ -250,6 +256,10 @@ def main_bench(argv):
     from tfgated.export import latency
     from tfgated.io import write_atomic
 
+    from tfgated.export.parity import check_loadable
+
+    for path in args.files:
+        check_loadable(path)  # a damaged file: one line naming it
     results = latency.bench(args.files, threads=args.threads, runs=args.runs, warmup=args.warmup, rounds=args.rounds)
     print(latency.format_table(results))
     if args.json:
