@@ -22,7 +22,7 @@ import keras
 import numpy as np
 import pytest
 
-from conftest import tiny_gated_model
+import tfgated
 from tfgated.__main__ import main as cli_main
 from tfgated.cli.export import main as export_main
 from tfgated.cli.zoo import main as zoo_main
@@ -39,6 +39,17 @@ DAMAGE = {
     "zeroed_weights": "weights (model.weights.h5) are truncated or corrupt",
     "flipped": "fails the zip checksum",
 }
+
+
+def tiny_gated_model():
+    """conv -> dependent channel gate -> pool -> softmax head, for 28x28x1 images (as in conftest.py,
+    which a module cannot import when several test folders are collected together)."""
+    inputs = keras.Input((28, 28, 1))
+    x = keras.layers.Conv2D(8, 3, strides=2, padding="same", name="conv1")(inputs)
+    x, z = tfgated.channel_gate(x, 2, "dependent", name="conv1")
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    out = keras.layers.Dense(10, activation="softmax", name="head")(x)
+    return tfgated.gated_model(inputs, out, [z], target=0.6, name="tiny")
 
 
 def _rezip(source, target, change):
@@ -217,8 +228,6 @@ def test_zoo_overrides_are_checked():
     with pytest.raises(ValueError, match=r"Expected granularity to be a list of .* Received: granularity=5"):
         zoo.load("gumbel_mobilenet_v2_fashion_mnist", granularity=5, compile=False)
     with pytest.raises(ValueError, match="Expected granularity to be a positive integer. Received: granularity=0"):
-        import tfgated
-
         tfgated.channel_gate(keras.Input((4, 4, 8)), granularity=0)
 
 
