@@ -46,7 +46,8 @@ def _export_parser():
     fmt.add_argument("--onnx", metavar="MODEL", help="export MODEL (a .keras file or a zoo preset name) to ONNX")
     p.add_argument("-o", "--output", required=True, help="output file (.tflite or .onnx), written atomically")
     q = p.add_mutually_exclusive_group()
-    q.add_argument("--fp16", action="store_true", help="TFLite with float16 weights (top-1 agreement >= 99.5%% checked)")
+    q.add_argument("--fp16", action="store_true", help="TFLite with float16 weights (top-1 agreement >= 99.5%% checked where the top-2 margin "
+                   "exceeds float16 rounding)")
     q.add_argument("--int8", action="store_true", help="TFLite int8 post-training quantization (parity reported only)")
     p.add_argument(
         "--representative-data",
@@ -212,6 +213,8 @@ def _print_parity(p):
     print(
         f"parity ({p['runtime']}, {p['quantization']}): max_abs_diff={p['max_abs_diff']:.3g}"
         + (f", top1_agreement={p['top1_agreement']:.4f}" if "top1_agreement" in p else "")
+        + (f" ({p['top1_agreement_decisive']:.4f} on {p['decisive_examples']} decisive examples)"
+           if "top1_agreement_decisive" in p else "")
         + (" PASSED" if p["passed"] else " FAILED (written because of --no-check)")
     )
 
