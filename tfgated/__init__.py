@@ -35,6 +35,7 @@ _LAZY = {
     "gate_values": "tfgated.inference",
     "get_inference_style": "tfgated.inference",
     "predict": "tfgated.inference",
+    "reset_gate_noise": "tfgated.inference",
     "set_inference_style": "tfgated.inference",
     "GateActivationLoss": "tfgated.losses",
     "per_batch_loss": "tfgated.losses",

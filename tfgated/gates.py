@@ -53,6 +53,20 @@ def _check_probability(name, value, *, open_interval=False):
         raise ValueError(f"Expected {name} in {interval}. Received: {name}={value}")
 
 
+def check_positive_int(name, value):
+    """Raise Keras' style of error unless ``value`` is an integer >= 1 (``bool`` excluded)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"Expected {name} to be a positive integer. Received: {name}={value!r}")
+    return value
+
+
+def check_seed(seed, name="seed"):
+    """Raise Keras' style of error unless ``seed`` is ``None`` or a non-negative integer."""
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or seed < 0):
+        raise ValueError(f"Expected {name} to be None or a non-negative integer. Received: {name}={seed!r}")
+    return seed
+
+
 def scale_gradient(x, scale):
     """``x`` in the forward pass, ``scale`` times its gradient in the backward pass."""
     if scale == 1.0:
@@ -145,19 +159,16 @@ class GumbelGate(keras.layers.Layer):
         **kwargs,
     ):
         super().__init__(**kwargs)
-        if not isinstance(units, int) or units < 1:
-            raise ValueError(f"Expected units to be a positive integer. Received: units={units}")
+        check_positive_int("units", units)
         check_kind(kind)
+        check_seed(seed)
         if not temperature > 0:
             raise ValueError(f"Expected temperature > 0. Received: temperature={temperature}")
         _check_probability("open_probability", open_probability, open_interval=True)
         _check_probability("threshold", threshold, open_interval=True)
         if not gradient_scale > 0:
             raise ValueError(f"Expected gradient_scale > 0. Received: gradient_scale={gradient_scale}")
-        if not isinstance(hidden_units, int) or hidden_units < 1:
-            raise ValueError(
-                f"Expected hidden_units to be a positive integer. Received: hidden_units={hidden_units}"
-            )
+        check_positive_int("hidden_units", hidden_units)
         check_style(inference_style)
         self.units = units
         self.kind = kind
@@ -229,6 +240,26 @@ class GumbelGate(keras.layers.Layer):
             pooled = ops.mean(pooled, axis=tuple(range(1, len(pooled.shape) - 1)))
         hidden = ops.relu(self.norm(self.hidden(pooled), training=training))
         return self.head(hidden)
+
+    def reset_noise(self, seed=None, stream=0):
+        """Restart the gate noise from ``seed`` (default: the gate's own ``seed``).
+
+        The noise of the ``stochastic`` style (and of training) comes from a seed
+        generator whose state advances with every call; after ``reset_noise(s)`` the
+        same calls on the same inputs draw exactly the same samples, in any process.
+        Gates reset from one ``seed`` on different ``stream`` numbers draw independent
+        noise (:func:`tfgated.inference.reset_gate_noise` numbers them).
+        """
+        seed = self.seed if seed is None else seed
+        if seed is None:
+            raise ValueError(
+                f"Gate {self.name!r} has no seed of its own: pass reset_noise(seed=...). Received: seed=None"
+            )
+        check_seed(seed)
+        check_seed(stream, "stream")
+        state = self.seed_generator.state
+        state.assign(ops.cast(ops.convert_to_tensor([seed, stream * 2**20]), state.dtype))
+        return self
 
     def _logistic_noise(self, shape, dtype):
         eps = 1e-6
@@ -328,10 +359,7 @@ class ChannelMask(keras.layers.Layer):
 
     def __init__(self, granularity=1, **kwargs):
         super().__init__(**kwargs)
-        if not isinstance(granularity, int) or granularity < 1:
-            raise ValueError(
-                f"Expected granularity to be a positive integer. Received: granularity={granularity}"
-            )
+        check_positive_int("granularity", granularity)
         self.granularity = granularity
 
     def build(self, input_shape):
@@ -406,7 +434,11 @@ def channel_gate(
     Returns ``(gated_features, gates)``; feed ``gates`` to the activation loss.
     ``context`` defaults to ``features`` (dependent gates pool it).
     """
+    check_positive_int("granularity", granularity)
+    check_kind(kind)
     channels = features.shape[-1]
+    if channels is None:
+        raise ValueError(f"Expected features with a known channel count. Received: shape={features.shape}")
     if channels % granularity:
         raise ValueError(
             f"Expected granularity to divide {channels} channels. Received: granularity={granularity}"

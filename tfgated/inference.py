@@ -18,7 +18,7 @@ import keras
 import numpy as np
 from keras import ops
 
-from tfgated.gates import GATE_STYLES, GumbelGate, check_style
+from tfgated.gates import GATE_STYLES, GumbelGate, check_seed, check_style
 from tfgated.losses import GateActivationLoss
 
 STYLES = GATE_STYLES + ("ensemble",)
@@ -91,16 +91,41 @@ def get_inference_style(model):
     return style
 
 
-def predict(model, x, style=None, samples=None, batch_size=256, verbose=0):
+def reset_gate_noise(model, seed=None):
+    """Restart the noise of every gate of ``model``: from ``seed`` (gate ``i`` on stream
+    ``i``, so the gates stay independent) or, with ``seed=None``, each gate from its own
+    ``seed`` argument. The ``stochastic`` and ``ensemble`` outputs that follow are then
+    exactly reproducible: the same calls on the same inputs give the same values, in
+    this process or another. Returns ``model``.
+    """
+    check_seed(seed)
+    gates = gate_layers(model)
+    if not gates:
+        raise ValueError(f"Model {model.name!r} has no tfgated gates whose noise to reset.")
+    for stream, gate in enumerate(gates):
+        if seed is None:
+            gate.reset_noise()
+        else:
+            gate.reset_noise(seed, stream=stream)
+    return model
+
+
+def predict(model, x, style=None, samples=None, batch_size=256, verbose=0, seed=None):
     """``model.predict`` that honours the ``ensemble`` style.
 
     For ``ensemble`` the model runs ``samples`` times with stochastic gates and
     the softmax outputs are averaged (outputs that are not already
-    probabilities are passed through a softmax first).
+    probabilities are passed through a softmax first). With an integer ``seed``
+    the gate noise restarts from it first (:func:`reset_gate_noise`): two calls
+    with one seed give identical ``stochastic``/``ensemble`` outputs, across
+    processes too. Without it every call draws fresh noise.
     """
+    check_seed(seed)
     previous = get_inference_style(model)
     if style is not None:
         set_inference_style(model, style, samples=samples)
+    if seed is not None and gate_layers(model):
+        reset_gate_noise(model, seed)
     try:
         if get_inference_style(model) != "ensemble":
             return model.predict(x, batch_size=batch_size, verbose=verbose)

@@ -10,10 +10,13 @@ temporary file is removed, ``path`` is left as it was, and the error propagates.
 * :func:`save_figure` — ``fig.savefig`` (matplotlib) to a temporary file with the same extension.
 * :func:`json_default` — the one ``default=`` for ``json.dumps`` of NumPy values and tuples.
 * :func:`load_model` — the one ``.keras`` loader (every tfgated custom object registered,
-  ``safe_mode=True``).
+  ``safe_mode=True``); a damaged or refused file raises :class:`ModelFileError` naming it.
+* :func:`load_weights` — ``model.load_weights`` with the same checks for ``.weights.h5`` files.
+* :func:`remove_stale_temporaries` — delete the temporary files a killed writer left for a target.
 
-Temporary files are named ``.<file name>.<random>.tmp[<ext>]`` in the target's folder
-(so ``os.replace`` never crosses file systems) and the target's parent folders are
+Temporary files are named ``.<file name>.<pid>.<random>.tmp[<ext>]`` in the target's folder
+(so ``os.replace`` never crosses file systems); a write removes those of the same target
+whose process is gone (:func:`remove_stale_temporaries`: what a SIGKILL left behind) and the target's parent folders are
 created when missing (``makedirs=False`` to not). Written files get the ordinary mode
 of a new file (``0o666`` minus the umask), not ``tempfile.mkstemp``'s ``0o600``.
 
@@ -25,13 +28,17 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import tempfile
 
 __all__ = [
+    "ModelFileError",
     "json_default",
     "load_model",
+    "load_weights",
     "parse_json_object",
     "read_json_object",
+    "remove_stale_temporaries",
     "save_figure",
     "save_model",
     "write_atomic",
@@ -53,13 +60,59 @@ def _umask():
     return mask
 
 
+#: After ``.<name>.``: ``<pid>.<mkstemp's 8 random characters>.tmp...`` (or, older, no pid).
+_TEMP_NAME = re.compile(r"^(?:(\d+)\.)?[a-z0-9_]{8}\.tmp")
+
+
+def _pid_alive(pid):
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # another user's process: alive
+        return True
+    return True
+
+
+def remove_stale_temporaries(path):
+    """Delete the temporary files that writers of ``path`` left behind when they were killed
+    (``.<name>.<pid>.<random>.tmp*`` next to it, of a process no longer running, and the
+    older ``.<name>.<random>.tmp*`` without a process id). Returns the removed paths.
+
+    Every atomic write (:func:`write_atomic`, :func:`save_model`, the exporters) calls it for
+    its target first, so a rerun after a kill cleans up after the killed run."""
+    path = os.fspath(path)
+    folder = os.path.dirname(os.path.abspath(path))
+    prefix = f".{os.path.basename(path)}."
+    try:
+        names = os.listdir(folder)
+    except OSError:
+        return []
+    removed = []
+    for name in names:
+        match = _TEMP_NAME.match(name[len(prefix):]) if name.startswith(prefix) else None
+        if match is None or (match.group(1) and _pid_alive(int(match.group(1)))):
+            continue
+        stale = os.path.join(folder, name)
+        try:
+            os.remove(stale)
+            removed.append(stale)
+        except OSError:
+            pass
+    return removed
+
+
 def _temp_file(path, suffix=".tmp", makedirs=True):
-    """Create an empty temporary file next to ``path``; return ``(fd, temp_path)``."""
+    """Create an empty temporary file next to ``path`` (named with this process id, after
+    removing the stale ones of ``path``); return ``(fd, temp_path)``."""
     path = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(path))
     if makedirs:
         os.makedirs(folder, exist_ok=True)
-    return tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(path)}.", suffix=suffix)
+    remove_stale_temporaries(path)
+    return tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(path)}.{os.getpid()}.", suffix=suffix)
 
 
 def _replace(tmp, path):
@@ -217,8 +270,57 @@ def read_json_object(path, what=None):
 
     ``what`` names the file in errors (default: ``file <path>``).
     """
-    with open(path, encoding="utf-8") as f:
-        return parse_json_object(f.read(), what or f"file {os.fspath(path)!r}")
+    what = what or f"file {os.fspath(path)!r}"
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except UnicodeDecodeError as error:  # a binary or damaged file
+        raise ValueError(f"Expected {what} to be a JSON object, but it is not text (truncated or corrupt?): "
+                         f"{error}") from error
+    return parse_json_object(text, what)
+
+
+class ModelFileError(ValueError):
+    """A model or weights file that exists but cannot be used: truncated, not a Keras
+    file, damaged inside, or refused by safe loading. The message names the file."""
+
+
+_HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
+_REDO = "Re-create it (train or export again) or copy it again from its source."
+
+
+def _first_line(error):
+    text = " ".join(str(error).split())
+    return (text[:300] + "...") if len(text) > 300 else (text or type(error).__name__)
+
+
+def _check_keras_zip(path):
+    """Raise :class:`ModelFileError` unless ``path`` is a complete ``.keras`` zip whose
+    members all pass their CRC check and that holds ``config.json``."""
+    import zipfile
+
+    if os.path.getsize(path) == 0:
+        raise ModelFileError(f"Model file {path!r} is empty (0 bytes): it is truncated. {_REDO}")
+    try:
+        with zipfile.ZipFile(path) as archive:
+            damaged = archive.testzip()
+            names = set(archive.namelist())
+    except (zipfile.BadZipFile, EOFError, OSError, ValueError, RuntimeError) as error:
+        raise ModelFileError(
+            f"Model file {path!r} is not a readable .keras file: it is truncated or corrupt "
+            f"({_first_line(error)}). {_REDO}"
+        ) from error
+    if damaged is not None:
+        raise ModelFileError(
+            f"Model file {path!r} is corrupt: its member {damaged!r} fails the zip checksum. {_REDO}"
+        )
+    if "config.json" not in names:
+        raise ModelFileError(f"Model file {path!r} is not a .keras file: it holds no config.json. {_REDO}")
+
+
+def _is_refused_by_safe_mode(error):
+    text = str(error)
+    return "safe_mode" in text or "lambda" in text.lower() and "deserializ" in text.lower()
 
 
 def load_model(path, *, compile=False):
@@ -226,8 +328,14 @@ def load_model(path, *, compile=False):
 
     ``import tfgated`` registers every custom object the library defines (gates, exit
     gates and heads, ghost batch norm, pruning schedules, the soft-smoothing loss), so
-    any file tfgated wrote loads here. Raises ``FileNotFoundError`` naming the path
-    when it does not exist.
+    any file tfgated wrote loads here.
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist (the message names it).
+        ModelFileError: (a ``ValueError``) the file exists but is truncated, random
+            bytes, damaged inside the zip (a member failing its checksum, a cut or
+            zeroed ``model.weights.h5``), or holds a layer that safe loading refuses
+            (``Lambda``); the one-line message names the file and what to do.
     """
     import keras
 
@@ -240,7 +348,58 @@ def load_model(path, *, compile=False):
         path = os.path.join(path, "model.keras")
     if not os.path.exists(path):
         raise FileNotFoundError(f"Model file {path!r} not found.")
-    return keras.saving.load_model(path, safe_mode=True, compile=compile)
+    if path.endswith(".keras"):
+        _check_keras_zip(path)
+    try:
+        return keras.saving.load_model(path, safe_mode=True, compile=compile)
+    except ModelFileError:
+        raise
+    except (ValueError, TypeError, KeyError, OSError, EOFError, RuntimeError) as error:
+        if _is_refused_by_safe_mode(error):
+            raise ModelFileError(
+                f"Model file {path!r} holds a layer that safe loading refuses (a Lambda layer runs "
+                f"arbitrary Python code): rebuild the model without Lambda layers, or load it yourself "
+                f"with keras.saving.load_model(..., safe_mode=False) only if you trust the file."
+            ) from error
+        if isinstance(error, (OSError, KeyError, EOFError, RuntimeError)):
+            raise ModelFileError(
+                f"Model file {path!r} is damaged: its weights (model.weights.h5) are truncated or corrupt "
+                f"({_first_line(error)}). {_REDO}"
+            ) from error
+        raise ModelFileError(
+            f"Model file {path!r} cannot be rebuilt: it is corrupt, not a tfgated/Keras model, or written "
+            f"by an incompatible version ({type(error).__name__}: {_first_line(error)}). {_REDO}"
+        ) from error
+
+
+def load_weights(model, path):
+    """``model.load_weights(path)`` for a ``.weights.h5`` (or ``.keras``) file, with the
+    errors :func:`load_model` gives: ``FileNotFoundError`` when ``path`` does not exist,
+    :class:`ModelFileError` naming it when it is truncated, not an HDF5 file, damaged, or
+    does not fit ``model`` (other layers or shapes). Returns ``model``."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"Weights file {path!r} not found.")
+    if path.endswith(".keras"):
+        _check_keras_zip(path)
+    else:
+        with open(path, "rb") as f:
+            head = f.read(len(_HDF5_SIGNATURE))
+        if head != _HDF5_SIGNATURE:
+            what = "empty (0 bytes)" if not head else "not an HDF5 weights file"
+            raise ModelFileError(f"Weights file {path!r} is {what}: it is truncated or corrupt. {_REDO}")
+    try:
+        model.load_weights(path)
+    except (OSError, EOFError, RuntimeError) as error:
+        raise ModelFileError(
+            f"Weights file {path!r} is truncated or corrupt ({_first_line(error)}). {_REDO}"
+        ) from error
+    except (ValueError, KeyError, TypeError) as error:
+        raise ModelFileError(
+            f"Weights file {path!r} does not fit model {model.name!r} (other layers or shapes): "
+            f"{_first_line(error)}"
+        ) from error
+    return model
 
 
 def machine_info():

@@ -86,6 +86,24 @@ def correct_pad(inputs, kernel_size=3):
     return ((half - adjust[0], half), (half - adjust[1], half))
 
 
+def _granularity_rows(granularity, count):
+    """``granularity`` as a list of int triples, or a ValueError in Keras' style."""
+    expected = (
+        f"Expected granularity to be a list of {count} rows (g_inp, g_out, g_exp) of positive "
+        f"integers, one per block row. Received: granularity={granularity!r}"
+    )
+    if isinstance(granularity, (str, bytes)) or not hasattr(granularity, "__iter__"):
+        raise ValueError(expected)
+    rows = []
+    for row in granularity:
+        if isinstance(row, (str, bytes)) or not hasattr(row, "__iter__"):
+            raise ValueError(expected)
+        if any(isinstance(v, bool) or not isinstance(v, int) for v in row):
+            raise ValueError(expected)
+        rows.append(tuple(row))
+    return rows
+
+
 def _check_blocks(blocks, granularity):
     blocks = [tuple(int(v) for v in row) for row in blocks]
     for row in blocks:
@@ -95,7 +113,7 @@ def _check_blocks(blocks, granularity):
                 f"integers and stride 1 or 2. Received: {row}"
             )
     if granularity is not None:
-        granularity = [tuple(int(v) for v in row) for row in granularity]
+        granularity = _granularity_rows(granularity, len(blocks))
         if len(granularity) != len(blocks):
             raise ValueError(
                 f"Expected one granularity row (g_inp, g_out, g_exp) per block row ({len(blocks)}). "

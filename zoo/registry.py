@@ -74,7 +74,7 @@ import json
 import os
 
 from tfgated.gate_settings import SETTING_KEYS, GateSettings
-from tfgated.io import read_json_object
+from tfgated.io import ModelFileError, load_weights, read_json_object
 from tfgated.recipes import Recipe
 
 FAMILY_MODULES = (
@@ -369,9 +369,9 @@ def load(name, weights=None, num_classes=None, input_shape=None, compile=True, *
     model = build(name, num_classes=num_classes, input_shape=input_shape, **overrides)
     if path is not None:
         try:
-            model.load_weights(path)
-        except (ValueError, KeyError) as error:
-            raise ValueError(
+            load_weights(model, path)  # a damaged or mismatched file: ModelFileError naming it
+        except ModelFileError as error:
+            raise ModelFileError(
                 f"Could not load weights {path!r} into model {name!r} "
                 f"(num_classes={num_classes}, input_shape={input_shape}, overrides={overrides}): {error}"
             ) from error

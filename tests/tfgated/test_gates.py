@@ -185,6 +185,70 @@ def test_ensemble_averages_stochastic_passes(fashion_mnist_small):
     np.testing.assert_allclose(ensemble.sum(axis=1), 1.0, atol=1e-5)
 
 
+def _half_open(model):
+    for gate in tfgated.gate_layers(model):
+        if gate.kind == "independent":
+            gate.logits.assign(np.zeros(gate.units, "float32"))  # p = 0.5: samples vary
+    return model
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("style", ["stochastic", "ensemble"])
+def test_predict_with_seed_is_reproducible(fashion_mnist_small, style):
+    x, _ = fashion_mnist_small
+    model = _half_open(small_gated_model())
+    first = tfgated.predict(model, x[:64], style=style, samples=3, batch_size=16, seed=11)
+    again = tfgated.predict(model, x[:64], style=style, samples=3, batch_size=16, seed=11)
+    other = tfgated.predict(model, x[:64], style=style, samples=3, batch_size=16, seed=12)
+    unseeded = tfgated.predict(model, x[:64], style=style, samples=3, batch_size=16)
+    np.testing.assert_array_equal(first, again)
+    assert not np.array_equal(first, other) and not np.array_equal(first, unseeded)
+
+
+def test_reset_gate_noise_uses_each_gate_seed():
+    gate = GumbelGate(64, open_probability=0.5, seed=5, inference_style="stochastic")
+    context = np.zeros((8, 3), "float32")
+    first = gate.reset_noise()(context)
+    assert not np.array_equal(first, gate(context))  # the noise advances with every call
+    np.testing.assert_array_equal(first, gate.reset_noise()(context))
+    with pytest.raises(ValueError, match="has no seed of its own"):
+        GumbelGate(4).reset_noise()
+    with pytest.raises(ValueError, match="Received: seed=-1"):
+        tfgated.reset_gate_noise(small_gated_model(), seed=-1)
+
+
+_PREDICT_IN_A_PROCESS = """
+import sys
+import keras, numpy as np
+sys.path.insert(0, sys.argv[1])
+from test_gates import _half_open, small_gated_model
+import tfgated
+keras.utils.set_random_seed(0)
+model = _half_open(small_gated_model())
+x = np.random.RandomState(0).rand(32, 28, 28, 1).astype("float32")
+for _ in range(int(sys.argv[3])):  # a different history of noise draws in each process
+    tfgated.predict(model, x, style="stochastic", batch_size=8)
+np.save(sys.argv[2], tfgated.predict(model, x, style="stochastic", batch_size=8, seed=3))
+"""
+
+
+@pytest.mark.slow
+def test_predict_with_seed_is_reproducible_across_processes(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    here = os.path.dirname(os.path.abspath(__file__))
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    outputs = []
+    for run in range(2):
+        path = str(tmp_path / f"run{run}.npy")
+        subprocess.run([sys.executable, "-c", _PREDICT_IN_A_PROCESS, here, path, str(run)], env=env, check=True, timeout=300)
+        outputs.append(np.load(path))
+    np.testing.assert_array_equal(outputs[0], outputs[1])
+    assert 0 < outputs[0].std()
+
+
 # -- losses ------------------------------------------------------------------------
 
 
@@ -280,6 +344,14 @@ def test_save_and_safe_load_gives_identical_outputs(tmp_path, fashion_mnist_smal
         (lambda: GateActivationLoss(target=1.5), "Expected target in [0, 1]. Received: target=1.5"),
         (lambda: GateActivationLoss(target=-0.1), "Received: target=-0.1"),
         (lambda: GateActivationLoss(loss_kind="per_layer"), "Received: loss_kind='per_layer'"),
+        (lambda: GumbelGate(0), "Expected units to be a positive integer. Received: units=0"),
+        (lambda: GumbelGate(4, hidden_units=2.5), "Expected hidden_units to be a positive integer. Received: hidden_units=2.5"),
+        (lambda: GumbelGate(4, seed="7"), "Expected seed to be None or a non-negative integer. Received: seed='7'"),
+        (lambda: ChannelMask(0), "Expected granularity to be a positive integer. Received: granularity=0"),
+        (lambda: tfgated.channel_gate(keras.Input((4, 4, 8)), granularity=0),
+         "Expected granularity to be a positive integer. Received: granularity=0"),
+        (lambda: tfgated.channel_gate(keras.Input((4, 4, 8)), granularity=2.0),
+         "Expected granularity to be a positive integer. Received: granularity=2.0"),
     ],
 )
 def test_bad_arguments_raise_clear_errors(make, message):

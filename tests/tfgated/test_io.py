@@ -159,3 +159,35 @@ def test_save_figure(tmp_path):
     with pytest.raises(ValueError):  # unknown format: savefig raises, no file nor temp left
         save_figure(fig, tmp_path / "g.notaformat")
     assert _names(tmp_path) == ["f.pdf", "f.png", "plain"]
+
+
+def test_next_write_removes_stale_temporaries(tmp_path):
+    """What a killed writer left (its process gone) is removed by the next write of the same
+    target; a live writer's temporary file, and other targets', stay."""
+    import subprocess
+    import sys
+
+    from tfgated.io import remove_stale_temporaries
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead_pid = int(dead.stdout)
+    stale = [f".out.tflite.{dead_pid}.abcd1234.tmp.tflite", ".out.tflite.zz_9k2x1.tmp"]
+    kept = [f".out.tflite.{os.getpid()}.abcd1234.tmp.tflite", ".other.tflite.abcd1234.tmp", ".out.tflite.json.x1y2z3w4.tmp"]
+    for name in stale + kept:
+        (tmp_path / name).write_bytes(b"partial")
+    write_atomic(tmp_path / "out.tflite", b"model")
+    assert _names(tmp_path) == sorted(kept + ["out.tflite"])
+    assert remove_stale_temporaries(tmp_path / "out.tflite") == []
+
+
+def test_temporary_file_names_carry_the_process_id(tmp_path, monkeypatch):
+    seen = []
+    real_replace = os.replace
+
+    def spy(src, dst):
+        seen.append(os.path.basename(src))
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", spy)
+    write_json(tmp_path / "state.json", {"a": 1})
+    assert seen and seen[0].startswith(f".state.json.{os.getpid()}.") and ".tmp" in seen[0]

@@ -15,7 +15,7 @@ from __future__ import annotations
 import argparse
 import time
 
-from tfgated.cli.common import positive_int, run_command
+from tfgated.cli.common import add_debug_flag, positive_int, run_command
 
 __all__ = ["DEFAULT_PRESET", "PROBE_EXAMPLES", "build_parser", "main", "measure_demo", "run_demo", "train_demo"]
 
@@ -43,7 +43,7 @@ def build_parser():
                         help="training images for --epochs (default: %(default)s)")
     parser.add_argument("--batch-size", type=positive_int, default=64, help="batch size (default: %(default)s)")
     parser.add_argument("--verbose", action="store_true", help="show TensorFlow's own log lines")
-    return parser
+    return add_debug_flag(parser)
 
 
 def _arrays(dataset):
@@ -158,4 +158,4 @@ def main(argv=None):
         _print_result(run_demo(args.preset, args.examples, args.epochs, args.batch_size))
         return 0
 
-    return run_command(demo)
+    return run_command(demo, debug=args.debug)

@@ -16,7 +16,7 @@ import json
 import os
 import sys
 
-from tfgated.cli.common import add_style_argument, positive_int, run_command
+from tfgated.cli.common import add_debug_flag, add_style_argument, positive_int, run_command
 from tfgated.inference import STYLES
 
 __all__ = ["build_parser", "main"]
@@ -43,8 +43,9 @@ def build_parser():
     p.add_argument("--json", default=None, metavar="PATH", help="also write the result as JSON")
     p.add_argument("--save", default=None, metavar="PATH",
                    help="save the evaluated model as a .keras file (with --bn-recalibrate: its new statistics)")
-    p.add_argument("--seed", type=int, default=42)
-    return p
+    p.add_argument("--seed", type=int, default=42,
+                   help="seeds the gate noise of stochastic/ensemble: the same seed gives the same numbers")
+    return add_debug_flag(p)
 
 
 def _model_and_splits(args):
@@ -85,7 +86,7 @@ def _model_and_splits(args):
 def _evaluate(args):
     import keras
 
-    from tfgated.inference import gate_layers
+    from tfgated.inference import gate_layers, reset_gate_noise
     from tfgated.io import json_default, save_model, write_json
     from tfgated.train import evaluate_model, recalibrate_batch_norm
 
@@ -93,6 +94,8 @@ def _evaluate(args):
         raise ValueError(f"Expected --save to name a .keras file. Received: {args.save!r}")
     keras.utils.set_random_seed(args.seed)
     model, dataset, splits = _model_and_splits(args)
+    if gate_layers(model):
+        reset_gate_noise(model, args.seed)  # stochastic/ensemble: reproducible across processes
     data = splits.test if args.split == "test" else splits.validation
     if data is None:
         raise ValueError("No validation split for this data configuration; use --split test.")
@@ -116,4 +119,4 @@ def _evaluate(args):
 def main(argv=None):
     """Entry point of ``python -m tfgated evaluate``; returns the exit status."""
     args = build_parser().parse_args(argv)
-    return run_command(lambda: _evaluate(args))
+    return run_command(lambda: _evaluate(args), debug=args.debug)

@@ -26,7 +26,14 @@ import json
 import os
 import sys
 
-from tfgated.cli.common import add_style_argument, positive_int
+from tfgated.cli.common import (
+    add_debug_flag,
+    add_style_argument,
+    check_input_shape,
+    parse_shape,
+    positive_int,
+    run_command,
+)
 from tfgated.export.options import STYLES
 
 #: How many Fashion-MNIST test images calibrate int8 and check exits.
@@ -47,7 +54,8 @@ def _export_parser():
     fmt.add_argument("--onnx", metavar="MODEL", help="export MODEL (a .keras file or a zoo preset name) to ONNX")
     p.add_argument("-o", "--output", required=True, help="output file (.tflite or .onnx), written atomically")
     q = p.add_mutually_exclusive_group()
-    q.add_argument("--fp16", action="store_true", help="TFLite with float16 weights (top-1 agreement >= 99.5%% checked)")
+    q.add_argument("--fp16", action="store_true", help="TFLite with float16 weights (top-1 agreement >= 99.5%% checked where the top-2 margin "
+                   "exceeds float16 rounding)")
     q.add_argument("--int8", action="store_true", help="TFLite int8 post-training quantization (parity reported only)")
     p.add_argument(
         "--representative-data",
@@ -81,7 +89,7 @@ def _export_parser():
     p.add_argument("--no-check", action="store_true", help="write the file even if the parity check fails")
     p.add_argument("--input-shape", default=None, help="for zoo presets: input shape as H,W,C (e.g. 64,64,3)")
     p.add_argument("--class-names", default=None, help="comma-separated class names recorded in the sidecar")
-    return p
+    return add_debug_flag(p)
 
 
 def _bench_parser():
@@ -95,15 +103,19 @@ def _bench_parser():
     p.add_argument("--warmup", type=int, default=10, help="untimed warm-up runs (default 10)")
     p.add_argument("--rounds", type=positive_int, default=1, help="interleaved rounds over the files (default 1)")
     p.add_argument("--json", default=None, help="also write the results to this JSON file")
-    return p
+    return add_debug_flag(p)
 
 
 def load_model(spec, input_shape=None):
-    """A Keras model from a ``.keras`` file (:func:`tfgated.io.load_model`) or a zoo preset name."""
+    """A Keras model from a ``.keras`` file (:func:`tfgated.io.load_model`) or a zoo preset name.
+
+    A file keeps its own input shape: an ``input_shape`` that contradicts it is refused."""
     if spec.endswith(".keras") or os.path.sep in spec:
         from tfgated.io import load_model as load_file
 
-        return load_file(spec)
+        model = load_file(spec)
+        check_input_shape(model, input_shape, spec)
+        return model
     from tfgated import zoo
 
     kwargs = {"compile": False}
@@ -137,7 +149,13 @@ def _representative(option, shape):
         return fashion_mnist_inputs(shape)
     if not os.path.exists(option):
         raise FileNotFoundError(f"Expected 'fashion_mnist' or a .npy file. Received: {option!r}")
-    x = np.load(option).astype("float32")
+    try:
+        x = np.load(option).astype("float32")
+    except (ValueError, OSError, EOFError) as error:
+        raise ValueError(
+            f"Representative data file {option!r} is not a readable .npy array of numbers (truncated or "
+            f"corrupt?): {' '.join(str(error).split())[:200]}"
+        ) from error
     if tuple(x.shape[1:]) != tuple(shape):
         raise ValueError(f"Expected representative data of shape (N, {', '.join(map(str, shape))}). Received: {x.shape}")
     return x
@@ -146,11 +164,8 @@ def _representative(option, shape):
 def _input_shape(text):
     if not text:
         return None
-    try:
-        shape = tuple(int(v) for v in text.split(","))
-    except ValueError:
-        raise ValueError(f"Expected --input-shape as H,W,C integers (e.g. 64,64,3). Received: {text!r}") from None
-    if len(shape) != 3 or min(shape) < 1:
+    shape = parse_shape(text)
+    if len(shape) != 3:
         raise ValueError(f"Expected --input-shape as three positive integers H,W,C. Received: {text!r}")
     return shape
 
@@ -205,6 +220,8 @@ def _print_parity(p):
     print(
         f"parity ({p['runtime']}, {p['quantization']}): max_abs_diff={p['max_abs_diff']:.3g}"
         + (f", top1_agreement={p['top1_agreement']:.4f}" if "top1_agreement" in p else "")
+        + (f" ({p['top1_agreement_decisive']:.4f} on {p['decisive_examples']} decisive examples)"
+           if "top1_agreement_decisive" in p else "")
         + (" PASSED" if p["passed"] else " FAILED (written because of --no-check)")
     )
 
@@ -249,6 +266,10 @@ def main_bench(argv):
     from tfgated.export import latency
     from tfgated.io import write_atomic
 
+    from tfgated.export.parity import check_loadable
+
+    for path in args.files:
+        check_loadable(path)  # a damaged file: one line naming it
     results = latency.bench(args.files, threads=args.threads, runs=args.runs, warmup=args.warmup, rounds=args.rounds)
     print(latency.format_table(results))
     if args.json:
@@ -258,15 +279,12 @@ def main_bench(argv):
 
 
 def main(argv=None):
-    """``python -m tfgated.export [bench] ...``; a user error is one line on stderr and exit status 2."""
+    """``python -m tfgated.export [bench] ...``; a user error is one line on stderr and exit status 2
+    (``--debug`` shows the traceback)."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    try:
-        if argv and argv[0] == "bench":
-            return main_bench(argv[1:])
-        return main_export(argv)
-    except (ValueError, FileNotFoundError, RuntimeError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    if argv and argv[0] == "bench":
+        return run_command(lambda: main_bench(argv[1:]), debug="--debug" in argv)
+    return run_command(lambda: main_export(argv), debug="--debug" in argv)
 
 
 if __name__ == "__main__":

@@ -67,7 +67,7 @@ import argparse
 import os
 import time
 
-from tfgated.cli.common import run_command
+from tfgated.cli.common import add_debug_flag, run_command
 from tfgated.cli.pipeline.budgets import BUDGETS, get_budget
 from tfgated.cli.pipeline.deploy import stage_accelerate, stage_export, stage_quantize
 from tfgated.cli.pipeline.progress import StageProgress, estimate_seconds, format_duration
@@ -129,7 +129,7 @@ def _run_stages(run, stop_after):
 
 
 def run_pipeline(dataset="fashion_mnist", budget="small", run_dir=None, data_dir=None, seed=0,
-                 stop_after=None, verbose=0, log=print):
+                 stop_after=None, verbose=0, log=print, no_check=False):
     """Run (or resume) the SIPA pipeline; see the module docstring.
 
     Args:
@@ -144,6 +144,8 @@ def run_pipeline(dataset="fashion_mnist", budget="small", run_dir=None, data_dir
         verbose: Keras ``fit`` verbosity (0: silent, one progress line per stage; 1 progress
             bar, 2 one line per epoch).
         log: the function printing the progress lines.
+        no_check: write the exported files even when their parity check fails
+            (``--no-check``; the parity is still measured and reported).
 
     Returns:
         The summary dict (also written to ``summary.json``), or ``None`` when
@@ -158,6 +160,7 @@ def run_pipeline(dataset="fashion_mnist", budget="small", run_dir=None, data_dir
         raise ValueError(f"Unknown dataset {dataset!r}. Expected one of {list(KNOWN_DATASETS)}.")
     run_dir = run_dir or os.path.join("runs", f"sipa_{dataset}_{budget.name}")
     run = Run(dataset, budget, run_dir, data_dir=data_dir, seed=seed, verbose=verbose, log=log)
+    run.allow_mismatch = bool(no_check)  # the export stage's override (not part of the run's config)
     run.splits()  # fail early (and clearly) when the data is missing, before creating the folder
     with run.locked():  # one process writes the folder (tfgated.runlock)
         check_run_config(run)
@@ -184,12 +187,14 @@ def build_parser():
     parser.add_argument("--run-dir", default=None, help="run folder (default runs/sipa_<dataset>_<budget>)")
     parser.add_argument("--stop-after", choices=list(STAGES), default=None, help="stop after this stage")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--no-check", action="store_true",
+                        help="export stage: write the files even if their parity check against Keras fails")
     parser.add_argument("--verbose", nargs="?", type=int, choices=(0, 1, 2), const=2, default=None,
                         metavar="LEVEL",
                         help="show TensorFlow's own log lines; LEVEL is the Keras fit verbosity (0 silent, "
                         "1 progress bar, 2 a line per epoch; 2 when omitted). Without --verbose: quiet, one "
                         "progress line per stage")
-    return parser
+    return add_debug_flag(parser)
 
 
 def main(argv=None):
@@ -203,8 +208,8 @@ def main(argv=None):
     def run():
         run_pipeline(
             dataset=args.dataset, budget=args.budget, run_dir=args.run_dir, data_dir=args.data_dir,
-            seed=args.seed, stop_after=args.stop_after, verbose=verbose, log=log,
+            seed=args.seed, stop_after=args.stop_after, verbose=verbose, log=log, no_check=args.no_check,
         )
         return 0
 
-    return run_command(run)
+    return run_command(run, debug=args.debug)

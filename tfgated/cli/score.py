@@ -9,20 +9,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from tfgated.cli.common import run_command
+from tfgated.cli.common import add_debug_flag, check_input_shape, parse_shape, run_command
 
 __all__ = ["build_parser", "main", "parse_shape"]
-
-
-def parse_shape(text):
-    """``"32,32,3"`` (or ``"32x32x3"``) -> ``(32, 32, 3)``."""
-    try:
-        shape = tuple(int(v) for v in text.replace("x", ",").split(",") if v.strip())
-    except ValueError:
-        shape = ()
-    if not shape or any(v <= 0 for v in shape):
-        raise ValueError(f"Expected an input shape like 32,32,3. Received: {text!r}")
-    return shape
 
 
 def build_parser():
@@ -32,7 +21,7 @@ def build_parser():
     parser.add_argument("--bits", type=int, choices=(16, 32), default=32, help="parameter/mult precision")
     parser.add_argument("--input-shape", default=None, help="input shape without batch, e.g. 32,32,3")
     parser.add_argument("--all", action="store_true", help="also list layers with no cost")
-    return parser
+    return add_debug_flag(parser)
 
 
 def _score(args):
@@ -41,6 +30,7 @@ def _score(args):
 
     shape = parse_shape(args.input_shape) if args.input_shape else None
     model = load_model(args.model)
+    check_input_shape(model, shape, args.model)
     report = micronet_score(model, bits=args.bits, input_shape=shape)
     print(report.table(skip_empty=not args.all))
     sys.stdout.flush()
@@ -48,7 +38,7 @@ def _score(args):
 
 
 def main(argv=None):
-    """Entry point of ``python -m tfgated score``; returns the exit status (2 for a missing
-    file or a malformed ``--input-shape``)."""
+    """Entry point of ``python -m tfgated score``; returns the exit status (2 for a missing,
+    damaged or refused model file, or a malformed or contradicting ``--input-shape``)."""
     args = build_parser().parse_args(argv)
-    return run_command(lambda: _score(args))
+    return run_command(lambda: _score(args), debug=args.debug)

@@ -16,7 +16,7 @@ import argparse
 import os
 import sys
 
-from tfgated.cli.common import run_command
+from tfgated.cli.common import add_debug_flag, run_command
 from tfgated.io import parse_json_object
 
 __all__ = ["load_preset_file", "main"]
@@ -82,7 +82,7 @@ def _parser():
     parser.add_argument("--overwrite", action="store_true", help="start afresh instead of resuming")
     parser.add_argument("--output", default="sipa_searched.json", help="preset JSON file of the best architecture")
     parser.add_argument("--verbose", type=int, default=1, help="Keras fit verbosity")
-    return parser
+    return add_debug_flag(parser)
 
 
 def _base(args):
@@ -190,7 +190,7 @@ def _search(args):
 def main(argv=None):
     """``python -m tfgated search ...``; returns the exit status (2 for a user error, one line on stderr)."""
     args = _parser().parse_args(argv)
-    return run_command(lambda: _search(args))
+    return run_command(lambda: _search(args), debug=args.debug)
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ import dataclasses
 import os
 from typing import Any, Optional
 
-from tfgated.cli.common import parse_key_values, positive_float, positive_int, run_command
+from tfgated.cli.common import add_debug_flag, parse_key_values, positive_float, positive_int, run_command
 
 STRATEGIES = ("default", "mirrored", "multi_worker")
 
@@ -278,7 +278,7 @@ def build_parser():
         help="default: this process; mirrored: all local devices; multi_worker: the cluster in TF_CONFIG "
              "(run the same command on every worker; the chief writes the run folder)",
     )
-    return p
+    return add_debug_flag(p)
 
 
 def _options(args):
@@ -311,4 +311,4 @@ def main(argv=None):
         train(args.model, run_dir, _options(args))
         return 0
 
-    return run_command(run)
+    return run_command(run, debug=args.debug)

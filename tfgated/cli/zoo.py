@@ -7,7 +7,7 @@ import json
 import os
 import sys
 
-from tfgated.cli.common import run_command
+from tfgated.cli.common import add_debug_flag, run_command
 from tfgated.io import json_default
 
 
@@ -59,6 +59,8 @@ def build_parser():
     details = commands.add_parser("info", help="print a model card")
     details.add_argument("name")
     details.add_argument("--json", action="store_true", help="print the card as JSON data")
+    add_debug_flag(listing)
+    add_debug_flag(details)
     return parser
 
 
@@ -83,4 +85,4 @@ def main(argv=None) -> int:
     """Run the zoo command on ``argv`` (default ``sys.argv[1:]``); returns the exit status."""
     args = build_parser().parse_args(argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    return run_command(lambda: _run(args))
+    return run_command(lambda: _run(args), debug=args.debug)

@@ -52,7 +52,7 @@ def _find_idx_file(folder: str, stem: str) -> str:
     raise FileNotFoundError(
         f"Fashion-MNIST file {stem}.gz not found in {folder!r}. Install the data with "
         f"`apt-get install dataset-fashion-mnist` (files go to {FASHION_MNIST_DEFAULT_DIR}), "
-        f"or pass data_dir= (or set {FASHION_MNIST_ENV_VAR}) to a folder holding "
+        f"or point data_dir= (on the command line --data-dir DIR; or set {FASHION_MNIST_ENV_VAR}) to a folder holding "
         "train-images-idx3-ubyte.gz, train-labels-idx1-ubyte.gz, t10k-images-idx3-ubyte.gz "
         "and t10k-labels-idx1-ubyte.gz."
     )

@@ -26,17 +26,17 @@ PREPARE_HINTS = {
     "cifar10": (
         "On a machine with internet access run `tfds build cifar10 --data_dir DIR` "
         "(or `tfds.builder('cifar10', data_dir=DIR).download_and_prepare()`), then copy DIR "
-        "here and pass data_dir=DIR."
+        "here and pass data_dir=DIR (on the command line --data-dir DIR)."
     ),
     "cifar100": (
         "On a machine with internet access run `tfds build cifar100 --data_dir DIR` "
         "(or `tfds.builder('cifar100', data_dir=DIR).download_and_prepare()`), then copy DIR "
-        "here and pass data_dir=DIR."
+        "here and pass data_dir=DIR (on the command line --data-dir DIR)."
     ),
     "imagenet2012": (
         "ImageNet cannot be downloaded automatically: place ILSVRC2012_img_train.tar and "
         "ILSVRC2012_img_val.tar in DIR/downloads/manual, run `tfds build imagenet2012 "
-        "--data_dir DIR --manual_dir DIR/downloads/manual` once, then pass data_dir=DIR."
+        "--data_dir DIR --manual_dir DIR/downloads/manual` once, then pass data_dir=DIR (on the command line --data-dir DIR)."
     ),
 }
 
@@ -78,7 +78,7 @@ def _load_tfds(
 ) -> DatasetSplits:
     if data_dir is None:
         raise ValueError(
-            f"Dataset {name!r} needs data_dir=, a TFDS data folder where it was prepared "
+            f"Dataset {name!r} needs data_dir= (on the command line --data-dir DIR), a TFDS data folder where it was prepared "
             f"(tfgated never downloads data). {PREPARE_HINTS[name]}"
         )
     train, test, builder_info = _tfds_load(name, os.fspath(data_dir))

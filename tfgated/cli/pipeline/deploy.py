@@ -162,7 +162,8 @@ def stage_export(run, out):
                 f"parity on {len(parity_x)} test images")
         with contextlib.redirect_stdout(io.StringIO()):  # the converters print their temporary folders
             result = export_early_exit(with_exit, path, threshold, quantization=quantization, parity_data=parity_x,
-                                       class_names=info.class_names, preprocessing=preprocessing)
+                                       class_names=info.class_names, preprocessing=preprocessing,
+                                       allow_mismatch=getattr(run, "allow_mismatch", False))
         files[key] = path
         results[key] = result.parity
         _log_parity(run, filename, result.parity)
