@@ -345,13 +345,18 @@ class Recipe:
     def for_plain_fit(self):
         """This recipe as a plain ``model.fit`` on integer labels can follow it.
 
-        The optimizer, learning rate, momentum and weight decay stay; the
-        learning-rate schedule (it needs the steps per epoch), mixup and label
-        smoothing (they need one-hot labels from :meth:`datasets`) are off.
-        :func:`tfgated.zoo.load` compiles with it; :func:`fit_recipe` applies
-        the whole recipe.
+        The optimizer, learning rate and its schedule (pass ``steps_per_epoch`` to
+        :meth:`compile`), momentum and weight decay stay, so the learning rate
+        follows the same curve as under :func:`fit_recipe`; mixup and label
+        smoothing are off (they need one-hot labels from :meth:`datasets`).
+        :func:`tfgated.zoo.load` compiles with it.
         """
-        return self.replace(cosine_decay=False, lr_boundaries=(), warmup_epochs=0.0, mixup=0.0, label_smoothing=0.0)
+        return self.replace(mixup=0.0, label_smoothing=0.0)
+
+    @property
+    def needs_steps_per_epoch(self):
+        """Whether the learning-rate schedule needs the steps per epoch (cosine, warmup, steps)."""
+        return bool(self.cosine_decay or self.warmup_epochs or self.lr_boundaries)
 
     def stabilization(self):
         """The recipe of the distribution-stabilization fine-tune, or ``None`` if off.
