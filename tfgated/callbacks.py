@@ -7,6 +7,9 @@
 * :class:`TargetAnnealing` moves the target rate of every
   :class:`~tfgated.losses.GateActivationLoss` from ``start`` to ``end`` over
   a number of epochs or optimizer steps, linearly or on a cosine.
+* :class:`RecalibrateBatchNorm` re-estimates the batch-norm statistics at the
+  end of training (:func:`tfgated.train.recalibrate_batch_norm`), which matters
+  after short training (a few hundred steps or fewer).
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ import numpy as np
 from tfgated.inference import activation_loss_layers, gate_layers
 from tfgated.io import write_atomic
 
-__all__ = ["GateRateLogger", "TargetAnnealing", "probe_inputs", "read_gate_csv"]
+__all__ = ["GateRateLogger", "RecalibrateBatchNorm", "TargetAnnealing", "probe_inputs", "read_gate_csv"]
 
 SCHEDULES = ("linear", "cosine")
 
@@ -219,3 +222,40 @@ class TargetAnnealing(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         if logs is not None:
             logs["gate_target"] = self.current
+
+
+class RecalibrateBatchNorm(keras.callbacks.Callback):
+    """Re-estimates the batch-norm moving statistics when ``fit`` ends.
+
+    After short training (a few hundred steps or fewer) the moving mean and
+    variance lag the weights, and a gated model that scores well during
+    training can score far lower at test time under threshold inference. At
+    the end of training this callback calls
+    :func:`tfgated.train.recalibrate_batch_norm` on ``data``, so the fitted model
+    comes out with statistics that match its weights and its gates.
+
+    Args:
+      data: training images: a ``tf.data`` dataset of ``(x, y)`` or ``x``
+        batches, or an array of images (batched by ``batch_size``).
+      style: inference style the gates follow while statistics are gathered
+        (``"threshold"``, ...); ``None``: the model's current style.
+      batches: batches of ``data`` used.
+      batch_size: batch size for array ``data``.
+    """
+
+    def __init__(self, data, style=None, batches=20, batch_size=128):
+        super().__init__()
+        if isinstance(batches, bool) or not isinstance(batches, int) or batches < 1:
+            raise ValueError(f"Expected batches to be a positive integer. Received: batches={batches!r}")
+        self.data = data
+        self.style = style
+        self.batches = batches
+        self.batch_size = batch_size
+        self.batches_used = 0
+
+    def on_train_end(self, logs=None):
+        from tfgated.train import recalibrate_batch_norm
+
+        self.batches_used = recalibrate_batch_norm(
+            self.model, self.data, style=self.style, batches=self.batches, batch_size=self.batch_size
+        )

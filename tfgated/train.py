@@ -421,8 +421,14 @@ def _gates_in_inference_mode(model):
             del layer.call
 
 
-def recalibrate_batch_norm(model, dataset, style=None, batches=20, samples=None):
+def recalibrate_batch_norm(model, dataset, style=None, batches=20, samples=None, batch_size=128):
     """Re-estimate every batch-norm moving mean/variance under an inference style.
+
+    When it matters: after short training. The moving statistics follow the
+    weights with momentum 0.99, so after a few hundred steps or fewer they lag
+    the weights, and a gated model can score well during training (batch
+    statistics) but far lower at test time (moving statistics, gates
+    thresholded). ``benchmarks/bn_recalibration.py`` measures it.
 
     The moving statistics are reset, then ``batches`` batches of ``dataset``
     run forward with batch norm in training mode (it normalizes with, and
@@ -431,12 +437,29 @@ def recalibrate_batch_norm(model, dataset, style=None, batches=20, samples=None)
     momentum is set to ``1 - 1/k`` at batch ``k``, so the result is the exact
     average of the batches' statistics. Batch norm inside gate networks is
     left alone (the gate decisions stay those of the trained model). Nothing
-    else is trained.
+    else is trained. Also available as ``tfgated.recalibrate_batch_norm``, as the
+    ``fit`` callback :class:`tfgated.callbacks.RecalibrateBatchNorm` and as
+    ``python -m tfgated evaluate --bn-recalibrate``.
+
+    Args:
+        model: a built Keras model with batch-norm layers.
+        dataset: training images: a ``tf.data`` dataset of ``(x, y)`` or ``x``
+            batches, or an array of images (batched by ``batch_size``).
+        style: inference style of the gates; ``None``: the model's current one.
+        batches: batches of ``dataset`` used.
+        samples: samples of the ``ensemble`` style.
+        batch_size: batch size for array ``dataset``.
 
     Returns:
         The number of batches used.
     """
     import keras
+
+    if not hasattr(dataset, "element_spec"):  # not tf.data: an array of images (or (x, y))
+        import tensorflow as tf
+
+        images = dataset[0] if isinstance(dataset, (tuple, list)) else dataset
+        dataset = tf.data.Dataset.from_tensor_slices(np.asarray(images)).batch(int(batch_size))
 
     from tfgated.inference import gate_layers, set_inference_style
 
