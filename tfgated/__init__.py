@@ -21,7 +21,7 @@ from tfgated.inference import (  # noqa: E402
 )
 from tfgated.losses import GateActivationLoss, per_batch_loss, per_gate_loss  # noqa: E402
 from tfgated.models import gated_model  # noqa: E402
-from tfgated.train import recalibrate_batch_norm  # noqa: E402
+from tfgated.batch_norm import recalibrate_batch_norm  # noqa: E402
 
 # Modules whose custom objects (exit gates, ghost batch norm, pruning schedules, the soft
 # smoothing loss) must be registered before keras.saving.load_model(..., safe_mode=True)

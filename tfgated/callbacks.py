@@ -8,7 +8,7 @@
   :class:`~tfgated.losses.GateActivationLoss` from ``start`` to ``end`` over
   a number of epochs or optimizer steps, linearly or on a cosine.
 * :class:`RecalibrateBatchNorm` re-estimates the batch-norm statistics at the
-  end of training (:func:`tfgated.train.recalibrate_batch_norm`), which matters
+  end of training (:func:`tfgated.recalibrate_batch_norm`), which matters
   after short training (a few hundred steps or fewer).
 """
 
@@ -22,6 +22,7 @@ import os
 import keras
 import numpy as np
 
+from tfgated.batch_norm import recalibrate_batch_norm
 from tfgated.inference import activation_loss_layers, gate_layers
 from tfgated.io import write_atomic
 
@@ -231,7 +232,7 @@ class RecalibrateBatchNorm(keras.callbacks.Callback):
     variance lag the weights, and a gated model that scores well during
     training can score far lower at test time under threshold inference. At
     the end of training this callback calls
-    :func:`tfgated.train.recalibrate_batch_norm` on ``data``, so the fitted model
+    :func:`tfgated.recalibrate_batch_norm` on ``data``, so the fitted model
     comes out with statistics that match its weights and its gates.
 
     Args:
@@ -254,8 +255,6 @@ class RecalibrateBatchNorm(keras.callbacks.Callback):
         self.batches_used = 0
 
     def on_train_end(self, logs=None):
-        from tfgated.train import recalibrate_batch_norm
-
         self.batches_used = recalibrate_batch_norm(
             self.model, self.data, style=self.style, batches=self.batches, batch_size=self.batch_size
         )

@@ -151,6 +151,8 @@ def test_recalibrate_batch_norm_callback_reestimates_statistics_at_train_end(dat
     conv_out = np.asarray(keras.Model(inputs, model.get_layer("conv").output)(x))
     np.testing.assert_allclose(np.asarray(model.get_layer("bn").moving_mean), conv_out.mean(axis=(0, 1, 2)),
                                rtol=1e-4, atol=1e-5)
+    import tfgated.train
+
     assert tfgated.recalibrate_batch_norm is tfgated.train.recalibrate_batch_norm
     with pytest.raises(ValueError, match="batches"):
         RecalibrateBatchNorm(x, batches=0)
