@@ -273,3 +273,13 @@ def test_pad_crop_flip_shifts_each_example_independently():
     centres = {tuple(np.argwhere(img[..., 0] > 0).mean(axis=0)) for img in y}
     assert len(centres) > 5  # offsets differ between examples
     assert max(abs(c - 3.5) for cs in centres for c in cs) <= 2
+
+
+def test_warmup_then_step_decay_keeps_both():
+    """A preset with warmup and step decay (the CIFAR ResNet recipe) warms up, then decays at the boundaries."""
+    r = Recipe(epochs=6, learning_rate=0.1, cosine_decay=False, warmup_epochs=1.0, lr_boundaries=(3, 5))
+    schedule = r.learning_rate_schedule(steps_per_epoch=10)
+    rates = [float(schedule(step)) for step in (0, 5, 10, 29, 31, 51)]
+    assert rates == pytest.approx([0.0, 0.05, 0.1, 0.1, 0.01, 0.001])
+    restored = recipes.WarmupPiecewiseDecay.from_config(schedule.get_config())
+    assert float(restored(31)) == pytest.approx(0.01)

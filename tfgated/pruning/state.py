@@ -200,9 +200,11 @@ class UpdatePruningStep(keras.callbacks.Callback):
     The same callback as tfmot's ``UpdatePruningStep()``: add it to ``model.fit``
     after :func:`prune_low_magnitude`. Before each training batch, if the
     schedule's ``should_prune`` holds for the current step, the masks are
-    recomputed at the scheduled sparsity (in NumPy, only on those steps). Between
-    mask updates nothing runs per batch in Python: the optimizer itself keeps
-    pruned weights at zero (a variable constraint, see :mod:`tfgated.pruning.state`).
+    recomputed at the scheduled sparsity (in NumPy, only on those steps, and only
+    when the target changed). The only other per-batch work is that schedule
+    lookup: the optimizer itself keeps pruned weights at zero (a variable
+    constraint, see :mod:`tfgated.pruning.state`), and the callback has no
+    batch-end hook, so Keras may dispatch batches asynchronously.
     With ``steps_per_execution > 1`` the schedule is consulted once per execution.
 
     Args:
