@@ -385,31 +385,19 @@ class Recipe:
     def learning_rate_schedule(self, steps_per_epoch=None):
         """The learning rate: a float, a ``CosineDecay`` schedule (with warmup), a
         ``PiecewiseConstantDecay`` (step decay) or a :class:`WarmupPiecewiseDecay`."""
-        if self.warmup_epochs and self.lr_boundaries and not self.cosine_decay:
-            if not _positive_int(steps_per_epoch):
-                raise ValueError(
-                    "Expected steps_per_epoch (a positive integer) for warmup and step decay. "
-                    f"Received: steps_per_epoch={steps_per_epoch!r}"
-                )
-            boundaries = [int(round(b * steps_per_epoch)) for b in self.lr_boundaries]
-            values = [float(self.learning_rate) * self.lr_decay_factor**i for i in range(len(boundaries) + 1)]
-            return WarmupPiecewiseDecay(int(round(self.warmup_epochs * steps_per_epoch)), boundaries, values)
-        if not (self.cosine_decay or self.warmup_epochs):
-            if not self.lr_boundaries:
-                return float(self.learning_rate)
-            if not _positive_int(steps_per_epoch):
-                raise ValueError(
-                    "Expected steps_per_epoch (a positive integer) for step decay. "
-                    f"Received: steps_per_epoch={steps_per_epoch!r}"
-                )
-            boundaries = [int(round(b * steps_per_epoch)) for b in self.lr_boundaries]
-            values = [float(self.learning_rate) * self.lr_decay_factor**i for i in range(len(boundaries) + 1)]
-            return keras.optimizers.schedules.PiecewiseConstantDecay(boundaries, values)
+        if not self.needs_steps_per_epoch:
+            return float(self.learning_rate)
         if not _positive_int(steps_per_epoch):
             raise ValueError(
-                "Expected steps_per_epoch (a positive integer) for cosine decay or warmup. "
+                "Expected steps_per_epoch (a positive integer) for cosine decay, warmup or step decay. "
                 f"Received: steps_per_epoch={steps_per_epoch!r}"
             )
+        if self.lr_boundaries and not self.cosine_decay:
+            boundaries = [int(round(b * steps_per_epoch)) for b in self.lr_boundaries]
+            values = [float(self.learning_rate) * self.lr_decay_factor**i for i in range(len(boundaries) + 1)]
+            if not self.warmup_epochs:
+                return keras.optimizers.schedules.PiecewiseConstantDecay(boundaries, values)
+            return WarmupPiecewiseDecay(int(round(self.warmup_epochs * steps_per_epoch)), boundaries, values)
         total = self.epochs * steps_per_epoch
         warmup = int(round(self.warmup_epochs * steps_per_epoch))
         if not self.cosine_decay:
