@@ -41,7 +41,7 @@ _LAZY = {
     "per_batch_loss": "tfgated.losses",
     "per_gate_loss": "tfgated.losses",
     "gated_model": "tfgated.models",
-    "recalibrate_batch_norm": "tfgated.train",
+    "recalibrate_batch_norm": "tfgated.batch_norm",
 }
 
 #: Modules whose import registers custom objects with Keras (``package="tfgated"``).

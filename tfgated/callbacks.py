@@ -14,6 +14,9 @@ of epochs ``>= e``, so every epoch appears exactly once.
 * :class:`TargetAnnealing` moves the target rate of every
   :class:`~tfgated.losses.GateActivationLoss` from ``start`` to ``end`` over
   a number of epochs or optimizer steps, linearly or on a cosine.
+* :class:`RecalibrateBatchNorm` re-estimates the batch-norm statistics at the
+  end of training (:func:`tfgated.recalibrate_batch_norm`), which matters
+  after short training (a few hundred steps or fewer).
 """
 
 from __future__ import annotations
@@ -24,10 +27,11 @@ import os
 import keras
 import numpy as np
 
+from tfgated.batch_norm import recalibrate_batch_norm
 from tfgated.inference import activation_loss_layers, gate_layers
 from tfgated.checkpoints import append_csv_row, keep_csv_rows, read_csv_rows
 
-__all__ = ["GateRateLogger", "HistoryLogger", "TargetAnnealing", "probe_inputs", "read_gate_csv"]
+__all__ = ["GateRateLogger", "HistoryLogger", "RecalibrateBatchNorm", "TargetAnnealing", "probe_inputs", "read_gate_csv"]
 
 SCHEDULES = ("linear", "cosine")
 
@@ -260,3 +264,38 @@ class TargetAnnealing(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         if logs is not None:
             logs["gate_target"] = self.current
+
+
+class RecalibrateBatchNorm(keras.callbacks.Callback):
+    """Re-estimates the batch-norm moving statistics when ``fit`` ends.
+
+    After short training (a few hundred steps or fewer) the moving mean and
+    variance lag the weights, and a gated model that scores well during
+    training can score far lower at test time under threshold inference. At
+    the end of training this callback calls
+    :func:`tfgated.recalibrate_batch_norm` on ``data``, so the fitted model
+    comes out with statistics that match its weights and its gates.
+
+    Args:
+      data: training images: a ``tf.data`` dataset of ``(x, y)`` or ``x``
+        batches, or an array of images (batched by ``batch_size``).
+      style: inference style the gates follow while statistics are gathered
+        (``"threshold"``, ...); ``None``: the model's current style.
+      batches: batches of ``data`` used.
+      batch_size: batch size for array ``data``.
+    """
+
+    def __init__(self, data, style=None, batches=20, batch_size=128):
+        super().__init__()
+        if isinstance(batches, bool) or not isinstance(batches, int) or batches < 1:
+            raise ValueError(f"Expected batches to be a positive integer. Received: batches={batches!r}")
+        self.data = data
+        self.style = style
+        self.batches = batches
+        self.batch_size = batch_size
+        self.batches_used = 0
+
+    def on_train_end(self, logs=None):
+        self.batches_used = recalibrate_batch_norm(
+            self.model, self.data, style=self.style, batches=self.batches, batch_size=self.batch_size
+        )

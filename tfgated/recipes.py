@@ -12,7 +12,8 @@ switch                 piece
 ``cosine_decay``       ``keras.optimizers.schedules.CosineDecay`` over all
                        training steps (``warmup_epochs``: linear warmup);
                        off: constant, or step decay by ``lr_decay_factor``
-                       at ``lr_boundaries`` (epochs)
+                       at ``lr_boundaries`` (epochs; after the linear
+                       warmup if ``warmup_epochs``)
 ``weight_decay``       decoupled weight decay (SGDW / AdamW)
 ``bias_decay``         ``False``: biases are excluded from weight decay
 ``bn_decay``           ``False``: batch-norm gamma/beta are excluded
@@ -62,6 +63,7 @@ __all__ = [
     "AUGMENT_POLICIES",
     "GhostBatchNormalization",
     "Recipe",
+    "WarmupPiecewiseDecay",
     "augmentation_layer",
     "fit_recipe",
     "mixup_batch",
@@ -345,13 +347,18 @@ class Recipe:
     def for_plain_fit(self):
         """This recipe as a plain ``model.fit`` on integer labels can follow it.
 
-        The optimizer, learning rate, momentum and weight decay stay; the
-        learning-rate schedule (it needs the steps per epoch), mixup and label
-        smoothing (they need one-hot labels from :meth:`datasets`) are off.
-        :func:`tfgated.zoo.load` compiles with it; :func:`fit_recipe` applies
-        the whole recipe.
+        The optimizer, learning rate and its schedule (pass ``steps_per_epoch`` to
+        :meth:`compile`), momentum and weight decay stay, so the learning rate
+        follows the same curve as under :func:`fit_recipe`; mixup and label
+        smoothing are off (they need one-hot labels from :meth:`datasets`).
+        :func:`tfgated.zoo.load` compiles with it.
         """
-        return self.replace(cosine_decay=False, lr_boundaries=(), warmup_epochs=0.0, mixup=0.0, label_smoothing=0.0)
+        return self.replace(mixup=0.0, label_smoothing=0.0)
+
+    @property
+    def needs_steps_per_epoch(self):
+        """Whether the learning-rate schedule needs the steps per epoch (cosine, warmup, steps)."""
+        return bool(self.cosine_decay or self.warmup_epochs or self.lr_boundaries)
 
     def stabilization(self):
         """The recipe of the distribution-stabilization fine-tune, or ``None`` if off.
@@ -376,23 +383,21 @@ class Recipe:
         )
 
     def learning_rate_schedule(self, steps_per_epoch=None):
-        """The learning rate: a float, or a ``CosineDecay`` schedule (with warmup)."""
-        if not (self.cosine_decay or self.warmup_epochs):
-            if not self.lr_boundaries:
-                return float(self.learning_rate)
-            if not _positive_int(steps_per_epoch):
-                raise ValueError(
-                    "Expected steps_per_epoch (a positive integer) for step decay. "
-                    f"Received: steps_per_epoch={steps_per_epoch!r}"
-                )
-            boundaries = [int(round(b * steps_per_epoch)) for b in self.lr_boundaries]
-            values = [float(self.learning_rate) * self.lr_decay_factor**i for i in range(len(boundaries) + 1)]
-            return keras.optimizers.schedules.PiecewiseConstantDecay(boundaries, values)
+        """The learning rate: a float, a ``CosineDecay`` schedule (with warmup), a
+        ``PiecewiseConstantDecay`` (step decay) or a :class:`WarmupPiecewiseDecay`."""
+        if not self.needs_steps_per_epoch:
+            return float(self.learning_rate)
         if not _positive_int(steps_per_epoch):
             raise ValueError(
-                "Expected steps_per_epoch (a positive integer) for cosine decay or warmup. "
+                "Expected steps_per_epoch (a positive integer) for cosine decay, warmup or step decay. "
                 f"Received: steps_per_epoch={steps_per_epoch!r}"
             )
+        if self.lr_boundaries and not self.cosine_decay:
+            boundaries = [int(round(b * steps_per_epoch)) for b in self.lr_boundaries]
+            values = [float(self.learning_rate) * self.lr_decay_factor**i for i in range(len(boundaries) + 1)]
+            if not self.warmup_epochs:
+                return keras.optimizers.schedules.PiecewiseConstantDecay(boundaries, values)
+            return WarmupPiecewiseDecay(int(round(self.warmup_epochs * steps_per_epoch)), boundaries, values)
         total = self.epochs * steps_per_epoch
         warmup = int(round(self.warmup_epochs * steps_per_epoch))
         if not self.cosine_decay:
@@ -497,6 +502,33 @@ class Recipe:
     def callbacks(self):
         """Callbacks this recipe needs (none today: schedules live in the optimizer)."""
         return []
+
+
+@keras.saving.register_keras_serializable(package="tfgated")
+class WarmupPiecewiseDecay(keras.optimizers.schedules.LearningRateSchedule):
+    """Linear warmup from 0 to ``values[0]`` over ``warmup_steps``, then step decay.
+
+    After the warmup the rate is ``values[i]`` between ``boundaries[i - 1]`` and
+    ``boundaries[i]`` (absolute steps), as ``keras.optimizers.schedules.PiecewiseConstantDecay``.
+    """
+
+    def __init__(self, warmup_steps, boundaries, values):
+        if len(values) != len(boundaries) + 1:
+            raise ValueError(
+                f"Expected one more value than boundaries. Received: boundaries={boundaries!r}, values={values!r}"
+            )
+        self.warmup_steps = max(1, int(warmup_steps))
+        self.boundaries = [int(b) for b in boundaries]
+        self.values = [float(v) for v in values]
+        self.piecewise = keras.optimizers.schedules.PiecewiseConstantDecay(self.boundaries, self.values)
+
+    def __call__(self, step):
+        step = keras.ops.cast(step, "float32")
+        warm = self.values[0] * step / float(self.warmup_steps)
+        return keras.ops.where(step < self.warmup_steps, warm, keras.ops.cast(self.piecewise(step), "float32"))
+
+    def get_config(self):
+        return {"warmup_steps": self.warmup_steps, "boundaries": self.boundaries, "values": self.values}
 
 
 def steps_per_epoch(dataset):

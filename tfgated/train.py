@@ -25,13 +25,12 @@ The run folders themselves (:func:`open_run`, :class:`RunData`, ...) live in
 :func:`evaluate_model` reports top-1/top-5 accuracy, mean gate activation and measured
 MACs (from the gate values actually taken on the data) under an inference style; for
 ``stochastic``/``ensemble`` the mean and standard deviation over ``runs`` repetitions.
-:func:`recalibrate_batch_norm` re-estimates the batch-norm moving statistics with the
-gates in an inference style.
+:func:`recalibrate_batch_norm` (from :mod:`tfgated.batch_norm`) re-estimates the batch-norm
+moving statistics with the gates in an inference style.
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import os
@@ -41,6 +40,7 @@ from typing import Optional
 
 import numpy as np
 
+from tfgated.batch_norm import recalibrate_batch_norm  # noqa: F401 - public here too (tfgated.train.recalibrate_batch_norm)
 from tfgated.io import json_default, load_model, save_model, write_json
 from tfgated.runs import (  # noqa: F401  (re-exported: the run folders are part of this module's API)
     CONFIG_FILE,
@@ -333,92 +333,6 @@ def _write_plots(model, run_dir, probe, gated):
 
 
 # --------------------------------------------------------------------------- evaluation
-
-
-@contextlib.contextmanager
-def _gates_in_inference_mode(model):
-    """Within the block, gates (and dropout-like layers) run their inference branch.
-
-    Their ``call`` is wrapped on the instance to force ``training=False``,
-    so a ``model(x, training=True)`` call trains only batch norm's
-    statistics. Eager calls only (the wrapper is removed on exit).
-    """
-    import keras
-
-    from tfgated.inference import gate_layers
-
-    layers = list(gate_layers(model))
-    layers += [
-        layer for layer in model._flatten_layers()  # noqa: SLF001
-        if isinstance(layer, (keras.layers.Dropout, keras.layers.GaussianNoise, keras.layers.GaussianDropout))
-    ]
-    patched = []
-    try:
-        for layer in layers:
-            original = layer.call
-
-            def call(*args, _original=original, **kwargs):
-                kwargs["training"] = False
-                return _original(*args, **kwargs)
-
-            layer.call = call
-            patched.append(layer)
-        yield
-    finally:
-        for layer in patched:
-            del layer.call
-
-
-def recalibrate_batch_norm(model, dataset, style=None, batches=20, samples=None):
-    """Re-estimate every batch-norm moving mean/variance under an inference style.
-
-    The moving statistics are reset, then ``batches`` batches of ``dataset``
-    run forward with batch norm in training mode (it normalizes with, and
-    accumulates, batch statistics) while the gates follow ``style``
-    (``threshold``: deterministic; ``stochastic``/``ensemble``: sampled). The
-    momentum is set to ``1 - 1/k`` at batch ``k``, so the result is the exact
-    average of the batches' statistics. Batch norm inside gate networks is
-    left alone (the gate decisions stay those of the trained model). Nothing
-    else is trained.
-
-    Returns:
-        The number of batches used.
-    """
-    import keras
-
-    from tfgated.inference import gate_layers, set_inference_style
-
-    if style is not None:
-        set_inference_style(model, style, samples=samples)
-    inside_gates = set()
-    for gate in gate_layers(model):
-        for layer in gate._flatten_layers():  # noqa: SLF001
-            inside_gates.add(id(layer))
-    bns = [
-        layer for layer in model._flatten_layers()  # noqa: SLF001
-        if isinstance(layer, keras.layers.BatchNormalization) and id(layer) not in inside_gates
-    ]
-    if not bns:
-        raise ValueError(f"Model {model.name!r} has no batch-norm layers to recalibrate.")
-    momenta = [bn.momentum for bn in bns]
-    for bn in bns:
-        bn.moving_mean.assign(np.zeros(bn.moving_mean.shape, "float32"))
-        bn.moving_variance.assign(np.ones(bn.moving_variance.shape, "float32"))
-    used = 0
-    try:
-        with _gates_in_inference_mode(model):
-            for element in dataset.take(batches):
-                x = element[0] if isinstance(element, (tuple, list)) else element
-                used += 1
-                for bn in bns:
-                    bn.momentum = 1.0 - 1.0 / used
-                model(x, training=True)
-    finally:
-        for bn, momentum in zip(bns, momenta):
-            bn.momentum = momentum
-    if used == 0:
-        raise ValueError("The recalibration dataset is empty.")
-    return used
 
 
 def class_labels(dataset):

@@ -53,7 +53,8 @@ skipped; any error raised *inside* an existing module propagates.
 Public API
 ==========
 
-``load(name, weights=None, num_classes=None, input_shape=None, compile=True, **overrides)``,
+``load(name, weights=None, num_classes=None, input_shape=None, compile=True, epochs=None, steps_per_epoch=None,
+**overrides)``,
 ``build(name, ...)``, ``list_models(pattern="*")``, ``info(name)``, ``get_preset(name)``,
 ``preset_recipe(name)`` (the preset's :class:`tfgated.recipes.Recipe`, the one
 translation of its ``recipe`` that ``load`` compiles with and training follows),
@@ -346,7 +347,8 @@ def _check_builder_arguments(name, builder, arch, options=None):
         )
 
 
-def load(name, weights=None, num_classes=None, input_shape=None, compile=True, **overrides):
+def load(name, weights=None, num_classes=None, input_shape=None, compile=True, epochs=None, steps_per_epoch=None,
+         **overrides):
     """Build preset ``name``, optionally load weights, and compile it per its recipe.
 
     Args:
@@ -356,13 +358,19 @@ def load(name, weights=None, num_classes=None, input_shape=None, compile=True, *
             file under ``zoo/weights/``, verified by sha256 first) or a path to
             a ``.weights.h5`` / ``.keras`` file.
         num_classes, input_shape: replace the preset's values.
-        compile: compile per the preset's recipe (:func:`compile_model`).
+        compile: compile per the preset's recipe (:func:`compile_model`): the
+            optimizer, schedule, loss and metrics ``python -m tfgated train`` uses.
+        epochs, steps_per_epoch: the length of the recipe's learning-rate schedule
+            (see :func:`compile_model`), e.g. ``load(name, epochs=E,
+            steps_per_epoch=len(train_batches))`` then ``fit(..., epochs=E)``.
         **overrides: architecture or gate settings, see :func:`build`.
 
     Returns:
         A ``keras.Model``; ``model.fit`` works at once when compiled.
     """
     preset = get_preset(name)
+    if not compile and (epochs is not None or steps_per_epoch is not None):
+        raise ValueError("epochs and steps_per_epoch set the compiled schedule; they need compile=True.")
     path = None
     if weights is not None:
         path = resolve_weights(name, weights)  # fail before the (slow) build
@@ -376,7 +384,7 @@ def load(name, weights=None, num_classes=None, input_shape=None, compile=True, *
                 f"(num_classes={num_classes}, input_shape={input_shape}, overrides={overrides}): {error}"
             ) from error
     if compile:
-        compile_model(model, preset["recipe"])
+        compile_model(model, preset["recipe"], epochs=epochs, steps_per_epoch=steps_per_epoch)
     return model
 
 
@@ -430,8 +438,15 @@ def preset_recipe(name):
     return Recipe.from_preset(get_preset(name)["recipe"])
 
 
-def compile_model(model, recipe, loss_weights=None):
+def compile_model(model, recipe, loss_weights=None, *, epochs=None, steps_per_epoch=None):
     """Compile ``model`` so that a plain ``model.fit`` on integer labels follows ``recipe``.
+
+    The compile path is the one ``python -m tfgated train`` uses
+    (:meth:`tfgated.recipes.Recipe.compile` through
+    :func:`tfgated.recipes.fit_recipe`): the same optimizer, learning-rate
+    schedule, weight-decay exclusions and metrics. Only mixup and label smoothing
+    are left out (:meth:`~tfgated.recipes.Recipe.for_plain_fit`: they need the
+    one-hot labels of :meth:`~tfgated.recipes.Recipe.datasets`).
 
     Args:
         model: the model to compile.
@@ -439,16 +454,28 @@ def compile_model(model, recipe, loss_weights=None):
             (translated by :meth:`~tfgated.recipes.Recipe.from_preset`; its
             ``loss_weights`` weigh the outputs of a multi-output model).
         loss_weights: weights of the outputs' losses (overrides the dict's).
+        epochs: the epochs the schedule spans (default: the recipe's); pass the
+            same number to ``model.fit(epochs=...)``.
+        steps_per_epoch: batches per training epoch. The schedule's length is
+            ``epochs * steps_per_epoch``; without it a recipe whose schedule needs
+            it (cosine decay, warmup, step decay) is compiled at its constant
+            initial learning rate.
 
-    The recipe's optimizer, learning rate, momentum and weight decay apply at a
-    constant rate (:meth:`~tfgated.recipes.Recipe.for_plain_fit`), with sparse
-    categorical cross-entropy and the metrics ``accuracy`` and ``top5`` on every
-    output (the outputs are softmax probabilities). Returns ``model``.
+    Returns ``model``.
     """
     if isinstance(recipe, dict):
         recipe, unused = Recipe.from_preset(recipe)
         loss_weights = unused.get("loss_weights") if loss_weights is None else loss_weights
     if not isinstance(recipe, Recipe):
         raise ValueError(f"Expected recipe to be a Recipe or a preset's recipe dict. Received: recipe={recipe!r}")
+    if steps_per_epoch is not None and (
+        isinstance(steps_per_epoch, bool) or not isinstance(steps_per_epoch, int) or steps_per_epoch < 1
+    ):
+        raise ValueError(
+            f"Expected steps_per_epoch to be a positive integer or None. Received: steps_per_epoch={steps_per_epoch!r}"
+        )
+    plain = recipe.for_plain_fit() if epochs is None else recipe.for_plain_fit().replace(epochs=epochs)
+    if steps_per_epoch is None and plain.needs_steps_per_epoch:
+        plain = plain.replace(cosine_decay=False, lr_boundaries=(), warmup_epochs=0.0)
     compile_kwargs = {} if loss_weights is None or len(model.outputs) == 1 else {"loss_weights": loss_weights}
-    return recipe.for_plain_fit().compile(model, **compile_kwargs)
+    return plain.compile(model, steps_per_epoch=steps_per_epoch, **compile_kwargs)

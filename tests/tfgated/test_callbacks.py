@@ -1,4 +1,4 @@
-"""GateRateLogger, TargetAnnealing and the gate plots, on tiny gated models."""
+"""GateRateLogger, TargetAnnealing, RecalibrateBatchNorm and the gate plots, on tiny gated models."""
 
 import csv
 import os
@@ -9,7 +9,7 @@ import pytest
 
 import tfgated
 from tfgated import plots
-from tfgated.callbacks import GateRateLogger, TargetAnnealing, annealed_value, read_gate_csv
+from tfgated.callbacks import GateRateLogger, RecalibrateBatchNorm, TargetAnnealing, annealed_value, read_gate_csv
 
 
 def tiny_model(kind="independent", target=0.9):
@@ -134,3 +134,25 @@ def test_plots_write_pngs(tmp_path, data):
         plots.plot_polarization([], tmp_path / "empty.png")
     with open(tmp_path / "gate_rates.csv", newline="") as f:
         assert next(csv.reader(f))[:2] == ["epoch", "mean"]
+
+
+def test_recalibrate_batch_norm_callback_reestimates_statistics_at_train_end(data):
+    x, y = data
+    inputs = keras.Input((8, 8, 1))
+    h = keras.layers.Conv2D(4, 3, padding="same", name="conv")(inputs)
+    h = keras.layers.BatchNormalization(name="bn")(h)
+    outputs = keras.layers.Dense(3, activation="softmax")(keras.layers.GlobalAveragePooling2D()(h))
+    model = keras.Model(inputs, outputs)
+    model.compile(optimizer=keras.optimizers.SGD(0.0), loss="sparse_categorical_crossentropy")
+    x = x + 3.0  # far from the initial moving mean 0
+    callback = RecalibrateBatchNorm(x, batches=2, batch_size=32)
+    model.fit(x, y, epochs=1, batch_size=16, verbose=0, callbacks=[callback])
+    assert callback.batches_used == 2
+    conv_out = np.asarray(keras.Model(inputs, model.get_layer("conv").output)(x))
+    np.testing.assert_allclose(np.asarray(model.get_layer("bn").moving_mean), conv_out.mean(axis=(0, 1, 2)),
+                               rtol=1e-4, atol=1e-5)
+    import tfgated.train
+
+    assert tfgated.recalibrate_batch_norm is tfgated.train.recalibrate_batch_norm
+    with pytest.raises(ValueError, match="batches"):
+        RecalibrateBatchNorm(x, batches=0)

@@ -12,6 +12,7 @@ from tfgated.pruning import (
     ConstantSparsity,
     IterativePruningOptions,
     PolynomialDecay,
+    PruningSummaries,
     UpdatePruningStep,
     get_pruning_state,
     iterative_pruning,
@@ -185,12 +186,13 @@ def test_masks_stay_applied_during_fit_and_schedule_prunes(tmp_path):
         assert (after[key][zeros[key]] == 0).all(), key
         assert not np.allclose(after[key][~zeros[key]], before[key][~zeros[key]]), key
 
-    # prune_low_magnitude with a schedule: sparsity rises to the final value during fit
+    # prune_low_magnitude with a schedule (tfmot's usage): returns the model, the
+    # callback advances the schedule, sparsity rises to the final value during fit
     model2 = conv_model(seed=3)
-    same, callback = prune_low_magnitude(
-        model2, PolynomialDecay(0.0, 0.7, begin_step=0, end_step=4, frequency=1))
-    assert same is model2 and isinstance(callback, keras.callbacks.Callback)
-    model2.fit(x, y, batch_size=16, epochs=2, verbose=0, callbacks=[callback])
+    same = prune_low_magnitude(
+        model2, pruning_schedule=PolynomialDecay(0.0, 0.7, begin_step=0, end_step=4, frequency=1))
+    assert same is model2
+    model2.fit(x, y, batch_size=16, epochs=2, verbose=0, callbacks=[UpdatePruningStep()])
     assert get_pruning_state(model2).step == 8
     assert sparsity_report(model2)["total"]["sparsity"] == pytest.approx(0.7, abs=0.01)
 
@@ -207,6 +209,62 @@ def test_masks_stay_applied_during_fit_and_schedule_prunes(tmp_path):
     with pytest.raises(ValueError, match="prune_low_magnitude"):
         plain = conv_model()
         plain.fit(x[:16], y[:16], verbose=0, callbacks=[UpdatePruningStep()])
+
+
+def test_prune_low_magnitude_is_layerwise_by_default_like_tfmot():
+    x, y = data()
+    model = prune_low_magnitude(conv_model(), pruning_schedule=ConstantSparsity(0.5, begin_step=0))
+    assert isinstance(model, keras.Model) and get_pruning_state(model).ranking == "layerwise"
+    model.fit(x, y, batch_size=16, epochs=1, verbose=0, callbacks=[UpdatePruningStep()])
+    for key, row in sparsity_report(model)["layers"].items():
+        assert row["sparsity"] == pytest.approx(0.5, abs=0.06), key
+    sipa = prune_low_magnitude(conv_model(), ConstantSparsity(0.5), ranking="global_normalized")
+    assert get_pruning_state(sipa).ranking == "global_normalized"
+
+
+def test_optimizer_keeps_zeros_without_per_batch_work():
+    """The mask is a variable constraint: zeros survive any optimizer step, also in a
+    model whose train step was traced before pruning, and in a custom loop."""
+    x, y = data()
+    model = conv_model()
+    model.fit(x, y, batch_size=16, epochs=1, verbose=0)  # traces the train step unpruned
+    prune_once(model, 0.5)
+    zeros = {k: w == 0 for k, w in kernels(model).items()}
+    model.fit(x, y, batch_size=16, epochs=1, verbose=0)  # no callback at all
+    grads = [keras.ops.ones_like(v) for v in model.trainable_variables]
+    model.optimizer.apply_gradients(zip(grads, model.trainable_variables))
+    for key, w in kernels(model).items():
+        assert (w[zeros[key]] == 0).all(), key
+    assert "on_train_batch_end" not in vars(UpdatePruningStep)
+
+
+def test_own_kernel_constraint_kept_and_restored_by_strip(tmp_path):
+    keras.utils.set_random_seed(0)
+    norm = keras.constraints.NonNeg()
+    model = keras.Sequential([keras.Input((6,)), keras.layers.Dense(8, kernel_constraint=norm, name="fc1"),
+                              keras.layers.Dense(2, name="fc2")])
+    model.compile(optimizer=keras.optimizers.SGD(0.5), loss="mse")
+    prune_once(model, 0.5)
+    x = np.random.default_rng(0).normal(size=(32, 6)).astype("float32")
+    model.fit(x, np.ones((32, 2), "float32"), epochs=2, verbose=0)
+    kernel = npv(model.get_layer("fc1").kernel)
+    assert (kernel >= 0).all() and np.mean(kernel == 0) >= 0.5
+    stripped = strip_pruning(model)
+    assert stripped is model and model.get_layer("fc1").kernel.constraint is norm
+    assert model.get_layer("fc2").kernel.constraint is None
+
+
+def test_pruning_summaries_write_sparsity(tmp_path):
+    with pytest.raises(ValueError, match="log_dir"):
+        PruningSummaries(log_dir="")
+    pytest.importorskip("tensorboard", reason="keras.callbacks.TensorBoard writes scalars through tensorboard")
+    x, y = data(32)
+    model = prune_low_magnitude(conv_model(), ConstantSparsity(0.5, begin_step=0))
+    log_dir = str(tmp_path / "logs")
+    model.fit(x, y, batch_size=16, epochs=1, verbose=0,
+              callbacks=[UpdatePruningStep(), PruningSummaries(log_dir=log_dir)])
+    files = [f for _, _, fs in os.walk(log_dir) for f in fs]
+    assert any(f.startswith("events.out.tfevents") for f in files)
 
 
 # ---------------------------------------------------------------- iterative pruning

@@ -137,13 +137,17 @@ def test_plain_batch_norm_undoes_ghost_batch_norm_with_the_weights():
     assert recipes.plain_batch_norm(model) is model  # nothing to undo
 
 
-def test_for_plain_fit_keeps_the_optimizer_and_drops_what_needs_the_pipeline():
+def test_for_plain_fit_keeps_the_optimizer_and_schedule_and_drops_what_needs_one_hot_labels():
     r = Recipe(epochs=5, learning_rate=0.2, weight_decay=1e-4, cosine_decay=True, warmup_epochs=1.0,
                mixup=0.2, label_smoothing=0.1, lr_boundaries=(2, 4), momentum=0.8)
     plain = r.for_plain_fit()
-    assert plain == r.replace(cosine_decay=False, lr_boundaries=(), warmup_epochs=0.0, mixup=0.0, label_smoothing=0.0)
-    assert not plain.one_hot and plain.learning_rate_schedule() == 0.2
-    model = plain.compile(tiny_gated_model())
+    assert plain == r.replace(mixup=0.0, label_smoothing=0.0)
+    assert not plain.one_hot and plain.needs_steps_per_epoch
+    assert not Recipe(cosine_decay=False).needs_steps_per_epoch
+    assert Recipe(cosine_decay=False, lr_boundaries=(3,)).needs_steps_per_epoch
+    model = plain.compile(tiny_gated_model(), steps_per_epoch=4)
+    schedule = r.learning_rate_schedule(steps_per_epoch=4)
+    assert float(model.optimizer.learning_rate) == pytest.approx(float(schedule(0)))
     assert isinstance(model.optimizer, keras.optimizers.SGD) and model.optimizer.nesterov
     assert float(model.optimizer.weight_decay) == pytest.approx(1e-4)
     assert isinstance(model.loss, keras.losses.SparseCategoricalCrossentropy)
@@ -269,3 +273,13 @@ def test_pad_crop_flip_shifts_each_example_independently():
     centres = {tuple(np.argwhere(img[..., 0] > 0).mean(axis=0)) for img in y}
     assert len(centres) > 5  # offsets differ between examples
     assert max(abs(c - 3.5) for cs in centres for c in cs) <= 2
+
+
+def test_warmup_then_step_decay_keeps_both():
+    """A preset with warmup and step decay (the CIFAR ResNet recipe) warms up, then decays at the boundaries."""
+    r = Recipe(epochs=6, learning_rate=0.1, cosine_decay=False, warmup_epochs=1.0, lr_boundaries=(3, 5))
+    schedule = r.learning_rate_schedule(steps_per_epoch=10)
+    rates = [float(schedule(step)) for step in (0, 5, 10, 29, 31, 51)]
+    assert rates == pytest.approx([0.0, 0.05, 0.1, 0.1, 0.01, 0.001])
+    restored = recipes.WarmupPiecewiseDecay.from_config(schedule.get_config())
+    assert float(restored(31)) == pytest.approx(0.01)

@@ -1,18 +1,23 @@
 """Magnitude pruning for Keras 3 models (SIPA, Lee et al. 2019, "Pruning").
 
-``tensorflow-model-optimization`` only prunes legacy ``tf_keras`` models and ranks
-weights layer by layer. This package prunes plain Keras 3 models, keeps the names
-tfmot users know (``ConstantSparsity``, ``PolynomialDecay``, ``prune_low_magnitude``,
-``UpdatePruningStep``, ``strip_pruning``) and adds SIPA's global ranking.
+``tensorflow-model-optimization`` only prunes legacy ``tf_keras`` models. This
+package prunes plain Keras 3 models with tfmot's API: ``prune_low_magnitude(model,
+pruning_schedule=ConstantSparsity(0.5, begin_step=0))`` returns the model, ranks
+weights layer by layer, and training follows the schedule with the
+``UpdatePruningStep()`` callback; ``PruningSummaries(log_dir=...)`` logs sparsity to
+TensorBoard and ``strip_pruning(model)`` returns the plain pruned model. SIPA's
+global layer-normalized ranking is the argument ``ranking="global_normalized"``
+(what :func:`iterative_pruning` and the pipeline use).
 
 Design: the model stays a plain Keras model. Pruning state (one non-trainable
 0/1 mask per prunable kernel, keyed ``"<layer path>/<kernel attribute>"``) lives in
 a :class:`PruningState` that is *associated* with the model (a weak registry, no
 attribute or weight is added to the model), so ``model.save`` / ``load_model`` see
-an ordinary model whose pruned weights are exact zeros. The
-:class:`UpdatePruningStep` callback re-applies ``kernel.assign(kernel * mask)``
-after every training batch (and updates masks when a schedule says so), so the
-zeros survive fine-tuning.
+an ordinary model whose pruned weights are exact zeros. Every pruned kernel gets a
+variable constraint ``kernel * mask`` that the optimizer applies right after its
+update, inside the compiled training step, so the zeros survive fine-tuning with
+no per-batch Python work; masks are recomputed only on the steps the schedule
+names, and only when the target sparsity changed.
 
 Prunable kernels: ``Conv1D/2D/3D``, ``DepthwiseConv1D/2D`` and ``Dense`` kernels and
 both kernels of ``SeparableConv1D/2D``. Biases, normalization layers and gate
@@ -35,8 +40,9 @@ Rankings (``ranking=``):
   layer, is ever pruned to zero.
 * ``"global"``: raw magnitudes ranked across all kernels (no per-channel guarantee
   unless ``min_weights_per_channel`` is given; shows the failure mode above).
-* ``"layerwise"``: every kernel pruned to the same sparsity (tfmot's behaviour),
-  with the per-channel guarantee.
+* ``"layerwise"`` (default of :func:`prune_low_magnitude` and :func:`prune_once`):
+  every kernel pruned to the same sparsity (tfmot's behaviour), with the
+  per-channel guarantee.
 
 Masks are monotone while the target sparsity grows: weights pruned once are ranked
 below every surviving weight, so later rounds only add zeros.
@@ -49,7 +55,7 @@ killed run resumes at the first unfinished round.
 Modules: :mod:`~tfgated.pruning.schedules` (schedules, :func:`sipa_schedule`),
 :mod:`~tfgated.pruning.masks` (prunable kernels, :func:`compute_masks`),
 :mod:`~tfgated.pruning.state` (:class:`PruningState`, :class:`UpdatePruningStep`,
-the entry points), :mod:`~tfgated.pruning.iterative` (:func:`iterative_pruning`).
+:class:`PruningSummaries`, the entry points), :mod:`~tfgated.pruning.iterative` (:func:`iterative_pruning`).
 """
 
 
@@ -58,6 +64,7 @@ from tfgated.pruning.masks import RANKINGS, compute_masks, prunable_weights
 from tfgated.pruning.schedules import ConstantSparsity, PolynomialDecay, PruningSchedule, sipa_schedule
 from tfgated.pruning.state import (
     PruningState,
+    PruningSummaries,
     UpdatePruningStep,
     get_pruning_state,
     prune_low_magnitude,
@@ -72,6 +79,7 @@ __all__ = [
     "PolynomialDecay",
     "PruningSchedule",
     "PruningState",
+    "PruningSummaries",
     "UpdatePruningStep",
     "RANKINGS",
     "compute_masks",

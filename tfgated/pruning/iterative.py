@@ -54,7 +54,9 @@ class IterativePruningOptions:
         ``pruning_table.{json,csv}`` go; rerunning with the same directory skips
         finished rounds (the last finished round's weights and masks are loaded).
       train_fn: ``train_fn(model, callbacks) -> None`` replacing ``model.fit``; it
-        must pass ``callbacks`` (which keep masks applied) to its training.
+        should pass ``callbacks`` to its training (pruned weights stay zero through
+        any Keras optimizer's update, a variable constraint; the callback re-applies
+        the masks when training begins and counts the steps).
       eval_fn: ``eval_fn(model) -> float | dict``; default ``model.evaluate``.
       fit_kwargs: extra keyword arguments for ``model.fit`` (``callbacks`` are
         appended to the pruning callback).

@@ -3,6 +3,12 @@
 The model stays a plain Keras model: its :class:`PruningState` (one non-trainable
 0/1 mask per prunable kernel) lives in a weak registry keyed by the model, so
 ``model.save`` sees ordinary weights whose pruned entries are exact zeros.
+
+Masks are kept applied inside the compiled training step, not by Python work
+after every batch: each pruned kernel gets a variable constraint
+(``kernel * mask``, after the kernel's own constraint if it has one), and Keras
+optimizers apply variable constraints right after their update. Masks are only
+recomputed (in NumPy) on the steps the schedule names.
 """
 
 from __future__ import annotations
@@ -22,6 +28,25 @@ from tfgated.pruning.schedules import ConstantSparsity, _check_sparsity
 _STATES = weakref.WeakKeyDictionary()
 
 
+class _MaskConstraint:
+    """Variable constraint ``w -> inner(w) * mask``, applied by the optimizer after each update."""
+
+    def __init__(self, mask, inner=None):
+        self.mask = mask
+        self.inner = inner
+
+    def __call__(self, w):
+        if self.inner is not None:
+            w = self.inner(w)
+        return keras.ops.multiply(w, self.mask)
+
+
+def _forget_compiled_steps(model):
+    """Drops the traced train step, so the next ``fit`` sees changed variable constraints."""
+    if getattr(model, "train_function", None) is not None:
+        model.train_function = None
+
+
 class PruningState:
     """Pruning masks and schedule for one model (the model itself is untouched).
 
@@ -30,6 +55,7 @@ class PruningState:
       schedule: a :class:`PruningSchedule` or ``None`` (masks stay fixed).
       step: training batches seen by :class:`UpdatePruningStep`.
       sparsity: target sparsity of the last mask update.
+      pruned: whether masks were computed or loaded (all ones before).
       kernels: list of prunable kernels (``.key``, ``.variable``, ``.mask``).
     """
 
@@ -48,6 +74,7 @@ class PruningState:
         self.min_weights_per_channel = min_weights_per_channel
         self.step = 0
         self.sparsity = 0.0
+        self.pruned = False
         self.kernels = _find_kernels(model, exclude)
         if not self.kernels:
             raise ValueError(
@@ -61,6 +88,19 @@ class PruningState:
                 dtype=k.variable.dtype,
                 name=f"{k.attr}_pruning_mask",
             )
+            k.own_constraint = k.variable.constraint
+            k.variable.constraint = _MaskConstraint(k.mask, k.own_constraint)
+        _forget_compiled_steps(model)
+
+    def detach(self):
+        """Applies the masks a last time and gives every kernel back its own constraint."""
+        self.apply_masks()
+        for k in self.kernels:
+            if isinstance(k.variable.constraint, _MaskConstraint):
+                k.variable.constraint = k.own_constraint
+        model = self.model_ref()
+        if model is not None:
+            _forget_compiled_steps(model)
 
     @property
     def keys(self):
@@ -87,6 +127,7 @@ class PruningState:
                     f"Received shape {tuple(m.shape)}"
                 )
             k.mask.assign(m.astype(np.float32))
+        self.pruned = True
         self.apply_masks()
 
     def update_masks(self, sparsity):
@@ -103,6 +144,7 @@ class PruningState:
         for k in self.kernels:
             k.mask.assign(masks[k.key])
         self.sparsity = float(sparsity)
+        self.pruned = True
         self.apply_masks()
 
     def apply_masks(self):
@@ -153,13 +195,17 @@ def _attach(model, ranking, schedule, exclude, min_weights_per_channel):
 
 
 class UpdatePruningStep(keras.callbacks.Callback):
-    """Keeps pruning masks applied during ``fit`` and follows the pruning schedule.
+    """Advances the pruning step during ``fit`` and updates masks when the schedule says so.
 
-    Before each training batch, if the state's schedule says ``should_prune`` for
-    the current step, masks are recomputed at the scheduled sparsity. After each
-    batch, ``kernel.assign(kernel * mask)`` zeroes pruned weights again (the
-    optimizer moved them), so evaluation and saved checkpoints see exact zeros.
-    With ``steps_per_execution > 1`` this happens once per execution.
+    The same callback as tfmot's ``UpdatePruningStep()``: add it to ``model.fit``
+    after :func:`prune_low_magnitude`. Before each training batch, if the
+    schedule's ``should_prune`` holds for the current step, the masks are
+    recomputed at the scheduled sparsity (in NumPy, only on those steps, and only
+    when the target changed). The only other per-batch work is that schedule
+    lookup: the optimizer itself keeps pruned weights at zero (a variable
+    constraint, see :mod:`tfgated.pruning.state`), and the callback has no
+    batch-end hook, so Keras may dispatch batches asynchronously.
+    With ``steps_per_execution > 1`` the schedule is consulted once per execution.
 
     Args:
       state: a :class:`PruningState`; default: the one attached to the model being
@@ -187,13 +233,43 @@ class UpdatePruningStep(keras.callbacks.Callback):
         state = self._state()
         if state.schedule is not None:
             should_prune, sparsity = state.schedule(state.step)
-            if should_prune:
+            # masks are monotone, so the same target gives the same masks: skip the work
+            if should_prune and (not state.pruned or sparsity != state.sparsity):
                 state.update_masks(sparsity)
-
-    def on_train_batch_end(self, batch, logs=None):
-        state = self._state()
-        state.apply_masks()
         state.step += 1
+
+
+class PruningSummaries(keras.callbacks.TensorBoard):
+    """TensorBoard callback that also logs pruning sparsity (tfmot's ``PruningSummaries``).
+
+    At the end of every epoch, besides the usual TensorBoard logs, writes the
+    measured sparsity of every prunable kernel (``pruning/<key>/sparsity``), the
+    total (``pruning/total/sparsity``) and the schedule's target
+    (``pruning/target_sparsity``) at the pruning step.
+
+    Args:
+      log_dir: folder for the TensorBoard event files.
+      update_freq: as for ``keras.callbacks.TensorBoard`` (``"epoch"``, ``"batch"``
+        or a number of batches).
+      **kwargs: other ``keras.callbacks.TensorBoard`` arguments.
+    """
+
+    def __init__(self, log_dir, update_freq="epoch", **kwargs):
+        if not isinstance(log_dir, (str, os.PathLike)) or not str(log_dir):
+            raise ValueError(f"Expected log_dir to be a folder path. Received: log_dir={log_dir!r}")
+        super().__init__(log_dir=log_dir, update_freq=update_freq, **kwargs)
+
+    def on_epoch_end(self, epoch, logs=None):
+        super().on_epoch_end(epoch, logs)
+        state = get_pruning_state(self.model)
+        if state is None:
+            return
+        report = sparsity_report(self.model, state.exclude)
+        with self._train_writer.as_default():
+            for key, row in report["layers"].items():
+                self.summary.scalar(f"pruning/{key}/sparsity", row["sparsity"], step=state.step)
+            self.summary.scalar("pruning/total/sparsity", report["total"]["sparsity"], step=state.step)
+            self.summary.scalar("pruning/target_sparsity", state.sparsity, step=state.step)
 
 
 # --------------------------------------------------------------------------- #
@@ -201,14 +277,35 @@ class UpdatePruningStep(keras.callbacks.Callback):
 # --------------------------------------------------------------------------- #
 
 
-def prune_low_magnitude(model, pruning_schedule=None, ranking="global_normalized",
+def prune_low_magnitude(model, pruning_schedule=None, ranking="layerwise",
                         exclude=None, min_weights_per_channel=None):
-    """Attaches magnitude pruning to ``model``; returns ``(model, callback)``.
+    """Prepares ``model`` for magnitude pruning during ``fit``; returns the model.
 
-    The returned model is the same object, still a plain Keras model. Pass the
-    callback (an :class:`UpdatePruningStep`) to ``model.fit``; it prunes according
-    to ``pruning_schedule`` (default ``ConstantSparsity(0.5, begin_step=0)``) and
-    keeps masks applied. Call :func:`strip_pruning` when done.
+    Used as tfmot's function is::
+
+        model = prune_low_magnitude(model, pruning_schedule=ConstantSparsity(0.5, begin_step=0))
+        model.compile(...)
+        model.fit(x, y, callbacks=[UpdatePruningStep()])
+        model = strip_pruning(model)
+
+    Unlike tfmot, the returned model is the same object (no wrapper layers), so
+    it need not be compiled again if it already was. Prunable kernels, gate
+    layers and excluded layers are described in :mod:`tfgated.pruning`.
+
+    Args:
+      model: a built ``keras.Model``.
+      pruning_schedule: a :class:`PruningSchedule`; default
+        ``ConstantSparsity(0.5, begin_step=0)`` (as in tfmot).
+      ranking: ``"layerwise"`` (default; tfmot's behaviour: every kernel pruned to
+        the target sparsity), ``"global_normalized"`` (SIPA: kernels ranked together
+        after dividing each by its L2 norm) or ``"global"`` (raw magnitudes).
+      exclude: glob patterns over layer paths, or ``callable(path, layer) -> bool``,
+        naming layers never pruned.
+      min_weights_per_channel: weights always kept per output channel; default 1
+        (0 for ``"global"``).
+
+    Returns:
+      ``model``, with a :class:`PruningState` attached (see :func:`get_pruning_state`).
     """
     schedule = pruning_schedule if pruning_schedule is not None else ConstantSparsity(0.5)
     if not isinstance(model, keras.Model):
@@ -216,17 +313,17 @@ def prune_low_magnitude(model, pruning_schedule=None, ranking="global_normalized
             f"Expected a keras.Model to prune. Received: {type(model).__name__} "
             "(wrap a single layer in a keras.Sequential first)."
         )
-    state = _attach(model, ranking, schedule, exclude, min_weights_per_channel)
-    return model, UpdatePruningStep(state)
+    _attach(model, ranking, schedule, exclude, min_weights_per_channel)
+    return model
 
 
-def prune_once(model, sparsity, ranking="global_normalized", exclude=None,
+def prune_once(model, sparsity, ranking="layerwise", exclude=None,
                min_weights_per_channel=None):
     """One-shot pruning to ``sparsity`` (fraction of prunable weights set to zero).
 
-    Masks are attached to the model (fixed, no schedule), so a later
-    ``model.fit(..., callbacks=[UpdatePruningStep()])`` keeps the zeros. Returns
-    ``model``.
+    Masks are attached to the model (fixed, no schedule) and kept by the
+    optimizer, so a later ``model.fit`` keeps the zeros. ``ranking`` and the other
+    arguments are as for :func:`prune_low_magnitude`. Returns ``model``.
     """
     sparsity = _check_sparsity("sparsity", sparsity)
     state = _attach(model, ranking, None, exclude, min_weights_per_channel)
@@ -235,15 +332,16 @@ def prune_once(model, sparsity, ranking="global_normalized", exclude=None,
 
 
 def strip_pruning(model):
-    """Bakes the masks into the weights and detaches all pruning state.
+    """Bakes the masks into the weights and detaches all pruning state (as tfmot's).
 
     Afterwards ``model`` is an ordinary Keras model whose pruned weights are exact
-    zeros; it saves and loads with ``keras.saving.load_model(safe_mode=True)``.
-    Returns ``model`` (a model without pruning state is returned unchanged).
+    zeros and whose kernels have their own constraints back; it saves and loads
+    with ``keras.saving.load_model(safe_mode=True)``. Returns ``model`` (a model
+    without pruning state is returned unchanged).
     """
     state = _STATES.pop(model, None)
     if state is not None:
-        state.apply_masks()
+        state.detach()
     return model
 
 
