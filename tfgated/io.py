@@ -259,7 +259,9 @@ def parse_json_object(text, what):
     try:
         value = json.loads(text)
     except json.JSONDecodeError as error:
-        raise ValueError(f"Expected {what} to be a JSON object, but it is not valid JSON: {error}") from error
+        raise ValueError(
+            f"Expected {what} to be a JSON object, but it is not valid JSON (it may be truncated or corrupt): {error}"
+        ) from error
     if not isinstance(value, dict):
         raise ValueError(f"Expected {what} to be a JSON object. Received: a JSON {type(value).__name__}")
     return value
@@ -275,8 +277,8 @@ def read_json_object(path, what=None):
         with open(path, encoding="utf-8") as f:
             text = f.read()
     except UnicodeDecodeError as error:  # a binary or damaged file
-        raise ValueError(f"Expected {what} to be a JSON object, but it is not text (truncated or corrupt?): "
-                         f"{error}") from error
+        raise ValueError(f"Expected {what} to be a JSON object, but it is not valid JSON (it may be truncated "
+                         f"or corrupt): {error}") from error
     return parse_json_object(text, what)
 
 

@@ -317,18 +317,21 @@ def test_every_check_has_its_override_on_run(no_check, tmp_path, monkeypatch):
     assert "no_check" in inspect.signature(run.run_pipeline).parameters
     calls = []
 
-    def fake_export(model, path, **options):
+    def fake_export(model, path, threshold, **options):
         calls.append(options)
         return SimpleNamespace(parity={"passed": True, "max_abs_diff": 0.0, "runtime": "none"})
 
-    monkeypatch.setattr(tfgated.export, "export", fake_export)
+    monkeypatch.setattr(tfgated.export, "export_early_exit", fake_export)
+    monkeypatch.setattr(deploy, "_exported_accuracy", lambda run, path: 0.5)
     inputs = keras.Input((4,))
     with_exit = keras.Model(inputs, [keras.layers.Dense(2)(inputs), keras.layers.Dense(2)(inputs)])
     info = SimpleNamespace(mean=[0.0], std=[1.0], input_shape=[4], class_names=["a", "b"])
+    finished = {"quantize": {"row": {"stage": "quantize", "accuracy": 0.5}},
+                "accelerate": {"calibration": {"threshold": 0.9}}}
     fake_run = SimpleNamespace(
         load_model=lambda stage: with_exit, test_arrays=lambda: (np.zeros((4, 4), "float32"), None),
         budget=SimpleNamespace(parity_examples=4), splits=lambda: SimpleNamespace(info=info),
-        log=lambda message: None, allow_mismatch=no_check,
+        log=lambda message: None, allow_mismatch=no_check, need=finished.__getitem__,
     )
     deploy.stage_export(fake_run, str(tmp_path))
     assert [call["allow_mismatch"] for call in calls] == [no_check, no_check]
