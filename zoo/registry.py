@@ -75,6 +75,7 @@ import os
 
 from tfgated.gate_settings import SETTING_KEYS, GateSettings
 from tfgated.recipes import Recipe
+from tfgated.zoo.inputs import input_contract
 
 FAMILY_MODULES = (
     "tfgated.zoo.sipa",
@@ -91,7 +92,7 @@ GOLDEN_PATH = os.path.join(ZOO_DIR, "complexity.json")
 WEIGHTS_INDEX = os.path.join(WEIGHTS_DIR, "index.json")
 
 PRESET_REQUIRED = ("family", "arch", "input_shape", "num_classes", "recipe", "description")
-PRESET_OPTIONAL = {"gates": None, "dataset": None, "weights": None, "paper": None}
+PRESET_OPTIONAL = {"gates": None, "dataset": None, "weights": None, "paper": None, "input": None}
 
 _FAMILIES: dict = {}
 _OPTIONS: dict = {}
@@ -157,6 +158,8 @@ def register_preset(name, preset):
             f"Registered families: {sorted(_FAMILIES)}."
         )
     full = {**copy.deepcopy(PRESET_OPTIONAL), **copy.deepcopy(preset)}
+    if full["input"] is None:
+        full["input"] = input_contract(full["dataset"], full["input_shape"])
     GateSettings.from_config(full["gates"])  # validates
     Recipe.from_preset(full["recipe"])  # validates
     _check_weights_entry(name, full["weights"])
@@ -333,6 +336,8 @@ def build(name, num_classes=None, input_shape=None, **overrides):
     arch.update(overrides)
     builder = _FAMILIES[preset["family"]]
     _check_builder_arguments(name, builder, arch, _OPTIONS.get(preset["family"]))
+    if preset["input"] is not None and "preprocessing" in inspect.signature(builder).parameters:
+        arch.setdefault("preprocessing", preset["input"])  # raw pixels in, normalized in the graph
     return builder(
         num_classes=preset["num_classes"] if num_classes is None else num_classes,
         input_shape=tuple(preset["input_shape"] if input_shape is None else input_shape),
