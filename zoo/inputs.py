@@ -79,3 +79,11 @@ def pixel_preprocessing(inputs, preprocessing):
     else:
         layer = keras.layers.Normalization(mean=mean, variance=[s**2 for s in std], name="pixels_normalize")
     return layer(x)
+
+
+def model_pixels(model):
+    """``"raw"`` when ``model`` normalizes inside its graph (it has the ``pixels_normalize``
+    layer of :func:`pixel_preprocessing`), else ``"normalized"``: the ``pixels`` argument of
+    :func:`tfgated.data.load_dataset` that feeds ``model`` what it was built for."""
+    names = {layer.name for layer in model.layers}
+    return "raw" if "pixels_normalize" in names else "normalized"

@@ -53,7 +53,7 @@ skipped; any error raised *inside* an existing module propagates.
 Public API
 ==========
 
-``load(name, weights=None, num_classes=None, input_shape=None, compile=True, **overrides)``,
+``load(name, weights="auto", num_classes=None, input_shape=None, compile=True, **overrides)``,
 ``build(name, ...)``, ``list_models(pattern="*")``, ``info(name)``, ``get_preset(name)``,
 ``preset_recipe(name)`` (the preset's :class:`tfgated.recipes.Recipe`, the one
 translation of its ``recipe`` that ``load`` compiles with and training follows),
@@ -72,6 +72,7 @@ import importlib
 import inspect
 import json
 import os
+import warnings
 
 from tfgated.gate_settings import SETTING_KEYS, GateSettings
 from tfgated.recipes import Recipe
@@ -363,15 +364,21 @@ def _check_builder_arguments(name, builder, arch, options=None):
         )
 
 
-def load(name, weights=None, num_classes=None, input_shape=None, compile=True, **overrides):
-    """Build preset ``name``, optionally load weights, and compile it per its recipe.
+def load(name, weights="auto", num_classes=None, input_shape=None, compile=True, **overrides):
+    """Build preset ``name``, load its weights, and compile it per its recipe.
+
+    The model takes raw pixel values (``0``-``255``, NHWC; see the preset's ``input`` entry)
+    and scales and normalizes them inside its graph.
 
     Args:
         name: a preset name (see :func:`list_models`) or the path of a preset
             JSON file (as written by ``python -m tfgated search --output``).
-        weights: ``None`` (fresh initialization), ``"default"`` (the preset's
-            file under ``zoo/weights/``, verified by sha256 first) or a path to
-            a ``.weights.h5`` / ``.keras`` file.
+        weights: ``"auto"`` (default: the preset's shipped weights when it has them and the
+            model is the preset's own -- no ``num_classes``/``input_shape``/architecture
+            change --, else fresh weights, with a warning when shipped weights exist but do
+            not fit the changed model), ``None`` (fresh initialization), ``"default"`` (the
+            preset's file under ``zoo/weights/``, verified by sha256; an error when it has
+            none) or a path to a ``.weights.h5`` / ``.keras`` file.
         num_classes, input_shape: replace the preset's values.
         compile: compile per the preset's recipe (:func:`compile_model`).
         **overrides: architecture or gate settings, see :func:`build`.
@@ -380,6 +387,8 @@ def load(name, weights=None, num_classes=None, input_shape=None, compile=True, *
         A ``keras.Model``; ``model.fit`` works at once when compiled.
     """
     preset = get_preset(name)
+    if weights == "auto":
+        weights = _automatic_weights(name, preset, num_classes, input_shape, overrides)
     path = None
     if weights is not None:
         path = resolve_weights(name, weights)  # fail before the (slow) build
@@ -395,6 +404,31 @@ def load(name, weights=None, num_classes=None, input_shape=None, compile=True, *
     if compile:
         compile_model(model, preset["recipe"])
     return model
+
+
+def has_shipped_weights(name):
+    """Whether preset ``name`` ships a weights file (present or not) in its ``weights`` entry."""
+    entry = get_preset(name)["weights"]
+    return entry is not None and "file" in entry
+
+
+def _automatic_weights(name, preset, num_classes, input_shape, overrides):
+    """``"default"`` when ``load(name, weights="auto", ...)`` can use the shipped weights, else ``None``."""
+    if not has_shipped_weights(name):
+        return None
+    changed = sorted(overrides)
+    if num_classes is not None and num_classes != preset["num_classes"]:
+        changed.append("num_classes")
+    if input_shape is not None and tuple(input_shape) != tuple(preset["input_shape"]):
+        changed.append("input_shape")
+    if not changed:
+        return "default"
+    warnings.warn(
+        f"Model {name!r} ships trained weights, but they do not fit the changed {changed}: "
+        "returning fresh (random) weights. Pass weights=None to ask for them without this warning.",
+        stacklevel=3,
+    )
+    return None
 
 
 def sha256_file(path, chunk_size=1 << 20):

@@ -38,7 +38,7 @@ def train_demo(preset, x_train, y_train, epochs=1, batch_size=64, verbose=1):
     from tfgated.train import recalibrate_batch_norm
     from tfgated.zoo import load
 
-    model = load(preset)
+    model = load(preset, weights=None)  # trained here from scratch
     start = time.time()
     model.fit(x_train, y_train, batch_size=batch_size, epochs=epochs, verbose=verbose)
     # After a few hundred steps the batch-norm moving statistics still lag the
