@@ -39,7 +39,8 @@ def evaluate_preset(name, path=None, limit=None):
 
     preset = zoo.get_preset(name)
     model = zoo.load(name, weights=path or "default", compile=False)
-    test = load_dataset(preset["dataset"], batch_size=256, shuffle_buffer=0, limit=limit).test
+    # raw pixels: the model normalizes inside its graph with the full training split's statistics
+    test = load_dataset(preset["dataset"], batch_size=256, shuffle_buffer=0, limit=limit, pixels="raw").test
     gated = bool(preset["gates"])
     style = "threshold" if gated else None
     result = evaluate_model(model, test, mode=style, runs=1)
