@@ -97,6 +97,24 @@ def test_file_order_first_batch(arrays):
 
 
 @needs_fmnist
+def test_raw_pixels_and_statistics_of_the_full_training_split(arrays):
+    (x_train, _), (x_test, _) = arrays
+    raw = load_dataset(batch_size=8, validation_split=0.2, shuffle_buffer=0, pixels="raw", limit=16)
+    x, _ = next(iter(raw.test))
+    assert x.dtype == tf.float32
+    np.testing.assert_array_equal(x.numpy(), x_test[:8].astype("float32"))  # exactly the pixel values
+    assert raw.info.pixels == "raw" and raw.info.mean == (0.0,) and raw.info.std == (1.0,)
+    # never the statistics of a limited subset or of what the carve-out leaves
+    full_mean = float(x_train.mean(dtype=np.float64) / 255.0)
+    for splits in (raw, load_dataset(limit=1000, batch_size=100), load_dataset(batch_size=100)):
+        assert splits.info.statistics[0] == pytest.approx((full_mean,), abs=1e-9)
+    small = load_dataset(limit=1000, batch_size=100)
+    assert small.info.mean == pytest.approx((0.28604,), abs=1e-5) and small.info.std == pytest.approx((0.35302,), abs=1e-5)
+    with pytest.raises(ValueError, match="Expected pixels to be one of"):
+        load_dataset(pixels="bytes")
+
+
+@needs_fmnist
 def test_one_hot_labels(arrays):
     (_, y_train), _ = arrays
     splits = load_dataset(batch_size=5, validation_split=0, shuffle_buffer=0, limit=5, one_hot=True)
