@@ -75,8 +75,8 @@ def test_raw_uint8_images_go_straight_into_the_keras_model_and_the_file(exported
 
 def test_exporting_a_preset_without_weights_is_refused(tmp_path, capsys):
     path = tmp_path / "random.tflite"
-    assert export_main(["--tflite", "sipa_cifar10", "-o", str(path)]) == 2
+    assert export_main(["--tflite", "gumbel_densenet_cifar10_exit", "-o", str(path)]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1
-    assert "python -m tfgated train --model sipa_cifar10" in err and "--weights none" in err
+    assert "python -m tfgated train --model gumbel_densenet_cifar10_exit" in err and "--weights none" in err
     assert not path.exists()
