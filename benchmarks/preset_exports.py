@@ -78,9 +78,9 @@ def markdown(rows):
             continue
         card = "-" if r["card_top1"] is None else f"{r['card_top1']:.4f}"
         ok = {True: "yes", False: "**no**", None: "-"}[r["within_tolerance"]]
+        macs = "-" if r["macs_after_folding"] is None else f"{r['macs_after_folding']:,} of {r['macs_before_folding']:,}"
         lines.append(
-            f"| `{r['preset']}` | {r['format']} | {r['keras_top1']:.4f} | {r['file_top1']:.4f} | {card} | {ok} | "
-            f"{r['macs_after_folding']:,} of {r['macs_before_folding']:,} |"
+            f"| `{r['preset']}` | {r['format']} | {r['keras_top1']:.4f} | {r['file_top1']:.4f} | {card} | {ok} | {macs} |"
         )
     return "\n".join(lines) + "\n"
 
@@ -90,9 +90,15 @@ def main(argv=None):
     parser.add_argument("--presets", nargs="*", default=None, help="default: every preset with shipped weights")
     parser.add_argument("--formats", nargs="*", default=list(FORMATS), choices=list(FORMATS))
     parser.add_argument("--output", default=os.path.join(RESULTS, "preset_exports.json"))
+    parser.add_argument("--markdown-only", action="store_true", help="only re-render the .md from the JSON")
     args = parser.parse_args(argv)
 
     from tfgated.io import write_atomic, write_json
+
+    if args.markdown_only:
+        with open(args.output, encoding="utf-8") as f:
+            write_atomic(os.path.splitext(args.output)[0] + ".md", markdown(json.load(f)["rows"]))
+        return 0
     from tfgated.zoo import registry
 
     names = args.presets or sorted(registry.weights_index())
