@@ -1,10 +1,11 @@
 """The input contract of the zoo's models: raw pixels in, preprocessing inside the graph.
 
 Every family builder takes ``preprocessing`` (a preset's ``input`` entry or ``None``) and starts
-its graph with :func:`pixel_preprocessing`: ``Rescaling(1/255)`` and
-``Normalization(mean, variance=std**2)`` with the dataset's constants, like a
-``keras.applications`` model with its preprocessing built in. Both layers are weightless, so
-weights saved before they existed still load, and neither counts a multiply-accumulate.
+its graph with :func:`pixel_preprocessing`: ``Rescaling(1/255)`` (``pixels_scale``) and
+``(x - mean) / std`` with the dataset's constants (``pixels_normalize``, a ``Rescaling`` with
+scale ``1/std`` and offset ``-mean/std``), like a ``keras.applications`` model with its
+preprocessing built in. Both layers are weightless, so weights saved before they existed still
+load, and neither counts a multiply-accumulate.
 
 The per-dataset constants (:data:`DATASET_INPUTS`) are the per-channel statistics of the FULL
 training split scaled to ``[0, 1]``: Fashion-MNIST's computed exactly from its 60,000 training
@@ -57,8 +58,9 @@ def input_contract(dataset, input_shape):
 
 def pixel_preprocessing(inputs, preprocessing):
     """``inputs`` scaled and normalized per ``preprocessing`` (an :func:`input_contract` dict)
-    with the weightless layers ``pixels_scale`` and ``pixels_normalize``; ``inputs`` itself
-    when ``preprocessing`` is ``None``."""
+    with the weightless ``Rescaling`` layers ``pixels_scale`` (``x / 255``) and
+    ``pixels_normalize`` (``(x - mean) / std``); ``inputs`` itself when ``preprocessing`` is
+    ``None``."""
     if preprocessing is None:
         return inputs
     if not isinstance(preprocessing, dict) or not {"mean", "std"} <= set(preprocessing):
@@ -74,11 +76,13 @@ def pixel_preprocessing(inputs, preprocessing):
             f"Received: mean={mean}, std={std}"
         )
     x = keras.layers.Rescaling(preprocessing.get("scale", 1 / 255), name="pixels_scale")(inputs)
+    # (x - mean) / std as x * (1 / std) + (-mean / std): a Rescaling's constants are traced into the
+    # graph, where Normalization's captured tensors would become extra inputs of an ONNX file
+    scale = [1.0 / s for s in std]
+    offset = [-m / s for m, s in zip(mean, std)]
     if len(mean) == 1:  # one constant for every channel
-        layer = keras.layers.Normalization(axis=None, mean=mean[0], variance=std[0] ** 2, name="pixels_normalize")
-    else:
-        layer = keras.layers.Normalization(mean=mean, variance=[s**2 for s in std], name="pixels_normalize")
-    return layer(x)
+        scale, offset = scale[0], offset[0]
+    return keras.layers.Rescaling(scale, offset=offset, name="pixels_normalize")(x)
 
 
 def model_pixels(model):
