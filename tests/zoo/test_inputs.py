@@ -52,6 +52,10 @@ def test_the_preprocessing_layers_are_weightless_and_the_model_takes_raw_pixels(
     np.testing.assert_allclose(
         model.predict(x, verbose=0), plain.predict((x / 255.0 - mean) / std, verbose=0), atol=1e-5
     )
+    from tfgated.micronet import micronet_score
+
+    # input preprocessing folds into the first layer: MicroNet counts do not change
+    assert micronet_score(model, bits=16).ops == micronet_score(plain, bits=16).ops
 
 
 @pytest.mark.slow
