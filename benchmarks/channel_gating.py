@@ -113,7 +113,7 @@ def build(preset, gates, input_shape=None):
         kwargs["gates"] = {**zoo.get_preset(preset)["gates"], **gates}
     if input_shape is not None:
         kwargs["input_shape"] = input_shape
-    return zoo.load(preset, **kwargs)
+    return zoo.load(preset, weights=None, **kwargs)
 
 
 def train_config(label, preset, gates, args):
@@ -246,8 +246,8 @@ def main(argv=None):
 
     os.makedirs(args.run_dir, exist_ok=True)
     started = time.time()
-    test = load_dataset("fashion_mnist", batch_size=256, shuffle_buffer=0, limit=args.test_examples).test
-    calibration = load_dataset("fashion_mnist", batch_size=256, shuffle_buffer=0, validation_split=0.0,
+    test = load_dataset("fashion_mnist", batch_size=256, shuffle_buffer=0, limit=args.test_examples, pixels="raw").test
+    calibration = load_dataset("fashion_mnist", batch_size=256, shuffle_buffer=0, validation_split=0.0, pixels="raw",
                                limit=256 * args.recalibrate_batches).train
     x = np.concatenate([np.asarray(b[0]) for b in test.take(1)])
     workdir = tempfile.mkdtemp(prefix="channel_gating_")

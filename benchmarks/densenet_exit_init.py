@@ -77,7 +77,8 @@ def main(argv=None):
         print(f"Copied {len(copied)} layers from {args.trunk}; fresh: {sorted(skipped)}", flush=True)
     # the trunk's own validation split; from scratch the one train_fashion_mnist.py uses
     seed, fraction = held_out_split(None if scratch else args.trunk, default_seed=42)
-    splits = load_dataset("fashion_mnist", batch_size=128, validation_split=fraction, seed=seed, limit=args.limit)
+    splits = load_dataset("fashion_mnist", batch_size=128, validation_split=fraction, seed=seed, limit=args.limit,
+                          pixels="raw")
     learning_rate = args.lr
     if args.cosine:
         steps = int(splits.train.cardinality()) * args.epochs

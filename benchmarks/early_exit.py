@@ -117,7 +117,7 @@ def base_model(args, keras, splits_fn):
     else:
         from tfgated import zoo
 
-        model = zoo.load(args.preset)
+        model = zoo.load(args.preset, weights=None)
         epochs = zoo.get_preset(args.preset)["recipe"].get("epochs", 30) if args.epochs is None else args.epochs
     if len(model.outputs) != 1:
         raise SystemExit(f"early_exit: expected a single-output main network. Received {len(model.outputs)} outputs")
@@ -219,7 +219,7 @@ def main(argv=None):
         shape = model.input_shape[1:3] if model is not None else None
         size = None if shape is None or tuple(shape) == (28, 28) else tuple(int(d) for d in shape)
         return load_dataset("fashion_mnist", batch_size=args.batch_size, limit=args.limit, seed=args.split_seed,
-                            validation_split=validation_split, image_size=size)
+                            validation_split=validation_split, image_size=size, pixels="raw")
 
     model, splits = base_model(args, keras, splits_fn)
     if tuple(model.input_shape[1:3]) != (28, 28):

@@ -92,7 +92,7 @@ def exit_model(args, keras, ee, splits):
             save_model(model, path)
             return model
     else:
-        model = zoo.load(args.preset)
+        model = zoo.load(args.preset, weights=None)
         print(f"Training {args.preset} for {args.epochs} epoch(s) on {args.limit} images", flush=True)
         model.fit(splits.train, validation_data=splits.validation, epochs=args.epochs, verbose=2)
     with_exit = ee.attach_exit(model, args.after)
@@ -159,7 +159,7 @@ def main(argv=None):
     keras.utils.set_random_seed(args.seed)
     os.makedirs(args.run_dir, exist_ok=True)
     started = time.time()
-    splits = load_dataset("fashion_mnist", batch_size=128, limit=args.limit, seed=args.seed, validation_split=0.1)
+    splits = load_dataset("fashion_mnist", batch_size=128, limit=args.limit, seed=args.seed, validation_split=0.1, pixels="raw")
     model = exit_model(args, keras, ee, splits)
 
     val_x, val_y = collect(splits.validation)
@@ -170,7 +170,7 @@ def main(argv=None):
     threshold = float(calibration.threshold)
     print(f"Threshold {threshold:.4f} (validation: exit ratio {calibration.exit_ratio:.3f})", flush=True)
 
-    full = load_dataset("fashion_mnist", batch_size=256, shuffle_buffer=0, validation_split=0.1)
+    full = load_dataset("fashion_mnist", batch_size=256, shuffle_buffer=0, validation_split=0.1, pixels="raw")
     test_x, test_y = collect(full.test)
     test_x, test_y = test_x[: args.examples], test_y[: args.examples]
     split = ee.EarlyExitModel(model, threshold)

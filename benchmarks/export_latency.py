@@ -44,7 +44,7 @@ def build_model(size, close_fraction=0.5, seed=0, preset=PRESET):
 
     keras.utils.set_random_seed(seed)
     channels = zoo.get_preset(preset)["input_shape"][-1]
-    model = zoo.load(preset, compile=False, input_shape=(size, size, channels))
+    model = zoo.load(preset, weights=None, compile=False, input_shape=(size, size, channels))
     rng = np.random.default_rng(seed)
     for gate in tfgated.gate_layers(model):
         logits = np.full((gate.units,), 4.0, "float32")

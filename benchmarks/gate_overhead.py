@@ -52,7 +52,7 @@ def main(argv=None):
     y = y_train[: args.batch_size]
 
     keras.utils.set_random_seed(0)
-    models = {"gated": zoo.load(args.preset), "dense": zoo.load(args.preset, gates=None)}
+    models = {"gated": zoo.load(args.preset, weights=None), "dense": zoo.load(args.preset, weights=None, gates=None)}
     for model in models.values():
         for _ in range(5):  # trace and warm up
             model.train_on_batch(x, y)

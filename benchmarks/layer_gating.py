@@ -262,7 +262,7 @@ def main(argv=None):
 
     os.makedirs(args.run_dir, exist_ok=True)
     started = time.time()
-    test = load_dataset("fashion_mnist", batch_size=256, shuffle_buffer=0).test.unbatch().take(args.test_examples).batch(256)
+    test = load_dataset("fashion_mnist", batch_size=256, shuffle_buffer=0, pixels="raw").test.unbatch().take(args.test_examples).batch(256)
     rows = []
     configs = [(k, l, t) for k in args.kinds for l in args.losses for t in args.targets]
     command = "python benchmarks/layer_gating.py " + " ".join(argv if argv is not None else sys.argv[1:])

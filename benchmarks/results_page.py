@@ -324,6 +324,26 @@ def _sipa_prune(data):
     return what, "; ".join(figures)
 
 
+def _preset_exports(data):
+    rows = data.get("rows", [])
+    presets = sorted({r["preset"] for r in rows})
+    formats = sorted({r["format"] for r in rows})
+    what = (
+        f"{len(presets)} shipped presets exported by name to {', '.join(formats)}, scored on the first "
+        "1,000 test images fed as raw pixels"
+    )
+    scored = [r for r in rows if r.get("file_top1") is not None]
+    within = sum(1 for r in scored if r.get("within_tolerance"))
+    gaps = [abs(r["file_top1"] - r["card_top1"]) for r in scored if r.get("card_top1") is not None]
+    figures = [
+        f"{within} of {len(rows)} files within {data.get('tolerance')} of their card's top-1",
+        f"largest gap {max(gaps):.4f}" if gaps else "no card numbers",
+        f"{len(rows) - len(scored)} failed" if len(scored) < len(rows) else "none failed",
+        f"goal: {_met(data.get('all_within_tolerance'))}",
+    ]
+    return what, "; ".join(figures)
+
+
 def _generic(data):
     if isinstance(data, dict):
         what = str(data.get("benchmark") or data.get("description") or "result")
@@ -370,6 +390,7 @@ KINDS = {
     "search_best": _search_best,
     "search_trials": _search_trials,
     "sipa_prune": _sipa_prune,
+    "preset_exports": _preset_exports,
     "generic": _generic,
 }
 

@@ -283,7 +283,7 @@ def main(argv=None):
     # the fine-tuning pipeline: the same split, with the recipe's augmentation and labels
     recipe = Recipe(batch_size=args.batch_size, augment=args.augment, label_smoothing=args.label_smoothing)
     splits = recipe.datasets(
-        "fashion_mnist", seed=args.split_seed, limit=args.limit, validation_split=validation_split,
+        "fashion_mnist", seed=args.split_seed, limit=args.limit, validation_split=validation_split, pixels="raw",
         image_size=None if (height, width) == (28, 28) else (height, width),
     )
     if model.input_shape[-1] != 1:

@@ -121,7 +121,7 @@ def main(argv=None):
     wall = time.time() - start
 
     model = load_model(run_dir)
-    test = load_dataset("fashion_mnist", batch_size=256, limit=limit, shuffle_buffer=0).test
+    test = load_dataset("fashion_mnist", batch_size=256, limit=limit, shuffle_buffer=0, pixels="raw").test
     extra = {
         "always_on": evaluate_model(model, test, style="always_on", runs=1),
         "ensemble": evaluate_model(model, test, style="ensemble", runs=1 if args.quick else 5, samples=5),

@@ -133,6 +133,7 @@ def describe(path, model, target, options, **fields):
         "model": model.name,
         "input_shape": [options.batch_size] + [int(d) for d in model.inputs[0].shape[1:]],
         "input_dtype": "float32",
+        "input_range": _input_range(options.preprocessing),
         "preprocessing": options.preprocessing,
         "class_names": list(options.class_names) if options.class_names is not None else None,
         **fields,
@@ -140,6 +141,20 @@ def describe(path, model, target, options, **fields):
     sidecar_path = os.fspath(path) + ".json"
     write_atomic(sidecar_path, json.dumps(sidecar, indent=2, default=json_default) + "\n")
     return sidecar_path, sidecar
+
+
+def amend_sidecar(sidecar_path, fields):
+    """Add (or replace) ``fields`` in the sidecar at ``sidecar_path`` (written atomically)."""
+    with open(sidecar_path, encoding="utf-8") as f:
+        sidecar = json.load(f)
+    sidecar.update(fields)
+    write_atomic(sidecar_path, json.dumps(sidecar, indent=2, default=json_default) + "\n")
+    return sidecar
+
+
+def _input_range(preprocessing):
+    """The value range the file's input takes, from the input contract (``None``: unknown)."""
+    return list(preprocessing["range"]) if isinstance(preprocessing, dict) and "range" in preprocessing else None
 
 
 def _apply_pruning_masks(model):

@@ -442,6 +442,23 @@ def _count_call(c, call, folded, gets_bias):
     return f"unsupported layer {type(layer).__name__}: ops not counted"
 
 
+def _input_preprocessing(graph):
+    """Names of the weightless ``Rescaling``/``Normalization`` calls that act on the model input
+    alone (a model taking raw pixels): a per-channel affine map that folds into the first layer,
+    so the MicroNet rules do not count it."""
+    found, sources = set(), set(graph.inputs)
+    for call in graph.calls:
+        preprocessing = isinstance(call.layer, (keras.layers.Rescaling, keras.layers.Normalization))
+        if isinstance(call.layer, keras.layers.InputLayer) or (preprocessing and not call.layer.weights):
+            if call.inputs and all(key in sources for key in call.inputs):
+                if preprocessing:
+                    found.add(call.name)
+                sources.update(call.outputs)
+            elif not call.inputs:
+                sources.update(call.outputs)
+    return found
+
+
 def micronet_score(model, bits=32, input_shape=None):
     """Score ``model`` with the MicroNet Challenge rules (see module docstring).
 
@@ -462,13 +479,17 @@ def micronet_score(model, bits=32, input_shape=None):
     graph = trace(model, input_shape=input_shape)
     folded = _foldable_batchnorms(graph)
     gets_bias = set(folded.values())
+    preprocessing = _input_preprocessing(graph)
     rows, seen = [], set()
     for call in graph.calls:
         row = MicroNetRow(call.name, call.class_name)
         counter = _Counter(row, bits)
         shared = id(call.layer) in seen
         seen.add(id(call.layer))
-        row.notes = _count_call(counter, call, folded, gets_bias) or ""
+        if call.name in preprocessing:
+            row.notes = "input preprocessing: an affine map the first layer absorbs, not counted"
+        else:
+            row.notes = _count_call(counter, call, folded, gets_bias) or ""
         if shared:  # a shared layer stores its parameters once
             row.params = row.nonzero = 0
             row.params_storage = 0.0

@@ -58,6 +58,8 @@ class RunData:
         limit: use only the first ``limit`` examples (smoke runs), or None for all.
         validation_split: the fraction of the training images held out for validation.
         seed: the seed of the validation carve-out and of the shuffling.
+        pixels: what the model takes (:func:`tfgated.data.load_dataset`'s ``pixels``):
+            ``"raw"`` for a ``tfgated.zoo`` model, which normalizes inside its graph.
     """
 
     dataset: str = "fashion_mnist"
@@ -65,6 +67,7 @@ class RunData:
     limit: Optional[int] = None
     validation_split: float = 0.1
     seed: int = 42
+    pixels: str = "normalized"
 
     def __post_init__(self):
         check_dataset(self.dataset)
@@ -74,7 +77,8 @@ class RunData:
         return dataclasses.asdict(self)
 
     def _load_kwargs(self):
-        return dict(data_dir=self.data_dir, limit=self.limit, validation_split=self.validation_split)
+        return dict(data_dir=self.data_dir, limit=self.limit, validation_split=self.validation_split,
+                    pixels=self.pixels)
 
     def splits(self, recipe):
         """The train/validation/test batches under ``recipe`` (its batch size, labels, augmentation)."""

@@ -28,6 +28,7 @@ import keras
 import tfgated
 from tfgated.exits import DEFAULT_EXIT_PROBABILITY, EarlyExitCombine, ExitGate, ExitReach
 from tfgated.gate_settings import GateSettings
+from tfgated.zoo.inputs import pixel_preprocessing
 from tfgated.zoo.registry import make_options, register_family
 
 
@@ -155,7 +156,7 @@ def _exit(x, num_classes, exit_id, settings, config):
 
 
 @register_family("densenet", options=DenseNetConfig)
-def build(num_classes=10, input_shape=(32, 32, 3), gates=None, name=None, **config):
+def build(num_classes=10, input_shape=(32, 32, 3), gates=None, name=None, preprocessing=None, **config):
     """Build a DenseNet(-BC) classifier, with Gumbel early exits when ``gates`` is given.
 
     Args:
@@ -167,6 +168,8 @@ def build(num_classes=10, input_shape=(32, 32, 3), gates=None, name=None, **conf
             "dependent"), ``temperature``, ``open_probability`` (initial exit
             probability, default 0.25), ``threshold``, ``seed``, ``gradient_scale``.
         name: model name.
+        preprocessing: ``None`` (the model takes prepared inputs) or a preset's ``input``
+            entry (raw pixels in, :func:`tfgated.zoo.inputs.pixel_preprocessing`).
         **config: architecture arguments, the fields of :class:`DenseNetConfig`.
 
     Returns:
@@ -178,7 +181,9 @@ def build(num_classes=10, input_shape=(32, 32, 3), gates=None, name=None, **conf
         raise ValueError(f"Expected at least 2 dense blocks for early exits. Received: blocks={config.blocks}")
 
     inputs = keras.Input(shape=tuple(input_shape))
-    x = keras.layers.Conv2D(config.stem_filters, 3, padding="same", use_bias=False, name="conv1_conv")(inputs)
+    x = keras.layers.Conv2D(config.stem_filters, 3, padding="same", use_bias=False, name="conv1_conv")(
+        pixel_preprocessing(inputs, preprocessing)
+    )
     routed, exit_gates = [], []
     for index, layers in enumerate(config.blocks):
         stage = index + 2

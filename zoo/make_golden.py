@@ -69,6 +69,31 @@ def family_notes(family):
     return getattr(sys.modules[builder.__module__], "CARD_NOTES", "")
 
 
+def input_section(preset):
+    """The card's "Input" section: the input contract of the preset's model and its class names."""
+    contract = preset.get("input")
+    if contract is None:
+        return ["## Input", "", "Prepared inputs (no dataset known: the model has no built-in preprocessing).", ""]
+    mean = ", ".join(f"{v:.5g}" for v in contract["mean"])
+    std = ", ".join(f"{v:.5g}" for v in contract["std"])
+    names = contract.get("class_names")
+    lines = [
+        "## Input",
+        "",
+        f"Raw pixel values: {contract['dtype']} range {contract['range'][0]}-{contract['range'][1]} (any float or "
+        f"integer dtype holding them), layout {contract['layout']}, shape {tuple(contract['shape'])}. The model scales "
+        f"and normalizes inside its graph (`pixels_scale`, `pixels_normalize`): `(x / 255 - mean) / std` with mean "
+        f"({mean}) and std ({std}), the statistics of the full {preset.get('dataset')} training split. Feed it "
+        f'`tfgated.data.load_dataset("{preset.get("dataset")}", pixels="raw")`, or your own images as they are.',
+        "",
+    ]
+    if names:
+        lines += ["Class names (by label): " + ", ".join(f"{i} `{n}`" for i, n in enumerate(names)) + ".", ""]
+    else:
+        lines += [f"Class names: the label names of TFDS' `{preset.get('dataset')}`.", ""]
+    return lines
+
+
 def render_card(name, entry):
     """The markdown model card of preset ``name`` given its golden ``entry``."""
     from tfgated.zoo import registry
@@ -99,6 +124,7 @@ def render_card(name, entry):
         "these are the counts with every gate open.",
         "",
     ]
+    lines += input_section(preset)
     notes = family_notes(preset["family"])
     if notes:
         lines += ["## Family notes", "", notes.strip(), ""]
@@ -144,8 +170,14 @@ def render_card(name, entry):
         "## Usage",
         "",
         "```python",
-        "import tfgated.zoo",
-        f'model = tfgated.zoo.load("{name}")  # compiled per the recipe',
+        "from tfgated import zoo",
+        "from tfgated.data import load_dataset",
+        "",
+        f'model = zoo.load("{name}")  # '
+        + ("the shipped weights, compiled per the recipe" if (preset.get("weights") or {}).get("file")
+           else "fresh weights (none shipped), compiled per the recipe"),
+        f'test = load_dataset("{preset.get("dataset") or "fashion_mnist"}", pixels="raw").test  # raw pixels, 0-255',
+        "model.evaluate(test)",
         "```",
         "",
     ]

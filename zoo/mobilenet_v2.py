@@ -34,6 +34,7 @@ import keras
 
 import tfgated
 from tfgated.gate_settings import GateSettings
+from tfgated.zoo.inputs import pixel_preprocessing
 from tfgated.zoo.registry import register_family
 
 #: The MobileNetV2 body at alpha=1.0, one row per stage: the block row (expansion t,
@@ -201,6 +202,7 @@ def build(
     dropout=0.0,
     bn_momentum=KERAS_BN_MOMENTUM,
     name=None,
+    preprocessing=None,
 ):
     """Build a (gated) MobileNetV2 classifier outputting softmax probabilities.
 
@@ -224,6 +226,8 @@ def build(
             steps the moving statistics lag the weights and evaluation falls toward chance,
             so the small presets use 0.99.
         name: model name.
+        preprocessing: ``None`` (the model takes prepared inputs) or a preset's ``input``
+            entry (raw pixels in, :func:`tfgated.zoo.inputs.pixel_preprocessing`).
 
     Returns:
         An uncompiled ``keras.Model``.
@@ -246,7 +250,7 @@ def build(
     inputs = keras.Input(shape=tuple(input_shape))
     x = keras.layers.Conv2D(
         stem_filters, 3, strides=stem_stride, padding="same", use_bias=False, name="Conv1"
-    )(inputs)
+    )(pixel_preprocessing(inputs, preprocessing))
     x = keras.layers.BatchNormalization(epsilon=1e-3, momentum=bn_momentum, name="bn_Conv1")(x)
     x = keras.layers.ReLU(6.0, name="Conv1_relu")(x)
 

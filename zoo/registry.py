@@ -53,7 +53,7 @@ skipped; any error raised *inside* an existing module propagates.
 Public API
 ==========
 
-``load(name, weights=None, num_classes=None, input_shape=None, compile=True, epochs=None, steps_per_epoch=None,
+``load(name, weights="auto", num_classes=None, input_shape=None, compile=True, epochs=None, steps_per_epoch=None,
 **overrides)``,
 ``build(name, ...)``, ``list_models(pattern="*")``, ``info(name)``, ``get_preset(name)``,
 ``preset_recipe(name)`` (the preset's :class:`tfgated.recipes.Recipe`, the one
@@ -73,10 +73,12 @@ import importlib
 import inspect
 import json
 import os
+import warnings
 
 from tfgated.gate_settings import SETTING_KEYS, GateSettings
 from tfgated.io import ModelFileError, load_weights, read_json_object
 from tfgated.recipes import Recipe
+from tfgated.zoo.inputs import input_contract
 
 FAMILY_MODULES = (
     "tfgated.zoo.sipa",
@@ -93,7 +95,7 @@ GOLDEN_PATH = os.path.join(ZOO_DIR, "complexity.json")
 WEIGHTS_INDEX = os.path.join(WEIGHTS_DIR, "index.json")
 
 PRESET_REQUIRED = ("family", "arch", "input_shape", "num_classes", "recipe", "description")
-PRESET_OPTIONAL = {"gates": None, "dataset": None, "weights": None, "paper": None}
+PRESET_OPTIONAL = {"gates": None, "dataset": None, "weights": None, "paper": None, "input": None}
 
 _FAMILIES: dict = {}
 _OPTIONS: dict = {}
@@ -159,6 +161,8 @@ def register_preset(name, preset):
             f"Registered families: {sorted(_FAMILIES)}."
         )
     full = {**copy.deepcopy(PRESET_OPTIONAL), **copy.deepcopy(preset)}
+    if full["input"] is None:
+        full["input"] = input_contract(full["dataset"], full["input_shape"])
     GateSettings.from_config(full["gates"])  # validates
     Recipe.from_preset(full["recipe"])  # validates
     _check_weights_entry(name, full["weights"])
@@ -322,6 +326,8 @@ def build(name, num_classes=None, input_shape=None, **overrides):
     arch.update(overrides)
     builder = _FAMILIES[preset["family"]]
     _check_builder_arguments(name, builder, arch, _OPTIONS.get(preset["family"]))
+    if preset["input"] is not None and "preprocessing" in inspect.signature(builder).parameters:
+        arch.setdefault("preprocessing", preset["input"])  # raw pixels in, normalized in the graph
     return builder(
         num_classes=preset["num_classes"] if num_classes is None else num_classes,
         input_shape=tuple(preset["input_shape"] if input_shape is None else input_shape),
@@ -347,16 +353,22 @@ def _check_builder_arguments(name, builder, arch, options=None):
         )
 
 
-def load(name, weights=None, num_classes=None, input_shape=None, compile=True, epochs=None, steps_per_epoch=None,
+def load(name, weights="auto", num_classes=None, input_shape=None, compile=True, epochs=None, steps_per_epoch=None,
          **overrides):
-    """Build preset ``name``, optionally load weights, and compile it per its recipe.
+    """Build preset ``name``, load its weights, and compile it per its recipe.
+
+    The model takes raw pixel values (``0``-``255``, NHWC; see the preset's ``input`` entry)
+    and scales and normalizes them inside its graph.
 
     Args:
         name: a preset name (see :func:`list_models`) or the path of a preset
             JSON file (as written by ``python -m tfgated search --output``).
-        weights: ``None`` (fresh initialization), ``"default"`` (the preset's
-            file under ``zoo/weights/``, verified by sha256 first) or a path to
-            a ``.weights.h5`` / ``.keras`` file.
+        weights: ``"auto"`` (default: the preset's shipped weights when it has them and the
+            model is the preset's own -- no ``num_classes``/``input_shape``/architecture
+            change --, else fresh weights, with a warning when shipped weights exist but do
+            not fit the changed model), ``None`` (fresh initialization), ``"default"`` (the
+            preset's file under ``zoo/weights/``, verified by sha256; an error when it has
+            none) or a path to a ``.weights.h5`` / ``.keras`` file.
         num_classes, input_shape: replace the preset's values.
         compile: compile per the preset's recipe (:func:`compile_model`): the
             optimizer, schedule, loss and metrics ``python -m tfgated train`` uses.
@@ -371,6 +383,8 @@ def load(name, weights=None, num_classes=None, input_shape=None, compile=True, e
     preset = get_preset(name)
     if not compile and (epochs is not None or steps_per_epoch is not None):
         raise ValueError("epochs and steps_per_epoch set the compiled schedule; they need compile=True.")
+    if weights == "auto":
+        weights = _automatic_weights(name, preset, num_classes, input_shape, overrides)
     path = None
     if weights is not None:
         path = resolve_weights(name, weights)  # fail before the (slow) build
@@ -386,6 +400,31 @@ def load(name, weights=None, num_classes=None, input_shape=None, compile=True, e
     if compile:
         compile_model(model, preset["recipe"], epochs=epochs, steps_per_epoch=steps_per_epoch)
     return model
+
+
+def has_shipped_weights(name):
+    """Whether preset ``name`` ships a weights file (present or not) in its ``weights`` entry."""
+    entry = get_preset(name)["weights"]
+    return entry is not None and "file" in entry
+
+
+def _automatic_weights(name, preset, num_classes, input_shape, overrides):
+    """``"default"`` when ``load(name, weights="auto", ...)`` can use the shipped weights, else ``None``."""
+    if not has_shipped_weights(name):
+        return None
+    changed = sorted(overrides)
+    if num_classes is not None and num_classes != preset["num_classes"]:
+        changed.append("num_classes")
+    if input_shape is not None and tuple(input_shape) != tuple(preset["input_shape"]):
+        changed.append("input_shape")
+    if not changed:
+        return "default"
+    warnings.warn(
+        f"Model {name!r} ships trained weights, but they do not fit the changed {changed}: "
+        "returning fresh (random) weights. Pass weights=None to ask for them without this warning.",
+        stacklevel=3,
+    )
+    return None
 
 
 def sha256_file(path, chunk_size=1 << 20):

@@ -60,6 +60,7 @@ from keras import layers
 import tfgated
 from tfgated.gate_settings import GateSettings
 from tfgated.zoo.pretrained import load_keras_applications_weights  # noqa: F401  (part of this family's API)
+from tfgated.zoo.inputs import pixel_preprocessing
 from tfgated.zoo.registry import register_family
 
 CIFAR_FAMILY = "resnet_cifar"
@@ -185,7 +186,8 @@ def _join(shortcut, branch, name, spec, context, gate_tensors):
 
 
 @register_family(CIFAR_FAMILY)
-def cifar_resnet(num_classes=10, input_shape=(32, 32, 3), gates=None, depth=110, widths=(16, 32, 64), name=None):
+def cifar_resnet(num_classes=10, input_shape=(32, 32, 3), gates=None, depth=110, widths=(16, 32, 64), name=None,
+                 preprocessing=None):
     """CIFAR-style ResNet (``depth = 6n + 2``) with optional layer gates.
 
     Args:
@@ -196,6 +198,9 @@ def cifar_resnet(num_classes=10, input_shape=(32, 32, 3), gates=None, depth=110,
         depth: ``6n + 2`` layers, e.g. 20, 32, 44, 56, 110 (``n`` basic blocks per stage).
         widths: channels of the three stages (the stem has ``widths[0]``).
         name: model name; defaults to ``"resnet{depth}"`` or ``"gumbel_resnet{depth}"``.
+        preprocessing: ``None`` (the model takes prepared inputs) or a preset's ``input``
+            entry: the model takes raw pixels and scales/normalizes them itself
+            (:func:`tfgated.zoo.inputs.pixel_preprocessing`).
 
     Returns:
         An uncompiled ``keras.Model`` mapping images to softmax probabilities. Gated models
@@ -213,7 +218,9 @@ def cifar_resnet(num_classes=10, input_shape=(32, 32, 3), gates=None, depth=110,
     name = name or (f"resnet{depth}" if spec is None else f"gumbel_resnet{depth}")
 
     inputs = keras.Input(shape=input_shape, name="image")
-    x = layers.Conv2D(widths[0], 3, padding="same", use_bias=False, name="conv1_conv")(inputs)
+    x = layers.Conv2D(widths[0], 3, padding="same", use_bias=False, name="conv1_conv")(
+        pixel_preprocessing(inputs, preprocessing)
+    )
     x = layers.BatchNormalization(epsilon=_BN_EPSILON, name="conv1_bn")(x)
     x = layers.Activation("relu", name="conv1_relu")(x)
     gate_tensors = []
@@ -263,7 +270,8 @@ def _bottleneck_block(x, filters, stride, conv_shortcut, name, spec, granularity
 
 
 @register_family(IMAGENET_FAMILY)
-def imagenet_resnet(num_classes=1000, input_shape=(224, 224, 3), gates=None, depth=50, name=None):
+def imagenet_resnet(num_classes=1000, input_shape=(224, 224, 3), gates=None, depth=50, name=None,
+                    preprocessing=None):
     """ImageNet ResNet-50/101/152 v1 (keras.applications layout and names) with optional gates.
 
     Args:
@@ -273,10 +281,12 @@ def imagenet_resnet(num_classes=1000, input_shape=(224, 224, 3), gates=None, dep
             module docstring) with ``level="layer"`` (identity blocks) or ``"channel"``.
         depth: 50, 101 or 152.
         name: model name; defaults to ``"resnet{depth}"`` or ``"gumbel_resnet{depth}"``.
+        preprocessing: ``None`` (the model takes prepared inputs, e.g. keras.applications'
+            "caffe" preprocessing for its pretrained weights) or a preset's ``input`` entry
+            (raw pixels in, :func:`tfgated.zoo.inputs.pixel_preprocessing`).
 
     Returns:
-        An uncompiled ``keras.Model`` mapping images (keras.applications' "caffe"
-        preprocessing for its pretrained weights) to softmax probabilities.
+        An uncompiled ``keras.Model`` mapping images to softmax probabilities.
     """
     _check_num_classes(num_classes)
     input_shape = _check_input_shape(input_shape, 32)
@@ -286,7 +296,7 @@ def imagenet_resnet(num_classes=1000, input_shape=(224, 224, 3), gates=None, dep
     name = name or (f"resnet{depth}" if spec is None else f"gumbel_resnet{depth}")
 
     inputs = keras.Input(shape=input_shape, name="image")
-    x = layers.ZeroPadding2D(padding=((3, 3), (3, 3)), name="conv1_pad")(inputs)
+    x = layers.ZeroPadding2D(padding=((3, 3), (3, 3)), name="conv1_pad")(pixel_preprocessing(inputs, preprocessing))
     x = layers.Conv2D(64, 7, strides=2, name="conv1_conv")(x)
     x = layers.BatchNormalization(epsilon=_BN_EPSILON, name="conv1_bn")(x)
     x = layers.Activation("relu", name="conv1_relu")(x)

@@ -64,6 +64,7 @@ from tfgated.blocks import decode_block
 from tfgated.gate_settings import GateSettings
 from tfgated.losses import GateActivationLoss
 from tfgated.models import ACTIVATION_LOSS_NAME
+from tfgated.zoo.inputs import pixel_preprocessing
 from tfgated.zoo.registry import make_options, register_family
 
 BN_MOMENTUM = 0.9  # PyTorch's momentum 0.1
@@ -344,7 +345,7 @@ def _top(x, num_classes, config):
 
 
 @register_family("sipa", options=SipaConfig)
-def build_sipa(num_classes=100, input_shape=(32, 32, 3), gates=None, name=None, **config):
+def build_sipa(num_classes=100, input_shape=(32, 32, 3), gates=None, name=None, preprocessing=None, **config):
     """Build a (gated, early-exit) SIPA network outputting softmax probabilities.
 
     Args:
@@ -354,6 +355,8 @@ def build_sipa(num_classes=100, input_shape=(32, 32, 3), gates=None, name=None, 
             ``granularity`` is channels per gate, an int or one per MBConv block
             (default 1), dividing every gated block's expansion channels.
         name: model name (default ``"sipa"``).
+        preprocessing: ``None`` (the model takes prepared inputs) or a preset's ``input``
+            entry (raw pixels in, :func:`tfgated.zoo.inputs.pixel_preprocessing`).
         **config: architecture arguments, the fields of :class:`SipaConfig`.
     """
     input_shape = _check_shape_and_classes(input_shape, num_classes)
@@ -364,7 +367,7 @@ def build_sipa(num_classes=100, input_shape=(32, 32, 3), gates=None, name=None, 
     padding_size = input_shape[0] if config.padding_size is None else int(config.padding_size)
 
     inputs = keras.Input(shape=input_shape, name="image")
-    x = _stem(inputs, config, padding_size)
+    x = _stem(pixel_preprocessing(inputs, preprocessing), config, padding_size)
     zs, exit_output = [], None
     for index, args in enumerate(block_args):
         x, block_zs = mbconv_block(

@@ -85,7 +85,7 @@ def test_info_counts_and_documented_stats():
 @needs_fmnist
 def test_file_order_first_batch(arrays):
     (x_train, y_train), (x_test, y_test) = arrays
-    splits = load_dataset(batch_size=4, validation_split=0, shuffle_buffer=0, normalize=False, limit=10)
+    splits = load_dataset(batch_size=4, validation_split=0, shuffle_buffer=0, pixels="unit", limit=10)
     x, y = next(iter(splits.train))
     assert x.shape == (4, 28, 28, 1) and x.dtype == tf.float32 and y.dtype == tf.int32
     assert int(y[0]) == 9
@@ -94,6 +94,24 @@ def test_file_order_first_batch(arrays):
     xt, yt = collect(splits.test)
     assert xt.shape == (10, 28, 28, 1)
     np.testing.assert_array_equal(yt, y_test[:10])
+
+
+@needs_fmnist
+def test_raw_pixels_and_statistics_of_the_full_training_split(arrays):
+    (x_train, _), (x_test, _) = arrays
+    raw = load_dataset(batch_size=8, validation_split=0.2, shuffle_buffer=0, pixels="raw", limit=16)
+    x, _ = next(iter(raw.test))
+    assert x.dtype == tf.float32
+    np.testing.assert_array_equal(x.numpy(), x_test[:8].astype("float32"))  # exactly the pixel values
+    assert raw.info.pixels == "raw" and raw.info.mean == (0.0,) and raw.info.std == (1.0,)
+    # never the statistics of a limited subset or of what the carve-out leaves
+    full_mean = float(x_train.mean(dtype=np.float64) / 255.0)
+    for splits in (raw, load_dataset(limit=1000, batch_size=100), load_dataset(batch_size=100)):
+        assert splits.info.statistics[0] == pytest.approx((full_mean,), abs=1e-9)
+    small = load_dataset(limit=1000, batch_size=100)
+    assert small.info.mean == pytest.approx((0.28604,), abs=1e-5) and small.info.std == pytest.approx((0.35302,), abs=1e-5)
+    with pytest.raises(ValueError, match="Expected pixels to be one of"):
+        load_dataset(pixels="bytes")
 
 
 @needs_fmnist
@@ -113,7 +131,7 @@ def test_validation_split_is_deterministic_and_disjoint(arrays):
     assert len(keys) == n  # no duplicate images, so image bytes identify examples
 
     def split_keys(seed):
-        s = load_dataset(limit=n, validation_split=0.2, seed=seed, batch_size=100, normalize=False)
+        s = load_dataset(limit=n, validation_split=0.2, seed=seed, batch_size=100, pixels="unit")
         xv, _ = collect(s.validation)
         xt, _ = collect(s.train)
         assert (s.info.num_train, s.info.num_validation) == (400, 100) == (len(xt), len(xv))
@@ -138,7 +156,7 @@ def test_validation_split_is_deterministic_and_disjoint(arrays):
 @needs_fmnist
 def test_upscaling_replicates_pixels_nearest_neighbour(arrays):
     (x_train, _), _ = arrays
-    kw = dict(batch_size=8, validation_split=0, shuffle_buffer=0, normalize=False, limit=8)
+    kw = dict(batch_size=8, validation_split=0, shuffle_buffer=0, pixels="unit", limit=8)
     s40 = load_dataset(image_size=40, **kw)
     assert s40.info.input_shape == (40, 40, 1)
     x40 = next(iter(s40.train))[0].numpy()
@@ -156,19 +174,19 @@ def test_upscaling_replicates_pixels_nearest_neighbour(arrays):
 
 
 @needs_fmnist
-def test_normalization_zero_mean_unit_std_on_train():
-    s = load_dataset(limit=1000, batch_size=250)
+def test_normalization_uses_the_full_training_split_statistics():
+    s = load_dataset(limit=1000, batch_size=250, shuffle_buffer=0, validation_split=0)
     xt, _ = collect(s.train)
-    assert abs(xt.mean()) < 1e-4 and abs(xt.std() - 1.0) < 1e-4
-    xv, _ = collect(s.validation)  # same statistics applied, so roughly standardised too
-    assert abs(xv.mean()) < 0.2 and abs(xv.std() - 1.0) < 0.2
-    assert s.info.mean[0] == pytest.approx(0.2860, abs=0.02)
+    (x_train, _), _ = load_fashion_mnist_arrays()
+    mean, std = s.info.statistics
+    np.testing.assert_allclose(xt, (x_train[:1000] / 255.0 - mean[0]) / std[0], atol=1e-5)
+    assert abs(xt.mean()) < 0.05 and abs(xt.std() - 1.0) < 0.05  # a subset: roughly standardised
 
 
 @needs_fmnist
 def test_augment_applies_to_training_only(arrays):
     (x_train, _), (x_test, _) = arrays
-    kw = dict(batch_size=16, validation_split=0, shuffle_buffer=0, normalize=False, limit=16)
+    kw = dict(batch_size=16, validation_split=0, shuffle_buffer=0, pixels="unit", limit=16)
     s = load_dataset(augment=lambda x: x[:, :, ::-1, :], **kw)
     np.testing.assert_allclose(collect(s.train)[0], x_train[:16, :, ::-1] / 255.0, atol=1e-7)
     np.testing.assert_allclose(collect(s.test)[0], x_test[:16] / 255.0, atol=1e-7)
@@ -212,7 +230,7 @@ def test_tfds_mock(name, num_classes, tmp_path):
         assert len(collect(s.validation)[1]) == 2 and len(collect(s.test)[1]) == 20
 
         s = load_dataset(name, data_dir=str(tmp_path), batch_size=4, image_size=40,
-                         one_hot=True, normalize=False, train_on_validation=True, limit=6)
+                         one_hot=True, pixels="unit", train_on_validation=True, limit=6)
         assert s.validation is None and s.info.num_train == 6 and s.info.num_test == 6
         x, y = next(iter(s.train))
         assert x.shape == (4, 40, 40, 3) and y.shape == (4, num_classes)

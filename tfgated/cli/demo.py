@@ -60,7 +60,7 @@ def train_demo(preset, train, epochs=1, verbose=1):
     from tfgated.train import recalibrate_batch_norm
     from tfgated.zoo import load
 
-    model = load(preset, weights="default")
+    model = load(preset, weights="default")  # the shipped weights; --epochs fine-tunes them
     start = time.time()
     if epochs > 0:
         model.fit(train, epochs=epochs, verbose=verbose)
@@ -106,17 +106,18 @@ def measure_demo(model, x, y):
 def run_demo(preset=DEFAULT_PRESET, examples=4000, epochs=0, batch_size=64, verbose=1):
     """Load ``preset`` with its shipped weights (fine-tuned ``epochs`` on the first ``examples``
     Fashion-MNIST training images when ``epochs`` > 0); return a dict of what was measured on the
-    first :data:`PROBE_EXAMPLES` test images (standardized like the weights' training data)."""
+    first :data:`PROBE_EXAMPLES` test images (raw pixels: a zoo model normalizes inside its graph)."""
     from tfgated.data import load_dataset
 
     if examples < 1 or epochs < 0:
         raise ValueError(f"Expected examples >= 1 and epochs >= 0. Received: examples={examples}, epochs={epochs}")
     start = time.time()
     x_probe, y_probe = _arrays(load_dataset("fashion_mnist", batch_size=256, shuffle_buffer=0,
-                                            limit=PROBE_EXAMPLES).test)
+                                            limit=PROBE_EXAMPLES, pixels="raw").test)
     train = None
     if epochs > 0:
-        train = load_dataset("fashion_mnist", batch_size=batch_size, limit=examples, validation_split=0.0).train
+        train = load_dataset("fashion_mnist", batch_size=batch_size, limit=examples, validation_split=0.0,
+                             pixels="raw").train
     model, seconds = train_demo(preset, train, epochs=epochs, verbose=verbose)
     result = {
         "preset": preset,

@@ -28,7 +28,9 @@ def build_parser():
         prog="python -m tfgated evaluate", description="Evaluate a model under a gate inference style."
     )
     p.add_argument("--model", required=True, help="a .keras file, a run folder, or a zoo preset name")
-    p.add_argument("--weights", default=None, help="for a preset: 'default' or a weights file")
+    p.add_argument("--weights", default="default",
+                   help="for a preset: 'default' (its shipped weights; refused when it has none), "
+                        "'none' (a fresh, random model) or a weights file")
     p.add_argument("--dataset", default=None)
     p.add_argument("--data-dir", default=None)
     p.add_argument("--split", choices=("test", "validation"), default="test")
@@ -56,6 +58,7 @@ def _model_and_splits(args):
     from tfgated.data import load_dataset
     from tfgated.io import load_model
     from tfgated.train import check_dataset, run_config
+    from tfgated.zoo.inputs import model_pixels
 
     config, model = {}, None
     if is_model_path(args.model):
@@ -63,8 +66,11 @@ def _model_and_splits(args):
             config = run_config(args.model)  # evaluate with the data settings the run trained with
         model = load_model(args.model)
         dataset = args.dataset or config.get("dataset") or "fashion_mnist"
+        pixels = model_pixels(model)
     else:
-        dataset = args.dataset or zoo.get_preset(args.model).get("dataset") or "fashion_mnist"
+        preset = zoo.get_preset(args.model)
+        dataset = args.dataset or preset.get("dataset") or "fashion_mnist"
+        pixels = "raw" if preset.get("input") else "normalized"
     check_dataset(dataset)
     splits = load_dataset(
         dataset,
@@ -74,10 +80,14 @@ def _model_and_splits(args):
         validation_split=config.get("validation_split", 0.1),
         seed=config.get("seed", 42),
         shuffle_buffer=0,
+        pixels=pixels,
     )
     if model is None:
+        weights = None if args.weights == "none" else args.weights
+        if weights is None:
+            print(f"note: evaluating {args.model!r} with fresh, random weights (--weights none)", file=sys.stderr)
         model = zoo.load(
-            args.model, weights=args.weights, compile=False,
+            args.model, weights=weights, compile=False,
             input_shape=splits.info.input_shape, num_classes=splits.info.num_classes,
         )
     return model, dataset, splits

@@ -89,6 +89,11 @@ def _export_parser():
     p.add_argument("--no-check", action="store_true", help="write the file even if the parity check fails")
     p.add_argument("--input-shape", default=None, help="for zoo presets: input shape as H,W,C (e.g. 64,64,3)")
     p.add_argument("--class-names", default=None, help="comma-separated class names recorded in the sidecar")
+    p.add_argument(
+        "--weights", default="default", metavar="default|none|FILE",
+        help="for zoo presets: 'default' (the shipped weights; a preset without them is refused), "
+        "'none' (a fresh, random model) or a .weights.h5/.keras file",
+    )
     return add_debug_flag(p)
 
 
@@ -106,32 +111,47 @@ def _bench_parser():
     return add_debug_flag(p)
 
 
-def load_model(spec, input_shape=None):
+def is_preset(spec):
+    """Whether ``spec`` names a zoo preset rather than a model file."""
+    return not (spec.endswith(".keras") or os.path.sep in spec)
+
+
+def load_model(spec, input_shape=None, weights="default"):
     """A Keras model from a ``.keras`` file (:func:`tfgated.io.load_model`) or a zoo preset name.
 
-    A file keeps its own input shape: an ``input_shape`` that contradicts it is refused."""
-    if spec.endswith(".keras") or os.path.sep in spec:
+    A file keeps its own input shape: an ``input_shape`` that contradicts it is refused. For a
+    preset, ``weights`` is ``"default"`` (its shipped weights; a preset without them is refused
+    with the command that trains them), ``"none"`` (a fresh, random model) or a file.
+    """
+    if not is_preset(spec):
         from tfgated.io import load_model as load_file
 
         model = load_file(spec)
         check_input_shape(model, input_shape, spec)
         return model
     from tfgated import zoo
+    from tfgated.zoo.registry import has_shipped_weights, train_command
 
-    kwargs = {"compile": False}
+    if weights == "default" and not has_shipped_weights(spec):
+        raise ValueError(
+            f"Preset {spec!r} ships no trained weights, so its export would be a random model. Train it with "
+            f"`{train_command(spec)}` and export the run's model.keras, or pass --weights none for a random model."
+        )
+    kwargs = {"compile": False, "weights": None if weights == "none" else weights}
     if input_shape is not None:
         kwargs["input_shape"] = input_shape
     return zoo.load(spec, **kwargs)
 
 
-def fashion_mnist_inputs(shape, n=FASHION_MNIST_EXAMPLES):
-    """``n`` real Fashion-MNIST test images in [0, 1] (:mod:`tfgated.data`), resized/tiled to ``shape`` (H, W, C)."""
+def fashion_mnist_inputs(shape, n=FASHION_MNIST_EXAMPLES, raw=False):
+    """``n`` real Fashion-MNIST test images (:mod:`tfgated.data`), resized/tiled to ``shape`` (H, W, C):
+    in [0, 1], or raw pixel values in [0, 255] with ``raw`` (what a zoo model takes)."""
     import numpy as np
 
     from tfgated.data import load_fashion_mnist_arrays
 
     _, (images, _) = load_fashion_mnist_arrays()
-    x = images[:n].astype("float32") / 255.0
+    x = images[:n].astype("float32") * (1.0 if raw else 1 / 255.0)
     h, w, c = shape
     if (h, w) != (28, 28):
         import tensorflow as tf
@@ -142,11 +162,11 @@ def fashion_mnist_inputs(shape, n=FASHION_MNIST_EXAMPLES):
     return x.astype("float32")
 
 
-def _representative(option, shape):
+def _representative(option, shape, raw=False):
     import numpy as np
 
     if option == "fashion_mnist":
-        return fashion_mnist_inputs(shape)
+        return fashion_mnist_inputs(shape, raw=raw)
     if not os.path.exists(option):
         raise FileNotFoundError(f"Expected 'fashion_mnist' or a .npy file. Received: {option!r}")
     try:
@@ -170,10 +190,12 @@ def _input_shape(text):
     return shape
 
 
-def _options(args, shape, exits):
-    """The :class:`tfgated.export.ExportOptions` the arguments ask for."""
+def _options(args, shape, exits, deploy=None):
+    """The :class:`tfgated.export.ExportOptions` the arguments ask for (``deploy``: a preset's
+    :class:`~tfgated.export.deployment.PresetEvaluation`, whose real images check parity)."""
     from tfgated.export import ExportOptions
 
+    raw = deploy is not None and deploy.raw
     quantization = "float16" if args.fp16 else "int8" if args.int8 else "float32"
     if exits and quantization == "int8":
         raise ValueError("Exports with exits support float32 and --fp16. Received: --int8")
@@ -186,12 +208,15 @@ def _options(args, shape, exits):
         fold=not args.no_fold,
         form=form,
         fold_batchnorm=args.fold_batchnorm,
-        representative_data=_representative(args.representative_data, shape) if quantization == "int8" else None,
-        # exits: parity on real images (they exercise every path) when the input allows
-        parity_data=fashion_mnist_inputs(shape) if exits and shape[-1] in (1, 3) else None,
+        representative_data=_representative(args.representative_data, shape, raw) if quantization == "int8" else None,
+        # parity on real images (they exercise every path): the preset's test images, else
+        # Fashion-MNIST's for exits when the input allows
+        parity_data=deploy.images if deploy is not None else (
+            fashion_mnist_inputs(shape, raw=raw) if exits and shape[-1] in (1, 3) else None),
         allow_mismatch=args.no_check,
         threads=args.threads,
-        class_names=args.class_names.split(",") if args.class_names else None,
+        class_names=args.class_names.split(",") if args.class_names else (deploy.class_names if deploy else None),
+        preprocessing=deploy.contract if deploy is not None else None,
     )
 
 
@@ -199,21 +224,68 @@ def main_export(argv):
     args = _export_parser().parse_args(argv)
     from tfgated.exits import exit_gate_layers
 
-    model = load_model(args.tflite or args.onnx, _input_shape(args.input_shape))
+    spec = args.tflite or args.onnx
+    model = load_model(spec, _input_shape(args.input_shape), args.weights)
     shape = tuple(int(d) for d in model.inputs[0].shape[1:])
+    deploy = _preset_evaluation(spec, args.weights, shape) if is_preset(spec) else None
     if len(model.outputs) == 2 or args.exit_threshold is not None:
-        return _export_early_exit(args, model, _options(args, shape, exits=True))
+        return _export_early_exit(args, model, _options(args, shape, exits=True, deploy=deploy), deploy)
     if exit_gate_layers(model) and not args.no_fold:
-        return _export_exit_gates(args, model, _options(args, shape, exits=True))
+        return _export_exit_gates(args, model, _options(args, shape, exits=True, deploy=deploy), deploy)
     from tfgated.export import export
 
-    result = export(model, args.output, _options(args, shape, exits=False))
+    result = export(model, args.output, _options(args, shape, exits=False, deploy=deploy))
     if result.report is not None:
-        print(result.report)
+        print(_report_text(result))
     if result.parity:
         _print_parity(result.parity)
+    _finish_preset(result, model, deploy)
     print(f"wrote {result.path} and {result.sidecar_path}")
     return 0
+
+
+def _report_text(result):
+    """The fold report, naming the form the file really uses for data-dependent gates."""
+    text = str(result.report)
+    if (result.sidecar.get("gates") or {}).get("dependent_form") == "conditional":
+        text = text.replace("data-dependent gates (masked form)", "data-dependent gates (conditional form, tf.cond)")
+    return text
+
+
+def _preset_evaluation(spec, weights, shape):
+    """The :class:`~tfgated.export.deployment.PresetEvaluation` of preset ``spec`` (``None``
+    when its dataset cannot be read here or the shape was changed)."""
+    from tfgated import zoo
+    from tfgated.export.deployment import PresetEvaluation
+
+    from tfgated.zoo.registry import resolve_weights, sha256_file, weights_index
+
+    preset = zoo.get_preset(spec)
+    if tuple(shape) != tuple(preset["input_shape"]):
+        return None
+    if weights == "none":
+        identity, card = {"source": "none (fresh, random)", "sha256": None}, None
+    else:
+        path = resolve_weights(spec, weights)
+        identity = {"source": "shipped" if weights == "default" else "file", "file": os.path.basename(path),
+                    "sha256": sha256_file(path)}
+        card = (weights_index().get(spec, {}).get("check") or {}).get("top1") if weights == "default" else None
+    return PresetEvaluation.of_preset(spec, preset, identity, card_top1=card)
+
+
+def _finish_preset(result, model, deploy):
+    """Score the written file and the Keras model on the preset's real test images; amend the sidecar."""
+    if deploy is None:
+        return
+    fields = deploy.sidecar_fields(result.path, model)
+    result.sidecar.update(fields)
+    from tfgated.export.writers import amend_sidecar
+
+    amend_sidecar(result.sidecar_path, fields)
+    top1 = fields["test_top1"]
+    card = "" if top1["card"] is None else f", card {top1['card']:.4f}"
+    print(f"test top-1 on {top1['examples']} real test images (raw pixels): file {top1['file']:.4f}, "
+          f"keras {top1['keras']:.4f}{card}")
 
 
 def _print_parity(p):
@@ -226,7 +298,7 @@ def _print_parity(p):
     )
 
 
-def _export_early_exit(args, model, options):
+def _export_early_exit(args, model, options, deploy=None):
     from tfgated.export import export_early_exit
 
     if len(model.outputs) != 2:
@@ -242,11 +314,12 @@ def _export_early_exit(args, model, options):
         f"path, {info['macs_full_path']:,} on the full path; {info['parity_exit_ratio']:.1%} of the parity inputs exit"
     )
     _print_parity(result.parity)
+    _finish_preset(result, model, deploy)
     print(f"wrote {result.path} and {result.sidecar_path}")
     return 0
 
 
-def _export_exit_gates(args, model, options):
+def _export_exit_gates(args, model, options, deploy=None):
     import tfgated
     from tfgated.export import export_exit_gates
 
@@ -257,6 +330,7 @@ def _export_exit_gates(args, model, options):
     shares = ", ".join(f"{v:.1%}" for v in info["parity_exit_shares"])
     print(f"exit gates ({info['form']}): {info['exits']} exits; shares of the parity inputs (exits..., final): {shares}")
     _print_parity(result.parity)
+    _finish_preset(result, model, deploy)
     print(f"wrote {result.path} and {result.sidecar_path}")
     return 0
 

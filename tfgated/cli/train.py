@@ -111,7 +111,7 @@ def resolve_model_and_recipe(model, overrides=None, *, input_shape=None, num_cla
         if not preset.get("gates"):
             raise ValueError(f"gates= changes a gated preset's gate settings; {model!r} has no gates.")
         kwargs["gates"] = {**preset["gates"], **gates}
-    keras_model = zoo.load(model, compile=False, **kwargs, **recipe.model_overrides())
+    keras_model = zoo.load(model, weights=None, compile=False, **kwargs, **recipe.model_overrides())
     return recipe.prepare_model(keras_model), recipe, preset
 
 
@@ -139,6 +139,7 @@ def _run_data(preset, options):
         limit=options.limit,
         validation_split=validation_split,
         seed=options.seed,
+        pixels="raw" if preset.get("input") else "normalized",  # zoo models normalize in their graph
     )
 
 

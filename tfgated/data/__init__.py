@@ -16,19 +16,23 @@ Data sources (never downloaded):
   split is TFDS' ``validation`` split (the real test labels are not public) and images are resized
   (bilinear) to ``image_size`` or 224.
 
-Normalization (``normalize=True``) maps pixels to ``[0, 1]`` and then applies the per-channel
-``(x - mean) / std``:
+Pixels (``pixels=``):
 
-- Fashion-MNIST: mean and std computed exactly from the training examples in use (after
-  ``limit`` and the validation carve-out). On the full 60000-image training set they are
-  mean 0.2860, std 0.3530.
+- ``"normalized"`` (default): pixels mapped to ``[0, 1]``, then the per-channel
+  ``(x - mean) / std`` with the statistics of the dataset's FULL training split (never those of a
+  ``limit``-ed subset or of the split left after the validation carve-out).
+- ``"unit"``: pixels in ``[0, 1]``; ``info.mean``/``info.std`` record the identity map (zeros and ones).
+- ``"raw"``: float32 pixel values in ``[0, 255]``, what a ``tfgated.zoo`` model takes: it scales
+  and normalizes inside its graph (``Rescaling`` + ``Normalization`` layers).
+
+``info.statistics`` holds the ``(mean, std)`` of the full training split whatever ``pixels`` is:
+
+- Fashion-MNIST: computed exactly from the 60000 training images: mean 0.28604, std 0.35302.
 - CIFAR-10: mean (0.4914, 0.4822, 0.4465), std (0.2470, 0.2435, 0.2616) -- the published
   training-set statistics (a full pass over TFDS data to recompute them would be slow).
 - CIFAR-100: mean (0.5071, 0.4865, 0.4409), std (0.2673, 0.2564, 0.2762).
 - ImageNet: mean (0.485, 0.456, 0.406), std (0.229, 0.224, 0.225).
 
-With ``normalize=False`` images stay in ``[0, 1]`` and ``info.mean``/``info.std`` record the
-identity map (zeros and ones).
 """
 
 from __future__ import annotations
@@ -37,7 +41,7 @@ from typing import Callable, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from tfgated.data.common import DatasetInfo, DatasetSplits, scaled_size
+from tfgated.data.common import PIXELS, DatasetInfo, DatasetSplits, scaled_size
 from tfgated.data.fashion_mnist import (
     FASHION_MNIST_CLASS_NAMES,
     FASHION_MNIST_DEFAULT_DIR,
@@ -54,6 +58,7 @@ __all__ = [
     "FASHION_MNIST_DEFAULT_DIR",
     "FASHION_MNIST_ENV_VAR",
     "KNOWN_DATASETS",
+    "PIXELS",
     "PREPARE_HINTS",
     "TFDS_DATASETS",
     "load_dataset",
@@ -90,7 +95,7 @@ def _check_image_size(image_size) -> Optional[Tuple[int, int]]:
     )
 
 
-def _check_args(name, batch_size, validation_split, limit, shuffle_buffer, augment):
+def _check_args(name, batch_size, validation_split, limit, shuffle_buffer, augment, pixels):
     if name not in KNOWN_DATASETS:
         raise ValueError(
             f"Unknown dataset {name!r}. Expected one of: {', '.join(KNOWN_DATASETS)}."
@@ -119,6 +124,8 @@ def _check_args(name, batch_size, validation_split, limit, shuffle_buffer, augme
             "Expected shuffle_buffer to be None or a non-negative integer (0 or None: no "
             f"shuffling). Received: shuffle_buffer={shuffle_buffer!r}"
         )
+    if pixels not in PIXELS:
+        raise ValueError(f"Expected pixels to be one of {PIXELS}. Received: pixels={pixels!r}")
     if augment is not None and not callable(augment):
         raise ValueError(
             "Expected augment to be None, a Keras layer or a callable on image batches. "
@@ -134,7 +141,7 @@ def load_dataset(
     image_size: Optional[ImageSize] = None,
     validation_split: float = 0.1,
     train_on_validation: bool = False,
-    normalize: bool = True,
+    pixels: str = "normalized",
     seed: int = 42,
     limit: Optional[int] = None,
     shuffle_buffer: Optional[int] = 10000,
@@ -157,15 +164,18 @@ def load_dataset(
             validation, chosen with ``seed``; the same seed gives the same disjoint split.
         train_on_validation: Train on train + validation and return ``validation=None`` (the
             final run once hyperparameters are fixed).
-        normalize: Apply per-channel ``(x - mean) / std`` (see the package docstring for the
-            values); otherwise images are in ``[0, 1]``.
+        pixels: ``"normalized"`` (``(x / 255 - mean) / std`` with the full training split's
+            statistics), ``"unit"`` (``x / 255``) or ``"raw"`` (float32 values in ``[0, 255]``, the
+            input of every ``tfgated.zoo`` model, which normalizes inside its graph).
         seed: Seed of the validation carve-out and of the training shuffle.
         limit: Use only the first ``limit`` examples of the source train and test splits (the
-            validation split is then carved from those). For tests and smoke runs.
+            validation split is then carved from those). For tests and smoke runs; the
+            normalization statistics still come from the full training split.
         shuffle_buffer: Shuffle buffer of the training data; 0 or ``None`` keeps file order.
         one_hot: Labels as float32 one-hot vectors instead of int32 class indices.
         augment: ``None``, or a Keras layer or callable applied to training batches only, on
-            float32 images in ``[0, 1]`` after resizing and before normalization (e.g.
+            float32 images in ``[0, 1]`` after resizing and before normalization (raw pixels are
+            scaled back to ``[0, 255]`` after it) (e.g.
             ``keras.layers.RandomFlip("horizontal")`` or ``keras.layers.RandAugment(value_range=(0, 1))``).
             A Keras layer is called with ``training=True``.
 
@@ -178,12 +188,12 @@ def load_dataset(
         FileNotFoundError: the data is not there (Fashion-MNIST files missing, or the TFDS
             dataset not prepared in ``data_dir``); the message says how to get it.
     """
-    _check_args(name, batch_size, validation_split, limit, shuffle_buffer, augment)
+    _check_args(name, batch_size, validation_split, limit, shuffle_buffer, augment, pixels)
     size = _check_image_size(image_size)
     kwargs = dict(
         data_dir=data_dir, batch_size=int(batch_size), size=size,
         validation_split=float(validation_split), train_on_validation=bool(train_on_validation),
-        normalize=bool(normalize), seed=int(seed), limit=None if limit is None else int(limit),
+        pixels=pixels, seed=int(seed), limit=None if limit is None else int(limit),
         shuffle_buffer=shuffle_buffer, one_hot=bool(one_hot), augment=augment,
     )
     if name == "fashion_mnist":

@@ -22,8 +22,15 @@ class DatasetInfo:
         num_train: Examples in the ``train`` dataset.
         num_validation: Examples in the ``validation`` dataset (0 when it is ``None``).
         num_test: Examples in the ``test`` dataset.
-        mean: Per-channel mean subtracted from images scaled to ``[0, 1]``.
-        std: Per-channel standard deviation the centred images are divided by.
+        mean: Per-channel mean subtracted from images scaled to ``[0, 1]`` (zeros unless
+            ``pixels="normalized"``).
+        std: Per-channel standard deviation the centred images are divided by (ones unless
+            ``pixels="normalized"``).
+        pixels: What the images hold: ``"normalized"``, ``"unit"`` or ``"raw"`` (see
+            :func:`load_dataset`).
+        statistics: ``(mean, std)`` per channel of the dataset's FULL training split scaled to
+            ``[0, 1]`` (never of a ``limit``-ed subset): the constants a model taking raw
+            pixels normalizes with, whatever ``pixels`` is.
     """
 
     name: str
@@ -35,6 +42,8 @@ class DatasetInfo:
     num_test: int
     mean: Tuple[float, ...]
     std: Tuple[float, ...]
+    pixels: str = "normalized"
+    statistics: Optional[Tuple[Tuple[float, ...], Tuple[float, ...]]] = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -102,24 +111,33 @@ def _select(ds: tf.data.Dataset, mask: np.ndarray, keep: bool) -> tf.data.Datase
 # --------------------------------------------------------------------------- pipeline assembly
 
 
-def _preprocess_fn(size, resize_method, mean, std, num_classes, one_hot, augment=None):
+PIXELS = ("normalized", "unit", "raw")
+
+
+def _preprocess_fn(size, resize_method, mean, std, num_classes, one_hot, augment=None, pixels="normalized"):
     """Returns a function mapping a batch ``(uint8 or float images, labels)`` to model inputs.
 
-    Images are scaled to ``[0, 1]``, resized (if ``size``), augmented (if ``augment``, on the
-    ``[0, 1]`` images), then normalized with ``(x - mean) / std``.
+    Images are resized (if ``size``) and, for ``pixels="normalized"`` or ``"unit"``, scaled to
+    ``[0, 1]``; ``augment`` sees ``[0, 1]`` images (raw ones are scaled back to ``[0, 255]``
+    after it); ``"normalized"`` then applies ``(x - mean) / std``.
     """
     mean_t = tf.constant(mean, tf.float32)
     std_t = tf.constant(std, tf.float32)
     is_layer = isinstance(augment, keras.layers.Layer)
 
     def fn(images, labels):
-        images = tf.cast(images, tf.float32) / 255.0
+        images = tf.cast(images, tf.float32)
         if size is not None:
             images = tf.image.resize(images, size, method=resize_method)
+        if augment is not None or pixels != "raw":
+            images = images / 255.0
         if augment is not None:
             images = augment(images, training=True) if is_layer else augment(images)
             images = tf.cast(images, tf.float32)
-        images = (images - mean_t) / std_t
+            if pixels == "raw":
+                images = images * 255.0
+        if pixels == "normalized":
+            images = (images - mean_t) / std_t
         labels = tf.cast(labels, tf.int32)
         if one_hot:
             labels = tf.one_hot(labels, num_classes, dtype=tf.float32)
@@ -152,10 +170,10 @@ def _channel_stats(images: np.ndarray) -> Tuple[Tuple[float, ...], Tuple[float, 
 
 
 def _pipelines(train, validation, test, *, size, mean, std, num_classes, one_hot, augment, batch_size,
-               shuffle_buffer, seed):
+               shuffle_buffer, seed, pixels="normalized"):
     """Batched, preprocessed ``(train, validation, test)``; ``augment`` applies to ``train`` only."""
     common = dict(size=size, resize_method="nearest", mean=mean, std=std, num_classes=num_classes,
-                  one_hot=one_hot)
+                  one_hot=one_hot, pixels=pixels)
     plain = _preprocess_fn(**common)
     finish = dict(batch_size=batch_size, shuffle_buffer=shuffle_buffer, seed=seed)
     train = _finish(train, preprocess=_preprocess_fn(**common, augment=augment), training=True, **finish)

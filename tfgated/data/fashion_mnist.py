@@ -144,10 +144,11 @@ def load_fashion_mnist_arrays(
 
 
 def _load_fashion_mnist(
-    *, data_dir, batch_size, size, validation_split, train_on_validation, normalize, seed,
+    *, data_dir, batch_size, size, validation_split, train_on_validation, pixels, seed,
     limit, shuffle_buffer, one_hot, augment,
 ) -> DatasetSplits:
     (x_train, y_train), (x_test, y_test) = load_fashion_mnist_arrays(data_dir)
+    statistics = _channel_stats(x_train)  # the full split (mean 0.28604, std 0.35302), before limit and carve-out
     if limit is not None:
         x_train, y_train = x_train[:limit], y_train[:limit]
         x_test, y_test = x_test[:limit], y_test[:limit]
@@ -159,8 +160,8 @@ def _load_fashion_mnist(
         x_train, y_train = x_train[~mask], y_train[~mask]
 
     num_classes = len(FASHION_MNIST_CLASS_NAMES)
-    if normalize:
-        mean, std = _channel_stats(x_train)
+    if pixels == "normalized":
+        mean, std = statistics
     else:
         mean, std = (0.0,), (1.0,)
     def from_arrays(x, y):
@@ -169,7 +170,7 @@ def _load_fashion_mnist(
     train, validation, test = _pipelines(
         from_arrays(x_train, y_train), from_arrays(x_val, y_val), from_arrays(x_test, y_test),
         size=size, mean=mean, std=std, num_classes=num_classes, one_hot=one_hot, augment=augment,
-        batch_size=batch_size, shuffle_buffer=shuffle_buffer, seed=seed,
+        batch_size=batch_size, shuffle_buffer=shuffle_buffer, seed=seed, pixels=pixels,
     )
 
     h, w = size if size is not None else (28, 28)
@@ -183,5 +184,7 @@ def _load_fashion_mnist(
         num_test=len(x_test),
         mean=mean,
         std=std,
+        pixels=pixels,
+        statistics=statistics,
     )
     return DatasetSplits(train=train, validation=validation, test=test, info=info)

@@ -73,7 +73,7 @@ def _cardinality(ds: tf.data.Dataset, what: str) -> int:
 
 
 def _load_tfds(
-    name, *, data_dir, batch_size, size, validation_split, train_on_validation, normalize, seed,
+    name, *, data_dir, batch_size, size, validation_split, train_on_validation, pixels, seed,
     limit, shuffle_buffer, one_hot, augment,
 ) -> DatasetSplits:
     if data_dir is None:
@@ -120,13 +120,14 @@ def _load_tfds(
         native = builder_info.features["image"].shape
         h, w = size if size is not None else (int(native[0]), int(native[1]))
 
-    if normalize:
+    if pixels == "normalized":
         mean, std = _TFDS_STATS[name]
     else:
         mean, std = (0.0,) * channels, (1.0,) * channels
     train, validation, test = _pipelines(
         train, validation, test, size=batch_size_resize, mean=mean, std=std, num_classes=num_classes,
         one_hot=one_hot, augment=augment, batch_size=batch_size, shuffle_buffer=shuffle_buffer, seed=seed,
+        pixels=pixels,
     )
 
     info = DatasetInfo(
@@ -139,5 +140,7 @@ def _load_tfds(
         num_test=num_test,
         mean=tuple(mean),
         std=tuple(std),
+        pixels=pixels,
+        statistics=_TFDS_STATS[name],
     )
     return DatasetSplits(train=train, validation=validation, test=test, info=info)
