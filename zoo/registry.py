@@ -245,7 +245,9 @@ def read_preset_file(path):
         raise ValueError(
             f"Preset file {path!r} names family {preset['family']!r}. Expected one of {sorted(_FAMILIES)}."
         )
-    return {"gates": None, "weights": None, **preset}
+    # A preset file without an "input" entry (one written by `python -m tfgated search`, whose
+    # trials trained on normalized images) builds a model that takes normalized images.
+    return {"gates": None, "weights": None, "input": None, **preset}
 
 
 def get_preset(name):
@@ -326,7 +328,7 @@ def build(name, num_classes=None, input_shape=None, **overrides):
     arch.update(overrides)
     builder = _FAMILIES[preset["family"]]
     _check_builder_arguments(name, builder, arch, _OPTIONS.get(preset["family"]))
-    if preset["input"] is not None and "preprocessing" in inspect.signature(builder).parameters:
+    if preset.get("input") is not None and "preprocessing" in inspect.signature(builder).parameters:
         arch.setdefault("preprocessing", preset["input"])  # raw pixels in, normalized in the graph
     return builder(
         num_classes=preset["num_classes"] if num_classes is None else num_classes,
