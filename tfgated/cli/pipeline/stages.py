@@ -14,7 +14,7 @@ from tfgated.cli.pipeline.state import save_json
 from tfgated.cli.pipeline.summary import micronet, score_row
 from tfgated.io import save_model
 
-__all__ = ["plain_batch_norm", "stage_improve", "stage_prune", "stage_search", "stage_train"]
+__all__ = ["stage_improve", "stage_prune", "stage_search", "stage_train"]
 
 
 def _base_arch(run):
@@ -148,32 +148,6 @@ def stage_improve(run, out):
             "trials": len(result.trials)}
 
 
-def plain_batch_norm(model):
-    """A clone with every ``GhostBatchNormalization`` back to ``BatchNormalization`` (same weights).
-
-    Ghost batch norm only differs in training; exporters take built-in layers only.
-    Layers keep their names, so the weights are copied layer by layer by name.
-    """
-    import keras
-
-    from tfgated.recipes import GhostBatchNormalization
-
-    if not any(isinstance(layer, GhostBatchNormalization) for layer in model.layers):
-        return model
-
-    def plain(layer):
-        if not isinstance(layer, GhostBatchNormalization):
-            return layer.__class__.from_config(layer.get_config())
-        config = {k: v for k, v in layer.get_config().items() if k != "virtual_batch_size"}
-        return keras.layers.BatchNormalization(**config)
-
-    cloned = keras.models.clone_model(model, clone_function=plain)
-    for layer in model.layers:
-        if layer.weights:
-            cloned.get_layer(layer.name).set_weights(layer.get_weights())
-    return cloned
-
-
 def stage_train(run, out):
     """Stage 3: the searched architecture trained with the improved recipe (resumable epochs)."""
     import keras
@@ -181,6 +155,7 @@ def stage_train(run, out):
     from tfgated import plots
     from tfgated.callbacks import HistoryLogger
     from tfgated.checkpoints import CrashSafeBackup
+    from tfgated.ghost_norm import plain_batch_norm
     from tfgated.recipes import Recipe, fit_recipe
 
     budget = run.budget
