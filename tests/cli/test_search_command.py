@@ -10,27 +10,9 @@ import sys
 import pytest
 
 from tfgated.cli.search import load_preset_file, main
+from tiny_fixtures import TINY_SIPA_ARCH as TINY_ARCH, TINY_SIPA_SPACE as TINY_SPACE
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-#: A tiny two-block SIPA network (28x28 -> 14 -> 7 -> 4) for real, fast trials.
-TINY_ARCH = {
-    "blocks": ["r1_k3_s2_e1_i8_o8_se0.2", "r1_k3_s2_e3_i8_o16_se0.2"],
-    "stem_filters": 8,
-    "head_filters": 16,
-    "width": 1.0,
-    "depth": 1.0,
-    "resolution": 1.0,
-    "resource": 1,
-    "dropout": 0.0,
-    "drop_connect": 0.0,
-}
-TINY_SPACE = {
-    "depth_range": [1.0, 1.0],
-    "width_range": [0.5, 1.0],
-    "resolution_range": [1.0, 1.0],
-    "channel_multipliers": [0.5, 1.0],
-}
 
 
 @pytest.mark.parametrize(

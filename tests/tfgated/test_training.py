@@ -11,6 +11,7 @@ import pytest
 
 import tfgated
 from tfgated.recipes import Recipe
+from tiny_fixtures import tiny_gated_model
 from tfgated.train import (
     RunData,
     class_labels,
@@ -20,18 +21,6 @@ from tfgated.train import (
     train_model,
     transfer_weights,
 )
-
-
-def tiny_gated_model():
-    inputs = keras.Input((28, 28, 1))
-    x = keras.layers.Conv2D(8, 3, strides=2, padding="same", name="conv1")(inputs)
-    x = keras.layers.BatchNormalization(name="bn1")(x)
-    x = keras.layers.ReLU()(x)
-    x, z = tfgated.channel_gate(x, 2, "dependent", name="conv1")
-    x = keras.layers.MaxPooling2D(2)(x)
-    x = keras.layers.GlobalAveragePooling2D()(x)
-    out = keras.layers.Dense(10, activation="softmax", name="head")(x)
-    return tfgated.gated_model(inputs, out, [z], target=0.6, name="tiny")
 
 
 class Kill(Exception):
