@@ -28,6 +28,9 @@ class Budget:
     Attributes:
         name: ``"tiny"``, ``"small"`` or ``"paper"`` (or any name of a budget made by hand).
         limit: use only the first ``limit`` training (and test) examples; None = all.
+        search_limit: the search and Improving stages use only the first ``search_limit``
+            training examples (their trials compare candidates; the train, prune and
+            accelerate stages use ``limit``); None = ``limit``.
         validation_split: fraction of the training examples held out for validation.
         batch_size: batch size of every stage.
         base_arch: SIPA builder arguments of the base architecture of the search,
@@ -58,6 +61,7 @@ class Budget:
 
     name: str
     limit: Optional[int]
+    search_limit: Optional[int]
     validation_split: float
     batch_size: int
     base_arch: Optional[dict]

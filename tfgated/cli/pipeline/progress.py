@@ -54,9 +54,11 @@ def estimate_seconds(stage, budget, num_train=FASHION_MNIST_TRAIN, num_test=FASH
     total = num_train if budget.limit is None else min(budget.limit, num_train)
     images = total * (1.0 - budget.validation_split)
     test = num_test if budget.limit is None else min(budget.limit, num_test)
+    search_total = total if budget.search_limit is None else min(budget.search_limit, num_train)
+    search_images = search_total * (1.0 - budget.validation_split)
     work = {
-        "search": max(1, budget.search_trials) * budget.search_epochs * images,
-        "improve": _improve_trials(budget.improve_groups) * budget.improve_epochs * images,
+        "search": max(1, budget.search_trials) * budget.search_epochs * search_images,
+        "improve": _improve_trials(budget.improve_groups) * budget.improve_epochs * search_images,
         "train": budget.train_epochs * images,
         "prune": len(budget.prune_schedule) * budget.prune_epochs * images,
         "accelerate": budget.exit_epochs * images,

@@ -38,7 +38,7 @@ def _tuner_search(run, out, hypermodel, threshold, num_initial_points):
     from tfgated.plots import plot_search_trials
     from tfgated.search import best_preset, make_tuner, trial_table, write_table
 
-    budget, splits = run.budget, run.splits()
+    budget, splits = run.budget, run.search_splits()
     run.log(
         f"[1/7] search: {budget.search_trials} trials x {budget.search_epochs} epochs on "
         f"{splits.info.num_train:,} images, MAC budget {threshold:,.0f}"
@@ -63,7 +63,7 @@ def _preset_search(run, hypermodel, base_arch):
     """Stage 1 without trials: the base architecture trained ``search_epochs``; returns ``(model, preset)``."""
     import keras
 
-    budget, splits = run.budget, run.splits()
+    budget, splits = run.budget, run.search_splits()
     run.log(f"[1/7] search: the searched SIPA architecture, trained {budget.search_epochs} epochs")
     keras.utils.set_random_seed(run.seed)
     model = hypermodel.compile_model(run.build(base_arch))
@@ -136,7 +136,7 @@ def stage_improve(run, out):
     run.log(f"[2/7] improve: baseline + {count} candidate(s), {budget.improve_epochs} epoch(s) each")
     trainer = keras_trainer(
         lambda recipe: run.build(arch, recipe.model_overrides()),
-        dataset=run.dataset, verbose=run.verbose, seed=run.seed, **run.data_kwargs(),
+        dataset=run.dataset, verbose=run.verbose, seed=run.seed, **run.search_data_kwargs(),
     )
     result = improve(base, groups, trainer, os.path.join(out, "trials"))
     plot_improve_trials(result.trials, os.path.join(run.plots_dir, "improve_trials.png"))

@@ -95,6 +95,7 @@ class Run:
         self.verbose = verbose
         self.log = log
         self._splits = None
+        self._search_splits = None
         self._test = None
         self._validation = None
 
@@ -150,6 +151,23 @@ class Run:
             "limit": self.budget.limit,
             "validation_split": self.budget.validation_split,
         }
+
+    def search_data_kwargs(self):
+        """:meth:`data_kwargs` of the search and Improving stages (``search_limit`` examples)."""
+        limit = self.budget.search_limit
+        return {**self.data_kwargs(), "limit": self.budget.limit if limit is None else limit}
+
+    def search_splits(self):
+        """Integer-label splits of the search stage's trials (:meth:`search_data_kwargs`)."""
+        if self.budget.search_limit is None:
+            return self.splits()
+        if self._search_splits is None:
+            from tfgated.data import load_dataset
+
+            self._search_splits = load_dataset(
+                self.dataset, batch_size=self.budget.batch_size, seed=self.seed, **self.search_data_kwargs()
+            )
+        return self._search_splits
 
     def splits(self):
         """Integer-label splits of the run (search, evaluation, exit training)."""
