@@ -102,10 +102,15 @@ def test_end_to_end_files_table_and_parity(tiny_run):
         with open(os.path.join(_stage_dir(run_dir, stage), "state.json"), encoding="utf-8") as f:
             state = json.load(f)
         assert state["status"] == "done" and state["stage"] == stage and state["seconds"] >= 0
+        assert state["machine"]["wall_seconds"] == state["seconds"] and state["machine"]["cpus"] == os.cpu_count()
         if stage not in ("improve", "export"):
             assert os.path.getsize(os.path.join(_stage_dir(run_dir, stage), "model.keras")) > 0
     summary = _summary(run_dir)
     assert [r["stage"] for r in summary["rows"]] == ["search", "train", "prune", "accelerate", "16-bit", "export"]
+    machine = summary["machine"]  # stages 1-4 ran in the first invocation, 5-7 in the second: all measured
+    assert machine["stages_measured"] == len(STAGES) and machine["cpus"] == os.cpu_count()
+    assert machine["other_cpu_share"] == pytest.approx(
+        machine["other_cpu_seconds"] / (summary["total_seconds"] * machine["cpus"]))
     for row in summary["rows"]:
         assert row["storage"] > 0 and row["ops"] > 0
         assert row["score"] == pytest.approx(row["storage"] / 36.5e6 + row["ops"] / 10.49e9)
@@ -273,3 +278,28 @@ def test_missing_model_of_a_finished_stage_names_the_fix(tmp_path):
 
     with pytest.raises(FileNotFoundError, match="of a finished stage is missing. Delete that stage's state.json"):
         load_stage_model(tmp_path / "01_search" / "model.keras")
+
+
+def test_cpu_meter_separates_this_process_from_the_others(monkeypatch):
+    from tfgated.cli.pipeline import machine
+
+    clock = {"wall": 100.0, "own": 10.0, "busy": 1000.0}
+    monkeypatch.setattr(machine.time, "time", lambda: clock["wall"])
+    monkeypatch.setattr(machine, "_own_cpu_seconds", lambda: clock["own"])
+    monkeypatch.setattr(machine, "_machine_busy_seconds", lambda: clock["busy"])
+    monkeypatch.setattr(machine.os, "cpu_count", lambda: 2)
+    meter = machine.CpuMeter().start()
+    clock.update(wall=110.0, own=24.0, busy=1020.0)  # 10 s: this process 14 CPU s, the machine 20
+    record = meter.stop()
+    assert record["wall_seconds"] == 10.0 and record["cpu_seconds"] == 14.0
+    assert record["other_cpu_seconds"] == pytest.approx(6.0) and record["other_cpu_share"] == pytest.approx(0.3)
+
+
+def test_machine_busy_seconds_reads_proc_stat():
+    from tfgated.cli.pipeline.machine import _machine_busy_seconds
+
+    if not os.path.exists("/proc/stat"):
+        pytest.skip("no /proc/stat on this system")
+    first = _machine_busy_seconds()
+    sum(i * i for i in range(2_000_000))  # some CPU work in between
+    assert _machine_busy_seconds() > first > 0

@@ -63,11 +63,11 @@ from __future__ import annotations
 
 import argparse
 import os
-import time
 
 from tfgated.cli.common import add_debug_flag, run_command
 from tfgated.cli.pipeline.budgets import BUDGETS, get_budget
 from tfgated.cli.pipeline.deploy import stage_accelerate, stage_export, stage_quantize
+from tfgated.cli.pipeline.machine import CpuMeter
 from tfgated.cli.pipeline.progress import StageProgress, estimate_seconds, format_duration
 from tfgated.cli.pipeline.stages import stage_improve, stage_prune, stage_search, stage_train
 from tfgated.cli.pipeline.state import STAGES, Run, check_run_config, save_json
@@ -97,12 +97,13 @@ def _run_stage(run, stage, label):
     run.log = progress.log
     try:
         with progress:
-            start = time.time()
+            meter = CpuMeter().start()
             result = STAGE_FUNCTIONS[stage](run, run.stage_dir(stage))
-            seconds = time.time() - start
+            machine = meter.stop()
     finally:
         run.log = emit
-    state = {"stage": stage, "status": "done", "seconds": seconds, **result}
+    seconds = machine["wall_seconds"]
+    state = {"stage": stage, "status": "done", "seconds": seconds, "machine": machine, **result}
     save_json(run.state_path(stage), state)
     emit(f"{label}: done in {seconds:.1f}s ({format_duration(seconds)}; estimated ~{format_duration(estimate)})")
     return state

@@ -145,6 +145,21 @@ def _final_model(run, states):
     return None
 
 
+def _machine_load(states, times):
+    """The machine and how busy other processes kept it over the stages that ran in this process
+    (:mod:`tfgated.cli.pipeline.machine`; stages resumed from an earlier process count as run then)."""
+    from tfgated.cli.pipeline.machine import machine_info
+
+    records = [states[s]["machine"] for s in STAGES if s in states and "machine" in states[s]]
+    info = machine_info()
+    wall = sum(r["wall_seconds"] for r in records)
+    info.update(stages_measured=len(records), cpu_seconds=sum(r["cpu_seconds"] for r in records))
+    if records and all("other_cpu_seconds" in r for r in records):
+        other = sum(r["other_cpu_seconds"] for r in records)
+        info.update(other_cpu_seconds=other, other_cpu_share=other / max(wall * info["cpus"], 1e-9))
+    return info
+
+
 def _summary(run, states, times):
     """The summary dict: rows, times, plots, exported files and their parity, every stage's state."""
     from tfgated.cli.pipeline.report import nearest_reference, shipped_references
@@ -166,6 +181,7 @@ def _summary(run, states, times):
         "rows": rows,
         "stage_seconds": times,
         "total_seconds": float(sum(times.values())),
+        "machine": _machine_load(states, times),
         "plots": sorted(plots),
         "accuracy_plot": accuracy_plot,
         "final_model": _final_model(run, states),
@@ -187,10 +203,19 @@ def _markdown(run, summary, table, steps):
         "Per-stage results (SIPA Table 1).\n\n"
         f"{table}\n\n{LEGEND}\n\n| stage | seconds |\n|---|---:|\n{timing}\n"
         f"| total | {summary['total_seconds']:.1f} |\n\n"
+        f"Machine: {summary['machine']['cpus']} cores, {summary['machine']['platform']}{_load_note(summary['machine'])}\n\n"
         f"Plots: {', '.join(os.path.relpath(p, run.run_dir) for p in summary['plots'])}\n\n"
         f"Exported: {', '.join(os.path.relpath(p, run.run_dir) for p in summary['exported'].values())}\n\n"
         "```\n" + "\n".join(steps) + "\n```\n"
     )
+
+
+def _load_note(machine):
+    """`` (other processes used 12% of the 2 cores meanwhile)`` or ``""`` where not measured."""
+    share = machine.get("other_cpu_share")
+    if share is None:
+        return ""
+    return f" (other processes used {share:.0%} of the {machine['cpus']} cores meanwhile)"
 
 
 def write_summary(run, states, times):
@@ -210,7 +235,7 @@ def write_summary(run, states, times):
     log(LEGEND)
     log("")
     log("Stage times: " + ", ".join(f"{s} {times[s]:.1f}s" for s in STAGES)
-        + f"; total {summary['total_seconds']:.1f}s")
+        + f"; total {summary['total_seconds']:.1f}s" + _load_note(summary["machine"]))
     for key, parity in summary["parity"].items():
         log(f"Parity {key}: {'passed' if parity.get('passed') else 'FAILED'} "
             f"(max |diff| {parity.get('max_abs_diff', float('nan')):.2e}, {parity.get('runtime')})")
