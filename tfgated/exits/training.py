@@ -26,6 +26,7 @@ from keras import ops
 from tfgated.exits.heads import freeze_main
 from tfgated.exits.layers import EarlyExitCombine, exit_classifier_outputs
 from tfgated.inference import find_layers
+from tfgated.smoothing import smooth_labels
 
 __all__ = [
     "LOSSES",
@@ -114,10 +115,7 @@ def _dense_targets(y_true, y_pred, num_classes, smoothing):
     else:
         labels = ops.cast(ops.reshape(y_true, (-1,)), "int32")
         target = ops.one_hot(labels, num_classes, dtype=y_pred.dtype)
-    if smoothing:
-        off = smoothing / max(num_classes - 1, 1)
-        target = target * (1.0 - smoothing) + (1.0 - target) * off
-    return target
+    return smooth_labels(target, smoothing, "others")
 
 
 def exit_loss(loss, label_spec=None, num_classes=None):
