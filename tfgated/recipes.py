@@ -15,7 +15,8 @@ switch                 piece
                        at ``lr_boundaries`` (epochs; after the linear
                        warmup if ``warmup_epochs``)
 ``weight_decay``       decoupled weight decay (SGDW / AdamW)
-``bias_decay``         ``False``: biases are excluded from weight decay
+``bias_decay``         ``False``: biases (batch-norm beta included) are
+                       excluded from weight decay
 ``bn_decay``           ``False``: batch-norm gamma/beta are excluded
                        (default ``True``: SIPA found only no-bias-decay helps)
 ``gate_decay``         ``False``: gate logits/gate networks are excluded
@@ -103,7 +104,9 @@ def weight_decay_exclusions(model, bias=True, batch_norm=True, gates=True):
 
     Args:
         model: a built model.
-        bias: exclude every variable named ``bias``.
+        bias: exclude every variable named ``bias`` and the ``beta`` (the bias) of every
+            batch-norm layer, as the SIPA reference's ``adapted_weight_decay`` excludes every
+            parameter named ``.bias`` (PyTorch's batch-norm beta included).
         batch_norm: exclude the ``gamma``/``beta`` of every batch-norm layer.
         gates: exclude every variable of gate layers (logits, gate networks):
             decay would pull the gates towards probability 0.5.
@@ -124,6 +127,9 @@ def weight_decay_exclusions(model, bias=True, batch_norm=True, gates=True):
         for v in model.trainable_variables:
             if v.name == "bias" or v.path.endswith("/bias"):
                 add(v)
+        for layer in find_layers(model, keras.layers.BatchNormalization):
+            if getattr(layer, "beta", None) is not None and layer.beta.trainable:
+                add(layer.beta)
     if batch_norm:
         for layer in find_layers(model, keras.layers.BatchNormalization):
             for v in layer.trainable_variables:
