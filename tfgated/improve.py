@@ -13,6 +13,14 @@ back and skips the finished trials, so no training is repeated.
 
 The trainer is any callable ``train_and_evaluate(recipe) -> validation
 accuracy``: a cheap fake in tests, or :func:`keras_trainer` for real runs.
+With ``seeds`` (SIPA compares methods by accuracies averaged over runs), every
+recipe is trained once per seed (``train_and_evaluate(recipe, seed=s)``), its
+accuracy is the mean, and a candidate is adopted when the difference of the
+means exceeds ``min_improvement``.
+
+SIPA's own candidates are :data:`SIPA_GROUPS`, tried from :data:`SIPA_BASE`
+(a plain baseline on which each of them changes something; see
+:func:`noop_candidates`).
 
 Example::
 
@@ -35,12 +43,13 @@ import json
 import math
 import os
 import time
-from typing import Callable, Dict, List, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 from tfgated.io import write_atomic, write_json
 from tfgated.recipes import Recipe
 
-__all__ = ["Candidate", "ImproveResult", "SIPA_GROUPS", "Trial", "improve", "keras_trainer", "read_trials"]
+__all__ = ["Candidate", "ImproveResult", "SIPA_BASE", "SIPA_GROUPS", "Trial", "improve", "keras_trainer",
+           "noop_candidates", "read_trials"]
 
 CSV_NAME = "trials.csv"
 JSON_NAME = "trials.json"
@@ -75,6 +84,7 @@ class Trial:
     adopted: bool
     best_accuracy: float
     seconds: float
+    accuracies: list = dataclasses.field(default_factory=list)
 
     def to_row(self):
         return {
@@ -87,6 +97,7 @@ class Trial:
             "adopted": str(bool(self.adopted)),
             "best_accuracy": repr(float(self.best_accuracy)),
             "seconds": f"{self.seconds:.1f}",
+            "accuracies": json.dumps([float(a) for a in self.accuracies]),
         }
 
 
@@ -102,7 +113,9 @@ class ImproveResult:
 
 #: SIPA's Improving groups (Appendix A.2), as switches of :class:`~tfgated.recipes.Recipe`,
 #: in the order the paper adopts them: schedule, regularization, normalization,
-#: data, architecture, fine-tune.
+#: data, architecture, fine-tune. Mixup's alpha is the authors' 1.0; label smoothing
+#: spreads its 0.3 over the other classes (the Recipe default). AutoAugment: the
+#: authors' searched CIFAR-100 policy is not implemented, RandAugment stands in.
 SIPA_GROUPS: List[Tuple[str, List[Candidate]]] = [
     ("learning rate", [
         Candidate("cosine decay", {"cosine_decay": True}),
@@ -117,12 +130,46 @@ SIPA_GROUPS: List[Tuple[str, List[Candidate]]] = [
     ("normalization", [Candidate("ghost batch norm", {"ghost_batch_norm": 32})]),
     ("regularization", [
         Candidate("label smoothing", {"label_smoothing": 0.3}),
-        Candidate("mixup", {"mixup": 0.2}),
+        Candidate("mixup", {"mixup": 1.0}),
     ]),
-    ("augmentation", [Candidate("randaugment", {"augment": "randaugment"})]),
+    ("augmentation", [Candidate("autoaugment (randaugment)", {"augment": "randaugment"})]),
     ("activation", [Candidate("swish", {"activation": "swish"})]),
     ("stabilization", [Candidate("distribution stabilization", {"stabilize_epochs": 2})]),
 ]
+
+#: The baseline :data:`SIPA_GROUPS` start from (``Recipe`` switches): SGD with momentum at a
+#: constant learning rate 0.1, the authors' weight decay 1e-5 on every weight (biases and batch
+#: norm included), ReLU, plain batch norm, no smoothing, mixup or augmentation. Against it every
+#: SIPA candidate changes the training (:func:`noop_candidates` is empty at batch size > 32).
+SIPA_BASE: Dict[str, object] = {
+    "optimizer": "sgd", "learning_rate": 0.1, "momentum": 0.9, "nesterov": True,
+    "cosine_decay": False, "warmup_epochs": 0.0, "weight_decay": 1e-5, "bias_decay": True,
+    "bn_decay": True, "ghost_batch_norm": 0, "label_smoothing": 0.0, "mixup": 0.0,
+    "augment": "none", "activation": "relu", "stabilize_epochs": 0,
+}
+
+#: Switches that only matter when weight decay is on.
+_DECAY_EXCLUSIONS = ("bias_decay", "bn_decay", "gate_decay")
+
+
+def noop_candidates(base: Recipe, groups: Sequence) -> List[str]:
+    """Names of the candidates of ``groups`` that change nothing in training ``base``.
+
+    A candidate is a no-op if ``base`` already has its switches, if it only moves weight-decay
+    exclusions while ``base`` has no weight decay, or if its ghost batch size is not smaller
+    than ``base``'s batch size (one virtual batch is plain batch norm).
+    """
+    noops = []
+    for _, candidates in _normalize_groups(groups):
+        for candidate in candidates:
+            changed = {k: v for k, v in candidate.changes.items() if getattr(base, k) != v}
+            if set(changed) <= set(_DECAY_EXCLUSIONS) and not base.weight_decay:
+                changed = {}
+            if changed.get("ghost_batch_norm", 0) >= base.batch_size:
+                changed.pop("ghost_batch_norm")
+            if not changed:
+                noops.append(candidate.name)
+    return noops
 
 
 def _normalize_groups(groups):
@@ -179,6 +226,7 @@ def improve(
     out_dir,
     verbose: bool = True,
     min_improvement: float = 0.0,
+    seeds: Optional[Sequence[int]] = None,
 ) -> ImproveResult:
     """Greedy Improving: adopt each candidate only if it beats the best accuracy.
 
@@ -192,6 +240,10 @@ def improve(
         verbose: print one line per trial.
         min_improvement: a candidate is adopted if its accuracy exceeds the
             best by more than this.
+        seeds: None: one run per recipe, ``train_and_evaluate(recipe)``. A list
+            of seeds: one run per seed, ``train_and_evaluate(recipe, seed=s)``;
+            the trial's accuracy is the mean (each run's in ``accuracies``), so
+            adoption compares means.
 
     Returns:
         An :class:`ImproveResult`.
@@ -202,6 +254,7 @@ def improve(
     """
     if not isinstance(base, Recipe):
         raise ValueError(f"Expected base to be a Recipe. Received: {type(base).__name__}")
+    seeds = _check_seeds(seeds)
     plan = [(BASELINE, BASELINE, {})] + [(g, c.name, c.changes) for g, cs in _normalize_groups(groups) for c in cs]
     out_dir = os.fspath(out_dir)
     os.makedirs(out_dir, exist_ok=True)
@@ -216,9 +269,9 @@ def improve(
     for index, (group, name, changes) in enumerate(plan):
         candidate = best.replace(**changes) if changes else best
         if index < len(recorded):
-            accuracy, seconds = _recorded_accuracy(recorded[index], index, group, name, candidate, out_dir)
+            accuracy, runs, seconds = _recorded_accuracy(recorded[index], index, (group, name, candidate, seeds), out_dir)
         else:
-            accuracy, seconds = _train_trial(train_and_evaluate, candidate, name)
+            accuracy, runs, seconds = _train_trial(train_and_evaluate, candidate, name, seeds)
         is_better = best_acc is None or accuracy > best_acc + min_improvement
         if is_better:
             best, best_acc = candidate, accuracy
@@ -226,7 +279,7 @@ def improve(
                 adopted.append(name)
         trials.append(Trial(index=index, group=group, candidate=name, changes=dict(changes),
                             recipe=candidate.to_dict(), accuracy=accuracy, adopted=bool(is_better),
-                            best_accuracy=best_acc, seconds=seconds))
+                            best_accuracy=best_acc, seconds=seconds, accuracies=runs))
         if index >= len(recorded):
             _write_table(out_dir, trials)
         if verbose:
@@ -237,30 +290,49 @@ def improve(
     return ImproveResult(recipe=best, accuracy=best_acc, adopted=adopted, trials=trials)
 
 
-def _recorded_accuracy(row, index, group, name, candidate, out_dir):
-    """``(accuracy, seconds)`` of a finished trial read back from the table, checked to be this run's."""
-    if (row.group, row.candidate, row.recipe) != (group, name, candidate.to_dict()):
+def _check_seeds(seeds):
+    """``None`` or a non-empty list of distinct integer seeds."""
+    if seeds is None:
+        return None
+    if isinstance(seeds, (str, bytes, int)) or not hasattr(seeds, "__iter__"):
+        raise ValueError(f"Expected seeds to be None or a list of integers. Received: seeds={seeds!r}")
+    seeds = list(seeds)
+    if not seeds or len(set(seeds)) != len(seeds) or any(isinstance(x, bool) or not isinstance(x, int) for x in seeds):
+        raise ValueError(f"Expected seeds to be None or a non-empty list of distinct integers. Received: seeds={seeds!r}")
+    return seeds
+
+
+def _recorded_accuracy(row, index, planned, out_dir):
+    """``(accuracy, accuracies, seconds)`` of a finished trial read back from the table, checked to be this run's."""
+    group, name, candidate, seeds = planned
+    same_runs = len(row.accuracies or []) == len(seeds or [])
+    if (row.group, row.candidate, row.recipe) != (group, name, candidate.to_dict()) or not same_runs:
         raise ValueError(
             f"The trial table in {out_dir!r} is from a different run (trial {index}: recorded "
-            f"{row.group!r}/{row.candidate!r}, now {group!r}/{name!r}). "
-            "Use another out_dir or delete the table."
+            f"{row.group!r}/{row.candidate!r} with {len(row.accuracies or [])} seeded run(s), now {group!r}/{name!r} "
+            f"with {len(seeds or [])}). Use another out_dir or delete the table."
         )
-    return row.accuracy, row.seconds
+    return row.accuracy, list(row.accuracies or []), row.seconds
 
 
-def _train_trial(train_and_evaluate, candidate, name):
-    """``(accuracy, seconds)`` of training ``candidate``; a non-finite accuracy is an error."""
+def _train_trial(train_and_evaluate, candidate, name, seeds):
+    """``(mean accuracy, accuracy of each seed, seconds)`` of training ``candidate``; a non-finite accuracy is an error."""
     start = time.time()
-    accuracy = float(train_and_evaluate(candidate))
-    if not math.isfinite(accuracy):
-        raise ValueError(f"train_and_evaluate returned a non-finite accuracy for {name!r}: {accuracy}")
-    return accuracy, time.time() - start
+    if seeds is None:
+        runs = [float(train_and_evaluate(candidate))]
+    else:
+        runs = [float(train_and_evaluate(candidate, seed=seed)) for seed in seeds]
+    if not all(math.isfinite(a) for a in runs):
+        raise ValueError(f"train_and_evaluate returned a non-finite accuracy for {name!r}: {runs}")
+    return sum(runs) / len(runs), (runs if seeds is not None else []), time.time() - start
 
 
 def _print_trial(trial, total, resumed):
     changed = bool(trial.changes)
     mark = "adopted" if trial.adopted and changed else ("baseline" if not changed else "rejected")
     origin = " (from table)" if resumed else ""
+    if trial.accuracies:
+        origin = f" (mean of {len(trial.accuracies)} seeds)" + origin
     print(
         f"[improve {trial.index + 1}/{total}] {trial.group} / {trial.candidate}: val_acc={trial.accuracy:.4f} "
         f"{mark}; best={trial.best_accuracy:.4f}{origin}",
@@ -283,7 +355,9 @@ def keras_trainer(
             compile=False, **r.model_overrides())``).
         dataset, load_kwargs: passed to :meth:`Recipe.datasets` (``data_dir``,
             ``limit``, ``validation_split``, ...). A validation split is needed.
-        seed: seeds Keras before every trial so trials differ only by recipe.
+        seed: seeds Keras before every trial so trials differ only by recipe;
+            ``train_and_evaluate(recipe, seed=s)`` uses ``s`` instead (the
+            weights' initialization, the shuffle and the validation carve-out).
 
     The stabilization fine-tune (if the recipe has one) runs after the main
     phase; the accuracy returned is the final epoch's ``val_accuracy``.
@@ -292,7 +366,10 @@ def keras_trainer(
 
     from tfgated.recipes import fit_recipe
 
-    def train_and_evaluate(recipe):
+    default_seed = seed
+
+    def train_and_evaluate(recipe, seed=None):
+        seed = default_seed if seed is None else seed
         keras.utils.set_random_seed(seed)
         model = recipe.prepare_model(build_model(recipe))
         splits = recipe.datasets(dataset, seed=seed, **load_kwargs)

@@ -15,13 +15,18 @@ switch                 piece
                        at ``lr_boundaries`` (epochs; after the linear
                        warmup if ``warmup_epochs``)
 ``weight_decay``       decoupled weight decay (SGDW / AdamW)
-``bias_decay``         ``False``: biases are excluded from weight decay
+``bias_decay``         ``False``: biases (batch-norm beta included) are
+                       excluded from weight decay
 ``bn_decay``           ``False``: batch-norm gamma/beta are excluded
+                       (default ``True``: SIPA found only no-bias-decay helps)
 ``gate_decay``         ``False``: gate logits/gate networks are excluded
 ``ghost_batch_norm``   virtual batch size of :class:`GhostBatchNormalization`
                        swapped in for every BN layer (0: off)
 ``mixup``              mixup alpha (0: off), a ``tf.data`` map on batches
 ``label_smoothing``    epsilon of label smoothing (SIPA uses 0.3; 0: off)
+``label_smoothing_spread``  ``"others"``: the epsilon is shared by the other
+                       classes (SIPA's definition, the default); ``"all"``:
+                       by all classes (Keras'), see :mod:`tfgated.smoothing`
 ``activation``         ``"relu"``/``"swish"``: an architecture switch, passed
                        as override to ``tfgated.zoo.load(activation=...)``
 ``augment``            augmentation policy (Keras layers in the pipeline):
@@ -32,6 +37,9 @@ switch                 piece
 ``stabilize_epochs``   "distribution stabilization": a short fine-tune with a
                        small constant LR (``stabilize_lr``) and only weak
                        augmentation (``stabilize_augment``), no mixup
+``train_on_validation``  SIPA's "no validation data": train on train +
+                       validation (for the final training, after Improving
+                       has chosen with validation data)
 =====================  =====================================================
 
 Mixup and label smoothing need one-hot labels; :meth:`Recipe.datasets` and
@@ -58,6 +66,7 @@ import keras
 
 from tfgated.augment import AUGMENT_POLICIES, augmentation_layer, mixup_batch, pad_crop_flip
 from tfgated.ghost_norm import GhostBatchNormalization, plain_batch_norm, use_ghost_batch_norm
+from tfgated.smoothing import SmoothedCrossentropy, check_smoothing
 
 __all__ = [
     "AUGMENT_POLICIES",
@@ -95,7 +104,9 @@ def weight_decay_exclusions(model, bias=True, batch_norm=True, gates=True):
 
     Args:
         model: a built model.
-        bias: exclude every variable named ``bias``.
+        bias: exclude every variable named ``bias`` and the ``beta`` (the bias) of every
+            batch-norm layer, as the SIPA reference's ``adapted_weight_decay`` excludes every
+            parameter named ``.bias`` (PyTorch's batch-norm beta included).
         batch_norm: exclude the ``gamma``/``beta`` of every batch-norm layer.
         gates: exclude every variable of gate layers (logits, gate networks):
             decay would pull the gates towards probability 0.5.
@@ -116,6 +127,9 @@ def weight_decay_exclusions(model, bias=True, batch_norm=True, gates=True):
         for v in model.trainable_variables:
             if v.name == "bias" or v.path.endswith("/bias"):
                 add(v)
+        for layer in find_layers(model, keras.layers.BatchNormalization):
+            if getattr(layer, "beta", None) is not None and layer.beta.trainable:
+                add(layer.beta)
     if batch_norm:
         for layer in find_layers(model, keras.layers.BatchNormalization):
             for v in layer.trainable_variables:
@@ -160,16 +174,18 @@ class Recipe:
     min_lr_fraction: float = 0.0
     weight_decay: float = 0.0
     bias_decay: bool = False
-    bn_decay: bool = False
+    bn_decay: bool = True
     gate_decay: bool = False
     ghost_batch_norm: int = 0
     mixup: float = 0.0
     label_smoothing: float = 0.0
+    label_smoothing_spread: str = "others"
     activation: Optional[str] = None
     augment: str = "none"
     stabilize_epochs: int = 0
     stabilize_lr: float = 0.001
     stabilize_augment: str = "flip"
+    train_on_validation: bool = False
 
     def __post_init__(self):
         if not _positive_int(self.epochs):
@@ -226,7 +242,8 @@ class Recipe:
         object.__setattr__(self, "lr_boundaries", tuple(self.lr_boundaries))
         if not _non_negative_number(self.lr_decay_factor) or self.lr_decay_factor > 1:
             raise ValueError(f"Expected lr_decay_factor in [0, 1]. Received: lr_decay_factor={self.lr_decay_factor!r}")
-        for name in ("nesterov", "cosine_decay", "bias_decay", "bn_decay", "gate_decay"):
+        check_smoothing(self.label_smoothing, self.label_smoothing_spread)
+        for name in ("nesterov", "cosine_decay", "bias_decay", "bn_decay", "gate_decay", "train_on_validation"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"Expected {name} to be True or False. Received: {name}={getattr(self, name)!r}")
 
@@ -440,21 +457,24 @@ class Recipe:
         return optimizer
 
     def loss_and_metrics(self, from_logits=False):
-        """Loss (with label smoothing) and the ``accuracy``/``top5`` metrics."""
-        if self.one_hot:
-            loss = keras.losses.CategoricalCrossentropy(
-                from_logits=from_logits, label_smoothing=float(self.label_smoothing)
-            )
-            metrics = [
-                keras.metrics.CategoricalAccuracy(name="accuracy"),
-                keras.metrics.TopKCategoricalAccuracy(k=5, name="top5"),
-            ]
-        else:
+        """Loss (with label smoothing, spread as ``label_smoothing_spread``) and the ``accuracy``/``top5`` metrics."""
+        if not self.one_hot:
             loss = keras.losses.SparseCategoricalCrossentropy(from_logits=from_logits)
             metrics = [
                 keras.metrics.SparseCategoricalAccuracy(name="accuracy"),
                 keras.metrics.SparseTopKCategoricalAccuracy(k=5, name="top5"),
             ]
+            return loss, metrics
+        if self.label_smoothing_spread == "others":
+            loss = SmoothedCrossentropy(float(self.label_smoothing), "others", from_logits=from_logits)
+        else:
+            loss = keras.losses.CategoricalCrossentropy(
+                from_logits=from_logits, label_smoothing=float(self.label_smoothing)
+            )
+        metrics = [
+            keras.metrics.CategoricalAccuracy(name="accuracy"),
+            keras.metrics.TopKCategoricalAccuracy(k=5, name="top5"),
+        ]
         return loss, metrics
 
     def compile(self, model, steps_per_epoch=None, from_logits=False, **compile_kwargs):
@@ -482,14 +502,17 @@ class Recipe:
         """
         from tfgated.data import load_dataset
 
-        if "one_hot" in load_kwargs or "augment" in load_kwargs or "batch_size" in load_kwargs:
-            raise ValueError("batch_size, one_hot and augment come from the recipe; change the recipe instead.")
+        if {"one_hot", "augment", "batch_size", "train_on_validation"} & set(load_kwargs):
+            raise ValueError(
+                "batch_size, one_hot, augment and train_on_validation come from the recipe; change the recipe instead."
+            )
         splits = load_dataset(
             name,
             batch_size=self.batch_size,
             one_hot=self.one_hot,
             augment=augmentation_layer(self.augment, seed=seed),
             seed=seed,
+            train_on_validation=self.train_on_validation,
             **load_kwargs,
         )
         if self.mixup > 0:

@@ -22,6 +22,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
         (["--arch-json", "[1]"], "--arch-json to be a JSON object"),
         (["--space-json", '{"depth": 1}'], "Unknown search option(s) ['depth']"),
         (["--space-json", '{"width_range": [2, 1]}'], "width_range"),
+        (["--constraint-tolerance", "1.5"], "constraint_tolerance in [0, 1)"),
     ],
 )
 def test_user_errors_are_one_line_and_exit_2(tmp_path, capsys, argv, message):

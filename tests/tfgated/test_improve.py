@@ -102,3 +102,51 @@ def test_real_tiny_keras_run(tmp_path, capsys):
     assert all(0.0 <= t.accuracy <= 1.0 for t in result.trials)
     assert "[improve 2/2] norm / ghost bn" in capsys.readouterr().out
     assert np.isfinite(result.accuracy)
+
+
+def test_every_sipa_candidate_changes_the_paper_baseline():
+    """Under --budget paper, no candidate of SIPA_GROUPS is already on in the base recipe."""
+    from tfgated.cli.pipeline import get_budget
+    from tfgated.improve import SIPA_BASE, noop_candidates
+
+    paper = get_budget("paper")
+    assert paper.improve_groups == "sipa"
+    base = Recipe.from_dict(paper.base_recipe, epochs=paper.improve_epochs, batch_size=paper.batch_size)
+    assert Recipe.from_dict(SIPA_BASE, batch_size=paper.batch_size) == Recipe.from_dict(paper.base_recipe)
+    assert noop_candidates(base, SIPA_GROUPS) == []
+    # the check itself catches each kind of no-op
+    swish_on = base.replace(activation="swish", cosine_decay=True, weight_decay=0.0)
+    assert noop_candidates(swish_on, SIPA_GROUPS) == ["cosine decay", "no bias decay", "no bn decay", "swish"]
+    assert noop_candidates(base.replace(batch_size=32), SIPA_GROUPS) == ["ghost batch norm"]
+    # the paper's values: mixup alpha 1.0 (the authors'), label smoothing 0.3 over the other classes
+    changes = {c.name: c.changes for _, cs in SIPA_GROUPS for c in cs}
+    assert changes["mixup"] == {"mixup": 1.0} and changes["label smoothing"] == {"label_smoothing": 0.3}
+    assert base.replace(**changes["label smoothing"]).label_smoothing_spread == "others"
+
+
+def test_seeds_average_runs_and_adopt_on_the_difference_of_means(tmp_path):
+    # candidate "b" wins with seed 0 alone but loses on the mean over seeds 0, 1, 2
+    scores = {(0.1, 0): 0.50, (0.1, 1): 0.60, (0.1, 2): 0.70, (0.2, 0): 0.55, (0.2, 1): 0.50, (0.2, 2): 0.60}
+    calls = []
+
+    def trainer(recipe, seed):
+        calls.append((recipe.learning_rate, seed))
+        return scores[(recipe.learning_rate, seed)]
+
+    groups = [("lr", [Candidate("b", {"learning_rate": 0.2})])]
+    single = improve(Recipe(learning_rate=0.1), groups, lambda r: trainer(r, 0), tmp_path / "one", verbose=False)
+    assert single.adopted == ["b"]
+    calls.clear()
+    result = improve(Recipe(learning_rate=0.1), groups, trainer, tmp_path / "three", verbose=False, seeds=[0, 1, 2])
+    assert result.adopted == [] and result.accuracy == pytest.approx(0.6)
+    assert result.trials[1].accuracies == [0.55, 0.50, 0.60] and result.trials[1].accuracy == pytest.approx(0.55)
+    assert sorted(calls) == sorted(scores)
+    # resumed from the table with the same seeds: nothing trains again; other seeds: refused
+    calls.clear()
+    again = improve(Recipe(learning_rate=0.1), groups, trainer, tmp_path / "three", verbose=False, seeds=[0, 1, 2])
+    assert calls == [] and again.accuracy == result.accuracy
+    with pytest.raises(ValueError, match="different run"):
+        improve(Recipe(learning_rate=0.1), groups, trainer, tmp_path / "three", verbose=False, seeds=[0, 1])
+    for bad in (3, [], [1, 1], ["a"]):
+        with pytest.raises(ValueError, match="seeds"):
+            improve(Recipe(), groups, trainer, tmp_path / "bad", verbose=False, seeds=bad)

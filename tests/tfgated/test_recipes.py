@@ -8,6 +8,7 @@ import pytest
 import tensorflow as tf
 
 import tfgated
+from tfgated.smoothing import SmoothedCrossentropy
 from tfgated import recipes
 from tfgated.recipes import GhostBatchNormalization, Recipe
 
@@ -83,7 +84,7 @@ def test_weight_decay_excludes_bias_bn_and_gates_separately():
     assert only_bn == {"bn1/gamma", "bn1/beta"}
 
     # Decoupled decay really spares the excluded variables: zero gradients, one step.
-    r = Recipe(weight_decay=0.5, learning_rate=0.1, cosine_decay=False, momentum=0.0)
+    r = Recipe(weight_decay=0.5, learning_rate=0.1, cosine_decay=False, momentum=0.0, bn_decay=False)
     opt = r.build_optimizer(model)
     for v in model.trainable_variables:
         v.assign(np.ones(v.shape, "float32"))
@@ -98,7 +99,8 @@ def test_weight_decay_excludes_bias_bn_and_gates_separately():
         v.assign(np.ones(v.shape, "float32"))
     opt2.apply_gradients([(tf.zeros_like(v), v) for v in model2.trainable_variables])
     values = {v.path: float(np.asarray(v).ravel()[0]) for v in model2.trainable_variables}
-    assert values["bn1/gamma"] < 1.0 and values["conv1/bias"] == 1.0
+    # ... except beta, batch norm's bias: the reference's no-bias-decay skips every ".bias"
+    assert values["bn1/gamma"] < 1.0 and values["conv1/bias"] == values["bn1/beta"] == 1.0
 
 
 def test_ghost_batch_norm_normalizes_each_virtual_batch():
@@ -209,9 +211,9 @@ def test_label_smoothing_mixup_and_augment_train_on_real_data(fashion_mnist_smal
     model = tiny_gated_model_28()
     hist = recipes.fit_recipe(model, r, splits, verbose=0)
     assert set(hist.history) >= {"loss", "accuracy", "top5", "gate_activation", "val_accuracy"}
-    # the loss really is label-smoothed categorical cross-entropy
+    # the loss really is label-smoothed categorical cross-entropy (SIPA's form: over the other classes)
     loss, _ = r.loss_and_metrics()
-    assert isinstance(loss, keras.losses.CategoricalCrossentropy) and loss.label_smoothing == 0.3
+    assert isinstance(loss, SmoothedCrossentropy) and loss.label_smoothing == 0.3 and loss.spread == "others"
     stab = r.stabilization()
     assert stab.epochs == 1 and stab.mixup == 0 and stab.learning_rate == r.stabilize_lr
     assert stab.augment == "flip" and not stab.cosine_decay and stab.stabilization() is None
@@ -283,3 +285,37 @@ def test_warmup_then_step_decay_keeps_both():
     assert rates == pytest.approx([0.0, 0.05, 0.1, 0.1, 0.01, 0.001])
     restored = recipes.WarmupPiecewiseDecay.from_config(schedule.get_config())
     assert float(restored(31)) == pytest.approx(0.01)
+
+
+def test_label_smoothing_over_the_other_classes_and_over_all_classes():
+    from tfgated.smoothing import smooth_labels
+
+    y = np.eye(4, dtype="float32")[[2]]
+    others = np.asarray(smooth_labels(y, 0.3, "others"))
+    keras_form = np.asarray(smooth_labels(y, 0.3, "all"))
+    np.testing.assert_allclose(others, [[0.1, 0.1, 0.7, 0.1]], atol=1e-6)  # SIPA: 0.7 and 0.3 / (C - 1)
+    np.testing.assert_allclose(keras_form, [[0.075, 0.075, 0.775, 0.075]], atol=1e-6)  # Keras: + 0.3 / C
+    pred = np.array([[0.1, 0.2, 0.6, 0.1]], "float32")
+    keras_loss = keras.losses.CategoricalCrossentropy(label_smoothing=0.3)(y, pred)
+    assert float(SmoothedCrossentropy(0.3, "all")(y, pred)) == pytest.approx(float(keras_loss), rel=1e-5)
+    assert float(SmoothedCrossentropy(0.3, "others")(y, pred)) == pytest.approx(-np.sum(others * np.log(pred)), rel=1e-5)
+    # the recipe uses SIPA's form by default, Keras' on request; both serialize
+    assert isinstance(Recipe(label_smoothing=0.3).loss_and_metrics()[0], SmoothedCrossentropy)
+    assert isinstance(Recipe(label_smoothing=0.3, label_smoothing_spread="all").loss_and_metrics()[0],
+                      keras.losses.CategoricalCrossentropy)
+    restored = keras.losses.deserialize(keras.losses.serialize(SmoothedCrossentropy(0.2, "others")))
+    assert restored.label_smoothing == 0.2 and restored.spread == "others"
+    with pytest.raises(ValueError, match="label_smoothing_spread"):
+        Recipe(label_smoothing_spread="uniform")
+    assert Recipe().bn_decay is True and Recipe().bias_decay is False  # SIPA: only no-bias-decay helps
+
+
+def test_train_on_validation_trains_on_both_splits():
+    kwargs = {"limit": 200, "validation_split": 0.25}
+    held_out = Recipe(batch_size=10).datasets("fashion_mnist", **kwargs)
+    merged = Recipe(batch_size=10, train_on_validation=True).datasets("fashion_mnist", **kwargs)
+    assert merged.validation is None and held_out.validation is not None
+    assert sum(int(x.shape[0]) for x, _ in merged.train) == 200
+    assert sum(int(x.shape[0]) for x, _ in held_out.train) == 150
+    with pytest.raises(ValueError, match="train_on_validation"):
+        Recipe().datasets("fashion_mnist", train_on_validation=True, **kwargs)

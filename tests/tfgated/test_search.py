@@ -91,7 +91,7 @@ def test_default_hyperparameters_reproduce_the_base_architecture():
 
 
 def test_enforced_compound_constraint_derives_resolution_and_chains_channels():
-    hypermodel = search.SIPAHyperModel(build_sipa, space=search.SearchSpace(resolution_range=(1.0, 2.0)))
+    hypermodel = search.SIPAHyperModel(build_sipa, space=search.SearchSpace(constraint="enforce", resolution_range=(1.0, 2.0)))
     hp = keras_tuner.HyperParameters()
     hypermodel.architecture(hp)
     assert "resolution" not in hp.values
@@ -103,6 +103,42 @@ def test_enforced_compound_constraint_derives_resolution_and_chains_channels():
     assert blocks[0]["filters_out"] == 24  # 16 * 1.25 = 20 -> multiple of 8
     assert all(b["filters_in"] == a["filters_out"] for a, b in zip(blocks, blocks[1:]))
     assert blocks[2]["stride"] == 1 and blocks[3]["se_ratio"] == 0.0
+
+
+def test_approximate_constraint_admits_sipas_own_coefficients():
+    """SIPA's depth 1, width 0.9, resolution 1.4 (product 1.588): enforce cannot give them
+    (it derives 1.57); the approximate constraint with its tolerance keeps them."""
+
+    def resolution_of(constraint, **values):
+        hypermodel = search.SIPAHyperModel(build_sipa, space=search.SearchSpace(
+            constraint=constraint, width_range=(0.5, 1.2), resolution_range=(1.0, 2.0)))
+        hp = keras_tuner.HyperParameters()
+        hypermodel.architecture(hp)
+        hp.values.update({"depth": 1.0, "width": 0.9, "resolution": 1.4, **values})
+        arch = hypermodel.architecture(hp)
+        return arch["resolution"], hypermodel.compound_product(arch)
+
+    assert resolution_of("enforce") == (1.57, pytest.approx(1.9966, abs=1e-4))
+    assert resolution_of("approximate") == (1.4, pytest.approx(1.5876))
+    # outside the band [1.5, 2.5] the resolution moves to its nearest edge (2 decimals, inside it)
+    assert resolution_of("approximate", resolution=1.2)[0] == 1.37  # sqrt(1.5 / 0.81) = 1.3608
+    assert resolution_of("approximate", resolution=2.0)[0] == 1.75  # sqrt(2.5 / 0.81) = 1.7568
+    assert resolution_of("approximate", width=0.6)[0] == 2.0  # band above the range: its top
+    tight = search.SearchSpace(constraint_tolerance=0.05, resolution_range=(1.0, 2.0))
+    assert search.approximate_resolution(1.4, 1.0, 0.9, tight) == 1.54  # 1.5876 is 21% off: not within 5%
+    with pytest.raises(ValueError, match="constraint_tolerance=1.5"):
+        search.SearchSpace(constraint_tolerance=1.5)
+
+
+def test_resolution_coefficient_is_raised_to_the_resource_as_in_the_reference():
+    """The reference's main.py: round(1.4 ** 2, 2) = 1.96 scales the side, 32 -> 63 (its README's
+    63x63 input), so "resolution 1.4" is gamma, not the input scale and not an area factor."""
+    from tfgated.zoo.sipa import resolution_coefficient, upsampled_size
+
+    assert resolution_coefficient(1.4, 2) == 1.96 and upsampled_size(32, 1.4, 2) == 63
+    assert resolution_coefficient(1.4, 1) == 1.4 and upsampled_size(28, 1.4, 1) == 40
+    model = build_sipa(num_classes=100, input_shape=(32, 32, 3), resolution=1.4, resource=2, width=0.9)
+    assert model.get_layer("upsample").output.shape[1:3] == (63, 63)
 
 
 def test_penalized_constraint_lowers_fitness():
@@ -147,8 +183,9 @@ def test_the_given_builder_builds_the_models():
     hypermodel = search.SIPAHyperModel(build_sipa)
     model = hypermodel.build(keras_tuner.HyperParameters())
     assert model.name == "sipa" and model.output_shape == (None, 10)
-    # Enforced constraint at the defaults (depth 1.0, width 0.9): gamma = sqrt(2 / 0.81) = 1.57, 28 -> 44.
-    assert model.get_layer("upsample").output.shape[1:3] == (44, 44)
+    # Approximate constraint at the defaults (SIPA's depth 1.0, width 0.9, resolution 1.4, one
+    # resource unit here): 1.4 is kept, 28 -> ceil(39.2) = 40.
+    assert model.get_layer("upsample").output.shape[1:3] == (40, 40)
     costs = hypermodel.costs(model)
     assert costs["cost"] == costs["macs"] > 1e6
 

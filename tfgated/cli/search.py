@@ -66,7 +66,10 @@ def _parser():
     parser.add_argument("--indicator", choices=INDICATORS, default="step")
     parser.add_argument("--penalty", type=float, default=1.0, help="alpha of R = A - [alpha I(F - thres)]^w")
     parser.add_argument("--exponent", type=float, default=1.0, help="w of R = A - [alpha I(F - thres)]^w")
-    parser.add_argument("--constraint", choices=CONSTRAINTS, default="enforce")
+    parser.add_argument("--constraint", choices=CONSTRAINTS, default="approximate",
+                        help="compound scaling constraint: approximate (default: product within "
+                             "--constraint-tolerance of the target; admits SIPA's 1, 0.9, 1.4), enforce, penalize, none")
+    parser.add_argument("--constraint-tolerance", type=float, default=0.25)
     parser.add_argument("--algorithm", choices=ALGORITHMS, default="bayesian")
     parser.add_argument("--trials", type=int, default=10, help="max_trials (total, including resumed ones)")
     parser.add_argument("--initial-points", type=int, default=None,
@@ -113,6 +116,7 @@ def _hypermodel(args, base_arch, info=None):
         "exponent": args.exponent,
         "indicator": args.indicator,
         "constraint": args.constraint,
+        "constraint_tolerance": args.constraint_tolerance,
         "learning_rate": args.learning_rate,
     }
     if args.space_json:

@@ -44,6 +44,7 @@ from tfgated.exits.training import (
     exit_loss,
     fit_exit_classifiers,
     label_spec,
+    prune_exit,
     train_exit,
 )
 from tfgated.exits.runtime import (
@@ -95,6 +96,7 @@ __all__ = [
     "gate_exit_shares",
     "label_spec",
     "plot_risk_coverage",
+    "prune_exit",
     "resolve_exit_layer",
     "risk_coverage",
     "sipa_exit_head",

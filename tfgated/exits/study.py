@@ -229,6 +229,7 @@ def exit_position_study(
             loss=loss,
             optimizer=optimizer_fn() if optimizer_fn else None,
             verbose=verbose,
+            update_main_statistics=False,  # every position is compared on the same, unchanged network
         )
         structure = exit_structure(with_exit)
         main_macs = structure.main_macs

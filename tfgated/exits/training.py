@@ -4,13 +4,18 @@
   reference (``train_tools/criterion.py``, ``SoftLabelSmoothingLoss``) the confidence factor is
   **not** stop-gradient'ed: ``torch.max`` of the softmax keeps its gradient, so the factor is
   differentiated too. The default here does the same (``stop_gradient_confidence=False``).
-* :func:`train_exit` freezes everything but the head (``trainable=False``) and trains the head
-  only. The frozen part up to the exit point runs in *inference mode* while the head trains
-  (batch-norm moving statistics, dropout/drop-connect off, gates in their inference style), so
-  the head learns on exactly the features it sees at test time and the main weights are not
-  touched. (The reference instead kept the frozen network in training mode, which updated its
-  batch-norm buffers; its README calls that side effect "batchnorm stabilization".)
+* :func:`train_exit` freezes every weight but the head's and trains the head only. By default
+  (``update_main_statistics=True``) it does what the reference does: the frozen main network
+  runs in training mode, so its batch-norm layers update their moving statistics (their gamma
+  and beta stay fixed) on the un-mixed training images -- the reference README's "batchnorm
+  stabilization", which it found to raise the main network's accuracy after mixup training --
+  and dropout/drop-connect are on, as under the reference's ``model.train()``. With
+  ``update_main_statistics=False`` the frozen part runs in inference mode (moving statistics,
+  no dropout, gates in their inference style) and the main network is not changed at all.
   The two-output model is then compiled with a loss on the exit output only.
+* :func:`prune_exit` is SIPA's "further pruning" of the exit path: rounds of global
+  layer-normalized magnitude pruning of the head's kernels only, each followed by
+  :func:`train_exit` (re-stabilization) with the masks kept.
 * :func:`fit_exit_classifiers` trains the exit classifiers of a Gumbel-exit network
   (:mod:`tfgated.exits.layers`) before its gates, as a probe or with deep supervision.
 * :class:`ExitTrainer` is the transient model both use: frozen features in inference mode,
@@ -23,9 +28,10 @@ import keras
 import tensorflow as tf
 from keras import ops
 
-from tfgated.exits.heads import freeze_main
+from tfgated.exits.heads import exit_structure, freeze_main
 from tfgated.exits.layers import EarlyExitCombine, exit_classifier_outputs
 from tfgated.inference import find_layers
+from tfgated.smoothing import smooth_labels
 
 __all__ = [
     "LOSSES",
@@ -34,6 +40,7 @@ __all__ = [
     "exit_loss",
     "fit_exit_classifiers",
     "label_spec",
+    "prune_exit",
     "train_exit",
 ]
 
@@ -114,10 +121,7 @@ def _dense_targets(y_true, y_pred, num_classes, smoothing):
     else:
         labels = ops.cast(ops.reshape(y_true, (-1,)), "int32")
         target = ops.one_hot(labels, num_classes, dtype=y_pred.dtype)
-    if smoothing:
-        off = smoothing / max(num_classes - 1, 1)
-        target = target * (1.0 - smoothing) + (1.0 - target) * off
-    return target
+    return smooth_labels(target, smoothing, "others")
 
 
 def exit_loss(loss, label_spec=None, num_classes=None):
@@ -148,19 +152,26 @@ def exit_loss(loss, label_spec=None, num_classes=None):
 
 
 class ExitTrainer(keras.Model):
-    """Transient trainer: frozen ``features`` in inference mode, then the trainable ``head``.
+    """Transient trainer: frozen ``features``, then the trainable ``head``.
 
     ``features`` maps the input to the exit point(s), ``head`` maps them to the exit
     output(s); both share layers with the network they were cut from, so ``fit`` on this
-    model trains the head in place. Not meant to be saved.
+    model trains the head in place. Not meant to be saved. With ``main_statistics=False``
+    the features run in inference mode; with True, ``features`` returns ``(exit points,
+    main output)`` and runs in the trainer's mode, so that the whole main network's batch
+    norm updates its moving statistics while training (the main output is discarded).
     """
 
-    def __init__(self, features, head, **kwargs):
+    def __init__(self, features, head, main_statistics=False, **kwargs):
         super().__init__(**kwargs)
         self.features = features
         self.head = head
+        self.main_statistics = bool(main_statistics)
 
     def call(self, x, training=False):
+        if self.main_statistics:
+            points, _ = self.features(x, training=training)
+            return self.head(points, training=training)
         return self.head(self.features(x, training=False), training=training)
 
 
@@ -182,12 +193,13 @@ def train_exit(
     callbacks=None,
     steps_per_epoch=None,
     verbose="auto",
+    update_main_statistics=True,
 ):
-    """Train only the exit head of ``model_with_exit`` (main network frozen).
+    """Train only the exit head of ``model_with_exit`` (main network's weights frozen).
 
     Freezes the main layers (:func:`freeze_main`), trains the head on features computed by the
-    frozen network in inference mode, then compiles ``model_with_exit`` with the loss on the
-    exit output only (``model_with_exit.evaluate`` then reports the exit's loss and accuracy).
+    frozen network, then compiles ``model_with_exit`` with the loss on the exit output only
+    (``model_with_exit.evaluate`` then reports the exit's loss and accuracy).
 
     Args:
         model_with_exit: a model from :func:`attach_exit`.
@@ -198,6 +210,9 @@ def train_exit(
             dataset length is known), or any optimizer ``compile`` accepts. (The reference used
             SGD 0.13 with momentum 0.9 and cosine decay over 800 epochs.)
         callbacks, steps_per_epoch, verbose: passed to ``fit``.
+        update_main_statistics: True (the reference's behaviour): the main network runs in
+            training mode and its batch norm updates its moving statistics, gamma and beta
+            fixed; False: the main network runs in inference mode and is left unchanged.
 
     Returns:
         The ``keras.callbacks.History`` of the head training.
@@ -208,9 +223,11 @@ def train_exit(
     num_classes = structure.exit_output.shape[-1]
     loss_object = exit_loss(loss, label_spec(train_ds), num_classes)
     points = structure.exit_points[0] if len(structure.exit_points) == 1 else structure.exit_points
-    features = keras.Model(structure.inputs, points, name="exit_features")
+    features = keras.Model(
+        structure.inputs, (points, structure.main_output) if update_main_statistics else points, name="exit_features"
+    )
     head = keras.Model(points, structure.exit_output, name="exit_head")
-    trainer = ExitTrainer(features, head, name="exit_trainer")
+    trainer = ExitTrainer(features, head, main_statistics=update_main_statistics, name="exit_trainer")
     if optimizer is None:
         steps = steps_per_epoch
         if steps is None:
@@ -223,17 +240,80 @@ def train_exit(
             learning_rate = keras.optimizers.schedules.CosineDecay(1e-3, decay_steps=int(steps) * int(epochs))
         optimizer = keras.optimizers.Adam(learning_rate)
     trainer.compile(optimizer=optimizer, loss=loss_object, metrics=["accuracy"])
-    history = trainer.fit(
-        train_ds,
-        validation_data=val_ds,
-        epochs=int(epochs),
-        callbacks=callbacks,
-        steps_per_epoch=steps_per_epoch,
-        verbose=verbose,
-        shuffle=not hasattr(train_ds, "element_spec"),  # datasets are shuffled by their pipeline
-    )
+    restore = _statistics_only(structure) if update_main_statistics else (lambda: None)
+    try:
+        history = trainer.fit(
+            train_ds,
+            validation_data=val_ds,
+            epochs=int(epochs),
+            callbacks=callbacks,
+            steps_per_epoch=steps_per_epoch,
+            verbose=verbose,
+            shuffle=not hasattr(train_ds, "element_spec"),  # datasets are shuffled by their pipeline
+        )
+    finally:
+        restore()
     model_with_exit.compile(optimizer=trainer.optimizer, loss=[None, loss_object], metrics=[None, ["accuracy"]])
     return history
+
+
+def _statistics_only(structure):
+    """Let the main network's batch-norm layers update their moving statistics while their
+    gamma and beta stay frozen; returns the function that freezes them again."""
+    head_ids = {id(layer) for layer in structure.head_layers}
+    layers = [layer for layer in structure.main_layers
+              if isinstance(layer, keras.layers.BatchNormalization) and id(layer) not in head_ids]
+    for layer in layers:
+        layer.trainable = True  # (Keras' setter makes the layer's variables trainable too)
+        for v in layer.trainable_weights:
+            v.trainable = False
+
+    def restore():
+        for layer in layers:
+            layer.trainable = False
+
+    return restore
+
+
+def prune_exit(model_with_exit, schedule, train_ds, val_ds=None, epochs=1, **train_kwargs):
+    """SIPA's "further pruning": prune the exit head's kernels, re-stabilizing after each round.
+
+    The reference (``main.py: _early_exit_pruning``, README "Pruning Early Exiting") prunes the
+    trained exit module to 50% in rounds (global magnitude ranking, each kernel normalized by its
+    L2 norm, earlier zeros kept) and trains it again after each round, the frozen main network's
+    batch norm updating its statistics. Here each round prunes the head's kernels to the next
+    sparsity of ``schedule`` (:func:`tfgated.pruning.prune_once`, ``"global_normalized"``, main
+    network excluded) and runs :func:`train_exit` for ``epochs`` with the masks kept; the masks
+    are then baked in (:func:`tfgated.pruning.strip_pruning`).
+
+    Args:
+        model_with_exit: a model from :func:`attach_exit`, its head trained.
+        schedule: increasing target sparsities in ``(0, 1)`` of the head's kernels.
+        train_ds, val_ds, epochs: as for :func:`train_exit`.
+        train_kwargs: other :func:`train_exit` arguments (``loss``, ``optimizer``,
+            ``update_main_statistics``, ``verbose``, ...).
+
+    Returns:
+        One dict per round: ``sparsity`` (the head's kernels) and the last epoch's ``loss`` and
+        ``accuracy`` of the exit.
+    """
+    from tfgated.pruning import prune_once, strip_pruning
+
+    schedule = [float(s) for s in schedule]
+    if not schedule or any(not 0 < s < 1 for s in schedule) or schedule != sorted(schedule):
+        raise ValueError(f"Expected schedule to be increasing sparsities in (0, 1). Received: schedule={schedule!r}")
+    head_ids = {id(layer) for layer in exit_structure(model_with_exit).head_layers}
+    rows = []
+    try:
+        for sparsity in schedule:
+            prune_once(model_with_exit, sparsity, ranking="global_normalized",
+                       exclude=lambda path, layer: id(layer) not in head_ids)
+            history = train_exit(model_with_exit, train_ds, val_ds, epochs=epochs, **train_kwargs)
+            rows.append({"sparsity": sparsity, "loss": float(history.history["loss"][-1]),
+                         "accuracy": float(history.history["accuracy"][-1])})
+    finally:
+        strip_pruning(model_with_exit)
+    return rows
 
 
 def fit_exit_classifiers(model, train_ds, val_ds=None, epochs=1, train_trunk=False, optimizer=None,

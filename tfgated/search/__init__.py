@@ -22,14 +22,21 @@ family.
 * compound scaling (EfficientNet): depth ``alpha`` (``"depth"``), width
   ``beta`` (``"width"``), resolution ``gamma`` (``"resolution"``) with
   ``alpha * beta**2 * gamma**2 ~ compound_target`` (2). ``constraint``:
-  ``"enforce"`` derives ``gamma = sqrt(target / (alpha * beta**2))`` (rounded
+  ``"approximate"`` (the default) searches ``gamma`` and moves it into the band
+  where the product is within ``constraint_tolerance`` (0.25) of the target
+  (:func:`approximate_resolution`), which admits SIPA's own coefficients (1, 0.9,
+  1.4: product 1.588); ``"enforce"`` derives ``gamma = sqrt(target / (alpha * beta**2))`` (rounded
   to 2 decimals and clipped to ``resolution_range``; then the product can
   deviate, it is reported as ``compound_product``); ``"penalize"`` searches
   ``gamma`` too and subtracts ``constraint_weight * |product - target| / target``
   from the fitness; ``"none"`` searches ``gamma`` freely. The builder's
   ``resource`` (phi) is kept from the base architecture and, as in the SIPA
   reference code, exponentiates only the resolution (``gamma ** resource``);
-  the constraint is stated for the coefficients themselves (phi = 1).
+  the constraint is stated for the coefficients themselves (phi = 1). The
+  "resolution 1.4" of the SIPA README is this ``gamma``; its ``main.py`` scales
+  the input side by ``round(1.4 ** 2, 2) = 1.96`` ("available resource" 2:
+  32 -> 63, the 63x63 input of the README's table), not by 1.4 and not by an
+  area factor: :func:`tfgated.zoo.sipa.upsampled_size`.
 
 Objective (:class:`FitnessOptions`): SIPA's fitness ``R(x) = A(x) - [alpha * I(F(x) - thres)] ** w``
 (:func:`sipa_fitness`), with ``A`` the validation accuracy, ``F`` the model's
@@ -78,7 +85,13 @@ Modules: :mod:`~tfgated.search.options` (space, fitness settings,
 
 
 from tfgated.blocks import decode_block, encode_block
-from tfgated.search.hypermodel import DEFAULT_BASE_ARCH, REFERENCE_BLOCKS, SIPAHyperModel, arch_summary
+from tfgated.search.hypermodel import (
+    DEFAULT_BASE_ARCH,
+    REFERENCE_BLOCKS,
+    SIPAHyperModel,
+    approximate_resolution,
+    arch_summary,
+)
 from tfgated.search.options import (
     ALGORITHMS,
     CONSTRAINTS,
@@ -115,6 +128,7 @@ __all__ = [
     "SIPATuner",
     "SIPAHyperModel",
     "SearchSpace",
+    "approximate_resolution",
     "arch_summary",
     "best_preset",
     "decode_block",

@@ -59,6 +59,19 @@ class _FitnessLogger(keras.callbacks.Callback):
         self.epochs.append({k: float(v) for k, v in logs.items()})
 
 
+def approximate_resolution(resolution, depth, width, space):
+    """``resolution`` moved into the band where ``depth * width**2 * resolution**2`` is
+    within ``space.constraint_tolerance`` of ``space.compound_target`` (2 decimals, inside
+    ``space.resolution_range``; where the range and the band do not meet, the range's
+    nearest end)."""
+    target, tol = space.compound_target, space.constraint_tolerance
+    low = math.ceil(100 * math.sqrt(target * (1 - tol) / (depth * width**2)) - 1e-9) / 100
+    high = math.floor(100 * math.sqrt(target * (1 + tol) / (depth * width**2)) + 1e-9) / 100
+    if low <= high:
+        resolution = min(max(resolution, low), high)
+    return round(min(max(resolution, space.resolution_range[0]), space.resolution_range[1]), 2)
+
+
 def _choice(hp, name, values, default):
     values = list(dict.fromkeys(values))
     if len(values) == 1:
@@ -179,6 +192,8 @@ class SIPAHyperModel(keras_tuner.HyperModel):
             resolution = round(min(max(gamma, space.resolution_range[0]), space.resolution_range[1]), 2)
         else:
             resolution = self._scale(hp, "resolution", space.resolution_range, self.base_arch.get("resolution", 1.0))
+        if space.constraint == "approximate":
+            resolution = approximate_resolution(resolution, depth, width, space)
         return {**self.base_arch, "blocks": blocks, "depth": depth, "width": width, "resolution": resolution}
 
     def compound_product(self, arch):

@@ -8,7 +8,7 @@ from typing import Optional, Tuple
 
 MEASURES = ("macs", "micronet")
 INDICATORS = ("step", "hinge")
-CONSTRAINTS = ("enforce", "penalize", "none")
+CONSTRAINTS = ("approximate", "enforce", "penalize", "none")
 ALGORITHMS = ("bayesian", "random")
 OBJECTIVE_NAME = "fitness"
 
@@ -41,6 +41,12 @@ def _check_positive(name, value):
     return value
 
 
+def _check_tolerance(value):
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1:
+        raise ValueError(f"Expected constraint_tolerance in [0, 1). Received: constraint_tolerance={value!r}")
+    return float(value)
+
+
 @dataclasses.dataclass(frozen=True)
 class SearchSpace:
     """What a SIPA search varies: block arguments and compound scaling (see :mod:`tfgated.search`).
@@ -53,10 +59,17 @@ class SearchSpace:
             scaling coefficients (equal ends fix the value), searched in steps
             of ``scaling_step``.
         divisor: channel rounding of searched channels (the builder's, 8).
-        constraint: ``"enforce"`` (resolution derived from depth and width),
+        constraint: ``"approximate"`` (the default: resolution searched, then
+            moved into the band where the product is within ``constraint_tolerance``
+            of the target), ``"enforce"`` (resolution derived from depth and width),
             ``"penalize"`` (a fitness term) or ``"none"``.
         compound_target: target of ``depth * width**2 * resolution**2``.
         constraint_weight: weight of the ``"penalize"`` term.
+        constraint_tolerance: relative tolerance of ``"approximate"``: the product
+            may lie in ``target * [1 - tol, 1 + tol]``. The default 0.25 admits SIPA's
+            own coefficients (depth 1, width 0.9, resolution 1.4: product 1.588, 21%
+            under the target 2; the authors lowered the width from their search's
+            ``sqrt(2) / 1.4 = 1.01`` "to lighten this model").
     """
 
     kernel_sizes: Tuple[int, ...] = (3, 5)
@@ -69,9 +82,10 @@ class SearchSpace:
     resolution_range: Tuple[float, float] = (1.0, 1.6)
     scaling_step: float = 0.1
     divisor: int = 8
-    constraint: str = "enforce"
+    constraint: str = "approximate"
     compound_target: float = 2.0
     constraint_weight: float = 1.0
+    constraint_tolerance: float = 0.25
 
     def __post_init__(self):
         checked = {
@@ -88,6 +102,7 @@ class SearchSpace:
             "constraint": _check_choice("constraint", self.constraint, CONSTRAINTS),
             "compound_target": float(_check_positive("compound_target", self.compound_target)),
             "constraint_weight": float(self.constraint_weight),
+            "constraint_tolerance": _check_tolerance(self.constraint_tolerance),
         }
         for name, value in checked.items():
             object.__setattr__(self, name, value)

@@ -74,7 +74,8 @@ def test_train_exit_keeps_main_weights_and_trains_head(small_data, tiny_model, d
     head_ids = {id(v) for layer in structure.head_layers for v in layer.weights}
     main_before = {v.path: v.numpy().copy() for v in with_exit.weights if id(v) not in head_ids}
     head_before = {v.path: v.numpy().copy() for v in with_exit.weights if id(v) in head_ids}
-    history = ee.train_exit(with_exit, dataset(x, y), epochs=2, loss="softsmoothing", verbose=0)
+    history = ee.train_exit(with_exit, dataset(x, y), epochs=2, loss="softsmoothing", verbose=0,
+                            update_main_statistics=False)
     assert len(history.history["loss"]) == 2
     for v in with_exit.weights:
         if id(v) in head_ids:
@@ -90,6 +91,62 @@ def test_train_exit_keeps_main_weights_and_trains_head(small_data, tiny_model, d
     assert any("accuracy" in key for key in results)
     expected = float(ee.SoftSmoothingLoss()(y[:64], with_exit.predict(x[:64], verbose=0)[1]))
     assert results["loss"] == pytest.approx(expected, rel=1e-3)
+
+
+def _trained_with_exit(tiny_model, x, y):
+    model = tiny_model()
+    model.compile("adam", "sparse_categorical_crossentropy")
+    model.fit(x[:64], y[:64], epochs=1, batch_size=32, verbose=0)
+    return ee.attach_exit(model, 0, channels=16)
+
+
+@pytest.mark.slow
+def test_train_exit_updates_the_frozen_networks_batch_norm_statistics_as_the_reference(
+        small_data, tiny_model, dataset):
+    """The reference trains the exit with the main network frozen but in training mode: every
+    batch norm of the main network, before and after the exit point, updates its moving
+    statistics ("batchnorm stabilization"); kernels, gamma and beta stay as they were."""
+    x, y = small_data
+    with_exit = _trained_with_exit(tiny_model, x, y)
+    structure = ee.exit_structure(with_exit)
+    head_ids = {id(v) for layer in structure.head_layers for v in layer.weights}
+    before = {v.path: v.numpy().copy() for v in with_exit.weights if id(v) not in head_ids}
+    ee.train_exit(with_exit, dataset(x * 2.0 + 0.5, y), epochs=1, verbose=0)  # shifted inputs: new statistics
+    changed = {v.path for v in with_exit.weights if id(v) not in head_ids
+               and not np.array_equal(v.numpy(), before[v.path])}
+    for k in range(3):  # block 0 feeds the exit, blocks 1-2 come after it
+        assert {f"block{k}_bn/moving_mean", f"block{k}_bn/moving_variance"} <= changed, changed
+    assert all("moving_" in path for path in changed), changed
+    # frozen again afterwards; unfreezing the layer makes gamma and beta trainable again
+    assert not any(layer.trainable for layer in structure.main_layers)
+    assert {id(v) for v in with_exit.trainable_weights} <= head_ids
+    bn = with_exit.get_layer("block0_bn")
+    bn.trainable = True
+    assert bn.gamma.trainable and bn.beta.trainable
+
+
+@pytest.mark.slow
+def test_prune_exit_prunes_only_the_head_and_restabilizes(small_data, tiny_model, dataset):
+    x, y = small_data
+    with_exit = _trained_with_exit(tiny_model, x, y)
+    ee.train_exit(with_exit, dataset(x, y), epochs=1, verbose=0)
+    structure = ee.exit_structure(with_exit)
+    head_ids = {id(layer) for layer in structure.head_layers}
+    main_kernels = {layer.name: layer.kernel.numpy().copy() for layer in structure.main_layers
+                    if hasattr(layer, "kernel") and id(layer) not in head_ids}
+    rows = ee.prune_exit(with_exit, [0.3, 0.5], dataset(x, y), epochs=1, verbose=0)
+    assert [r["sparsity"] for r in rows] == [0.3, 0.5] and all(np.isfinite(r["loss"]) for r in rows)
+    head_kernels = [w.numpy() for layer in structure.head_layers for w in layer.weights
+                    if w.path.endswith("kernel")]
+    zeros = sum(int((k == 0).sum()) for k in head_kernels) / sum(k.size for k in head_kernels)
+    assert zeros == pytest.approx(0.5, abs=0.05)
+    for name, kernel in main_kernels.items():
+        np.testing.assert_array_equal(with_exit.get_layer(name).kernel.numpy(), kernel, err_msg=name)
+    from tfgated.pruning import get_pruning_state
+
+    assert get_pruning_state(with_exit) is None  # masks baked in: a plain model again
+    with pytest.raises(ValueError, match="increasing sparsities"):
+        ee.prune_exit(with_exit, [0.5, 0.3], dataset(x, y))
 
 
 def test_exit_loss_and_label_spec_choose_the_cross_entropy_for_the_labels(dataset):

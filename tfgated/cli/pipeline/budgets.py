@@ -47,7 +47,11 @@ class Budget:
         improve_groups: ``[[group, [[candidate, changes], ...]], ...]`` or
             ``"sipa"`` for :data:`tfgated.improve.SIPA_GROUPS`.
         improve_epochs: epochs per Improving trial.
+        improve_seeds: runs per Improving trial (seeds ``seed``, ``seed + 1``, ...);
+            above 1 a candidate is adopted on the difference of mean accuracies.
         train_epochs: epochs of the final training with the improved recipe.
+        train_on_validation: SIPA's "no validation data": the final training (after
+            Improving chose with validation data) trains on train + validation.
         prune_schedule: target sparsities of the pruning rounds.
         prune_epochs: fine-tuning epochs per pruning round.
         prune_lr_factor: fine-tuning learning rate as a fraction of the recipe's.
@@ -56,6 +60,10 @@ class Budget:
             this of the network without exit.
         exit_channels: channels of the exit head's 1x1 convolution (None: the
             network's head channels).
+        exit_prune: SIPA's "further pruning" of the exit path, None for none, or
+            ``{"schedule": [sparsities of the exit head's weights], "epochs": e}``:
+            each round prunes the head and re-stabilizes it for ``e`` epochs
+            (backbone frozen, its batch norm updating its statistics).
         parity_examples: test images used by the export parity checks.
     """
 
@@ -72,13 +80,16 @@ class Budget:
     base_recipe: dict
     improve_groups: object
     improve_epochs: int
+    improve_seeds: int
     train_epochs: int
+    train_on_validation: bool
     prune_schedule: tuple
     prune_epochs: int
     prune_lr_factor: float
     exit_epochs: int
     exit_max_drop: float
     exit_channels: Optional[int]
+    exit_prune: Optional[dict]
     parity_examples: int
 
     def to_dict(self):

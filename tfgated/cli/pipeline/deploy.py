@@ -66,11 +66,12 @@ def _plot_risk_coverage(run, with_exit):
 
 
 def stage_accelerate(run, out):
-    """Stage 5: an exit head trained with soft smoothing on the frozen network, its threshold
-    calibrated on validation data."""
+    """Stage 5: an exit head trained with soft smoothing on the frozen network (its batch norm
+    updating its statistics, as the reference), optionally its path pruned and re-stabilized
+    (``budget.exit_prune``), its threshold calibrated on validation data."""
     import keras
 
-    from tfgated.exits import attach_exit, calibrate_threshold, train_exit
+    from tfgated.exits import attach_exit, calibrate_threshold, prune_exit, train_exit
 
     budget = run.budget
     keras.utils.set_random_seed(run.seed)
@@ -82,6 +83,13 @@ def stage_accelerate(run, out):
     splits = run.splits()
     train_exit(with_exit, splits.train, splits.validation, epochs=budget.exit_epochs, loss="softsmoothing",
                verbose=run.verbose)
+    exit_rounds = []
+    if budget.exit_prune:
+        schedule, epochs = budget.exit_prune["schedule"], budget.exit_prune["epochs"]
+        run.log(f"[5/7] accelerate: exit path pruned to {', '.join(f'{s:.0%}' for s in schedule)}, "
+                f"re-stabilized {epochs} epoch(s) per round")
+        exit_rounds = prune_exit(with_exit, schedule, splits.train, splits.validation, epochs=epochs,
+                                 loss="softsmoothing", verbose=run.verbose)
     vx, vy = run.validation_arrays()
     main_probs, exit_probs = (np.asarray(p) for p in with_exit.predict(vx, batch_size=256, verbose=0))
     calibration = calibrate_threshold(exit_probs, main_probs, vy, max_accuracy_drop=budget.exit_max_drop)
@@ -95,7 +103,7 @@ def stage_accelerate(run, out):
         f"test accuracy {result.accuracy:.4f}"
     )
     return {"row": row, "after": after, "channels": channels, "calibration": calibration.to_dict(),
-            "early_exit": result.to_dict()}
+            "early_exit": result.to_dict(), "exit_prune_rounds": exit_rounds}
 
 
 def round_to_float16(model):

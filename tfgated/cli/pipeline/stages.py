@@ -124,7 +124,7 @@ def _groups(spec):
 
 def stage_improve(run, out):
     """Stage 2: greedy Improving; each training trick is kept only if it raises validation accuracy."""
-    from tfgated.improve import improve, keras_trainer
+    from tfgated.improve import improve, keras_trainer, noop_candidates
     from tfgated.plots import plot_improve_trials
     from tfgated.recipes import Recipe
 
@@ -133,12 +133,16 @@ def stage_improve(run, out):
     groups = _groups(budget.improve_groups)
     base = Recipe.from_dict(budget.base_recipe, epochs=budget.improve_epochs, batch_size=budget.batch_size)
     count = sum(len(c) for _, c in groups)
-    run.log(f"[2/7] improve: baseline + {count} candidate(s), {budget.improve_epochs} epoch(s) each")
+    seeds = [run.seed + i for i in range(budget.improve_seeds)] if budget.improve_seeds > 1 else None
+    run.log(f"[2/7] improve: baseline + {count} candidate(s), {budget.improve_epochs} epoch(s) each"
+            + (f", mean of {len(seeds)} seeds" if seeds else ""))
+    if noop_candidates(base, groups):
+        run.log(f"[2/7] improve: warning: no-op against the baseline: {', '.join(noop_candidates(base, groups))}")
     trainer = keras_trainer(
         lambda recipe: run.build(arch, recipe.model_overrides()),
         dataset=run.dataset, verbose=run.verbose, seed=run.seed, **run.search_data_kwargs(),
     )
-    result = improve(base, groups, trainer, os.path.join(out, "trials"))
+    result = improve(base, groups, trainer, os.path.join(out, "trials"), seeds=seeds)
     plot_improve_trials(result.trials, os.path.join(run.plots_dir, "improve_trials.png"))
     run.log(
         f"[2/7] improve: best validation accuracy {result.accuracy:.4f}; adopted: "
@@ -160,8 +164,10 @@ def stage_train(run, out):
 
     budget = run.budget
     arch = run.need("search")["arch"]
-    recipe = Recipe.from_dict(run.need("improve")["recipe"]).replace(epochs=budget.train_epochs)
-    run.log(f"[3/7] train: {budget.train_epochs} epoch(s) with the improved recipe")
+    recipe = Recipe.from_dict(run.need("improve")["recipe"]).replace(
+        epochs=budget.train_epochs, train_on_validation=budget.train_on_validation)
+    run.log(f"[3/7] train: {budget.train_epochs} epoch(s) with the improved recipe"
+            + (" on train + validation (no validation data)" if budget.train_on_validation else ""))
     keras.utils.set_random_seed(run.seed)
     model = recipe.prepare_model(run.build(arch, recipe.model_overrides()))
     splits = recipe.datasets(run.dataset, seed=run.seed, **run.data_kwargs())
@@ -194,7 +200,7 @@ def stage_prune(run, out):
     # constant small learning rate: the optimizer lives across rounds
     tune = recipe.replace(
         epochs=max(1, budget.prune_epochs), learning_rate=recipe.learning_rate * budget.prune_lr_factor,
-        cosine_decay=False, lr_boundaries=(), warmup_epochs=0.0, stabilize_epochs=0,
+        cosine_decay=False, lr_boundaries=(), warmup_epochs=0.0, stabilize_epochs=0, train_on_validation=False,
     )
     run.log(
         f"[4/7] prune: {len(budget.prune_schedule)} round(s) to "
