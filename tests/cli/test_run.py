@@ -303,3 +303,21 @@ def test_machine_busy_seconds_reads_proc_stat():
     first = _machine_busy_seconds()
     sum(i * i for i in range(2_000_000))  # some CPU work in between
     assert _machine_busy_seconds() > first > 0
+
+
+def test_stage_estimates_count_seeds_candidates_and_exit_pruning():
+    import dataclasses
+
+    from tfgated.cli.pipeline.progress import estimate_seconds
+    from tfgated.improve import SIPA_GROUPS
+
+    paper = BUDGETS["paper"]
+    one_seed = dataclasses.replace(paper, improve_seeds=1)
+    trials = 1 + sum(len(candidates) for _, candidates in SIPA_GROUPS)
+    assert estimate_seconds("improve", paper) == pytest.approx(paper.improve_seeds * estimate_seconds("improve", one_seed))
+    per_trial = estimate_seconds("improve", one_seed) / trials
+    assert per_trial == pytest.approx(estimate_seconds("improve", dataclasses.replace(one_seed, improve_groups=[])))
+    no_prune = dataclasses.replace(paper, exit_prune=None)
+    rounds = len(paper.exit_prune["schedule"]) * paper.exit_prune["epochs"]
+    assert estimate_seconds("accelerate", paper) == pytest.approx(
+        estimate_seconds("accelerate", no_prune) * (paper.exit_epochs + rounds) / paper.exit_epochs)

@@ -43,10 +43,21 @@ MINIMUM_SECONDS = {"search": 30.0, "improve": 14.1, "train": 8.8, "prune": 22.6,
 FASHION_MNIST_TRAIN, FASHION_MNIST_TEST = 60000, 10000
 
 
-def _improve_trials(groups):
+def _improve_trials(budget):
+    """Training runs of the Improving stage: the baseline and every candidate, once per seed."""
+    groups = budget.improve_groups
     if groups == "sipa":
-        return 1 + 9  # the baseline and SIPA's candidates, about
-    return 1 + sum(len(candidates) for _, candidates in groups)
+        from tfgated.improve import SIPA_GROUPS
+
+        groups = SIPA_GROUPS
+    return (1 + sum(len(candidates) for _, candidates in groups)) * max(1, budget.improve_seeds)
+
+
+def _exit_prune_epochs(budget):
+    """Fine-tuning epochs of the exit-path pruning rounds (0 without ``exit_prune``)."""
+    if not budget.exit_prune:
+        return 0
+    return len(budget.exit_prune["schedule"]) * budget.exit_prune["epochs"]
 
 
 def estimate_seconds(stage, budget, num_train=FASHION_MNIST_TRAIN, num_test=FASHION_MNIST_TEST):
@@ -58,10 +69,10 @@ def estimate_seconds(stage, budget, num_train=FASHION_MNIST_TRAIN, num_test=FASH
     search_images = search_total * (1.0 - budget.validation_split)
     work = {
         "search": max(1, budget.search_trials) * budget.search_epochs * search_images,
-        "improve": _improve_trials(budget.improve_groups) * budget.improve_epochs * search_images,
+        "improve": _improve_trials(budget) * budget.improve_epochs * search_images,
         "train": budget.train_epochs * images,
         "prune": len(budget.prune_schedule) * budget.prune_epochs * images,
-        "accelerate": budget.exit_epochs * images,
+        "accelerate": (budget.exit_epochs + _exit_prune_epochs(budget)) * images,
         "quantize": test,
         "export": test,
     }[stage]
