@@ -5,7 +5,9 @@ The four styles of the Gumbel paper:
 ``threshold``   each gate on iff its open probability > threshold (default 0.5)
 ``always_on``   every gate on: the dense network
 ``stochastic``  a hard Gumbel sample per gate and call
-``ensemble``    the mean of ``samples`` stochastic passes' softmax outputs
+``ensemble``    ``samples`` stochastic passes combined: by majority vote of their top-1
+                classes (the authors' ``test_inference.py``) or by the mean of their
+                softmax outputs (see :data:`ENSEMBLES`)
 
 :func:`set_inference_style` switches a built model in place (no rebuild, no
 retrace: the style lives in each gate's variables and is saved with the model);
@@ -23,6 +25,42 @@ from tfgated.losses import GateActivationLoss
 
 STYLES = GATE_STYLES + ("ensemble",)
 DEFAULT_ENSEMBLE_SAMPLES = 5
+#: How the ``ensemble`` style combines its passes. ``vote``: each pass votes for its top-1
+#: class (top-5: for its five), the most votes win, ties to the lowest class index, as
+#: ``scipy.stats.mode`` breaks them in the authors' ``test_inference.py``; the paper's
+#: ensemble accuracy, so the default of :func:`tfgated.train.evaluate_model` and
+#: ``python -m tfgated evaluate``. ``mean``: the mean of the passes' softmax outputs, a
+#: probability vector (votes of 5 passes are multiples of 0.2 and tie often), so the
+#: default of :func:`predict`, whose callers use the outputs as probabilities.
+ENSEMBLES = ("vote", "mean")
+
+
+def check_ensemble(ensemble):
+    """Raise ``ValueError`` unless ``ensemble`` is one of :data:`ENSEMBLES`."""
+    if ensemble not in ENSEMBLES:
+        raise ValueError(f"Expected ensemble to be one of {list(ENSEMBLES)}. Received: ensemble={ensemble!r}")
+
+
+def vote_shares(passes, k=1):
+    """Share of ``passes`` (arrays ``(examples, classes)``) whose top-``k`` classes hold
+    each class: ``(examples, classes)``. With ``k=1`` its argmax is the majority vote."""
+    passes = [np.asarray(p) for p in passes]
+    shares = np.zeros(passes[0].shape, dtype="float64")
+    rows = np.arange(shares.shape[0])[:, None]
+    for outputs in passes:
+        top = np.argsort(-outputs, axis=-1, kind="stable")[:, : min(k, shares.shape[-1])]
+        shares[rows, top] += 1.0
+    return shares / len(passes)
+
+
+def combine_passes(passes, ensemble="mean"):
+    """The ``ensemble`` combination of stochastic ``passes``: vote shares (``vote``,
+    :func:`vote_shares`) or the mean of their probabilities (``mean``; outputs that are
+    not already probabilities are passed through a softmax first)."""
+    check_ensemble(ensemble)
+    if ensemble == "vote":
+        return vote_shares(passes)
+    return sum(_as_probabilities(p) for p in passes) / len(passes)
 
 
 def _walk(layer):
@@ -110,17 +148,21 @@ def reset_gate_noise(model, seed=None):
     return model
 
 
-def predict(model, x, style=None, samples=None, batch_size=256, verbose=0, seed=None):
+def predict(model, x, style=None, samples=None, batch_size=256, verbose=0, seed=None, ensemble="mean"):
     """``model.predict`` that honours the ``ensemble`` style.
 
     For ``ensemble`` the model runs ``samples`` times with stochastic gates and
-    the softmax outputs are averaged (outputs that are not already
-    probabilities are passed through a softmax first). With an integer ``seed``
+    the passes are combined by ``ensemble`` (:data:`ENSEMBLES`): ``"mean"`` (the
+    default) averages the softmax outputs (outputs that are not already
+    probabilities are passed through a softmax first); ``"vote"`` returns each
+    class's share of the passes' top-1 votes, whose argmax is the authors'
+    majority vote. With an integer ``seed``
     the gate noise restarts from it first (:func:`reset_gate_noise`): two calls
     with one seed give identical ``stochastic``/``ensemble`` outputs, across
     processes too. Without it every call draws fresh noise.
     """
     check_seed(seed)
+    check_ensemble(ensemble)
     previous = get_inference_style(model)
     if style is not None:
         set_inference_style(model, style, samples=samples)
@@ -130,11 +172,8 @@ def predict(model, x, style=None, samples=None, batch_size=256, verbose=0, seed=
         if get_inference_style(model) != "ensemble":
             return model.predict(x, batch_size=batch_size, verbose=verbose)
         n = samples or getattr(model, "_tfgated_samples", DEFAULT_ENSEMBLE_SAMPLES)
-        total = None
-        for _ in range(n):
-            probs = _as_probabilities(model.predict(x, batch_size=batch_size, verbose=verbose))
-            total = probs if total is None else total + probs
-        return total / n
+        passes = [model.predict(x, batch_size=batch_size, verbose=verbose) for _ in range(n)]
+        return combine_passes(passes, ensemble)
     finally:
         if style is not None and previous not in (None, "mixed"):
             set_inference_style(model, previous)

@@ -344,7 +344,7 @@ def class_labels(dataset):
 
 def _top_k(probs, labels, k):
     k = min(k, probs.shape[-1])
-    top = np.argsort(-probs, axis=-1)[:, :k]
+    top = np.argsort(-probs, axis=-1, kind="stable")[:, :k]
     return float(np.mean(np.any(top == labels[:, None], axis=1)))
 
 
@@ -371,7 +371,7 @@ def _exit_share_metrics(gates, values):
     return dict(zip(names, (float(share) for share in gate_exit_shares(exits))))
 
 
-def evaluate_model(model, dataset, style="threshold", runs=5, samples=5, threshold=None):
+def evaluate_model(model, dataset, style="threshold", runs=5, samples=5, threshold=None, ensemble="vote"):
     """Accuracy, gate activation and measured MACs of ``model`` on ``dataset`` under inference ``style``.
 
     Args:
@@ -379,7 +379,10 @@ def evaluate_model(model, dataset, style="threshold", runs=5, samples=5, thresho
         dataset: batches of ``(images, labels)`` in a fixed order.
         style: an inference style (:data:`tfgated.inference.STYLES`) or None to keep the
             model's own; ``stochastic``/``ensemble`` are repeated ``runs`` times.
-        samples: passes averaged by ``ensemble``.
+        samples: passes of the ``ensemble`` style.
+        ensemble: how ``ensemble`` combines its passes (:data:`tfgated.inference.ENSEMBLES`):
+            ``"vote"`` (the default: the paper's ensemble accuracy, a majority vote of the
+            passes' top-1, and of their top-5 lists for top-5) or ``"mean"`` (the mean softmax).
 
     Returns:
         A dict with ``top1``, ``top5``, ``gate_activation`` (fraction of gate
@@ -394,8 +397,9 @@ def evaluate_model(model, dataset, style="threshold", runs=5, samples=5, thresho
     import keras
 
     from tfgated.complexity import expected_macs
-    from tfgated.inference import STYLES, gate_layers, set_inference_style
+    from tfgated.inference import STYLES, check_ensemble, gate_layers, set_inference_style, vote_shares
 
+    check_ensemble(ensemble)
     gates = gate_layers(model)
     if style is not None and style not in STYLES:
         raise ValueError(f"Unknown inference style {style!r}. Expected one of {list(STYLES)} or None.")
@@ -409,16 +413,19 @@ def evaluate_model(model, dataset, style="threshold", runs=5, samples=5, thresho
 
     per_run = []
     for _ in range(repeats):
-        prob_sum, values = 0.0, {g.name: [] for g in gates}
+        predictions, values = [], {g.name: [] for g in gates}
         for _ in range(passes):
             outputs = probe.predict(dataset, verbose=0)
             if not gates:
                 outputs = [outputs]
-            prob_sum = prob_sum + np.asarray(outputs[0], dtype="float64")
+            predictions.append(np.asarray(outputs[0], dtype="float64"))
             for gate, v in zip(gates, outputs[1:]):
                 values[gate.name].append(np.asarray(v, dtype="float64"))
-        probs = prob_sum / passes
-        row = {"top1": _top_k(probs, labels, 1), "top5": _top_k(probs, labels, 5)}
+        if passes > 1 and ensemble == "vote":  # ties go to the lowest class, as scipy.stats.mode
+            top1_scores, top5_scores = vote_shares(predictions), vote_shares(predictions, 5)
+        else:
+            top1_scores = top5_scores = np.mean(predictions, axis=0)
+        row = {"top1": _top_k(top1_scores, labels, 1), "top5": _top_k(top5_scores, labels, 5)}
         if gates:
             stacked = {k: np.concatenate(v) for k, v in values.items()}
             opened = _open_values(gates, stacked)
@@ -434,6 +441,7 @@ def evaluate_model(model, dataset, style="threshold", runs=5, samples=5, thresho
     result = {"mode": style if gates else None, "examples": int(len(labels)), "runs": repeats}
     if passes > 1:
         result["samples"] = passes
+        result["ensemble"] = ensemble
     for key in per_run[0]:
         vals = np.array([r[key] for r in per_run], dtype="float64")
         result[key] = float(vals.mean()) if key != "dense_macs" else int(vals[0])

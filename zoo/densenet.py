@@ -28,6 +28,7 @@ import keras
 import tfgated
 from tfgated.exits import DEFAULT_EXIT_PROBABILITY, EarlyExitCombine, ExitGate, ExitReach
 from tfgated.gate_settings import GateSettings
+from tfgated.zoo import papers
 from tfgated.zoo.inputs import pixel_preprocessing
 from tfgated.zoo.registry import make_options, register_family
 
@@ -218,11 +219,6 @@ def _recipe(epochs, batch_size, learning_rate, **extra):
     }
 
 
-_SUPPLEMENT = {
-    "source": "Herrmann, Bowen, Zabih: Channel selection using Gumbel Softmax, ECCV 2020, supplement",
-    "table": "Section 1.2, Additional early exit details (DenseNet on CIFAR-10)",
-    "numbers": {},
-}
 
 PRESETS = {
     "gumbel_densenet_cifar10_exit": {
@@ -237,13 +233,12 @@ PRESETS = {
             schedule={"kind": "piecewise", "boundaries_epochs": [150, 225], "factor": 0.1},
         ),
         "weights": None,
-        "paper": _SUPPLEMENT,
+        "paper": papers.DENSENET_CIFAR10_EXIT,
         "description": (
             "DenseNet-BC-100 (k=12) for CIFAR-10 with an intermediate classifier and a Gumbel exit "
             "gate (3x3 conv to 128 channels, BN, ReLU, 4x4 average pool, linear) after dense blocks "
             "1 and 2; the routed output is trained end to end, the PB activation loss pulls the "
-            "average share of post-exit blocks run to t=0.5. The supplement's numbers were not "
-            "available to us, so paper.numbers is empty."
+            "average share of post-exit blocks run to t=0.5."
         ),
         "test_input_shape": [32, 32, 3],
     },
@@ -266,11 +261,7 @@ PRESETS = {
         "num_classes": 10,
         "recipe": _recipe(epochs=30, batch_size=128, learning_rate=0.1),
         "weights": None,
-        "paper": {
-            "source": "Fashion-MNIST benchmark table (zalandoresearch/fashion-mnist README)",
-            "table": "Benchmark: DenseNet-BC 768K",
-            "numbers": {"accuracy": 0.954},
-        },
+        "paper": papers.FASHION_DENSENET,
         "description": (
             "A small DenseNet-BC (3 blocks of 3 layers, k=8) for 28x28x1 images with Gumbel early "
             "exits after blocks 1 and 2 (exit gate network narrowed to 32 channels and pooled 4x4 "

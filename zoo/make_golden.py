@@ -181,15 +181,52 @@ def render_card(name, entry):
         "```",
         "",
     ]
-    paper = preset.get("paper")
-    if paper:
-        lines += ["## Paper", "", f"Source: {paper.get('source', '-')}", "", f"Table: {paper.get('table', '-')}", ""]
-        numbers = paper.get("numbers") or {}
-        if numbers:
-            lines += ["| quantity | value |", "|---|---|"]
-            lines += [f"| {key} | {value} |" for key, value in numbers.items()]
-            lines.append("")
+    lines += paper_section(preset, entry)
     return "\n".join(lines)
+
+
+def _shown(value):
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return str(value)
+    return f"{value:,}" if isinstance(value, int) else f"{value:.6g}"
+
+
+def measured_value(preset, entry, field):
+    """The measured counterpart ``field`` of a paper number: from the golden ``entry``
+    (counts) or the shipped weights' measurement (accuracy, score); None if neither has it."""
+    if field in entry:
+        return entry[field]
+    return ((preset.get("weights") or {}).get("measured") or {}).get(field)
+
+
+def paper_section(preset, entry):
+    """The card's "Paper" section: the paper's numbers (:mod:`tfgated.zoo.papers`) beside
+    the numbers measured here."""
+    paper = preset.get("paper")
+    if not paper:
+        return []
+    lines = ["## Paper", "", f"Source: {paper.get('source', '-')}", "", f"Where: {paper.get('table', '-')}", ""]
+    numbers = paper.get("numbers") or {}
+    measured = paper.get("measured") or {}
+    if numbers:
+        lines += [
+            "Published values (accuracies and shares as fractions; a range or a word as written); beside each, the same "
+            "quantity measured here where there is one (`-`: none measured here).",
+            "",
+            "| quantity | paper | measured here |",
+            "|---|---|---|",
+        ]
+        for key, value in numbers.items():
+            field = measured.get(key)
+            here = None if field is None else measured_value(preset, entry, field)
+            shown = "-" if here is None else f"{_shown(here)} (`{field}`)"
+            lines.append(f"| {key} | {value} | {shown} |")
+        lines.append("")
+    else:
+        lines += ["No published number for this preset is transcribed.", ""]
+    if paper.get("note"):
+        lines += [paper["note"], ""]
+    return lines
 
 
 def generate(pattern="*"):

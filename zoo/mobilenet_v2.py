@@ -34,6 +34,7 @@ import keras
 
 import tfgated
 from tfgated.gate_settings import GateSettings
+from tfgated.zoo import papers
 from tfgated.zoo.inputs import pixel_preprocessing
 from tfgated.zoo.registry import register_family
 
@@ -333,11 +334,7 @@ def _recipe(epochs, batch_size, learning_rate, optimizer="sgd", **extra):
     }
 
 
-_PAPER = {
-    "source": "Herrmann, Bowen, Zabih: Channel selection using Gumbel Softmax, ECCV 2020, supplement",
-    "table": "Supplement section 1.1, MobileNetV2 gate granularity table",
-    "numbers": {},
-}
+_PAPER = papers.GUMBEL_MOBILENET_V2
 
 
 def _imagenet_preset(kind, loss, target):
@@ -388,11 +385,7 @@ PRESETS = {
         "num_classes": 1000,
         "recipe": _recipe(epochs=300, batch_size=256, learning_rate=0.045),
         "weights": None,
-        "paper": {
-            "source": "Sandler et al.: MobileNetV2, CVPR 2018 (the Gumbel paper's dense baseline)",
-            "table": "Table 4",
-            "numbers": {"top1": 0.72, "params": 3_400_000, "madds": 300_000_000},
-        },
+        "paper": papers.MOBILENET_V2_IMAGENET,
         "description": (
             "Dense MobileNetV2 (alpha 1.0), layer for layer keras.applications.MobileNetV2: "
             "3,538,984 parameters."
@@ -410,11 +403,7 @@ PRESETS = {
         "gates": None,
         **_FASHION_DATA,
         "weights": None,
-        "paper": {
-            "source": "Fashion-MNIST benchmark table (zalandoresearch/fashion-mnist README)",
-            "table": "Benchmark: MobileNet",
-            "numbers": {"accuracy": 0.950},
-        },
+        "paper": papers.FASHION_MOBILENET,
         "description": (
             "Narrow dense MobileNetV2 for 28x28x1 images: stride-1 stem of 16 channels, 7 blocks "
             "(8/16/24/32 channels, three stride-2 stages), 128-channel head."

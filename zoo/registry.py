@@ -41,7 +41,7 @@ A *family module* (``zoo/sipa.py``, ``zoo/resnet.py``, ``zoo/mobilenet_v2.py``,
                      "batch_size": 128, ...},     # tfgated.recipes.Recipe.from_preset vocabulary
           "weights": None or {"file": "NAME.weights.h5",  # under zoo/weights/
                               "sha256": "...", "url": optional},
-          "paper": {"source": "...", "table": "...", "numbers": {...}},
+          "paper": {"source": "...", "table": "...", "numbers": {...}},  # tfgated.zoo.papers
           "description": "one paragraph",
           "test_input_shape": optional smaller input for the zoo tests,
       }

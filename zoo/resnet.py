@@ -59,6 +59,7 @@ from keras import layers
 
 import tfgated
 from tfgated.gate_settings import GateSettings
+from tfgated.zoo import papers
 from tfgated.zoo.pretrained import load_keras_applications_weights  # noqa: F401  (part of this family's API)
 from tfgated.zoo.inputs import pixel_preprocessing
 from tfgated.zoo.registry import register_family
@@ -334,8 +335,6 @@ def resnet101(num_classes=1000, input_shape=(224, 224, 3), gates=None, name=None
 
 # -- presets ------------------------------------------------------------------------------------
 
-_GUMBEL_PAPER = "Herrmann, Bowen, Zabih: Channel selection using Gumbel Softmax, ECCV 2020"
-_GUMBEL_SUPPLEMENT = _GUMBEL_PAPER + " (supplement)"
 _KIND_TAGS = {"ind": "independent", "dep": "dependent"}
 _LOSS_TAGS = {"pb": "per_batch", "pg": "per_gate"}
 _KIND_WORDS = {
@@ -443,12 +442,7 @@ def _cifar_presets():
     arch110 = {"depth": 110, "widths": [16, 32, 64]}
     presets["resnet110_cifar10"] = _preset(
         CIFAR_FAMILY, arch110, None, "cifar10", (32, 32, 3), 10, _CIFAR_RECIPE,
-        {
-            "source": "He, Zhang, Ren, Sun: Deep Residual Learning for Image Recognition, CVPR 2016",
-            "table": "Table 6 (CIFAR-10)",
-            "numbers": {"test_error_best": 6.43, "test_error_mean": 6.61, "test_error_std": 0.16, "params_m": 1.7},
-            "note": "He et al. use option-A (zero-padding) shortcuts; ours are option B (1x1 conv + BN).",
-        },
+        papers.RESNET110_CIFAR10,
         "Dense ResNet-110 for CIFAR-10 (n=18 basic blocks per stage, 16/32/64 channels, option-B "
         "projection shortcuts on the two downsampling blocks): the ungated baseline of the Gumbel "
         "paper's CIFAR experiments.",
@@ -457,12 +451,7 @@ def _cifar_presets():
         for target in (0.4, 0.5, 0.6):
             presets[f"gumbel_resnet110_cifar10_{kind}_{loss}_t{target}"] = _preset(
                 CIFAR_FAMILY, arch110, _gates(kind, loss, target), "cifar10", (32, 32, 3), 10, _CIFAR_RECIPE,
-                {
-                    "source": _GUMBEL_SUPPLEMENT,
-                    "table": "Table 2 (CIFAR-10, ResNet-110)",
-                    "numbers": {},
-                    "note": "Numbers not transcribed here: see supplement Table 2.",
-                },
+                papers.gumbel_resnet110(_KIND_TAGS[kind], target),
                 f"ResNet-110 on CIFAR-10 with a Gumbel layer gate on each of the 52 shape-keeping "
                 f"residual blocks (the 2 downsampling blocks stay ungated), {_KIND_WORDS[kind]}, "
                 f"{_LOSS_WORDS[loss]}, target rate t={target}.",
@@ -473,15 +462,10 @@ def _cifar_presets():
 def _imagenet_presets():
     """ImageNet ResNet-50 / ResNet-101, dense and gated."""
     presets = {}
-    app_numbers = {50: {"top1": 0.749, "top5": 0.921}, 101: {"top1": 0.764, "top5": 0.928}}
     for depth in (50, 101):
         presets[f"resnet{depth}_imagenet"] = _preset(
             IMAGENET_FAMILY, {"depth": depth}, None, "imagenet2012", (224, 224, 3), 1000, _IMAGENET_RECIPE,
-            {
-                "source": "keras.applications ResNet%d ImageNet weights (keras.io/api/applications)" % depth,
-                "table": "keras.io applications table",
-                "numbers": dict(app_numbers[depth]),
-            },
+            papers.keras_applications_resnet(depth),
             f"Dense ResNet-{depth} v1, layer for layer and name for name keras.applications.ResNet{depth}; "
             "fill it with load_keras_applications_weights.",
             test_shape=(64, 64, 3),
@@ -498,15 +482,7 @@ def _imagenet_presets():
         gates = _gates(kind, loss, target, level=level)
         return _preset(
             IMAGENET_FAMILY, {"depth": depth}, gates, "imagenet2012", (224, 224, 3), 1000, _IMAGENET_RECIPE,
-            {
-                "source": _GUMBEL_PAPER if level == "layer" else _GUMBEL_SUPPLEMENT,
-                "table": "ImageNet ResNet results (main paper)" if level == "layer" else "Sec. 1.1 granularity",
-                "numbers": {},
-                "note": (
-                    "Per-configuration numbers not transcribed here; the abstract reports 45-52% less "
-                    "computation for ImageNet ResNets."
-                ),
-            },
+            papers.gumbel_imagenet_resnet(depth, level),
             f"ResNet-{depth} v1 on ImageNet with {what}, {_KIND_WORDS[kind]}, {_LOSS_WORDS[loss]}, "
             f"target rate t={target}. Every keras.applications layer keeps its name, so the ImageNet "
             "weights load with load_keras_applications_weights.",
@@ -526,12 +502,7 @@ def _imagenet_presets():
 def _fashion_presets():
     """Fashion-MNIST (small, for the 2-core benchmark)."""
     presets = {}
-    fashion_paper = {
-        "source": "Fashion-MNIST benchmark table (zalandoresearch/fashion-mnist)",
-        "table": "benchmark",
-        "numbers": {"two_conv_under_100k_params_accuracy": 0.925},
-        "note": "Reference point only; the Gumbel paper has no Fashion-MNIST results.",
-    }
+    fashion_paper = papers.FASHION_RESNET
     presets["resnet_fashion_mnist"] = _preset(
         CIFAR_FAMILY, _FASHION_ARCH, None, "fashion_mnist", (28, 28, 1), 10, _FASHION_RECIPE, fashion_paper,
         "Dense baseline of the Fashion-MNIST gated ResNets. " + _FASHION_WHY,

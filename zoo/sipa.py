@@ -64,6 +64,7 @@ from tfgated.blocks import decode_block
 from tfgated.gate_settings import GateSettings
 from tfgated.losses import GateActivationLoss
 from tfgated.models import ACTIVATION_LOSS_NAME
+from tfgated.zoo import papers
 from tfgated.zoo.inputs import pixel_preprocessing
 from tfgated.zoo.registry import make_options, register_family
 
@@ -401,8 +402,9 @@ convolution and dense weights plus biases with BatchNorm folded away: 470,776 fo
 (convolutions, SE, swish, pooling, upsampling, residual additions): 60,456,692 multiplications +
 57,132,604 additions = 117,589,296 per 32x32 image at 32 bits before pruning, with a 63x63 upsampled
 input. Scored at 16-bit parameters and inputs with 32-bit accumulators (multiplications count half),
-this gives the paper's Table 1 entry of about 0.24M parameters and 0.09B operations (the README's
-scores: parameter storage 0.006449, math operations 0.008328 of WideResNet-28-10's 36.5M / 10.49B).
+the README scores the unpruned network at parameter storage 0.006534 and math operations 0.008447
+(fractions of WideResNet-28-10's 36.5M / 10.49B), 0.014981 in all; the final entry (64% pruned, exit
+pruned to 50%) scores 0.005798 at 80.04% top-1.
 `tfgated.micronet.micronet_score(model, bits)` computes that score; the MACs above count only the
 multiply-accumulates of convolutions and dense layers, so they are smaller than the MicroNet count.
 
@@ -416,23 +418,6 @@ ghost BatchNorm (4 splits); TensorFlow's nearest-neighbour pixel convention.
 
 # -- presets -----------------------------------------------------------------------
 
-_PAPER = {
-    "source": "Lee, Bae, Oh, Yun: SIPA: A Simple Framework for Efficient Networks (MicroNet Challenge 2019, "
-    "CIFAR-100 track); reference code github.com/Lee-Gihun/MicroNet_OSI-AI",
-    "table": "Table 1 (16-bit MicroNet scoring) and the reference README's scoring table (32-bit counts)",
-    "numbers": {
-        "params_32bit_reference": 470776,
-        "math_ops_32bit_reference": 117589296,
-        "mults_32bit_reference": 60456692,
-        "adds_32bit_reference": 57132604,
-        "exit_head_params_reference": 20660,
-        "exit_head_math_ops_reference": 3314000,
-        "table1_params_millions_16bit": 0.238,
-        "table1_math_ops_billions_16bit": 0.089,
-        "cifar100_top1_final": 0.8003,
-        "micronet_score_final": 0.005784,
-    },
-}
 _CIFAR_RECIPE = {
     "optimizer": "sgd",
     "learning_rate": 0.13,
@@ -473,7 +458,7 @@ def _fashion_preset(description, recipe=_FASHION_RECIPE, gates=None):
         "num_classes": 10,
         "recipe": recipe,
         "weights": None,
-        "paper": _PAPER,
+        "paper": papers.SIPA_FASHION,
         "description": description,
     }
 
@@ -488,7 +473,7 @@ PRESETS = {
         "num_classes": 100,
         "recipe": _CIFAR_RECIPE,
         "weights": None,
-        "paper": _PAPER,
+        "paper": papers.SIPA_CIFAR100,
         "description": (
             "SIPA's searched EfficientNet-style network for CIFAR-100 (MicroNet Challenge 2019): "
             "10 MBConv blocks with squeeze-and-excitation and swish, width 0.9, depth 1.0, input "
@@ -509,7 +494,7 @@ PRESETS = {
                      "freeze_backbone": True},
         },
         "weights": None,
-        "paper": _PAPER,
+        "paper": papers.SIPA_CIFAR100_EXIT,
         "description": (
             "sipa_cifar100 with SIPA's early-exit head after MBConv block 4 (the fifth): depthwise 3x3, "
             "1x1 conv to 136 channels, pooling, classifier (20,660 parameters without BatchNorm). "

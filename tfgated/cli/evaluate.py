@@ -17,7 +17,7 @@ import os
 import sys
 
 from tfgated.cli.common import add_debug_flag, add_style_argument, positive_int, run_command
-from tfgated.inference import STYLES
+from tfgated.inference import ENSEMBLES, STYLES
 
 __all__ = ["build_parser", "main"]
 
@@ -39,6 +39,9 @@ def build_parser():
     add_style_argument(p, STYLES, default="threshold", help="inference style of the gates (default: threshold)")
     p.add_argument("--threshold", type=float, default=None)
     p.add_argument("--samples", type=positive_int, default=5, help="passes of the ensemble style")
+    p.add_argument("--ensemble", choices=ENSEMBLES, default="vote",
+                   help="how the ensemble style combines its passes: vote (majority of their top-1, the "
+                        "paper's; default) or mean (their mean softmax)")
     p.add_argument("--runs", type=positive_int, default=5, help="repetitions of stochastic/ensemble")
     p.add_argument("--bn-recalibrate", action="store_true", help="re-estimate BN statistics under --style first")
     p.add_argument("--recalibrate-batches", type=positive_int, default=20)
@@ -115,7 +118,8 @@ def _evaluate(args):
             model, splits.train, style=args.style if gate_layers(model) else None,
             batches=args.recalibrate_batches, samples=args.samples,
         )
-    result = evaluate_model(model, data, style=args.style, runs=args.runs, samples=args.samples, threshold=args.threshold)
+    result = evaluate_model(model, data, style=args.style, runs=args.runs, samples=args.samples, threshold=args.threshold,
+                            ensemble=args.ensemble)
     result.update({"model": args.model, "dataset": dataset, "split": args.split, "bn_recalibrated_batches": recalibrated})
     print(json.dumps(result, indent=2, sort_keys=True, default=json_default))
     if args.json:
