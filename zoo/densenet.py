@@ -102,8 +102,8 @@ def _exit_settings(gates):
             "Expected gates['kind'] to be 'dependent': an exit gate decides per example. "
             f"Received: kind={gates['kind']!r}"
         )
-    if "granularity" in gates or "hidden_units" in gates:
-        bad = sorted({"granularity", "hidden_units"} & set(gates))
+    if {"granularity", "hidden_units", "per_gate_hidden"} & set(gates):
+        bad = sorted({"granularity", "hidden_units", "per_gate_hidden"} & set(gates))
         raise ValueError(
             f"Exit gates take no {bad}: their network is set by exit_filters and exit_pool_size. "
             f"Received: gates={gates}"

@@ -50,8 +50,9 @@ keras.applications model for ImageNet) or a dict::
      "target": 0.5, "weight": 1.0,               # activation loss target rate and weight
      "level": "layer" | "channel",               # imagenet only; default "layer"
      "granularity": [16, 32, 64, 128],           # channel level: expansion filters per gate per stage
-     "temperature", "open_probability", "hidden_units", "threshold", "gradient_scale",
-     "inference_style", "seed"}                  # passed to every GumbelGate
+     "target_measure": "gates" | "macs",         # target a fraction of the gates or of the gated MACs
+     "temperature", "open_probability", "hidden_units", "per_gate_hidden", "threshold",
+     "gradient_scale", "inference_style", "seed"}  # passed to every GumbelGate
 
 The common keys are checked by :class:`tfgated.gate_settings.GateSettings`. Presets
 (:data:`PRESETS`) are plain data; see each preset's ``description`` and ``paper``.
@@ -526,9 +527,14 @@ def _imagenet_presets():
             "projection blocks the projection shortcut always runs and the branch is gated)"
             if level == "layer"
             else "Gumbel channel gates in every bottleneck (16/32/64/128 filters per gate on the "
-            "expansion output, half that on the two contraction-width outputs)"
+            "expansion output, half that on the two contraction-width outputs; the target is a "
+            "fraction of the gated MACs, dependent gates have per-gate hidden units)"
         )
         gates = _gates(kind, loss, target, level=level)
+        if level == "channel":  # the paper's form: a target fraction of the gated MACs, per-gate hidden units
+            gates["target_measure"] = "macs"
+            if kind == "dep":
+                gates["per_gate_hidden"] = True
         return _preset(
             IMAGENET_FAMILY, {"depth": depth}, gates, "imagenet2012", (224, 224, 3), 1000, _IMAGENET_RECIPE,
             {
