@@ -93,14 +93,11 @@ def per_gate_loss(gates, target, gate_weights=None):
 
 
 def _checked_gate_weights(gate_weights):
-    if gate_weights is None:
-        return None
-    gate_weights = [float(w) for w in gate_weights]
-    if any(w < 0 for w in gate_weights) or sum(gate_weights) <= 0:
-        raise ValueError(
-            f"Expected non-negative gate_weights with a positive sum. Received: gate_weights={gate_weights}"
-        )
-    return gate_weights
+    """``gate_weights`` as floats (None stays None); a ValueError unless non-negative with a positive sum."""
+    weights = None if gate_weights is None else [float(w) for w in gate_weights]
+    if weights is not None and (min(weights, default=0.0) < 0 or sum(weights) <= 0):
+        raise ValueError(f"Expected non-negative gate_weights with a positive sum. Received: gate_weights={weights}")
+    return weights
 
 
 @keras.saving.register_keras_serializable(package="tfgated")
