@@ -188,7 +188,9 @@ class GumbelGate(keras.layers.Layer):
         self.open_probability = float(open_probability)
         self.hidden_units = hidden_units
         if not isinstance(per_gate_hidden, bool):
-            raise ValueError(f"Expected per_gate_hidden to be True or False. Received: per_gate_hidden={per_gate_hidden!r}")
+            raise ValueError(
+                f"Expected per_gate_hidden to be True or False. Received: per_gate_hidden={per_gate_hidden!r}"
+            )
         self.per_gate_hidden = per_gate_hidden
         self.force_open = bool(force_open)
         self.threshold = float(threshold)
@@ -214,7 +216,9 @@ class GumbelGate(keras.layers.Layer):
             "bias_initializer": keras.initializers.Constant(_logit(open_probability)),
         }
         if self.per_gate_hidden:  # gate g reads only its own hidden units: kernel (units, hidden_units)
-            return keras.layers.EinsumDense("bgh,gh->bg", output_shape=(units,), bias_axes="g", name="head", **initializers)
+            return keras.layers.EinsumDense(
+                "bgh,gh->bg", output_shape=(units,), bias_axes="g", name="head", **initializers
+            )
         return keras.layers.Dense(units, name="head", **initializers)
 
     def build(self, input_shape):
@@ -232,7 +236,8 @@ class GumbelGate(keras.layers.Layer):
             channels = input_shape[-1]
             self.hidden.build((None, channels))
             self.norm.build((None, self.hidden_width))
-            self.head.build((None, self.units, self.hidden_units) if self.per_gate_hidden else (None, self.hidden_units))
+            per_gate = (None, self.units, self.hidden_units)
+            self.head.build(per_gate if self.per_gate_hidden else (None, self.hidden_units))
         self.build_style_variables()
 
     def build_style_variables(self):

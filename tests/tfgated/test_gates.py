@@ -398,7 +398,8 @@ def test_per_gate_hidden_units_give_each_gate_its_own_network(tmp_path):
     np.testing.assert_allclose(tfgated.complexity.layer_macs(own, [(None, 4, 4, 6)], [(None, 3)]), 6 * 12 + 12)
     clone = GumbelGate.from_config(own.get_config())
     assert clone.per_gate_hidden is True
-    assert GumbelGate.from_config({k: v for k, v in shared.get_config().items() if k != "per_gate_hidden"}).per_gate_hidden is False
+    saved_before = {k: v for k, v in shared.get_config().items() if k != "per_gate_hidden"}
+    assert GumbelGate.from_config(saved_before).per_gate_hidden is False
     with pytest.raises(ValueError, match="per_gate_hidden"):
         GumbelGate(2, kind="dependent", per_gate_hidden="yes")
 

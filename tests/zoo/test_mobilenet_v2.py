@@ -177,7 +177,8 @@ def test_input_gates_gate_the_branch_input_and_leave_the_shortcut():
     for name in ("block_2_input_gate", "block_2_expand_gate", "block_2_project_gate"):
         gates[name].logits.assign(np.full(gates[name].units, -30.0, "float32"))
     x = np.random.default_rng(0).uniform(0, 1, (2, 28, 28, 1)).astype("float32")
-    probe = keras.Model(model.input, [model.get_layer("block_1_project_mask").output, model.get_layer("block_2_add").output])
+    outputs = [model.get_layer("block_1_project_mask").output, model.get_layer("block_2_add").output]
+    probe = keras.Model(model.input, outputs)
     block_input, block_output = (np.asarray(t) for t in probe(x))
     np.testing.assert_allclose(block_output, block_input, atol=1e-6)
     # Only the input gates: the block's input mask zeroes the expansion's input.

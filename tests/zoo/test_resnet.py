@@ -229,7 +229,8 @@ def test_resnet110_gates_every_block():
 def test_downsampling_block_gate_skips_the_branch_only():
     """``relu(proj(x) + z * branch(x))``: a closed gate leaves the projection shortcut."""
     model = R.cifar_resnet(input_shape=(8, 8, 2), depth=8, widths=(2, 4, 4), gates={"kind": "independent"})
-    assert [g.name for g in tfgated.gate_layers(model)] == ["stage1_block1_gate", "stage2_block1_gate", "stage3_block1_gate"]
+    names = [g.name for g in tfgated.gate_layers(model)]
+    assert names == ["stage1_block1_gate", "stage2_block1_gate", "stage3_block1_gate"]
     x = np.random.default_rng(3).normal(size=(2, 8, 8, 2)).astype("float32")
     for gate in tfgated.gate_layers(model):
         gate.logits.assign(np.full(gate.logits.shape, -20.0, "float32"))

@@ -93,7 +93,8 @@ class ExitGate(GumbelGate):
         **kwargs: ``temperature``, ``threshold``, ``inference_style``, ``seed``,
             ``gradient_scale`` and the Keras layer arguments, as for
             :class:`~tfgated.gates.GumbelGate` (``units``, ``kind``, ``hidden_units``,
-            ``per_gate_hidden`` and ``force_open`` are fixed by this class: one decision, its own network).
+            ``per_gate_hidden`` and ``force_open`` are fixed by this class: one decision,
+            its own network).
 
     Call arguments:
         inputs: feature map ``(batch, height, width, channels)``.
@@ -109,7 +110,9 @@ class ExitGate(GumbelGate):
 
     #: What :meth:`get_config` saves: the shared :class:`GumbelGate` settings and this class's own.
     CONFIG_ARGUMENTS = tuple(
-        name for name in GumbelGate.CONFIG_ARGUMENTS if name not in ("units", "kind", "hidden_units", "per_gate_hidden", "force_open")
+        name
+        for name in GumbelGate.CONFIG_ARGUMENTS
+        if name not in ("units", "kind", "hidden_units", "per_gate_hidden", "force_open")
     ) + ("filters", "pool_size", "pool_first", "convolutions", "activation")
 
     #: What a config saved before ``convolutions``/``activation`` existed meant (read by
