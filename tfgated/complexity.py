@@ -123,7 +123,7 @@ def layer_macs(layer, input_shapes, output_shapes, name=None):
         return int(layer.compute_macs(_known(input_shapes[0], name, "MACs")))
     if isinstance(layer, GumbelGate) and layer.kind == "dependent":
         channels = input_shapes[0][-1]
-        return channels * layer.hidden_units + layer.hidden_units * layer.units
+        return channels * layer.hidden_width + layer.hidden_units * layer.units
     return 0
 
 

@@ -6,7 +6,13 @@ A zoo preset's ``"gates"`` entry is plain data::
      "loss_kind": "per_batch" | "per_gate",      # activation loss, PB or PG (tfgated.losses.LOSS_KINDS)
      "target": 0.5, "weight": 1.0,               # activation loss target rate and weight
      "granularity": ...,                         # family-specific: channels per gate
-     "temperature", "open_probability", "hidden_units", "threshold", "seed", "gradient_scale"}
+     "target_measure": "gates" | "macs",         # what the target is a fraction of (default "gates")
+     "temperature", "open_probability", "hidden_units", "per_gate_hidden", "threshold", "seed",
+     "gradient_scale"}
+
+``target_measure="macs"`` makes the activation loss a weighted mean, each gate weighted
+by the MACs it controls (:func:`tfgated.complexity.gate_mac_weights`), so the target is
+a fraction of the gated MACs, as in the Gumbel authors' channel-gating code.
 
 :meth:`GateSettings.from_config` checks it once, against the mechanism's own
 vocabularies, and fills the defaults; builders read the attributes and pass
@@ -28,9 +34,13 @@ from tfgated.gates import check_kind
 from tfgated.losses import check_loss_kind, check_target, check_weight
 
 #: :class:`tfgated.GumbelGate` keyword arguments a gate-settings dict may carry.
-GATE_LAYER_ARGS = ("temperature", "open_probability", "hidden_units", "threshold", "seed", "gradient_scale")
+GATE_LAYER_ARGS = (
+    "temperature", "open_probability", "hidden_units", "per_gate_hidden", "threshold", "seed", "gradient_scale"
+)
 #: The keys every family understands.
-SETTING_KEYS = ("kind", "loss_kind", "target", "weight", "granularity", *GATE_LAYER_ARGS)
+SETTING_KEYS = ("kind", "loss_kind", "target", "weight", "target_measure", "granularity", *GATE_LAYER_ARGS)
+#: What the activation target is a fraction of: the gates, or the MACs they control.
+TARGET_MEASURES = ("gates", "macs")
 #: Older spellings, read from saved preset files and run configs: ``{old: new}``.
 LEGACY_KEYS = {"loss": "loss_kind"}
 
@@ -44,6 +54,8 @@ class GateSettings:
         loss_kind: ``"per_batch"`` (PB) or ``"per_gate"`` (PG) activation loss.
         target: target activation rate in [0, 1].
         weight: activation loss weight (>= 0).
+        target_measure: ``"gates"`` (the target is a fraction of the gates) or ``"macs"``
+            (of the gated MACs).
         granularity: channels per gate (family-specific: an int, a per-stage list, or None).
         gate_kwargs: :class:`tfgated.GumbelGate` keyword arguments (:data:`GATE_LAYER_ARGS`).
         extra: family-specific keys (e.g. the ResNets' ``level``), unchanged.
@@ -53,6 +65,7 @@ class GateSettings:
     loss_kind: str = "per_batch"
     target: float = 0.5
     weight: float = 1.0
+    target_measure: str = "gates"
     granularity: Any = None
     gate_kwargs: dict = dataclasses.field(default_factory=dict)
     extra: dict = dataclasses.field(default_factory=dict)
@@ -62,6 +75,10 @@ class GateSettings:
         check_loss_kind(self.loss_kind)
         check_target(self.target)
         check_weight(self.weight)
+        if self.target_measure not in TARGET_MEASURES:
+            raise ValueError(
+                f"Expected target_measure in {list(TARGET_MEASURES)}. Received: target_measure={self.target_measure!r}"
+            )
         unknown = sorted(set(self.gate_kwargs) - set(GATE_LAYER_ARGS))
         if unknown:
             raise ValueError(f"Unknown gate arguments {unknown}. Expected keys among {list(GATE_LAYER_ARGS)}.")
@@ -94,7 +111,9 @@ class GateSettings:
                 raise ValueError(
                     f"Unknown gate settings {unknown}. Expected keys among {[*SETTING_KEYS, *extra_keys]}."
                 )
-        common = {key: config[key] for key in ("kind", "loss_kind", "target", "weight") if key in config}
+        common = {
+            key: config[key] for key in ("kind", "loss_kind", "target", "weight", "target_measure") if key in config
+        }
         return cls(
             **common,
             granularity=config.get("granularity", default_granularity),
@@ -105,10 +124,15 @@ class GateSettings:
     def to_config(self):
         """The plain-data form (a preset's ``gates`` entry)."""
         config = {"kind": self.kind, "loss_kind": self.loss_kind, "target": self.target, "weight": self.weight}
+        if self.target_measure != "gates":
+            config["target_measure"] = self.target_measure
         if self.granularity is not None:
             config["granularity"] = self.granularity
         return {**config, **self.gate_kwargs, **self.extra}
 
     def loss_arguments(self):
         """Keyword arguments of :func:`tfgated.gated_model` / :class:`tfgated.losses.GateActivationLoss`."""
-        return {"target": self.target, "weight": self.weight, "loss_kind": self.loss_kind}
+        arguments = {"target": self.target, "weight": self.weight, "loss_kind": self.loss_kind}
+        if self.target_measure == "macs":
+            arguments["gate_weights"] = "macs"
+        return arguments

@@ -6,7 +6,10 @@ A gate decides; an apply layer acts on the decision:
   shape ``(batch, units)``. ``kind="independent"`` keeps one trainable logit per
   gate ("Ind", learned pruning); ``kind="dependent"`` computes the logits with a
   small gate network on the context (global average pool, dense, batch norm,
-  ReLU, dense), as in ConvNet-AIG ("Dep", conditional computation).
+  ReLU, dense), as in ConvNet-AIG ("Dep", conditional computation). The hidden
+  layer is shared by the layer's gates, or with ``per_gate_hidden=True`` each
+  gate has ``hidden_units`` of its own, as in the Gumbel paper's code (one
+  16-unit hidden layer and batch norm per gate).
 * :class:`ChannelMask` multiplies groups of ``granularity`` channels of a
   feature map by the gate values.
 * :class:`GatedResidual` computes ``shortcut + z * branch`` (layer gating).
@@ -102,7 +105,14 @@ class GumbelGate(keras.layers.Layer):
         open_probability: initial probability that a gate is open, in (0, 1).
             Defaults to sigmoid(4) ~ 0.982 as in the paper's reference code;
             ConvNet-AIG starts at about 0.85.
-        hidden_units: width of the dependent gate network's hidden layer.
+        hidden_units: width of the dependent gate network's hidden layer (per gate
+            when ``per_gate_hidden``).
+        per_gate_hidden: dependent gates only: give every gate its own
+            ``hidden_units`` hidden units (one dense layer of ``units *
+            hidden_units`` from the pooled context, batch norm, ReLU, and a head
+            that reads each gate's own units), the Gumbel paper's form. ``False``
+            (the default, and what configs saved without it mean): one hidden
+            layer shared by all ``units`` gates.
         force_open: keep the most probable gate open, so a non-residual layer
             never loses all its channels.
         threshold: open-probability threshold of the ``threshold`` style.
@@ -137,6 +147,7 @@ class GumbelGate(keras.layers.Layer):
         "temperature",
         "open_probability",
         "hidden_units",
+        "per_gate_hidden",
         "force_open",
         "threshold",
         "inference_style",
@@ -151,6 +162,7 @@ class GumbelGate(keras.layers.Layer):
         temperature=1.0,
         open_probability=DEFAULT_OPEN_PROBABILITY,
         hidden_units=16,
+        per_gate_hidden=False,
         force_open=False,
         threshold=0.5,
         inference_style="threshold",
@@ -175,6 +187,11 @@ class GumbelGate(keras.layers.Layer):
         self.temperature = float(temperature)
         self.open_probability = float(open_probability)
         self.hidden_units = hidden_units
+        if not isinstance(per_gate_hidden, bool):
+            raise ValueError(
+                f"Expected per_gate_hidden to be True or False. Received: per_gate_hidden={per_gate_hidden!r}"
+            )
+        self.per_gate_hidden = per_gate_hidden
         self.force_open = bool(force_open)
         self.threshold = float(threshold)
         self.inference_style = inference_style
@@ -184,14 +201,25 @@ class GumbelGate(keras.layers.Layer):
         # Set by static_inference_style(): trace the current style as a constant.
         self.static_style = False
         if kind == "dependent":
-            self.hidden = keras.layers.Dense(hidden_units, use_bias=False, name="hidden")
+            self.hidden = keras.layers.Dense(self.hidden_width, use_bias=False, name="hidden")
             self.norm = keras.layers.BatchNormalization(name="norm")
-            self.head = keras.layers.Dense(
-                units,
-                kernel_initializer=keras.initializers.RandomNormal(stddev=0.01),
-                bias_initializer=keras.initializers.Constant(_logit(open_probability)),
-                name="head",
+            self.head = self._make_head(units, open_probability)
+
+    @property
+    def hidden_width(self):
+        """Units of the dependent gate network's hidden layer, all gates together."""
+        return self.hidden_units * (self.units if self.per_gate_hidden else 1)
+
+    def _make_head(self, units, open_probability):
+        initializers = {
+            "kernel_initializer": keras.initializers.RandomNormal(stddev=0.01),
+            "bias_initializer": keras.initializers.Constant(_logit(open_probability)),
+        }
+        if self.per_gate_hidden:  # gate g reads only its own hidden units: kernel (units, hidden_units)
+            return keras.layers.EinsumDense(
+                "bgh,gh->bg", output_shape=(units,), bias_axes="g", name="head", **initializers
             )
+        return keras.layers.Dense(units, name="head", **initializers)
 
     def build(self, input_shape):
         if len(input_shape) < 2:
@@ -207,8 +235,9 @@ class GumbelGate(keras.layers.Layer):
         else:
             channels = input_shape[-1]
             self.hidden.build((None, channels))
-            self.norm.build((None, self.hidden_units))
-            self.head.build((None, self.hidden_units))
+            self.norm.build((None, self.hidden_width))
+            per_gate = (None, self.units, self.hidden_units)
+            self.head.build(per_gate if self.per_gate_hidden else (None, self.hidden_units))
         self.build_style_variables()
 
     def build_style_variables(self):
@@ -239,6 +268,8 @@ class GumbelGate(keras.layers.Layer):
         if len(pooled.shape) > 2:
             pooled = ops.mean(pooled, axis=tuple(range(1, len(pooled.shape) - 1)))
         hidden = ops.relu(self.norm(self.hidden(pooled), training=training))
+        if self.per_gate_hidden:
+            hidden = ops.reshape(hidden, (-1, self.units, self.hidden_units))
         return self.head(hidden)
 
     def reset_noise(self, seed=None, stream=0):

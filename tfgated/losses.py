@@ -92,6 +92,14 @@ def per_gate_loss(gates, target, gate_weights=None):
     return ops.sum(squared * weights) / ops.sum(weights)
 
 
+def _checked_gate_weights(gate_weights):
+    """``gate_weights`` as floats (None stays None); a ValueError unless non-negative with a positive sum."""
+    weights = None if gate_weights is None else [float(w) for w in gate_weights]
+    if weights is not None and (min(weights, default=0.0) < 0 or sum(weights) <= 0):
+        raise ValueError(f"Expected non-negative gate_weights with a positive sum. Received: gate_weights={weights}")
+    return weights
+
+
 @keras.saving.register_keras_serializable(package="tfgated")
 class GateActivationLoss(keras.layers.Layer):
     """Identity on ``outputs`` that adds the gate activation loss.
@@ -119,17 +127,10 @@ class GateActivationLoss(keras.layers.Layer):
         check_target(target)
         check_weight(weight)
         check_loss_kind(loss_kind)
-        if gate_weights is not None:
-            gate_weights = [float(w) for w in gate_weights]
-            if any(w < 0 for w in gate_weights) or sum(gate_weights) <= 0:
-                raise ValueError(
-                    "Expected non-negative gate_weights with a positive sum. "
-                    f"Received: gate_weights={gate_weights}"
-                )
         self.target = float(target)
         self.weight = float(weight)
         self.loss_kind = loss_kind
-        self.gate_weights = gate_weights
+        self.gate_weights = _checked_gate_weights(gate_weights)
         self.activation_tracker = keras.metrics.Mean(name="gate_activation")
         # An identity on the model output: keep its dtype (e.g. a float32 softmax
         # under mixed_float16) instead of casting it to this layer's compute dtype.
@@ -149,6 +150,16 @@ class GateActivationLoss(keras.layers.Layer):
             trainable=False,
             initializer=keras.initializers.Constant(self.target),
         )
+
+    def set_gate_weights(self, gate_weights):
+        """Replace the gate weights (one per gate tensor, or None) of a built or unbuilt layer."""
+        gate_weights = _checked_gate_weights(gate_weights)
+        count = len(self.input) - 1 if self.built and self._inbound_nodes else None
+        if gate_weights is not None and count is not None and len(gate_weights) != count:
+            raise ValueError(
+                f"Expected one gate weight per gate tensor ({count}). Received: {len(gate_weights)} gate_weights"
+            )
+        self.gate_weights = gate_weights
 
     def set_target(self, target):
         """Change the target rate in place (used by annealing)."""

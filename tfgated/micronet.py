@@ -344,10 +344,10 @@ def _count_gate(c, gate, call):
     if positions > 1:
         c.ops(mults=channels, adds=(positions - 1) * channels)
     nz = c.kernel(gate.hidden.kernel)
-    c.dot(nz, 1, gate.hidden_units)
-    c.dense(gate.hidden_units)  # batch norm folded into a bias
-    c.ops(adds=gate.hidden_units)
-    c.ops(mults=gate.hidden_units)  # ReLU
+    c.dot(nz, 1, gate.hidden_width)
+    c.dense(gate.hidden_width)  # batch norm folded into a bias
+    c.ops(adds=gate.hidden_width)
+    c.ops(mults=gate.hidden_width)  # ReLU
     nz = c.kernel(gate.head.kernel)
     c.dot(nz, 1, gate.units)
     c.dense(gate.units)

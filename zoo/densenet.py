@@ -8,10 +8,15 @@ Huang et al. (DenseNet-BC). Layer names follow keras.applications.DenseNet
 2 like Keras.
 
 Following the supplement, at the end of every dense block but the last an
-intermediate classifier (BN, ReLU, global average pool, linear, softmax:
-``exit{k}_classifier``) and a Gumbel exit gate (:class:`tfgated.exits.ExitGate`:
-3x3 conv to 128 channels, BN, ReLU, 4x4 average pool, linear, Gumbel;
-``exit{k}_gate``) decide whether an example leaves there. The model's single
+intermediate classifier (MSDNet's: two 3x3 stride-2 convolutions to 128 channels with
+BN and ReLU, 2x2 average pool, linear, softmax: ``exit{k}_classifier``,
+:func:`tfgated.exits.msdnet_exit_classifier`) and a Gumbel exit gate
+(:class:`tfgated.exits.ExitGate`: 3x3 conv to 128 channels, BN, 3x3 conv to 128
+channels, BN, 4x4 average pool, linear, Gumbel; ``exit{k}_gate``) decide whether an
+example leaves there. The architecture arguments ``exit_gate="one_conv_relu"`` and
+``exit_classifier="bn_relu_pool"`` select the older forms (one convolution + BN + ReLU
+in the gate; a BN-ReLU-pool-linear classifier) that the shipped
+``gumbel_densenet_fashion_mnist_exit`` weights were trained with. The model's single
 output is :class:`tfgated.exits.EarlyExitCombine`'s routed probabilities, so
 ``fit`` trains classifiers and exits end to end; :class:`tfgated.exits.ExitReach`
 feeds the activation loss, whose target ``t`` is the share of post-exit dense
@@ -26,7 +31,13 @@ from typing import Optional
 import keras
 
 import tfgated
-from tfgated.exits import DEFAULT_EXIT_PROBABILITY, EarlyExitCombine, ExitGate, ExitReach
+from tfgated.exits import (
+    DEFAULT_EXIT_PROBABILITY,
+    EarlyExitCombine,
+    ExitGate,
+    ExitReach,
+    msdnet_exit_classifier,
+)
 from tfgated.gate_settings import GateSettings
 from tfgated.zoo import papers
 from tfgated.zoo.inputs import pixel_preprocessing
@@ -55,10 +66,19 @@ def transition(x, compression, name):
     return keras.layers.AveragePooling2D(2, strides=2, name=f"{name}_pool")(x)
 
 
-def classifier(x, num_classes, name, grid=None):
-    """BN, ReLU, average pool, linear, softmax.
+#: ``exit_gate`` forms: ExitGate arguments (the supplement's, and the older one of the shipped weights).
+EXIT_GATE_FORMS = {
+    "supplement": {"convolutions": 2, "activation": None},
+    "one_conv_relu": {"convolutions": 1, "activation": "relu"},
+}
+#: ``exit_classifier`` forms: MSDNet's (the supplement's) and the older BN-ReLU-pool-linear one.
+EXIT_CLASSIFIER_FORMS = ("msdnet", "bn_relu_pool")
 
-    ``grid=None`` pools globally (the paper's classifiers). ``grid=g`` average-pools in
+
+def classifier(x, num_classes, name, grid=None):
+    """BN, ReLU, average pool, linear, softmax (the final classifier, and the older exit form).
+
+    ``grid=None`` pools globally (DenseNet's final classifier). ``grid=g`` average-pools in
     windows of ``H // g`` pixels (stride the same, valid padding) to about a g x g grid and
     flattens it, so a linear classifier on an early, wide feature map still sees where
     things are: on Fashion-MNIST a global pool of the first block's 40 channels is a poor
@@ -83,8 +103,8 @@ def _exit_settings(gates):
             "Expected gates['kind'] to be 'dependent': an exit gate decides per example. "
             f"Received: kind={gates['kind']!r}"
         )
-    if "granularity" in gates or "hidden_units" in gates:
-        bad = sorted({"granularity", "hidden_units"} & set(gates))
+    if {"granularity", "hidden_units", "per_gate_hidden"} & set(gates):
+        bad = sorted({"granularity", "hidden_units", "per_gate_hidden"} & set(gates))
         raise ValueError(
             f"Exit gates take no {bad}: their network is set by exit_filters and exit_pool_size. "
             f"Received: gates={gates}"
@@ -106,11 +126,16 @@ class DenseNetConfig:
         bottleneck: use the BC bottleneck 1x1 convolutions.
         stem_filters: channels of the stem convolution (default 2k).
         exit_filters, exit_pool_size: the exit gate network (128 and 4 in the paper).
-        exit_pool_first: pool before the exit gate's convolution (cheaper; the paper pools
-            after it).
-        exit_classifier_grid: None for the paper's globally pooled exit classifiers, or g
-            to pool each exit's features to about a g x g grid before its linear layer
-            (see :func:`classifier`; the final classifier always pools globally).
+        exit_pool_first: pool before the exit gate's convolutions (cheaper; the paper pools
+            after them).
+        exit_gate: ``"supplement"`` (conv-BN-conv-BN-pool-linear, :data:`EXIT_GATE_FORMS`)
+            or ``"one_conv_relu"`` (conv-BN-ReLU-pool-linear, the shipped Fashion-MNIST form).
+        exit_classifier: ``"msdnet"`` (the supplement's, MSDNet's classifier with
+            ``exit_filters``-channel convolutions) or ``"bn_relu_pool"`` (BN, ReLU, pool,
+            linear: :func:`classifier`, the shipped Fashion-MNIST form).
+        exit_classifier_grid: for ``exit_classifier="bn_relu_pool"`` only: None pools
+            globally, g pools each exit's features to about a g x g grid before its linear
+            layer (see :func:`classifier`; the final classifier always pools globally).
     """
 
     blocks: tuple = (16, 16, 16)
@@ -121,6 +146,8 @@ class DenseNetConfig:
     exit_filters: int = 128
     exit_pool_size: int = 4
     exit_pool_first: bool = False
+    exit_gate: str = "supplement"
+    exit_classifier: str = "msdnet"
     exit_classifier_grid: Optional[int] = None
 
     def __post_init__(self):
@@ -134,7 +161,19 @@ class DenseNetConfig:
             raise ValueError(
                 f"Expected growth_rate to be a positive integer. Received: growth_rate={self.growth_rate}"
             )
+        if self.exit_gate not in EXIT_GATE_FORMS:
+            raise ValueError(f"Expected exit_gate in {list(EXIT_GATE_FORMS)}. Received: exit_gate={self.exit_gate!r}")
+        if self.exit_classifier not in EXIT_CLASSIFIER_FORMS:
+            raise ValueError(
+                f"Expected exit_classifier in {list(EXIT_CLASSIFIER_FORMS)}. "
+                f"Received: exit_classifier={self.exit_classifier!r}"
+            )
         grid = self.exit_classifier_grid
+        if grid is not None and self.exit_classifier != "bn_relu_pool":
+            raise ValueError(
+                "exit_classifier_grid only applies to exit_classifier='bn_relu_pool'. "
+                f"Received: exit_classifier={self.exit_classifier!r}, exit_classifier_grid={grid!r}"
+            )
         if grid is not None and (isinstance(grid, bool) or not isinstance(grid, int) or grid < 1):
             raise ValueError(
                 f"Expected exit_classifier_grid to be None or a positive integer. Received: exit_classifier_grid={grid!r}"
@@ -145,12 +184,17 @@ class DenseNetConfig:
 
 def _exit(x, num_classes, exit_id, settings, config):
     """Exit ``exit_id``'s classifier probabilities and gate values on features ``x``."""
-    probabilities = classifier(x, num_classes, f"exit{exit_id}_classifier", config.exit_classifier_grid)
+    name = f"exit{exit_id}_classifier"
+    if config.exit_classifier == "msdnet":
+        probabilities = msdnet_exit_classifier(x, num_classes, name, filters=config.exit_filters)
+    else:
+        probabilities = classifier(x, num_classes, name, config.exit_classifier_grid)
     gate = ExitGate(
         filters=config.exit_filters,
         pool_size=config.exit_pool_size,
         pool_first=config.exit_pool_first,
         name=f"exit{exit_id}_gate",
+        **EXIT_GATE_FORMS[config.exit_gate],
         **settings.gate_kwargs,
     )
     return probabilities, gate(x)
@@ -235,9 +279,10 @@ PRESETS = {
         "weights": None,
         "paper": papers.DENSENET_CIFAR10_EXIT,
         "description": (
-            "DenseNet-BC-100 (k=12) for CIFAR-10 with an intermediate classifier and a Gumbel exit "
-            "gate (3x3 conv to 128 channels, BN, ReLU, 4x4 average pool, linear) after dense blocks "
-            "1 and 2; the routed output is trained end to end, the PB activation loss pulls the "
+            "DenseNet-BC-100 (k=12) for CIFAR-10 with an intermediate classifier (MSDNet's: two 3x3 "
+            "stride-2 convs to 128 channels, 2x2 average pool, linear) and a Gumbel exit gate (3x3 "
+            "conv to 128 channels, BN, 3x3 conv to 128 channels, BN, 4x4 average pool, linear) after "
+            "dense blocks 1 and 2; the routed output is trained end to end, the PB activation loss pulls the "
             "average share of post-exit blocks run to t=0.5."
         ),
         "test_input_shape": [32, 32, 3],
@@ -251,6 +296,9 @@ PRESETS = {
             "exit_filters": 32,
             "exit_pool_size": 4,
             "exit_pool_first": True,
+            # the older forms the shipped weights were trained with (zoo/weights)
+            "exit_gate": "one_conv_relu",
+            "exit_classifier": "bn_relu_pool",
             "exit_classifier_grid": 4,
         },
         # gradient_scale 0.1: at 1 the exit gates saturated within the first epoch (every image
@@ -264,9 +312,11 @@ PRESETS = {
         "paper": papers.FASHION_DENSENET,
         "description": (
             "A small DenseNet-BC (3 blocks of 3 layers, k=8) for 28x28x1 images with Gumbel early "
-            "exits after blocks 1 and 2 (exit gate network narrowed to 32 channels and pooled 4x4 "
-            "before its convolution, 5% of the MACs instead of 52%; exit classifiers pooled to a 4x4 grid "
-            "instead of globally, 0.1% of the MACs), PB activation loss at t=0.5. The paper number is the dense DenseNet-BC 768K of the Fashion-MNIST "
+            "exits after blocks 1 and 2 in the older forms its shipped weights were trained with, not "
+            "the supplement's: exit gate network of one convolution + BN + ReLU (the supplement: two "
+            "convolutions + BN, no ReLU), narrowed to 32 channels and pooled 4x4 before its "
+            "convolution, 5% of the MACs instead of 52%; exit classifiers BN-ReLU pooled to a 4x4 grid "
+            "+ linear (the supplement: MSDNet's two stride-2 convolutions), 0.1% of the MACs), PB activation loss at t=0.5. The paper number is the dense DenseNet-BC 768K of the Fashion-MNIST "
             "benchmark, a reference point rather than a target for this small model."
         ),
     },

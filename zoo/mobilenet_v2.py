@@ -8,6 +8,11 @@ ImageNet weights copy into it by name (:func:`copy_weights`).
 
 Gates (all added layers are new names, never a Keras one):
 
+* ``block_{i}_input_gate`` / ``_mask``: the block input as the block's first
+  convolution reads it (the expansion; in block 0 the depthwise convolution),
+  ``g_inp`` channels per gate, as the Gumbel authors gate a block's input. The
+  shortcut of a residual block reads the ungated input. ``input_gates=False``
+  leaves them out (the form the shipped Fashion-MNIST weights were trained with).
 * ``block_{i}_expand_gate`` / ``_mask``: the expansion channels, after the
   expansion ReLU6 and before the depthwise convolution, ``g_exp`` channels per
   gate. Block 0 has no expansion convolution; its depthwise output (before the
@@ -23,9 +28,11 @@ so no layer loses all of its channels. Data-dependent gates read the block
 input, so the decision exists before the gated convolutions run.
 
 Granularity (channels per gate) per stage is the supplement's table
-(:data:`IMAGENET_GRANULARITY`); its ``g_inp`` column is kept as data but not
-used: a block's input channels are the previous block's output channels, which
-the ``g_out`` gates already control.
+(:data:`IMAGENET_GRANULARITY`, columns ``g_inp``, ``g_out``, ``g_exp``).
+
+The ImageNet presets follow the paper's form: data-dependent gates have per-gate
+hidden units (``per_gate_hidden``) and the activation target is a fraction of the
+gated MACs (``target_measure="macs"``).
 """
 
 from __future__ import annotations
@@ -138,7 +145,7 @@ def _gate(features, granularity, settings, context, name, force_open):
 
 
 def inverted_residual_block(inputs, expansion, stride, filters, block_id, gates=None, granularity=None,
-                            bn_momentum=KERAS_BN_MOMENTUM):
+                            bn_momentum=KERAS_BN_MOMENTUM, input_gates=True):
     """One MobileNetV2 block with keras.applications' layer names, optionally gated.
 
     Args:
@@ -148,6 +155,8 @@ def inverted_residual_block(inputs, expansion, stride, filters, block_id, gates=
         gates: normalized gate settings, or None for the dense block.
         granularity: (g_inp, g_out, g_exp) channels per gate.
         bn_momentum: momentum of the block's batch norms' moving statistics.
+        input_gates: with ``gates``, also gate the input channels the block's first
+            convolution reads (``g_inp`` per gate).
 
     Returns:
         ``(outputs, [z, ...])``: the block output and its gate tensors.
@@ -157,6 +166,9 @@ def inverted_residual_block(inputs, expansion, stride, filters, block_id, gates=
     x = inputs
     zs = []
     prefix = f"block_{block_id}_" if block_id else "expanded_conv_"
+    if gates is not None and input_gates:
+        x, z = _gate(x, granularity[0], gates, inputs, f"{prefix}input", not residual)
+        zs.append(z)
     if block_id:
         x = keras.layers.Conv2D(
             expansion * in_channels, 1, padding="same", use_bias=False, name=f"{prefix}expand"
@@ -204,6 +216,7 @@ def build(
     bn_momentum=KERAS_BN_MOMENTUM,
     name=None,
     preprocessing=None,
+    input_gates=True,
 ):
     """Build a (gated) MobileNetV2 classifier outputting softmax probabilities.
 
@@ -216,8 +229,8 @@ def build(
             ``granularity`` (one (g_inp, g_out, g_exp) row per row of
             ``blocks``; defaults to the supplement's table for the ImageNet
             body) and optional GumbelGate arguments (``temperature``,
-            ``open_probability``, ``hidden_units``, ``threshold``, ``seed``,
-            ``gradient_scale``).
+            ``open_probability``, ``hidden_units``, ``per_gate_hidden``, ``threshold``,
+            ``seed``, ``gradient_scale``, ``target_measure``).
         blocks: rows (expansion, channels, repeats, first stride).
         stem_filters, stem_stride: the ``Conv1`` stem.
         last_filters: channels of the final 1x1 convolution ``Conv_1``.
@@ -229,6 +242,9 @@ def build(
         name: model name.
         preprocessing: ``None`` (the model takes prepared inputs) or a preset's ``input``
             entry (raw pixels in, :func:`tfgated.zoo.inputs.pixel_preprocessing`).
+        input_gates: with ``gates``, gate each block's input channels as its first
+            convolution reads them (the table's ``g_inp``), as the paper does; ``False``
+            gates only expansions and projections.
 
     Returns:
         An uncompiled ``keras.Model``.
@@ -245,6 +261,8 @@ def build(
         raise ValueError(f"Expected stem_stride to be 1 or 2. Received: stem_stride={stem_stride}")
     if not 0.0 <= float(dropout) < 1.0:
         raise ValueError(f"Expected dropout in [0, 1). Received: dropout={dropout}")
+    if not isinstance(input_gates, bool):
+        raise ValueError(f"Expected input_gates to be True or False. Received: input_gates={input_gates!r}")
     if not 0.0 <= float(bn_momentum) < 1.0:
         raise ValueError(f"Expected bn_momentum in [0, 1). Received: bn_momentum={bn_momentum}")
 
@@ -268,6 +286,7 @@ def build(
                 gates=settings,
                 granularity=granularity[row] if granularity else None,
                 bn_momentum=bn_momentum,
+                input_gates=input_gates,
             )
             all_z.extend(zs)
             block_id += 1
@@ -337,13 +356,21 @@ def _recipe(epochs, batch_size, learning_rate, optimizer="sgd", **extra):
 _PAPER = papers.GUMBEL_MOBILENET_V2
 
 
+def _paper_gates(kind, loss, target):
+    """The paper's form: target a fraction of the gated MACs; dependent gates with per-gate hidden units."""
+    gates = {"kind": kind, "loss_kind": loss, "target": target, "weight": 1.0, "target_measure": "macs"}
+    if kind == "dependent":
+        gates["per_gate_hidden"] = True
+    return gates
+
+
 def _imagenet_preset(kind, loss, target):
     kind_name = {"independent": "Ind", "dependent": "Dep"}[kind]
     loss_name = {"per_batch": "PB", "per_gate": "PG"}[loss]
     return {
         "family": "mobilenet_v2",
         "arch": {},
-        "gates": {"kind": kind, "loss_kind": loss, "target": target, "weight": 1.0},
+        "gates": _paper_gates(kind, loss, target),
         "dataset": "imagenet2012",
         "input_shape": (224, 224, 3),
         "num_classes": 1000,
@@ -352,8 +379,10 @@ def _imagenet_preset(kind, loss, target):
         "paper": _PAPER,
         "description": (
             f"MobileNetV2 (alpha 1.0, keras.applications layer names) with {kind_name} Gumbel channel "
-            f"gates on every expansion and projection at the supplement's granularities, {loss_name} "
-            f"activation loss, target t={target}; one gate forced open in non-residual blocks. "
+            f"gates on every block input, expansion and projection at the supplement's granularities "
+            f"(g_inp, g_exp, g_out), {loss_name} activation loss, target t={target} of the gated MACs"
+            f"{'; per-gate hidden units' if kind == 'dependent' else ''}; one gate forced open in "
+            "non-residual blocks. "
             "ImageNet weights of keras.applications.MobileNetV2 copy in with copy_weights()."
         ),
         "test_input_shape": (96, 96, 3),
@@ -411,7 +440,8 @@ PRESETS = {
     },
     "gumbel_mobilenet_v2_fashion_mnist": {
         "family": "mobilenet_v2",
-        "arch": _FASHION_ARCH,
+        # no input gates: the form the shipped weights (zoo/weights) were trained with
+        "arch": {**_FASHION_ARCH, "input_gates": False},
         "gates": {
             "kind": "independent",
             "loss_kind": "per_batch",
@@ -428,8 +458,9 @@ PRESETS = {
         },
         "description": (
             "The narrow Fashion-MNIST MobileNetV2 with independent (learned-pruning) Gumbel channel "
-            "gates on expansions and projections, PB activation loss, t=0.5. Granularities are "
-            "our choice (the supplement's table is for the ImageNet body): they divide each width."
+            "gates on expansions and projections (no input gates: the shipped weights were trained "
+            "without them, where the paper also gates each block's input), PB activation loss, "
+            "t=0.5 of the gates (the paper: of the gated MACs). Granularities are our choice (the supplement's table is for the ImageNet body): they divide each width."
         ),
     },
 }

@@ -9,11 +9,14 @@ tfgated gates:
     classifier. The first block of stages 2 and 3 downsamples (stride 2); its shortcut is
     *option B* (1x1 convolution + batch norm projection), not He et al.'s option A (zero
     padding): option B is a plain layer every exporter understands and costs only a few
-    thousand parameters. With layer gates every block whose shortcut is the identity
-    computes ``relu(x + z * branch(x))`` (``tfgated.residual_gate``, gate
-    ``stage{s}_block{b}_gate``, dependent gates read the block input). As in ConvNet-AIG
-    and the Gumbel paper, the downsampling blocks stay ungated: they change the shape, so
-    skipping them is not possible. Also used, smaller, for 28x28x1 Fashion-MNIST.
+    thousand parameters. With layer gates every block computes ``relu(shortcut + z *
+    branch(x))`` (``tfgated.residual_gate``, gate ``stage{s}_block{b}_gate``, dependent gates
+    read the block input), the downsampling blocks included: there the projection shortcut
+    always runs and only the residual branch is gated, ``relu(proj(x) + z * branch(x))``,
+    so ResNet-110 has 54 gates, as in the Gumbel paper's supplement. ``gate_projection_blocks=
+    False`` leaves the downsampling blocks ungated (ConvNet-AIG's form, 52 gates on
+    ResNet-110): the form the shipped Fashion-MNIST gated ResNets were trained with, which
+    their presets state. Also used, smaller, for 28x28x1 Fashion-MNIST.
 
 ``resnet_imagenet`` (:func:`imagenet_resnet`)
     ResNet-50/101/152 v1 with bottleneck blocks, layer for layer and name for name the
@@ -23,9 +26,11 @@ tfgated gates:
     ``model.load_weights(h5_file, by_name=True)`` with the legacy keras-applications file).
     Two gate levels:
 
-    * ``"layer"``: one gate per identity block (block 2.. of each stage; block 1 has a
-      projection shortcut and stays ungated): ``conv{s}_block{b}_add`` becomes
-      ``shortcut + z * branch`` with gate ``conv{s}_block{b}_gate``, context = block input.
+    * ``"layer"``: one gate per residual block, as in the paper ("ResNet-50 (16 gates)";
+      ResNet-101 has 33): ``conv{s}_block{b}_add`` becomes ``shortcut + z * branch`` with
+      gate ``conv{s}_block{b}_gate``, context = block input. In a stage's first block the
+      projection shortcut always runs and only the branch is gated. With
+      ``gate_projection_blocks=False`` the first blocks stay ungated (12 gates on ResNet-50).
     * ``"channel"``: channel gates inside *every* bottleneck branch, following the
       supplement ("each gate controls 16, 32, 64 or 128 filters in the four layers'
       expansions, and half that in the contractions"). Gated tensors, for stage ``s`` with
@@ -45,8 +50,9 @@ keras.applications model for ImageNet) or a dict::
      "target": 0.5, "weight": 1.0,               # activation loss target rate and weight
      "level": "layer" | "channel",               # imagenet only; default "layer"
      "granularity": [16, 32, 64, 128],           # channel level: expansion filters per gate per stage
-     "temperature", "open_probability", "hidden_units", "threshold", "gradient_scale",
-     "inference_style", "seed"}                  # passed to every GumbelGate
+     "target_measure": "gates" | "macs",         # target a fraction of the gates or of the gated MACs
+     "temperature", "open_probability", "hidden_units", "per_gate_hidden", "threshold",
+     "gradient_scale", "inference_style", "seed"}  # passed to every GumbelGate
 
 The common keys are checked by :class:`tfgated.gate_settings.GateSettings`. Presets
 (:data:`PRESETS`) are plain data; see each preset's ``description`` and ``paper``.
@@ -144,6 +150,13 @@ def _check_input_shape(input_shape, min_size):
     return shape
 
 
+def _check_gate_projection_blocks(value):
+    if not isinstance(value, bool):
+        raise ValueError(
+            f"Expected gate_projection_blocks to be True or False. Received: gate_projection_blocks={value!r}"
+        )
+
+
 def _check_num_classes(num_classes):
     if not isinstance(num_classes, int) or num_classes < 1:
         raise ValueError(f"Expected num_classes to be a positive integer. Received: num_classes={num_classes!r}")
@@ -160,8 +173,9 @@ def _finish(inputs, x, num_classes, spec, gate_tensors, name):
 # -- CIFAR ResNet ----------------------------------------------------------------------
 
 
-def _basic_block(x, filters, stride, name, spec, gate_tensors):
-    """He et al.'s basic block; gated iff the shortcut is the identity and ``spec`` is set."""
+def _basic_block(x, filters, stride, name, spec, gate_tensors, gate_projection=True):
+    """He et al.'s basic block, layer-gated when ``spec`` is set (a block with a projection
+    shortcut only if ``gate_projection``: its shortcut always runs, its branch is gated)."""
     projection = stride != 1 or x.shape[-1] != filters
     block_input = x
     y = layers.Conv2D(filters, 3, strides=stride, padding="same", use_bias=False, name=f"{name}_1_conv")(x)
@@ -172,7 +186,7 @@ def _basic_block(x, filters, stride, name, spec, gate_tensors):
     if projection:
         shortcut = layers.Conv2D(filters, 1, strides=stride, use_bias=False, name=f"{name}_0_conv")(x)
         shortcut = layers.BatchNormalization(epsilon=_BN_EPSILON, name=f"{name}_0_bn")(shortcut)
-        return _join(shortcut, y, name, None, block_input, gate_tensors)
+        return _join(shortcut, y, name, spec if gate_projection else None, block_input, gate_tensors)
     return _join(x, y, name, spec, block_input, gate_tensors)
 
 
@@ -188,7 +202,7 @@ def _join(shortcut, branch, name, spec, context, gate_tensors):
 
 @register_family(CIFAR_FAMILY)
 def cifar_resnet(num_classes=10, input_shape=(32, 32, 3), gates=None, depth=110, widths=(16, 32, 64), name=None,
-                 preprocessing=None):
+                 preprocessing=None, gate_projection_blocks=True):
     """CIFAR-style ResNet (``depth = 6n + 2``) with optional layer gates.
 
     Args:
@@ -202,6 +216,9 @@ def cifar_resnet(num_classes=10, input_shape=(32, 32, 3), gates=None, depth=110,
         preprocessing: ``None`` (the model takes prepared inputs) or a preset's ``input``
             entry: the model takes raw pixels and scales/normalizes them itself
             (:func:`tfgated.zoo.inputs.pixel_preprocessing`).
+        gate_projection_blocks: with gates, also gate the residual branch of the two
+            downsampling blocks (their projection shortcut always runs), as the paper does
+            (``6n`` gates). ``False``: those blocks stay ungated (``6n - 2`` gates).
 
     Returns:
         An uncompiled ``keras.Model`` mapping images to softmax probabilities. Gated models
@@ -214,6 +231,7 @@ def cifar_resnet(num_classes=10, input_shape=(32, 32, 3), gates=None, depth=110,
     widths = tuple(widths)
     if len(widths) != 3 or not all(isinstance(w, int) and w > 0 for w in widths):
         raise ValueError(f"Expected widths to be 3 positive integers. Received: widths={widths!r}")
+    _check_gate_projection_blocks(gate_projection_blocks)
     spec = None if gates is None else _GateSpec(gates, levels=("layer",))
     blocks = (depth - 2) // 6
     name = name or (f"resnet{depth}" if spec is None else f"gumbel_resnet{depth}")
@@ -228,15 +246,19 @@ def cifar_resnet(num_classes=10, input_shape=(32, 32, 3), gates=None, depth=110,
     for stage, filters in enumerate(widths, start=1):
         for block in range(1, blocks + 1):
             stride = 2 if (stage > 1 and block == 1) else 1
-            x = _basic_block(x, filters, stride, f"stage{stage}_block{block}", spec, gate_tensors)
+            x = _basic_block(
+                x, filters, stride, f"stage{stage}_block{block}", spec, gate_tensors, gate_projection_blocks
+            )
     return _finish(inputs, x, num_classes, spec, gate_tensors, name)
 
 
 # -- ImageNet bottleneck ResNet -----------------------------------------------------------
 
 
-def _bottleneck_block(x, filters, stride, conv_shortcut, name, spec, granularity, gate_tensors):
-    """``keras.applications`` ``residual_block_v1`` with optional layer or channel gates."""
+def _bottleneck_block(x, filters, stride, conv_shortcut, name, spec, granularity, gate_tensors,
+                      gate_projection=True):
+    """``keras.applications`` ``residual_block_v1`` with optional layer or channel gates (a
+    layer gate on a block with a projection shortcut only if ``gate_projection``)."""
     block_input = x
     channel = spec is not None and spec.level == "channel"
 
@@ -266,25 +288,28 @@ def _bottleneck_block(x, filters, stride, conv_shortcut, name, spec, granularity
     y = layers.BatchNormalization(epsilon=_BN_EPSILON, name=f"{name}_3_bn")(y)
     if channel:
         y = mask(y, 3, granularity)
-    layer_gated = spec is not None and spec.level == "layer" and not conv_shortcut
+    layer_gated = spec is not None and spec.level == "layer" and (gate_projection or not conv_shortcut)
     return _join(shortcut, y, name, spec if layer_gated else None, block_input, gate_tensors)
 
 
 @register_family(IMAGENET_FAMILY)
 def imagenet_resnet(num_classes=1000, input_shape=(224, 224, 3), gates=None, depth=50, name=None,
-                    preprocessing=None):
+                    preprocessing=None, gate_projection_blocks=True):
     """ImageNet ResNet-50/101/152 v1 (keras.applications layout and names) with optional gates.
 
     Args:
         num_classes: classes of the softmax classifier ("predictions").
         input_shape: ``(height, width, channels)``, at least 32x32.
         gates: ``None`` for the dense keras.applications network, or a gate dict (see the
-            module docstring) with ``level="layer"`` (identity blocks) or ``"channel"``.
+            module docstring) with ``level="layer"`` (one gate per block) or ``"channel"``.
         depth: 50, 101 or 152.
         name: model name; defaults to ``"resnet{depth}"`` or ``"gumbel_resnet{depth}"``.
         preprocessing: ``None`` (the model takes prepared inputs, e.g. keras.applications'
             "caffe" preprocessing for its pretrained weights) or a preset's ``input`` entry
             (raw pixels in, :func:`tfgated.zoo.inputs.pixel_preprocessing`).
+        gate_projection_blocks: at ``level="layer"``, also gate the residual branch of each
+            stage's first block (its projection shortcut always runs), as the paper does
+            (ResNet-50: 16 gates); ``False`` leaves those four blocks ungated (12 gates).
 
     Returns:
         An uncompiled ``keras.Model`` mapping images to softmax probabilities.
@@ -293,6 +318,7 @@ def imagenet_resnet(num_classes=1000, input_shape=(224, 224, 3), gates=None, dep
     input_shape = _check_input_shape(input_shape, 32)
     if depth not in IMAGENET_BLOCKS:
         raise ValueError(f"Expected depth in {sorted(IMAGENET_BLOCKS)}. Received: depth={depth!r}")
+    _check_gate_projection_blocks(gate_projection_blocks)
     spec = None if gates is None else _GateSpec(gates, levels=GATE_LEVELS)
     name = name or (f"resnet{depth}" if spec is None else f"gumbel_resnet{depth}")
 
@@ -319,6 +345,7 @@ def imagenet_resnet(num_classes=1000, input_shape=(224, 224, 3), gates=None, dep
                 spec=spec,
                 granularity=granularities[index],
                 gate_tensors=gate_tensors,
+                gate_projection=gate_projection_blocks,
             )
     return _finish(inputs, x, num_classes, spec, gate_tensors, name)
 
@@ -400,8 +427,14 @@ _FASHION_RECIPE = {
 }
 
 _FASHION_ARCH = {"depth": 20, "widths": [12, 24, 48]}
+#: The gated Fashion-MNIST presets: their shipped weights (zoo/weights) were trained with the two
+#: downsampling blocks ungated, so they state that form; retrained in the paper's form (9 gates)
+#: they would drop this key.
+_FASHION_GATED_ARCH = {**_FASHION_ARCH, "gate_projection_blocks": False}
 _FASHION_WHY = (
-    "ResNet-20 (n=3; 7 of its 9 blocks gated) at 3/4 width (12/24/48 channels, ~0.16M parameters, "
+    "ResNet-20 (n=3; in the gated presets 7 of its 9 blocks are gated: the 2 downsampling blocks "
+    "stay ungated, the form the shipped weights were trained with, where the paper gates all 9) "
+    "at 3/4 width (12/24/48 channels, ~0.16M parameters, "
     "~17.5M MACs per 28x28 image against ~31M at full width). The full-width 0.27M-parameter "
     "ResNet-20 takes ~200 s per Fashion-MNIST epoch on the 2-core machine; at 3/4 width an epoch "
     "of 54,000 images takes about 100 s there, so 12 epochs (benchmarks/train_fashion_mnist.py "
@@ -452,8 +485,9 @@ def _cifar_presets():
             presets[f"gumbel_resnet110_cifar10_{kind}_{loss}_t{target}"] = _preset(
                 CIFAR_FAMILY, arch110, _gates(kind, loss, target), "cifar10", (32, 32, 3), 10, _CIFAR_RECIPE,
                 papers.gumbel_resnet110(_KIND_TAGS[kind], target),
-                f"ResNet-110 on CIFAR-10 with a Gumbel layer gate on each of the 52 shape-keeping "
-                f"residual blocks (the 2 downsampling blocks stay ungated), {_KIND_WORDS[kind]}, "
+                f"ResNet-110 on CIFAR-10 with a Gumbel layer gate on each of the 54 residual blocks "
+                f"(in the 2 downsampling blocks the projection shortcut always runs and the branch "
+                f"is gated), {_KIND_WORDS[kind]}, "
                 f"{_LOSS_WORDS[loss]}, target rate t={target}.",
             )
     return presets
@@ -473,13 +507,18 @@ def _imagenet_presets():
 
     def imagenet_gumbel(depth, kind, loss, target, level):
         what = (
-            f"a Gumbel layer gate on each identity block ({sum(IMAGENET_BLOCKS[depth]) - 4} gates; the 4 "
-            "projection blocks stay ungated)"
+            f"a Gumbel layer gate on each residual block ({sum(IMAGENET_BLOCKS[depth])} gates; in the 4 "
+            "projection blocks the projection shortcut always runs and the branch is gated)"
             if level == "layer"
             else "Gumbel channel gates in every bottleneck (16/32/64/128 filters per gate on the "
-            "expansion output, half that on the two contraction-width outputs)"
+            "expansion output, half that on the two contraction-width outputs; the target is a "
+            "fraction of the gated MACs, dependent gates have per-gate hidden units)"
         )
         gates = _gates(kind, loss, target, level=level)
+        if level == "channel":  # the paper's form: a target fraction of the gated MACs, per-gate hidden units
+            gates["target_measure"] = "macs"
+            if kind == "dep":
+                gates["per_gate_hidden"] = True
         return _preset(
             IMAGENET_FAMILY, {"depth": depth}, gates, "imagenet2012", (224, 224, 3), 1000, _IMAGENET_RECIPE,
             papers.gumbel_imagenet_resnet(depth, level),
@@ -508,14 +547,14 @@ def _fashion_presets():
         "Dense baseline of the Fashion-MNIST gated ResNets. " + _FASHION_WHY,
     )
     presets["gumbel_resnet_fashion_mnist"] = _preset(
-        CIFAR_FAMILY, _FASHION_ARCH, _gates("dep", "pb", 0.5), "fashion_mnist", (28, 28, 1), 10,
+        CIFAR_FAMILY, _FASHION_GATED_ARCH, _gates("dep", "pb", 0.5), "fashion_mnist", (28, 28, 1), 10,
         _FASHION_RECIPE, fashion_paper,
         f"Gated ResNet-20 for Fashion-MNIST, {_KIND_WORDS['dep']}, {_LOSS_WORDS['pb']}, t=0.5. " + _FASHION_WHY,
     )
     for kind, loss in _COMBOS:
         for target in (0.4, 0.6):
             presets[f"gumbel_resnet_fashion_mnist_{kind}_{loss}_t{target}"] = _preset(
-                CIFAR_FAMILY, _FASHION_ARCH, _gates(kind, loss, target), "fashion_mnist", (28, 28, 1), 10,
+                CIFAR_FAMILY, _FASHION_GATED_ARCH, _gates(kind, loss, target), "fashion_mnist", (28, 28, 1), 10,
                 _FASHION_RECIPE, fashion_paper,
                 f"Gated ResNet-20 for Fashion-MNIST, {_KIND_WORDS[kind]}, {_LOSS_WORDS[loss]}, "
                 f"t={target} (Ind/Dep x PB/PG benchmark). " + _FASHION_WHY,

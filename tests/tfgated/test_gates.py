@@ -372,3 +372,60 @@ def test_unknown_inference_style_on_model():
     model = small_gated_model()
     with pytest.raises(ValueError, match=r"Received: style='fastest'"):
         tfgated.set_inference_style(model, "fastest")
+
+
+# -- per-gate hidden units and MAC-weighted targets ---------------------------------------------------
+
+
+def test_per_gate_hidden_units_give_each_gate_its_own_network(tmp_path):
+    context = np.random.default_rng(0).normal(size=(5, 4, 4, 6)).astype("float32")
+    shared = GumbelGate(3, kind="dependent", hidden_units=4, name="shared")
+    own = GumbelGate(3, kind="dependent", hidden_units=4, per_gate_hidden=True, name="own")
+    shared(context), own(context)
+    assert own.hidden.kernel.shape == (6, 12) and own.norm.gamma.shape == (12,)
+    assert own.head.kernel.shape == (3, 4) and own.head.bias.shape == (3,)
+    assert shared.hidden.kernel.shape == (6, 4) and shared.head.kernel.shape == (4, 3)
+    # gate 1's logit depends only on hidden units 4..7: zero every other head weight and
+    # change the others' hidden weights, gate 1 stays; change its own, it moves
+    own.head.kernel.assign(np.ones((3, 4), "float32"))
+    before = np.asarray(own.compute_logits(context))
+    kernel = np.asarray(own.hidden.kernel).copy()
+    kernel[:, [0, 1, 2, 3, 8, 9, 10, 11]] += 1.0
+    own.hidden.kernel.assign(kernel)
+    after = np.asarray(own.compute_logits(context))
+    np.testing.assert_allclose(after[:, 1], before[:, 1], atol=1e-6)
+    assert np.max(np.abs(after[:, [0, 2]] - before[:, [0, 2]])) > 1e-3
+    np.testing.assert_allclose(tfgated.complexity.layer_macs(own, [(None, 4, 4, 6)], [(None, 3)]), 6 * 12 + 12)
+    clone = GumbelGate.from_config(own.get_config())
+    assert clone.per_gate_hidden is True
+    saved_before = {k: v for k, v in shared.get_config().items() if k != "per_gate_hidden"}
+    assert GumbelGate.from_config(saved_before).per_gate_hidden is False
+    with pytest.raises(ValueError, match="per_gate_hidden"):
+        GumbelGate(2, kind="dependent", per_gate_hidden="yes")
+
+
+def test_gated_model_targets_a_fraction_of_the_gated_macs(tmp_path):
+    from tfgated.complexity import gate_mac_weights
+    from tfgated.gate_settings import GateSettings
+
+    x = keras.Input((4, 4, 2))
+    h = keras.layers.Conv2D(8, 1, name="a")(x)
+    h, z1 = tfgated.channel_gate(h, 4, name="m1")
+    h = keras.layers.Conv2D(2, 3, padding="same", name="b")(h)
+    h, z2 = tfgated.channel_gate(h, 1, name="m2")
+    y = keras.layers.Dense(3, name="fc")(keras.layers.Flatten(name="flat")(h))
+    settings = GateSettings.from_config({"target": 0.3, "target_measure": "macs"})
+    model = tfgated.gated_model(x, y, [z1, z2], **settings.loss_arguments())
+    loss = model.get_layer("activation_loss")
+    conv_a, conv_b, fc = 16 * 2 * 8, 16 * 9 * 8 * 2, 32 * 3
+    # a gate weighs the MACs of the layer that makes its channels and of the one that reads them
+    assert loss.gate_weights == gate_mac_weights(model) == [conv_a + conv_b, conv_b + fc]
+    assert loss.gate_weights[0] != loss.gate_weights[1]  # the plain gate mean would weigh them alike
+    path = str(tmp_path / "m.keras")
+    model.save(path)
+    assert keras.saving.load_model(path, safe_mode=True).get_layer("activation_loss").gate_weights == loss.gate_weights
+    assert GateSettings.from_config({"target": 0.3}).loss_arguments().get("gate_weights") is None
+    with pytest.raises(ValueError, match="target_measure"):
+        GateSettings.from_config({"target_measure": "flops"})
+    with pytest.raises(ValueError, match="one gate weight per gate tensor"):
+        loss.set_gate_weights([1.0])

@@ -72,7 +72,8 @@ def test_exit_gate_decides_per_example_and_always_on_never_exits():
     assert z.shape == (6, 1) and set(np.unique(z)) <= {0.0, 1.0}
     assert gate.kind == "dependent" and gate.units == 1 and not gate.force_open
     assert gate.head.kernel.shape == (2 * 2 * 4, 1)  # 4x4 average pool of 8x8, 4 channels
-    assert gate.compute_macs((6, 8, 8, 5)) == 8 * 8 * 9 * 5 * 4 + 2 * 2 * 4
+    # two 3x3 convolutions (5 -> 4, 4 -> 4 channels) at 8x8, then the head on the pooled 2x2x4
+    assert gate.compute_macs((6, 8, 8, 5)) == 8 * 8 * 9 * (5 * 4 + 4 * 4) + 2 * 2 * 4
     np.testing.assert_allclose(np.asarray(gate.probabilities(features)), 0.25, atol=0.05)
     kernel, bias = gate.head.get_weights()
     gate.head.set_weights([kernel, bias + 20.0])
@@ -235,8 +236,8 @@ def test_pool_first_exit_gate_costs_a_pool_window_less_and_counts_itself():
     for gate in (after, first):
         assert tuple(gate(x).shape) == (3, 1)
     head = 7 * 7 * 32  # both orders end in a 7x7x32 map: the weights have the same shapes
-    assert after.compute_macs(shape) == 28 * 28 * 9 * 40 * 32 + head
-    assert first.compute_macs(shape) == 7 * 7 * 9 * 40 * 32 + head
+    assert after.compute_macs(shape) == 28 * 28 * 9 * (40 + 32) * 32 + head
+    assert first.compute_macs(shape) == 7 * 7 * 9 * (40 + 32) * 32 + head
     assert [w.shape for w in first.weights] == [w.shape for w in after.weights]
     assert ExitGate.from_config(first.get_config()).pool_first is True
 
@@ -296,3 +297,73 @@ def test_fit_exit_classifiers_probes_a_frozen_trunk_or_trains_it_with_deep_super
     assert not {"exit1_gate", "exit2_gate"} & moved  # the gates are left to the gated training
     with pytest.raises(ValueError, match="EarlyExitCombine"):
         fit_exit_classifiers(keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)]), data)
+
+
+# -- the supplement's exit networks -------------------------------------------------------
+
+#: Supplement section 1.2, transcribed: the exit gate is "3x3 conv (128) + BN, 3x3 conv (128)
+#: + BN, 4x4 average pool, linear, Gumbel"; the exit classifier is MSDNet's (two 3x3 stride-2
+#: 128-channel convolutions, each with BN + ReLU as MSDNet's ConvBasic, 2x2 average pool, linear).
+SUPPLEMENT_EXIT_GATE = [("conv", 3, 1, 128), ("bn",), ("conv", 3, 1, 128), ("bn",), ("avg_pool", 4), ("linear", 1)]
+SUPPLEMENT_EXIT_CLASSIFIER = [
+    ("conv", 3, 2, 128), ("bn",), ("relu",), ("conv", 3, 2, 128), ("bn",), ("relu",), ("avg_pool", 2), ("linear", 10)
+]
+
+
+def _describe(layer):
+    if isinstance(layer, keras.layers.Conv2D):
+        return ("conv", layer.kernel_size[0], layer.strides[0], layer.filters)
+    if isinstance(layer, keras.layers.BatchNormalization):
+        return ("bn",)
+    if isinstance(layer, keras.layers.Activation) and layer.activation is keras.activations.relu:
+        return ("relu",)
+    if isinstance(layer, keras.layers.AveragePooling2D):
+        return ("avg_pool", layer.pool_size[0])
+    if isinstance(layer, keras.layers.Dense):
+        return ("linear", layer.units)
+    return None
+
+
+def _exit_gate_layers(gate):
+    """The gate network as a layer list; the ReLU and pooling are ops in ``compute_logits``."""
+    described = []
+    for conv, norm in gate.conv_norm_pairs():
+        described += [_describe(conv), _describe(norm)]
+        if gate.activation == "relu":
+            described.append(("relu",))
+    pool = ("avg_pool", gate.pool_size)
+    described = [pool, *described] if gate.pool_first else [*described, pool]
+    return described + [_describe(gate.head)]
+
+
+def test_exit_gate_and_classifier_match_the_supplement():
+    model = build(gates={"target": 0.5})  # the CIFAR-10 DenseNet-BC-100 of the paper, defaults
+    for k in (1, 2):
+        gate = model.get_layer(f"exit{k}_gate")
+        assert _exit_gate_layers(gate) == SUPPLEMENT_EXIT_GATE
+        prefix = f"exit{k}_classifier"
+        layers = [layer for layer in model.layers if layer.name.startswith(prefix)]
+        assert [d for d in map(_describe, layers) if d is not None] == SUPPLEMENT_EXIT_CLASSIFIER
+    # block 1 ends at 32x32: 16, 8, pooled to 4x4x128 before the linear layer
+    assert model.get_layer("exit1_classifier").kernel.shape == (4 * 4 * 128, 10)
+    from tfgated.zoo.densenet import PRESETS
+
+    assert {"exit_gate", "exit_classifier"}.isdisjoint(PRESETS["gumbel_densenet_cifar10_exit"]["arch"])
+
+
+def test_shipped_fashion_preset_keeps_the_older_exit_forms():
+    model = small_model()
+    gate = model.get_layer("exit1_gate")
+    assert gate.convolutions == 1 and gate.activation == "relu"
+    assert _exit_gate_layers(gate) == [("avg_pool", 4), ("conv", 3, 1, 32), ("bn",), ("relu",), ("linear", 1)]
+    assert "exit1_classifier_1_conv" not in [layer.name for layer in model.layers]
+    # a config saved before the two arguments existed rebuilds the one-convolution form
+    config = {k: v for k, v in gate.get_config().items() if k not in ("convolutions", "activation")}
+    old = ExitGate.from_config(config)
+    assert old.convolutions == 1 and old.activation == "relu"
+    with pytest.raises(ValueError, match="exit_gate"):
+        build(gates={"target": 0.5}, blocks=[1, 1], exit_gate="two")
+    with pytest.raises(ValueError, match="exit_classifier_grid only applies"):
+        build(gates={"target": 0.5}, blocks=[1, 1], exit_classifier_grid=4)
+    with pytest.raises(ValueError, match="convolutions"):
+        ExitGate(convolutions=3)

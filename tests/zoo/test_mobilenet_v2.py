@@ -47,9 +47,13 @@ def test_gated_model_adds_only_the_gates_parameters():
     gates = tfgated.gate_layers(model)
     extra = sum(g.count_params() for g in gates) + model.get_layer("activation_loss").count_params()
     assert model.count_params() == reference_params + extra
-    # 17 blocks, each with an expansion and a projection gate, at the supplement's granularity.
-    assert len(gates) == 34
+    # 17 blocks, each with an input, an expansion and a projection gate, at the supplement's
+    # granularity (g_inp, g_out, g_exp).
+    assert len(gates) == 51
     units = {g.name: g.units for g in gates}
+    assert units["expanded_conv_input_gate"] == 32 // 8
+    assert units["block_1_input_gate"] == 16 // 8
+    assert units["block_16_input_gate"] == 160 // 32
     assert units["expanded_conv_expand_gate"] == 32 // 16
     assert units["block_1_expand_gate"] == 96 // 24
     assert units["block_1_project_gate"] == 24 // 8
@@ -160,3 +164,35 @@ def test_batch_norm_momentum_keras_for_imagenet_lower_for_small_presets():
         assert _batch_norm_momenta(model) == {mobilenet_v2.SMALL_BN_MOMENTUM}, name
     with pytest.raises(ValueError, match="bn_momentum in \\[0, 1\\)"):
         build(bn_momentum=1.0)
+
+
+def test_input_gates_gate_the_branch_input_and_leave_the_shortcut():
+    arch = {**FASHION["arch"], "input_gates": True}
+    model = build(num_classes=10, input_shape=(28, 28, 1), gates=FASHION["gates"], **arch)
+    gates = {g.name: g for g in tfgated.gate_layers(model)}
+    assert gates["block_2_input_gate"].units == 16 // 4  # fashion row 2: g_inp 4 of 16 input channels
+    assert model.get_layer("block_2_input_mask").input[0] is model.get_layer("block_1_project_mask").output
+    assert not gates["block_2_input_gate"].force_open and gates["block_1_input_gate"].force_open
+    # Closing every gate of the residual block 2 leaves its input: the shortcut is ungated.
+    for name in ("block_2_input_gate", "block_2_expand_gate", "block_2_project_gate"):
+        gates[name].logits.assign(np.full(gates[name].units, -30.0, "float32"))
+    x = np.random.default_rng(0).uniform(0, 1, (2, 28, 28, 1)).astype("float32")
+    outputs = [model.get_layer("block_1_project_mask").output, model.get_layer("block_2_add").output]
+    probe = keras.Model(model.input, outputs)
+    block_input, block_output = (np.asarray(t) for t in probe(x))
+    np.testing.assert_allclose(block_output, block_input, atol=1e-6)
+    # Only the input gates: the block's input mask zeroes the expansion's input.
+    gates["block_2_expand_gate"].logits.assign(np.full(gates["block_2_expand_gate"].units, 4.0, "float32"))
+    masked = keras.Model(model.input, model.get_layer("block_2_input_mask").output)(x)
+    assert float(np.max(np.abs(np.asarray(masked)))) == 0.0
+
+
+def test_imagenet_presets_use_the_papers_gate_form_and_the_shipped_one_keeps_its_own():
+    for name, preset in PRESETS.items():
+        if name.startswith("gumbel_mobilenet_v2_imagenet"):
+            assert preset["gates"]["target_measure"] == "macs", name
+            assert preset["gates"].get("per_gate_hidden", False) == ("_dep_" in name), name
+            assert preset["arch"].get("input_gates", True) is True, name
+    assert FASHION["arch"]["input_gates"] is False and "target_measure" not in FASHION["gates"]
+    with pytest.raises(ValueError, match="input_gates"):
+        build(gates={"kind": "independent"}, input_gates=1)

@@ -30,14 +30,14 @@ def gate_params(kind, context_channels, units):
     return own + GATE_BOOKKEEPING
 
 
-def expected_gate_params(depth, kind, level):
+def expected_gate_params(depth, kind, level, gate_projection_blocks=True):
     """(number of gate layers, their parameters) of a gated keras.applications ResNet."""
     total, count = 0, 0
     for (stage, first_in, later_in, filters), blocks, g in zip(STAGES, BLOCKS[depth], R.CHANNEL_GRANULARITY):
         for block in range(1, blocks + 1):
             context = first_in if block == 1 else later_in
             if level == "layer":
-                if block > 1:  # identity blocks only
+                if block > 1 or gate_projection_blocks:  # the paper: every block
                     total += gate_params(kind, context, 1)
                     count += 1
             else:
@@ -102,7 +102,7 @@ def test_gated_resnet50_adds_only_gate_parameters(app50, kind, level):
     model = R.resnet50(input_shape=SMALL, gates={"kind": kind, "level": level})
     count, extra = expected_gate_params(50, kind, level)
     gates = tfgated.gate_layers(model)
-    assert len(gates) == count == (12 if level == "layer" else 48)
+    assert len(gates) == count == (16 if level == "layer" else 48)  # the paper: "ResNet-50 (16 gates)"
     assert model.count_params() == app50.count_params() + extra
     # Every keras.applications layer is present under its own name with the same weight shapes.
     for layer in app50.layers[1:]:
@@ -112,9 +112,14 @@ def test_gated_resnet50_adds_only_gate_parameters(app50, kind, level):
         assert gate.style_id.trainable is False and tuple(gate.style_id.shape) == ()
         assert gate.threshold_value.trainable is False and tuple(gate.threshold_value.shape) == ()
     if level == "layer":
-        assert [g.name for g in gates][:3] == ["conv2_block2_gate", "conv2_block3_gate", "conv3_block2_gate"]
+        assert [g.name for g in gates][:4] == [
+            "conv2_block1_gate", "conv2_block2_gate", "conv2_block3_gate", "conv3_block1_gate"
+        ]
         assert isinstance(model.get_layer("conv2_block2_add"), tfgated.GatedResidual)
-        assert isinstance(model.get_layer("conv2_block1_add"), keras.layers.Add)  # projection block ungated
+        # A projection block gates its branch; its projection shortcut is not behind the gate.
+        assert isinstance(model.get_layer("conv3_block1_add"), tfgated.GatedResidual)
+        add_inputs = [t._keras_history[0].name for t in model.get_layer("conv3_block1_add").input]
+        assert add_inputs == ["conv3_block1_0_bn", "conv3_block1_3_bn", "conv3_block1_gate"]
     else:
         assert {model.get_layer(f"conv3_block1_{i}_mask").granularity for i in (1, 2, 3)} == {16, 32}
         assert model.get_layer("conv5_block3_3_mask").granularity == 128
@@ -131,7 +136,7 @@ def test_resnet101_dense_and_gated_parameters():
     assert dense.count_params() == app.count_params() == 44_707_176
     assert non_input_names(dense) == non_input_names(app)
     count, extra = expected_gate_params(101, "dependent", "layer")
-    assert len(tfgated.gate_layers(gated)) == count == 29
+    assert len(tfgated.gate_layers(gated)) == count == 33  # the paper's 33 blocks
     assert gated.count_params() == app.count_params() + extra
     assert set(non_input_names(app)) <= set(non_input_names(gated))
 
@@ -207,18 +212,54 @@ def test_weight_loading_errors(app50, tmp_path):
 # -- CIFAR ResNet ----------------------------------------------------------------------------------
 
 
-def test_resnet110_gates_every_shape_keeping_block():
+def test_resnet110_gates_every_block():
     model = R.cifar_resnet(depth=110, gates={"kind": "independent"})
     names = [g.name for g in tfgated.gate_layers(model)]
-    assert len(names) == 52
+    assert len(names) == 54  # the supplement's ResNet-110: 54 gates
     assert names[0] == "stage1_block1_gate" and names[-1] == "stage3_block18_gate"
-    assert "stage2_block1_gate" not in names and "stage3_block1_gate" not in names
+    assert "stage2_block1_gate" in names and "stage3_block1_gate" in names
     assert model.get_layer("stage2_block1_0_conv").strides == (2, 2)  # option-B projection
     dense = R.cifar_resnet(depth=110)
-    # 52 logits + bookkeeping, and nothing else, separate the two.
-    assert model.count_params() == dense.count_params() + 52 * (1 + GATE_BOOKKEEPING) + LOSS_BOOKKEEPING
+    # 54 logits + bookkeeping, and nothing else, separate the two.
+    assert model.count_params() == dense.count_params() + 54 * (1 + GATE_BOOKKEEPING) + LOSS_BOOKKEEPING
     assert 1.7e6 < dense.count_params() < 1.75e6  # He et al.: 1.7M
     assert model.output_shape == (None, 10)
+
+
+def test_downsampling_block_gate_skips_the_branch_only():
+    """``relu(proj(x) + z * branch(x))``: a closed gate leaves the projection shortcut."""
+    model = R.cifar_resnet(input_shape=(8, 8, 2), depth=8, widths=(2, 4, 4), gates={"kind": "independent"})
+    names = [g.name for g in tfgated.gate_layers(model)]
+    assert names == ["stage1_block1_gate", "stage2_block1_gate", "stage3_block1_gate"]
+    x = np.random.default_rng(3).normal(size=(2, 8, 8, 2)).astype("float32")
+    for gate in tfgated.gate_layers(model):
+        gate.logits.assign(np.full(gate.logits.shape, -20.0, "float32"))
+    name = "stage2_block1"
+    probe = keras.Model(model.inputs, [model.get_layer(f"{name}_0_bn").output, model.get_layer(f"{name}_out").output])
+    shortcut, out = (np.asarray(t) for t in probe(x))
+    np.testing.assert_allclose(out, np.maximum(shortcut, 0.0), atol=1e-6)
+
+
+@pytest.mark.parametrize("depth, old, paper", [(50, 12, 16), (101, 29, 33)])
+def test_layer_gate_counts_without_building(depth, old, paper):
+    """The paper's counts (ResNet-50: 16, ResNet-101: 33) from the block table the builder uses."""
+    assert sum(R.IMAGENET_BLOCKS[depth]) == paper
+    assert sum(R.IMAGENET_BLOCKS[depth]) - len(R.IMAGENET_BLOCKS[depth]) == old
+
+
+def test_old_form_without_downsampling_gates():
+    """``gate_projection_blocks=False``: the form of the shipped Fashion-MNIST weights."""
+    model = R.cifar_resnet(input_shape=(8, 8, 1), depth=8, widths=(2, 4, 4), gates={"kind": "independent"},
+                           gate_projection_blocks=False)
+    assert [g.name for g in tfgated.gate_layers(model)] == ["stage1_block1_gate"]
+    assert isinstance(model.get_layer("stage2_block1_add"), keras.layers.Add)
+    small = R.imagenet_resnet(input_shape=(32, 32, 3), gates={"kind": "independent"}, gate_projection_blocks=False)
+    assert len(tfgated.gate_layers(small)) == 12
+    with pytest.raises(ValueError, match="gate_projection_blocks"):
+        R.cifar_resnet(depth=8, gates={"kind": "independent"}, gate_projection_blocks="no")
+    for name, preset in R.PRESETS.items():
+        shipped_form = name.startswith("gumbel_resnet_fashion_mnist")
+        assert (preset["arch"].get("gate_projection_blocks", True) is False) == shipped_form, name
 
 
 @pytest.mark.parametrize("kind", ["independent", "dependent"])
@@ -231,7 +272,7 @@ def test_every_inference_style_runs(kind):
         assert probs.shape == (3, 10)
         np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-5)
     rates = tfgated.gate_values(model, x)
-    assert set(rates) == {"stage1_block1_gate", "stage1_block2_gate", "stage2_block2_gate", "stage3_block2_gate"}
+    assert set(rates) == {f"stage{s}_block{b}_gate" for s in (1, 2, 3) for b in (1, 2)}
 
 
 @pytest.mark.slow

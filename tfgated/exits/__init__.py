@@ -18,6 +18,7 @@ Importing this package registers its Keras serializables (``ExitGate``,
 
 from tfgated.exits.layers import (
     DEFAULT_EXIT_PROBABILITY,
+    EXIT_FILTERS,
     EarlyExitCombine,
     ExitGate,
     ExitReach,
@@ -27,6 +28,7 @@ from tfgated.exits.layers import (
     exit_shares,
     exit_weights,
     gate_exit_shares,
+    msdnet_exit_classifier,
 )
 from tfgated.exits.heads import (
     DEFAULT_EXIT_CHANNELS,
@@ -67,6 +69,7 @@ from tfgated.exits.study import (
 __all__ = [
     "DEFAULT_EXIT_CHANNELS",
     "DEFAULT_EXIT_PROBABILITY",
+    "EXIT_FILTERS",
     "LOSSES",
     "EarlyExitCombine",
     "EarlyExitModel",
@@ -95,6 +98,7 @@ __all__ = [
     "freeze_main",
     "gate_exit_shares",
     "label_spec",
+    "msdnet_exit_classifier",
     "plot_risk_coverage",
     "prune_exit",
     "resolve_exit_layer",

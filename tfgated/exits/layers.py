@@ -6,12 +6,20 @@ leaves there. The decision is a straight-through Gumbel sample, so exits train
 end to end with the classifiers:
 
 * :class:`ExitGate`: a :class:`~tfgated.gates.GumbelGate` whose logit ("leave
-  here") comes from a small network on the stage's feature map: 3x3
-  convolution to ``filters`` channels, batch normalization, ReLU, ``pool_size``
-  x ``pool_size`` average pooling, flatten, linear. ``z = 1`` means "exit".
-  With ``pool_first=True`` the pooling comes first, which divides the
-  convolution's cost by ``pool_size**2`` (on a small network the paper's order
-  can cost as much as the stages the exit saves).
+  here") comes from a small network on the stage's feature map. By default the
+  supplement's: 3x3 convolution to ``filters`` (128) channels, batch
+  normalization, a second 3x3 convolution and batch normalization, ``pool_size``
+  x ``pool_size`` (4x4) average pooling, flatten, linear, Gumbel; no activation
+  between them, as the supplement lists none. ``convolutions=1,
+  activation="relu"`` is the older one-convolution form (conv, BN, ReLU, pool,
+  linear) that the shipped Fashion-MNIST DenseNet was trained with. ``z = 1``
+  means "exit". With ``pool_first=True`` the pooling comes first, which divides
+  the convolutions' cost by ``pool_size**2`` (on a small network the paper's
+  order can cost as much as the stages the exit saves).
+* :func:`msdnet_exit_classifier`: the supplement's exit classifier, MSDNet's
+  (Huang et al., ICLR 2018): two 3x3 stride-2 convolutions to 128 channels (each
+  followed by batch norm and ReLU, MSDNet's ``ConvBasic``), 2x2 average pooling,
+  linear, softmax.
 * :class:`EarlyExitCombine`: ``[probs_1, z_1, ..., probs_K, z_K, final_probs]``
   -> the probabilities of the first exit whose gate is 1 (the final classifier
   when none is). The mixture weights ``z_k * prod_{j<k} (1 - z_j)`` are exactly
@@ -47,6 +55,7 @@ from tfgated.inference import find_layers
 
 __all__ = [
     "DEFAULT_EXIT_PROBABILITY",
+    "EXIT_FILTERS",
     "EarlyExitCombine",
     "ExitGate",
     "ExitReach",
@@ -56,7 +65,11 @@ __all__ = [
     "exit_shares",
     "exit_weights",
     "gate_exit_shares",
+    "msdnet_exit_classifier",
 ]
+
+#: Channels of the exit networks' convolutions in the supplement (gate and classifier).
+EXIT_FILTERS = 128
 
 #: Initial exit probability: most examples reach the final classifier at first.
 DEFAULT_EXIT_PROBABILITY = 0.25
@@ -67,16 +80,21 @@ class ExitGate(GumbelGate):
     """Per-example Gumbel "exit here" decision computed from a feature map.
 
     Args:
-        filters: channels of the gate network's 3x3 convolution (128 in the paper).
+        filters: channels of the gate network's 3x3 convolutions (128 in the paper).
         pool_size: average-pooling window and stride (4 in the paper), clipped to
             the feature map size.
-        pool_first: pool before the convolution instead of after it (the paper's
+        pool_first: pool before the convolutions instead of after them (the paper's
             order): the same output size at ``1 / pool_size**2`` of the MACs.
+        convolutions: 3x3 convolution + batch norm pairs, 2 in the supplement
+            (1: the older form).
+        activation: ``None`` (the supplement: no activation in the gate network) or
+            ``"relu"`` after every batch norm (the older form).
         open_probability: initial probability of exiting, in (0, 1).
         **kwargs: ``temperature``, ``threshold``, ``inference_style``, ``seed``,
             ``gradient_scale`` and the Keras layer arguments, as for
-            :class:`~tfgated.gates.GumbelGate` (``units``, ``kind``, ``hidden_units``
-            and ``force_open`` are fixed by this class: one decision, its own network).
+            :class:`~tfgated.gates.GumbelGate` (``units``, ``kind``, ``hidden_units``,
+            ``per_gate_hidden`` and ``force_open`` are fixed by this class: one decision,
+            its own network).
 
     Call arguments:
         inputs: feature map ``(batch, height, width, channels)``.
@@ -92,10 +110,20 @@ class ExitGate(GumbelGate):
 
     #: What :meth:`get_config` saves: the shared :class:`GumbelGate` settings and this class's own.
     CONFIG_ARGUMENTS = tuple(
-        name for name in GumbelGate.CONFIG_ARGUMENTS if name not in ("units", "kind", "hidden_units", "force_open")
-    ) + ("filters", "pool_size", "pool_first")
+        name
+        for name in GumbelGate.CONFIG_ARGUMENTS
+        if name not in ("units", "kind", "hidden_units", "per_gate_hidden", "force_open")
+    ) + ("filters", "pool_size", "pool_first", "convolutions", "activation")
 
-    def __init__(self, filters=128, pool_size=4, pool_first=False, open_probability=DEFAULT_EXIT_PROBABILITY, **kwargs):
+    #: What a config saved before ``convolutions``/``activation`` existed meant (read by
+    #: :meth:`from_config`, so older ``.keras`` files rebuild the network they hold).
+    LEGACY_FORM = {"convolutions": 1, "activation": "relu"}
+
+    #: The activations the gate network may use between its layers.
+    ACTIVATIONS = (None, "relu")
+
+    def __init__(self, filters=128, pool_size=4, pool_first=False, open_probability=DEFAULT_EXIT_PROBABILITY,
+                 convolutions=2, activation=None, **kwargs):
         # kind "independent": no built-in gate network, this class brings its own
         super().__init__(1, kind="independent", open_probability=open_probability, force_open=False, **kwargs)
         self.kind = "dependent"
@@ -103,11 +131,21 @@ class ExitGate(GumbelGate):
             raise ValueError(f"Expected filters to be a positive integer. Received: filters={filters}")
         if not isinstance(pool_size, int) or pool_size < 1:
             raise ValueError(f"Expected pool_size to be a positive integer. Received: pool_size={pool_size}")
+        if convolutions not in (1, 2):
+            raise ValueError(f"Expected convolutions to be 1 or 2. Received: convolutions={convolutions!r}")
+        if activation not in self.ACTIVATIONS:
+            raise ValueError(f"Expected activation in {list(self.ACTIVATIONS)}. Received: activation={activation!r}")
         self.filters = filters
         self.pool_size = pool_size
         self.pool_first = bool(pool_first)
+        self.convolutions = convolutions
+        self.activation = activation
+        # the first pair keeps the names "conv"/"norm" of the one-convolution form (shipped weights)
         self.conv = keras.layers.Conv2D(filters, 3, padding="same", use_bias=False, name="conv")
         self.norm = keras.layers.BatchNormalization(name="norm")
+        if convolutions == 2:
+            self.conv2 = keras.layers.Conv2D(filters, 3, padding="same", use_bias=False, name="conv2")
+            self.norm2 = keras.layers.BatchNormalization(name="norm2")
         self.head = keras.layers.Dense(
             1,
             kernel_initializer=keras.initializers.RandomNormal(stddev=0.01),
@@ -116,6 +154,13 @@ class ExitGate(GumbelGate):
             ),
             name="head",
         )
+
+    def conv_norm_pairs(self):
+        """The gate network's ``(Conv2D, BatchNormalization)`` pairs, in order."""
+        pairs = [(self.conv, self.norm)]
+        if self.convolutions == 2:
+            pairs.append((self.conv2, self.norm2))
+        return pairs
 
     def _pool_window(self, height, width):
         return (min(self.pool_size, height), min(self.pool_size, width))
@@ -130,8 +175,10 @@ class ExitGate(GumbelGate):
         window = self._pool_window(height, width)
         pooled = (height // window[0], width // window[1])
         conv_size = pooled if self.pool_first else (height, width)
-        self.conv.build((None, *conv_size, channels))
-        self.norm.build((None, *conv_size, self.filters))
+        for conv, norm in self.conv_norm_pairs():
+            conv.build((None, *conv_size, channels))
+            norm.build((None, *conv_size, self.filters))
+            channels = self.filters
         self.head.build((None, pooled[0] * pooled[1] * self.filters))
         self.build_style_variables()
 
@@ -141,7 +188,10 @@ class ExitGate(GumbelGate):
         x = inputs
         if self.pool_first:
             x = ops.average_pool(x, window, strides=window, padding="valid")
-        x = ops.relu(self.norm(self.conv(x), training=training))
+        for conv, norm in self.conv_norm_pairs():
+            x = norm(conv(x), training=training)
+            if self.activation == "relu":
+                x = ops.relu(x)
         if not self.pool_first:
             x = ops.average_pool(x, window, strides=window, padding="valid")
         x = ops.reshape(x, (ops.shape(x)[0], -1))
@@ -150,7 +200,7 @@ class ExitGate(GumbelGate):
     def compute_macs(self, input_shape):
         """Multiply-accumulates of the gate network for one example of ``input_shape``.
 
-        3x3 convolution plus the linear head (pooling, normalization and the
+        3x3 convolutions plus the linear head (pooling, normalization and the
         Gumbel decision are not MACs). For complexity counters: the generic
         dependent-gate formula of :class:`GumbelGate` does not apply here.
         """
@@ -158,7 +208,13 @@ class ExitGate(GumbelGate):
         window = self._pool_window(height, width)
         pooled = (height // window[0]) * (width // window[1])
         conv_positions = pooled if self.pool_first else height * width
-        return conv_positions * 9 * channels * self.filters + pooled * self.filters
+        conv_macs = conv_positions * 9 * self.filters * (channels + (self.convolutions - 1) * self.filters)
+        return conv_macs + pooled * self.filters
+
+    @classmethod
+    def from_config(cls, config):
+        # a config without the two keys was saved by the one-convolution form
+        return cls(**{**cls.LEGACY_FORM, **config})
 
     def call(self, inputs, training=None):
         z = super().call(inputs, training=training)
@@ -166,6 +222,26 @@ class ExitGate(GumbelGate):
             return z
         never = ops.equal(self.style_id, STYLE_IDS["always_on"])
         return ops.where(never, ops.zeros_like(z), z)
+
+
+def msdnet_exit_classifier(x, num_classes, name, filters=EXIT_FILTERS):
+    """MSDNet's intermediate classifier on feature map ``x``: softmax probabilities.
+
+    Layers (``name`` is the prefix and the name of the final dense layer):
+    ``{name}_1_conv`` 3x3 stride 2 to ``filters`` channels (no bias), ``{name}_1_bn``,
+    ``{name}_1_relu``, the same again as ``{name}_2_*``, ``{name}_pool`` 2x2 average
+    pooling (clipped to the map), ``{name}_flatten`` and ``{name}``, linear + softmax.
+    """
+    if len(x.shape) != 4:
+        raise ValueError(f"Expected a feature map (batch, height, width, channels). Received: shape={x.shape}")
+    for k in (1, 2):
+        x = keras.layers.Conv2D(filters, 3, strides=2, padding="same", use_bias=False, name=f"{name}_{k}_conv")(x)
+        x = keras.layers.BatchNormalization(epsilon=1.001e-5, name=f"{name}_{k}_bn")(x)
+        x = keras.layers.Activation("relu", name=f"{name}_{k}_relu")(x)
+    window = (min(2, int(x.shape[1])), min(2, int(x.shape[2])))
+    x = keras.layers.AveragePooling2D(window, strides=window, name=f"{name}_pool")(x)
+    x = keras.layers.Flatten(name=f"{name}_flatten")(x)
+    return keras.layers.Dense(num_classes, activation="softmax", dtype="float32", name=name)(x)
 
 
 def exit_reach(gates):
