@@ -195,3 +195,38 @@ class GateActivationLoss(keras.layers.Layer):
         if "mode" in config:  # the name before loss_kind, in .keras files saved earlier
             config["loss_kind"] = config.pop("mode")
         return cls(**config)
+
+
+@keras.saving.register_keras_serializable(package="tfgated")
+class SparseLabelSmoothingCrossentropy(keras.losses.Loss):
+    """Categorical cross-entropy with label smoothing on integer labels.
+
+    The loss of ``keras.losses.CategoricalCrossentropy(label_smoothing=s)`` on the one-hot
+    labels (``1 - s + s/K`` on the true class, ``s/K`` elsewhere), taking the integer labels a
+    plain ``model.fit(x, y)`` gets, so a model compiled for integer labels keeps a recipe's
+    label smoothing (``keras.losses.SparseCategoricalCrossentropy`` has none).
+
+    Args:
+        label_smoothing: ``s`` in ``[0, 1)``.
+        from_logits: whether the predictions are logits.
+    """
+
+    def __init__(self, label_smoothing=0.0, from_logits=False, name="sparse_label_smoothing_crossentropy", **kwargs):
+        if not _is_number(label_smoothing) or not 0.0 <= label_smoothing < 1.0:
+            raise ValueError(f"Expected label_smoothing in [0, 1). Received: label_smoothing={label_smoothing!r}")
+        super().__init__(name=name, **kwargs)
+        self.label_smoothing = float(label_smoothing)
+        self.from_logits = bool(from_logits)
+
+    def call(self, y_true, y_pred):
+        classes = y_pred.shape[-1]
+        labels = ops.cast(y_true, "int32")
+        if len(labels.shape) == len(y_pred.shape):  # (batch, 1) labels
+            labels = ops.squeeze(labels, axis=-1)
+        one_hot = ops.one_hot(labels, classes, dtype=y_pred.dtype)
+        return keras.losses.categorical_crossentropy(
+            one_hot, y_pred, from_logits=self.from_logits, label_smoothing=self.label_smoothing
+        )
+
+    def get_config(self):
+        return {**super().get_config(), "label_smoothing": self.label_smoothing, "from_logits": self.from_logits}

@@ -349,11 +349,12 @@ class Recipe:
 
         The optimizer, learning rate and its schedule (pass ``steps_per_epoch`` to
         :meth:`compile`), momentum and weight decay stay, so the learning rate
-        follows the same curve as under :func:`fit_recipe`; mixup and label
-        smoothing are off (they need one-hot labels from :meth:`datasets`).
-        :func:`tfgated.zoo.load` compiles with it.
+        follows the same curve as under :func:`fit_recipe`; label smoothing stays (compile with
+        ``integer_labels=True``: :class:`tfgated.losses.SparseLabelSmoothingCrossentropy`);
+        mixup is off (it mixes the images of :meth:`datasets`). :func:`tfgated.zoo.load`
+        compiles with it.
         """
-        return self.replace(mixup=0.0, label_smoothing=0.0)
+        return self.replace(mixup=0.0)
 
     @property
     def needs_steps_per_epoch(self):
@@ -439,33 +440,41 @@ class Recipe:
             optimizer.exclude_from_weight_decay(var_list=excluded)
         return optimizer
 
-    def loss_and_metrics(self, from_logits=False):
-        """Loss (with label smoothing) and the ``accuracy``/``top5`` metrics."""
-        if self.one_hot:
+    def loss_and_metrics(self, from_logits=False, integer_labels=False):
+        """Loss (with label smoothing) and the ``accuracy``/``top5`` metrics, for one-hot labels
+        when :attr:`one_hot` unless ``integer_labels``."""
+        if integer_labels and self.mixup > 0:
+            raise ValueError(f"Mixup needs one-hot labels. Received: integer_labels=True with mixup={self.mixup}")
+        if self.one_hot and not integer_labels:
             loss = keras.losses.CategoricalCrossentropy(
                 from_logits=from_logits, label_smoothing=float(self.label_smoothing)
             )
-            metrics = [
+            return loss, [
                 keras.metrics.CategoricalAccuracy(name="accuracy"),
                 keras.metrics.TopKCategoricalAccuracy(k=5, name="top5"),
             ]
+        if self.label_smoothing > 0:
+            from tfgated.losses import SparseLabelSmoothingCrossentropy
+
+            loss = SparseLabelSmoothingCrossentropy(self.label_smoothing, from_logits=from_logits)
         else:
             loss = keras.losses.SparseCategoricalCrossentropy(from_logits=from_logits)
-            metrics = [
-                keras.metrics.SparseCategoricalAccuracy(name="accuracy"),
-                keras.metrics.SparseTopKCategoricalAccuracy(k=5, name="top5"),
-            ]
+        metrics = [
+            keras.metrics.SparseCategoricalAccuracy(name="accuracy"),
+            keras.metrics.SparseTopKCategoricalAccuracy(k=5, name="top5"),
+        ]
         return loss, metrics
 
-    def compile(self, model, steps_per_epoch=None, from_logits=False, **compile_kwargs):
+    def compile(self, model, steps_per_epoch=None, from_logits=False, integer_labels=False, **compile_kwargs):
         """Compile ``model`` with this recipe's optimizer, loss and metrics.
 
-        ``steps_per_epoch`` is needed when cosine decay or warmup is on.
+        ``steps_per_epoch`` is needed when cosine decay or warmup is on. ``integer_labels``:
+        ``fit`` gets integer labels even with label smoothing on (see :meth:`loss_and_metrics`).
         Returns ``model``.
         """
-        loss, metrics = self.loss_and_metrics(from_logits=from_logits)
+        loss, metrics = self.loss_and_metrics(from_logits=from_logits, integer_labels=integer_labels)
         if len(model.outputs) > 1:  # e.g. early-exit heads: one loss and metric set per output
-            pairs = [self.loss_and_metrics(from_logits=from_logits) for _ in model.outputs]
+            pairs = [self.loss_and_metrics(from_logits=from_logits, integer_labels=integer_labels) for _ in model.outputs]
             loss, metrics = [p[0] for p in pairs], [p[1] for p in pairs]
         model.compile(
             optimizer=self.build_optimizer(model, steps_per_epoch),
