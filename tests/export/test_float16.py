@@ -132,3 +132,20 @@ def test_a_data_dependent_preset_in_float16_decides_its_gates_as_keras_does(tmp_
     # float16 convolutions move a few logits across the threshold (6 of 1,000 images measured);
     # the saturated gate heads of the old export changed decisions on 943 of 1,000
     assert same_images >= 0.98, same_images
+
+
+@needs_fmnist
+@pytest.mark.slow
+def test_a_data_dependent_preset_exported_by_name_in_float16_scores_its_card(tmp_path):
+    from tfgated.cli.export import main as export_main
+    from tfgated.zoo import registry
+
+    path = tmp_path / "dep16.tflite"
+    # the parity check (top-1 agreement >= 99.5%) passes: no --no-check
+    assert export_main(["--tflite", DEP_PRESET, "-o", str(path), "--fp16"]) == 0
+    with open(f"{path}.json", encoding="utf-8") as f:
+        sidecar = json.load(f)
+    card = registry.weights_index()[DEP_PRESET]["check"]["top1"]
+    assert sidecar["test_top1"]["card"] == card and sidecar["test_top1"]["examples"] == 1000
+    assert sidecar["test_top1"]["file"] == pytest.approx(card, abs=0.005)  # 0.905 against 0.918 before
+    assert len(sidecar["float32_constants"]["gate_scopes"]) == 7
