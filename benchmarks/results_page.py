@@ -377,6 +377,27 @@ def kind_of(data):
     return "generic"
 
 
+def _fp16_gate_decisions(data):
+    rows = data.get("rows", [])
+    what = (
+        f"gate decisions of float16 TFLite files of {len(rows)} presets with data-dependent gates against Keras, "
+        f"first {data.get('examples')} test images"
+    )
+
+    def total(label, key):
+        return sum(r[label][key] for r in rows)
+
+    decisions = sum(r["decisions"] for r in rows)
+    images = len(rows) * int(data.get("examples") or 0)
+    figures = [
+        f"every constant float16: {total('all_float16', 'decisions_differing'):,} of {decisions:,} decisions differ "
+        f"(on {total('all_float16', 'images_with_a_differing_decision'):,} of {images:,} images)",
+        f"gate networks float32 (the export): {total('gate_networks_float32', 'decisions_differing'):,} "
+        f"(on {total('gate_networks_float32', 'images_with_a_differing_decision'):,} of {images:,} images)",
+    ]
+    return what, "; ".join(figures)
+
+
 KINDS = {
     "train_fashion_mnist": _train,
     "layer_gating": _layer_gating,
@@ -391,6 +412,7 @@ KINDS = {
     "search_trials": _search_trials,
     "sipa_prune": _sipa_prune,
     "preset_exports": _preset_exports,
+    "fp16_gate_decisions": _fp16_gate_decisions,
     "generic": _generic,
 }
 

@@ -26,12 +26,15 @@ class Traced:
         function: the ``tf.function`` (tf2onnx converts it).
         spec: its one ``tf.TensorSpec`` input.
         model: the Keras model whose variables the function reads.
+        float32_scopes: layer names whose constants a float16 TFLite file keeps in float32
+            (the gate networks: :func:`tfgated.export.float16.keep_float32`).
     """
 
     concrete: object
     function: object
     spec: object
     model: object
+    float32_scopes: tuple = ()
 
 
 # -- tf.function -----------------------------------------------------------------------------------
@@ -51,11 +54,12 @@ def input_spec(model, batch_size=1):
     return tf.TensorSpec((batch_size,) + shape, tf.float32, name="input")
 
 
-def trace(model, call, batch_size=1, style_model=None):
+def trace(model, call, batch_size=1, style_model=None, float32_scopes=()):
     """:class:`Traced` of ``call(x)`` on a fixed-size batch of ``model``'s input.
 
     ``style_model`` (default ``model``) is the gated model whose unfolded gates trace their
-    inference style as a constant, so no random op reaches the graph.
+    inference style as a constant, so no random op reaches the graph. ``float32_scopes``: see
+    :attr:`Traced.float32_scopes`.
     """
     import tensorflow as tf
 
@@ -69,7 +73,7 @@ def trace(model, call, batch_size=1, style_model=None):
 
     with static_inference_style(style_model if style_model is not None else model):
         concrete = serve.get_concrete_function()
-    return Traced(concrete=concrete, function=serve, spec=spec, model=model)
+    return Traced(concrete=concrete, function=serve, spec=spec, model=model, float32_scopes=tuple(float32_scopes))
 
 
 def _exclusive_nodes(nodes, consumers, outputs, branch_tensor, producer):
@@ -194,15 +198,12 @@ def _representative(x, batch_size):
     return generator
 
 
-def convert_tflite(concrete, model, quantization="float32", representative_data=None, batch_size=1):
-    """TFLite flatbuffer bytes for a concrete function of ``model``."""
+def _tflite_converter(concrete, model):
+    """A ``TFLiteConverter`` for ``concrete`` reading ``model``'s variables."""
     import tensorflow as tf
 
-    from tfgated.export.options import QUANTIZATIONS
     from tfgated.inference import _walk
 
-    if quantization not in QUANTIZATIONS:
-        raise ValueError(f"Expected quantization to be one of {list(QUANTIZATIONS)}. Received: {quantization!r}")
     # The trackable must hold the tf.Variables behind the Keras variables, or
     # the converter freezes uninitialised (NaN) weights.
     holder = tf.Module()
@@ -212,6 +213,23 @@ def convert_tflite(concrete, model, quantization="float32", representative_data=
     converter = tf.lite.TFLiteConverter.from_concrete_functions([concrete], holder)
     if seeds:  # unfolded gates draw noise: keep their seed state as a resource variable
         converter.experimental_enable_resource_variables = True
+    return converter
+
+
+def convert_tflite(concrete, model, quantization="float32", representative_data=None, batch_size=1,
+                   float32_scopes=()):
+    """TFLite flatbuffer bytes for a concrete function of ``model``.
+
+    With ``quantization="float16"``, the constants of the layers named in ``float32_scopes``
+    (the gate networks) stay float32: see :func:`tfgated.export.float16.keep_float32`.
+    """
+    import tensorflow as tf
+
+    from tfgated.export.options import QUANTIZATIONS
+
+    if quantization not in QUANTIZATIONS:
+        raise ValueError(f"Expected quantization to be one of {list(QUANTIZATIONS)}. Received: {quantization!r}")
+    converter = _tflite_converter(concrete, model)
     if quantization == "float16":
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
         converter.target_spec.supported_types = [tf.float16]
@@ -221,7 +239,12 @@ def convert_tflite(concrete, model, quantization="float32", representative_data=
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
         converter.representative_dataset = _representative(representative_data, batch_size)
     try:
-        return converter.convert()
+        data = converter.convert()
+        if quantization == "float16" and float32_scopes:
+            from tfgated.export.float16 import keep_float32
+
+            data, _ = keep_float32(data, _tflite_converter(concrete, model).convert(), float32_scopes)
+        return data
     except Exception as error:  # noqa: BLE001 - add context, keep the cause
         raise RuntimeError(f"TFLite conversion of model {model.name!r} failed: {error}") from error
 
@@ -263,7 +286,8 @@ class Format:
 
 def _tflite(traced, options):
     return convert_tflite(
-        traced.concrete, traced.model, options.quantization, options.representative_data, options.batch_size
+        traced.concrete, traced.model, options.quantization, options.representative_data, options.batch_size,
+        traced.float32_scopes,
     )
 
 

@@ -131,6 +131,11 @@ class FoldReport:
                 "  closed channels kept with a constant mask (they reach an Add, a concatenation or a data-dependent product): "
                 + ", ".join(f"{k}={v}" for k, v in s["masked_constant"].items())
             )
+        if s["macs_after"] > s["macs_before"]:
+            lines.append(
+                f"  the folded model costs {s['macs_after'] - s['macs_before']:,} MACs more than the unfolded one: "
+                "its constant masks (1x1 depthwise products) outweigh the channels removed"
+            )
         if s["branches_removed"]:
             lines.append(f"  residual branches removed: {', '.join(s['branches_removed'])}")
         if s["branches_kept"]:

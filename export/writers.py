@@ -117,11 +117,29 @@ def _plain_call(model):
     return call
 
 
-def convert(model, target, options, conditional=()):
+def convert(model, target, options, conditional=(), float32_scopes=()):
     """The file's bytes: ``model`` traced (``conditional`` residual branches under ``tf.cond``)
-    and converted by ``target`` (an entry of :data:`FORMATS`)."""
+    and converted by ``target`` (an entry of :data:`FORMATS`); a float16 TFLite file keeps the
+    constants of the layers named in ``float32_scopes`` in float32."""
     call = conditional_call(model, conditional) if conditional else _plain_call(model)
-    return target.convert(trace(model, call, options.batch_size), options)
+    return target.convert(trace(model, call, options.batch_size, float32_scopes=float32_scopes), options)
+
+
+def gate_scopes(model, report):
+    """Names of the gates whose networks a float16 file keeps in float32: the data-dependent
+    gates of the fold ``report``, or every gate of an unfolded ``model``."""
+    from tfgated.inference import gate_layers
+
+    return tuple(report.dependent_masked) if report is not None else tuple(g.name for g in gate_layers(model))
+
+
+def _precision_fields(data, target, options, scopes):
+    """The sidecar's ``float32_constants``: what a float16 TFLite file stores in float32."""
+    if target.name != "tflite" or options.quantization != "float16":
+        return {}
+    from tfgated.export.float16 import float32_constants
+
+    return {"float32_constants": {"gate_scopes": list(scopes), "tensors": float32_constants(data)}}
 
 
 def describe(path, model, target, options, **fields):
@@ -214,14 +232,16 @@ def export(model, path, options=None, **overrides):
     with gate_style(model, options.style) as inference_style:
         exported, report = prepare(model, options)
         conditional = list(report.conditional) if report is not None and form == "conditional" else []
-        data = convert(exported, target, options, conditional)
+        scopes = gate_scopes(model, report)
+        data = convert(exported, target, options, conditional, scopes)
         x = options.parity_inputs(model)
         parity = write_verified(
             path, data, target, options, x, lambda outputs: (model.predict(x, batch_size=64, verbose=0), {}), "export"
         )
     sidecar_path, sidecar = describe(
         path, model, target, options, inference_style=inference_style, pruning_masks_applied=pruned,
-        **_fold_fields(model, options, report, conditional), parity=parity,
+        **_fold_fields(model, options, report, conditional), **_precision_fields(data, target, options, scopes),
+        parity=parity,
     )
     return ExportResult(path=os.fspath(path), sidecar_path=sidecar_path, sidecar=sidecar, report=report, parity=parity)
 

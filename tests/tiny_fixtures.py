@@ -37,3 +37,17 @@ def tiny_gated_model(name="tiny"):
     x = keras.layers.GlobalAveragePooling2D()(x)
     out = keras.layers.Dense(10, activation="softmax", name="head")(x)
     return tfgated.gated_model(inputs, out, [z], target=0.6, name=name)
+
+
+def tiny_residual_gated_model(name="tiny_residual"):
+    """conv -> BN -> ReLU -> one residual block behind a data-dependent gate (``block_gate``,
+    one decision per image) -> pool -> softmax head, for 28x28x1 images."""
+    inputs = keras.Input((28, 28, 1))
+    x = keras.layers.Conv2D(8, 3, strides=2, padding="same", name="stem")(inputs)
+    x = keras.layers.ReLU()(keras.layers.BatchNormalization(name="stem_bn")(x))
+    branch = keras.layers.Conv2D(8, 3, padding="same", name="branch_conv")(x)
+    branch = keras.layers.BatchNormalization(name="branch_bn")(branch)
+    x, z = tfgated.residual_gate(x, branch, "dependent", name="block")
+    x = keras.layers.GlobalAveragePooling2D()(keras.layers.ReLU()(x))
+    out = keras.layers.Dense(10, activation="softmax", name="head")(x)
+    return tfgated.gated_model(inputs, out, [z], target=0.6, name=name)

@@ -38,6 +38,7 @@ _LAZY = {
     "reset_gate_noise": "tfgated.inference",
     "set_inference_style": "tfgated.inference",
     "GateActivationLoss": "tfgated.losses",
+    "SparseLabelSmoothingCrossentropy": "tfgated.smoothing",
     "per_batch_loss": "tfgated.losses",
     "per_gate_loss": "tfgated.losses",
     "gated_model": "tfgated.models",

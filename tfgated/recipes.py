@@ -66,7 +66,7 @@ import keras
 
 from tfgated.augment import AUGMENT_POLICIES, augmentation_layer, mixup_batch, pad_crop_flip
 from tfgated.ghost_norm import GhostBatchNormalization, plain_batch_norm, use_ghost_batch_norm
-from tfgated.smoothing import SmoothedCrossentropy, check_smoothing
+from tfgated.smoothing import SmoothedCrossentropy, SparseLabelSmoothingCrossentropy, check_smoothing
 
 __all__ = [
     "AUGMENT_POLICIES",
@@ -366,11 +366,12 @@ class Recipe:
 
         The optimizer, learning rate and its schedule (pass ``steps_per_epoch`` to
         :meth:`compile`), momentum and weight decay stay, so the learning rate
-        follows the same curve as under :func:`fit_recipe`; mixup and label
-        smoothing are off (they need one-hot labels from :meth:`datasets`).
-        :func:`tfgated.zoo.load` compiles with it.
+        follows the same curve as under :func:`fit_recipe`; label smoothing stays (compile with
+        ``integer_labels=True``: :class:`tfgated.smoothing.SparseLabelSmoothingCrossentropy`);
+        mixup is off (it mixes the images of :meth:`datasets`). :func:`tfgated.zoo.load`
+        compiles with it.
         """
-        return self.replace(mixup=0.0, label_smoothing=0.0)
+        return self.replace(mixup=0.0)
 
     @property
     def needs_steps_per_epoch(self):
@@ -456,36 +457,44 @@ class Recipe:
             optimizer.exclude_from_weight_decay(var_list=excluded)
         return optimizer
 
-    def loss_and_metrics(self, from_logits=False):
-        """Loss (with label smoothing, spread as ``label_smoothing_spread``) and the ``accuracy``/``top5`` metrics."""
-        if not self.one_hot:
-            loss = keras.losses.SparseCategoricalCrossentropy(from_logits=from_logits)
-            metrics = [
-                keras.metrics.SparseCategoricalAccuracy(name="accuracy"),
-                keras.metrics.SparseTopKCategoricalAccuracy(k=5, name="top5"),
+    def loss_and_metrics(self, from_logits=False, integer_labels=False):
+        """Loss (with label smoothing, spread as ``label_smoothing_spread``) and the
+        ``accuracy``/``top5`` metrics, for one-hot labels when :attr:`one_hot` unless ``integer_labels``."""
+        if integer_labels and self.mixup > 0:
+            raise ValueError(f"Mixup needs one-hot labels. Received: integer_labels=True with mixup={self.mixup}")
+        if self.one_hot and not integer_labels:
+            if self.label_smoothing_spread == "others":
+                loss = SmoothedCrossentropy(float(self.label_smoothing), "others", from_logits=from_logits)
+            else:
+                loss = keras.losses.CategoricalCrossentropy(
+                    from_logits=from_logits, label_smoothing=float(self.label_smoothing)
+                )
+            return loss, [
+                keras.metrics.CategoricalAccuracy(name="accuracy"),
+                keras.metrics.TopKCategoricalAccuracy(k=5, name="top5"),
             ]
-            return loss, metrics
-        if self.label_smoothing_spread == "others":
-            loss = SmoothedCrossentropy(float(self.label_smoothing), "others", from_logits=from_logits)
-        else:
-            loss = keras.losses.CategoricalCrossentropy(
-                from_logits=from_logits, label_smoothing=float(self.label_smoothing)
+        if self.label_smoothing > 0:
+            loss = SparseLabelSmoothingCrossentropy(
+                float(self.label_smoothing), self.label_smoothing_spread, from_logits=from_logits
             )
+        else:
+            loss = keras.losses.SparseCategoricalCrossentropy(from_logits=from_logits)
         metrics = [
-            keras.metrics.CategoricalAccuracy(name="accuracy"),
-            keras.metrics.TopKCategoricalAccuracy(k=5, name="top5"),
+            keras.metrics.SparseCategoricalAccuracy(name="accuracy"),
+            keras.metrics.SparseTopKCategoricalAccuracy(k=5, name="top5"),
         ]
         return loss, metrics
 
-    def compile(self, model, steps_per_epoch=None, from_logits=False, **compile_kwargs):
+    def compile(self, model, steps_per_epoch=None, from_logits=False, integer_labels=False, **compile_kwargs):
         """Compile ``model`` with this recipe's optimizer, loss and metrics.
 
-        ``steps_per_epoch`` is needed when cosine decay or warmup is on.
+        ``steps_per_epoch`` is needed when cosine decay or warmup is on. ``integer_labels``:
+        ``fit`` gets integer labels even with label smoothing on (see :meth:`loss_and_metrics`).
         Returns ``model``.
         """
-        loss, metrics = self.loss_and_metrics(from_logits=from_logits)
+        loss, metrics = self.loss_and_metrics(from_logits=from_logits, integer_labels=integer_labels)
         if len(model.outputs) > 1:  # e.g. early-exit heads: one loss and metric set per output
-            pairs = [self.loss_and_metrics(from_logits=from_logits) for _ in model.outputs]
+            pairs = [self.loss_and_metrics(from_logits=from_logits, integer_labels=integer_labels) for _ in model.outputs]
             loss, metrics = [p[0] for p in pairs], [p[1] for p in pairs]
         model.compile(
             optimizer=self.build_optimizer(model, steps_per_epoch),

@@ -17,7 +17,7 @@ from __future__ import annotations
 import keras
 from keras import ops
 
-__all__ = ["SPREADS", "SmoothedCrossentropy", "smooth_labels"]
+__all__ = ["SPREADS", "SmoothedCrossentropy", "SparseLabelSmoothingCrossentropy", "smooth_labels"]
 
 #: Where the smoothing mass goes: to the other classes (SIPA) or to all classes (Keras).
 SPREADS = ("others", "all")
@@ -81,3 +81,26 @@ class SmoothedCrossentropy(keras.losses.Loss):
     def get_config(self):
         return {**super().get_config(), "label_smoothing": self.label_smoothing, "spread": self.spread,
                 "from_logits": self.from_logits}
+
+
+@keras.saving.register_keras_serializable(package="tfgated")
+class SparseLabelSmoothingCrossentropy(SmoothedCrossentropy):
+    """:class:`SmoothedCrossentropy` on the integer labels a plain ``model.fit(x, y)`` gets.
+
+    ``keras.losses.SparseCategoricalCrossentropy`` has no label smoothing; this loss one-hot
+    encodes the labels (shape ``(batch,)`` or ``(batch, 1)``) and smooths them as ``spread``
+    says, so a model compiled for integer labels keeps a recipe's smoothing. With
+    ``spread="all"`` it equals ``keras.losses.CategoricalCrossentropy(label_smoothing=s)`` on
+    the one-hot labels.
+    """
+
+    def __init__(self, label_smoothing=0.0, spread="others", from_logits=False, **kwargs):
+        kwargs.setdefault("name", "sparse_label_smoothing_crossentropy")
+        super().__init__(label_smoothing, spread, from_logits=from_logits, **kwargs)
+
+    def call(self, y_true, y_pred):
+        y_pred = ops.convert_to_tensor(y_pred, dtype=self.dtype)
+        labels = ops.cast(y_true, "int32")
+        if len(labels.shape) == len(y_pred.shape):  # (batch, 1) labels
+            labels = ops.squeeze(labels, axis=-1)
+        return super().call(ops.one_hot(labels, y_pred.shape[-1], dtype=y_pred.dtype), y_pred)

@@ -485,9 +485,10 @@ def compile_model(model, recipe, loss_weights=None, *, epochs=None, steps_per_ep
     The compile path is the one ``python -m tfgated train`` uses
     (:meth:`tfgated.recipes.Recipe.compile` through
     :func:`tfgated.recipes.fit_recipe`): the same optimizer, learning-rate
-    schedule, weight-decay exclusions and metrics. Only mixup and label smoothing
-    are left out (:meth:`~tfgated.recipes.Recipe.for_plain_fit`: they need the
-    one-hot labels of :meth:`~tfgated.recipes.Recipe.datasets`).
+    schedule, weight-decay exclusions, label smoothing (on the integer labels:
+    :class:`tfgated.smoothing.SparseLabelSmoothingCrossentropy`) and metrics. Only mixup is
+    left out (:meth:`~tfgated.recipes.Recipe.for_plain_fit`: it mixes the images of
+    :meth:`~tfgated.recipes.Recipe.datasets`).
 
     Args:
         model: the model to compile.
@@ -498,9 +499,10 @@ def compile_model(model, recipe, loss_weights=None, *, epochs=None, steps_per_ep
         epochs: the epochs the schedule spans (default: the recipe's); pass the
             same number to ``model.fit(epochs=...)``.
         steps_per_epoch: batches per training epoch. The schedule's length is
-            ``epochs * steps_per_epoch``; without it a recipe whose schedule needs
-            it (cosine decay, warmup, step decay) is compiled at its constant
-            initial learning rate.
+            ``epochs * steps_per_epoch``; a recipe whose schedule needs it (cosine
+            decay, warmup, step decay) refuses ``epochs`` without it, and without
+            either is compiled at its constant initial learning rate (a model for
+            inference or a quick fit, not the recipe's training).
 
     Returns ``model``.
     """
@@ -516,7 +518,12 @@ def compile_model(model, recipe, loss_weights=None, *, epochs=None, steps_per_ep
             f"Expected steps_per_epoch to be a positive integer or None. Received: steps_per_epoch={steps_per_epoch!r}"
         )
     plain = recipe.for_plain_fit() if epochs is None else recipe.for_plain_fit().replace(epochs=epochs)
+    if steps_per_epoch is None and plain.needs_steps_per_epoch and epochs is not None:
+        raise ValueError(
+            f"The recipe's learning-rate schedule spans epochs x steps_per_epoch steps: pass steps_per_epoch "
+            f"(batches per epoch, e.g. len(train_batches)) with epochs={epochs}. Received: steps_per_epoch=None"
+        )
     if steps_per_epoch is None and plain.needs_steps_per_epoch:
         plain = plain.replace(cosine_decay=False, lr_boundaries=(), warmup_epochs=0.0)
     compile_kwargs = {} if loss_weights is None or len(model.outputs) == 1 else {"loss_weights": loss_weights}
-    return plain.compile(model, steps_per_epoch=steps_per_epoch, **compile_kwargs)
+    return plain.compile(model, steps_per_epoch=steps_per_epoch, integer_labels=True, **compile_kwargs)

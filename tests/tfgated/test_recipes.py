@@ -139,20 +139,20 @@ def test_plain_batch_norm_undoes_ghost_batch_norm_with_the_weights():
     assert recipes.plain_batch_norm(model) is model  # nothing to undo
 
 
-def test_for_plain_fit_keeps_the_optimizer_and_schedule_and_drops_what_needs_one_hot_labels():
+def test_for_plain_fit_keeps_the_optimizer_schedule_and_label_smoothing_and_drops_mixup():
     r = Recipe(epochs=5, learning_rate=0.2, weight_decay=1e-4, cosine_decay=True, warmup_epochs=1.0,
                mixup=0.2, label_smoothing=0.1, lr_boundaries=(2, 4), momentum=0.8)
     plain = r.for_plain_fit()
-    assert plain == r.replace(mixup=0.0, label_smoothing=0.0)
-    assert not plain.one_hot and plain.needs_steps_per_epoch
+    assert plain == r.replace(mixup=0.0)
+    assert plain.needs_steps_per_epoch
     assert not Recipe(cosine_decay=False).needs_steps_per_epoch
     assert Recipe(cosine_decay=False, lr_boundaries=(3,)).needs_steps_per_epoch
-    model = plain.compile(tiny_gated_model(), steps_per_epoch=4)
+    model = plain.compile(tiny_gated_model(), steps_per_epoch=4, integer_labels=True)
     schedule = r.learning_rate_schedule(steps_per_epoch=4)
     assert float(model.optimizer.learning_rate) == pytest.approx(float(schedule(0)))
     assert isinstance(model.optimizer, keras.optimizers.SGD) and model.optimizer.nesterov
     assert float(model.optimizer.weight_decay) == pytest.approx(1e-4)
-    assert isinstance(model.loss, keras.losses.SparseCategoricalCrossentropy)
+    assert isinstance(model.loss, tfgated.SparseLabelSmoothingCrossentropy) and model.loss.label_smoothing == 0.1
 
 
 def test_use_ghost_batch_norm_keeps_weights_and_saves(tmp_path):
@@ -319,3 +319,34 @@ def test_train_on_validation_trains_on_both_splits():
     assert sum(int(x.shape[0]) for x, _ in held_out.train) == 150
     with pytest.raises(ValueError, match="train_on_validation"):
         Recipe().datasets("fashion_mnist", train_on_validation=True, **kwargs)
+
+
+@pytest.mark.parametrize("from_logits", [False, True])
+def test_sparse_label_smoothing_equals_categorical_smoothing_on_one_hot_labels(from_logits):
+    from tfgated.smoothing import SparseLabelSmoothingCrossentropy
+
+    rng = np.random.default_rng(0)
+    logits = rng.normal(size=(6, 5)).astype("float32")
+    pred = logits if from_logits else keras.ops.convert_to_numpy(keras.ops.softmax(logits))
+    labels = rng.integers(0, 5, size=6)
+    reference = keras.losses.CategoricalCrossentropy(from_logits=from_logits, label_smoothing=0.3)(np.eye(5)[labels], pred)
+    loss = SparseLabelSmoothingCrossentropy(0.3, "all", from_logits=from_logits)
+    for y in (labels, labels.reshape(-1, 1)):
+        assert float(loss(y, pred)) == pytest.approx(float(reference), rel=1e-5)
+    assert float(loss(labels, pred)) != pytest.approx(
+        float(keras.losses.SparseCategoricalCrossentropy(from_logits=from_logits)(labels, pred)), rel=1e-3
+    )
+    restored = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(loss), safe_mode=True)
+    assert type(restored) is SparseLabelSmoothingCrossentropy and restored.label_smoothing == 0.3
+    with pytest.raises(ValueError, match=r"label_smoothing in \[0, 1\). Received: label_smoothing=1.0"):
+        SparseLabelSmoothingCrossentropy(1.0)
+
+
+def test_a_plain_fit_compile_keeps_label_smoothing_and_refuses_mixup_on_integer_labels():
+    from tfgated.smoothing import SparseLabelSmoothingCrossentropy
+
+    loss, _ = Recipe(label_smoothing=0.1).for_plain_fit().loss_and_metrics(integer_labels=True)
+    assert isinstance(loss, SparseLabelSmoothingCrossentropy) and loss.label_smoothing == 0.1
+    assert Recipe(label_smoothing=0.1, mixup=0.2).for_plain_fit().mixup == 0.0
+    with pytest.raises(ValueError, match="Mixup needs one-hot labels"):
+        Recipe(mixup=0.2).loss_and_metrics(integer_labels=True)

@@ -49,8 +49,26 @@ def test_zoo_load_and_train_cli_follow_the_same_learning_rate(name):
         assert last < 0.01 * first
 
 
+@pytest.mark.slow
+def test_zoo_load_and_train_cli_smooth_the_labels_alike():
+    name = "sipa_fashion_mnist"  # its recipe smooths labels (0.3 or 0.1)
+    mine = zoo.load(name, weights=None, epochs=EPOCHS, steps_per_epoch=STEPS)
+    cli = cli_compiled(name, EPOCHS, STEPS)
+    assert cli.loss.get_config()["label_smoothing"] > 0
+    rng = np.random.default_rng(0)
+    pred = tf.nn.softmax(rng.normal(size=(8, 10)).astype("float32"))
+    labels = rng.integers(0, 10, size=8)
+    # zoo.load's model.fit takes integer labels, the CLI's pipeline one-hot ones: same loss
+    assert float(mine.loss(labels, pred)) == pytest.approx(float(cli.loss(np.eye(10)[labels], pred)), rel=1e-5)
+
+
 def test_load_checks_the_schedule_length_arguments():
     with pytest.raises(ValueError, match="compile=True"):
         zoo.load("resnet_fashion_mnist", compile=False, epochs=3)
+    # a schedule over E epochs needs its steps per epoch, or it would silently stay constant
+    recipe = zoo.preset_recipe("gumbel_resnet_fashion_mnist")[0]
+    assert recipe.needs_steps_per_epoch
+    with pytest.raises(ValueError, match="pass steps_per_epoch .* with epochs=3. Received: steps_per_epoch=None"):
+        zoo.compile_model(None, recipe, epochs=3)
     with pytest.raises(ValueError, match="steps_per_epoch"):
         zoo.compile_model(None, zoo.preset_recipe("resnet_fashion_mnist")[0], steps_per_epoch=0)

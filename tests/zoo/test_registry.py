@@ -209,7 +209,10 @@ def test_load_compiles_with_the_presets_recipe_object(tiny):
     assert float(model.optimizer.learning_rate.numpy()) == pytest.approx(0.05)
     assert not model.optimizer.nesterov and model.optimizer.momentum == pytest.approx(0.8)
     assert float(model.optimizer.weight_decay) == pytest.approx(1e-3)
-    assert isinstance(model.loss, keras.losses.SparseCategoricalCrossentropy)
+    # the recipe's label smoothing stays, on integer labels
+    assert isinstance(model.loss, tfgated.SparseLabelSmoothingCrossentropy) and model.loss.label_smoothing == 0.1
+    x, y = _data()
+    assert np.isfinite(model.fit(x, y, epochs=1, batch_size=8, verbose=0).history["loss"][0])
     with pytest.raises(ValueError, match="Received: learning_rate=-1"):  # checked when registered
         registry.register_preset(f"{TINY}_bad", _tiny_preset(recipe={**_tiny_preset()["recipe"], "learning_rate": -1}))
 
