@@ -32,6 +32,9 @@ switch                 piece
 ``stabilize_epochs``   "distribution stabilization": a short fine-tune with a
                        small constant LR (``stabilize_lr``) and only weak
                        augmentation (``stabilize_augment``), no mixup
+``precision_bits``     16: quantization-aware training, weights and
+                       activations fake-quantized to float16
+                       (:func:`tfgated.quantization.quantize_model`); 32: off
 =====================  =====================================================
 
 Mixup and label smoothing need one-hot labels; :meth:`Recipe.datasets` and
@@ -58,6 +61,7 @@ import keras
 
 from tfgated.augment import AUGMENT_POLICIES, augmentation_layer, mixup_batch, pad_crop_flip
 from tfgated.ghost_norm import GhostBatchNormalization, plain_batch_norm, use_ghost_batch_norm
+from tfgated.quantization import check_bits, quantize_model
 
 __all__ = [
     "AUGMENT_POLICIES",
@@ -170,6 +174,7 @@ class Recipe:
     stabilize_epochs: int = 0
     stabilize_lr: float = 0.001
     stabilize_augment: str = "flip"
+    precision_bits: int = 32
 
     def __post_init__(self):
         if not _positive_int(self.epochs):
@@ -226,6 +231,7 @@ class Recipe:
         object.__setattr__(self, "lr_boundaries", tuple(self.lr_boundaries))
         if not _non_negative_number(self.lr_decay_factor) or self.lr_decay_factor > 1:
             raise ValueError(f"Expected lr_decay_factor in [0, 1]. Received: lr_decay_factor={self.lr_decay_factor!r}")
+        check_bits(self.precision_bits)
         for name in ("nesterov", "cosine_decay", "bias_decay", "bn_decay", "gate_decay"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"Expected {name} to be True or False. Received: {name}={getattr(self, name)!r}")
@@ -277,7 +283,9 @@ class Recipe:
         ``no_bias_decay`` -> ``bias_decay``; ``autoaugment`` -> ``augment=
         "randaugment"`` (the authors' AutoAugment policy is not available in
         Keras); ``optimizer: "adamw"`` -> ``"adam"`` (decay is decoupled anyway).
-        Keys of other stages (:data:`PRESET_IGNORED`) are skipped. ``overrides``
+        Keys of other stages (:data:`PRESET_IGNORED`) are skipped, ``precision_bits`` among
+        them: a preset's is its deployment precision, so 16-bit quantization-aware training
+        is asked for with the override ``precision_bits=16``. ``overrides``
         are switch names and are validated strictly.
 
         Returns:
@@ -305,6 +313,8 @@ class Recipe:
                 values["augment"] = "randaugment"
             elif key == "optimizer":
                 values["optimizer"] = "adam" if value == "adamw" else value
+            elif key in PRESET_IGNORED:
+                ignored[key] = value
             elif key in PRESET_ALIASES:
                 values[PRESET_ALIASES[key]] = value
             elif key in valid:
@@ -339,10 +349,12 @@ class Recipe:
         return {} if self.activation is None else {"activation": self.activation}
 
     def prepare_model(self, model):
-        """Apply model-level switches (ghost batch norm) to a built model."""
+        """Apply model-level switches to a built model: ghost batch norm, then (``precision_bits=16``)
+        :func:`tfgated.quantization.quantize_model`; undo the latter with
+        :func:`tfgated.quantization.strip_quantization` after training."""
         if self.ghost_batch_norm:
             model = use_ghost_batch_norm(model, self.ghost_batch_norm)
-        return model
+        return quantize_model(model, bits=self.precision_bits)
 
     def for_plain_fit(self):
         """This recipe as a plain ``model.fit`` on integer labels can follow it.
