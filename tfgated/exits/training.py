@@ -26,6 +26,7 @@ from keras import ops
 from tfgated.exits.heads import freeze_main
 from tfgated.exits.layers import EarlyExitCombine, exit_classifier_outputs
 from tfgated.inference import find_layers
+from tfgated.quantization import quantize_model
 
 __all__ = [
     "LOSSES",
@@ -182,6 +183,7 @@ def train_exit(
     callbacks=None,
     steps_per_epoch=None,
     verbose="auto",
+    bits=32,
 ):
     """Train only the exit head of ``model_with_exit`` (main network frozen).
 
@@ -198,6 +200,10 @@ def train_exit(
             dataset length is known), or any optimizer ``compile`` accepts. (The reference used
             SGD 0.13 with momentum 0.9 and cosine decay over 800 epochs.)
         callbacks, steps_per_epoch, verbose: passed to ``fit``.
+        bits: 16 trains the head with weights and activations (the frozen features' too)
+            fake-quantized to float16 (:func:`tfgated.quantization.quantize_model`); the head's
+            float32 weights are left unrounded (round them with
+            :func:`tfgated.quantization.round_weights`). 32: plain float32.
 
     Returns:
         The ``keras.callbacks.History`` of the head training.
@@ -208,8 +214,8 @@ def train_exit(
     num_classes = structure.exit_output.shape[-1]
     loss_object = exit_loss(loss, label_spec(train_ds), num_classes)
     points = structure.exit_points[0] if len(structure.exit_points) == 1 else structure.exit_points
-    features = keras.Model(structure.inputs, points, name="exit_features")
-    head = keras.Model(points, structure.exit_output, name="exit_head")
+    features = quantize_model(keras.Model(structure.inputs, points, name="exit_features"), bits)
+    head = quantize_model(keras.Model(points, structure.exit_output, name="exit_head"), bits)
     trainer = ExitTrainer(features, head, name="exit_trainer")
     if optimizer is None:
         steps = steps_per_epoch

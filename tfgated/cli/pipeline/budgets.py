@@ -54,6 +54,9 @@ class Budget:
         exit_channels: channels of the exit head's 1x1 convolution (None: the
             network's head channels).
         parity_examples: test images used by the export parity checks.
+        precision_bits: 16: train, prune and accelerate with 16-bit quantization-aware
+            training (:mod:`tfgated.quantization`) and score every table row at 16 bits;
+            32: float32 training, rows 1-4 scored at 32 bits.
     """
 
     name: str
@@ -76,6 +79,7 @@ class Budget:
     exit_max_drop: float
     exit_channels: Optional[int]
     parity_examples: int
+    precision_bits: int
 
     def to_dict(self):
         return dataclasses.asdict(self)
