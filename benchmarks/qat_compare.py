@@ -33,6 +33,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
@@ -124,7 +125,7 @@ def main(argv=None):
         "benchmark": "qat_compare",
         "what": f"the {BUDGET} budget's base SIPA network trained {args.epochs} epochs in float32 then rounded to "
                 "float16, against 16-bit quantization-aware training; test top-1 and 16-bit MicroNet score",
-        "command": "python benchmarks/qat_compare.py " + " ".join(argv or []),
+        "command": " ".join(["python benchmarks/qat_compare.py"] + list(sys.argv[1:] if argv is None else argv)),
         "settings": {**{k: v for k, v in vars(args).items() if k != "out"}, **data_kwargs(),
                      "recipe": recipe_for(args, 16).to_dict()},
         "test_examples": int(len(test[1])),

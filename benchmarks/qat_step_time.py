@@ -28,6 +28,7 @@ import json
 import os
 import platform
 import statistics
+import sys
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
@@ -54,12 +55,17 @@ def build(policy=None):
 def variants():
     """``{name: compiled model}`` with equal initial weights."""
     import keras
+    import numpy as np
 
     from tfgated.quantization import quantize_model
 
     keras.utils.set_random_seed(0)
     plain = build()
-    weights = plain.get_weights()
+    # the builder zero-initializes the classifier (uniform outputs at the start): small random values
+    # instead, so that the outputs, and the "same result" comparison, depend on every layer
+    rng = np.random.default_rng(0)
+    weights = [rng.normal(0.0, 0.05, w.shape).astype(w.dtype) if not w.any() else w for w in plain.get_weights()]
+    plain.set_weights(weights)
     mixed = build("mixed_float16")
     mixed.set_weights(weights)
     twin = build()
@@ -124,7 +130,7 @@ def main(argv=None):
     result = {
         "benchmark": "qat_step_time",
         "what": "train_on_batch step time of the small budget's base SIPA network, batch 128, CPU",
-        "command": "python benchmarks/qat_step_time.py " + " ".join(argv or []),
+        "command": " ".join(["python benchmarks/qat_step_time.py"] + list(sys.argv[1:] if argv is None else argv)),
         "params": int(models["float32"].count_params()),
         "rounds": args.rounds,
         "steps_per_round": args.steps,
