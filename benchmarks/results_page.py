@@ -344,6 +344,27 @@ def _preset_exports(data):
     return what, "; ".join(figures)
 
 
+def _qat_compare(data):
+    what = data.get("what", "float32 then rounded against 16-bit quantization-aware training")
+    rows = data.get("rows", {})
+    figures = [
+        f"{name} top-1 {_acc(row['test_top1'])}"
+        + (f", 16-bit score {row['micronet_score_16bit']:.6f}" if "micronet_score_16bit" in row else "")
+        for name, row in rows.items()
+    ]
+    return what, "; ".join(figures) + f"; QAT - float32 {100 * data['qat_minus_float32_top1']:+.2f} points"
+
+
+def _qat_step_time(data):
+    median, ratios = data.get("median_step_ms", {}), data.get("median_ratio_vs_float32", {})
+    figures = ", ".join(f"{name} {median[name]:.0f} ms a step (x{ratios[name]:.2f})" for name in median)
+    same = data.get("same_result", {}).get("mixed_float16", {})
+    if same:
+        figures += (f"; mixed_float16 top-1 agreement with fake quantization "
+                    f"{same['top1_agreement_vs_fake_quant']:.4f}")
+    return data.get("what", "16-bit training step time"), figures
+
+
 def _generic(data):
     if isinstance(data, dict):
         what = str(data.get("benchmark") or data.get("description") or "result")
@@ -368,6 +389,10 @@ def kind_of(data):
         return "early_exit"
     if "fold_report" in data and "results" in data and "summary" in data:
         return "export_latency"
+    if "qat_minus_float32_top1" in data:
+        return "qat_compare"
+    if "median_ratio_vs_float32" in data:
+        return "qat_step_time"
     if "gated_over_dense" in data:
         return "gate_overhead"
     if "stage_seconds" in data and "rows" in data:
@@ -413,6 +438,8 @@ KINDS = {
     "sipa_prune": _sipa_prune,
     "preset_exports": _preset_exports,
     "fp16_gate_decisions": _fp16_gate_decisions,
+    "qat_compare": _qat_compare,
+    "qat_step_time": _qat_step_time,
     "generic": _generic,
 }
 

@@ -40,6 +40,9 @@ switch                 piece
 ``train_on_validation``  SIPA's "no validation data": train on train +
                        validation (for the final training, after Improving
                        has chosen with validation data)
+``precision_bits``     16: quantization-aware training, weights and
+                       activations fake-quantized to float16
+                       (:func:`tfgated.quantization.quantize_model`); 32: off
 =====================  =====================================================
 
 Mixup and label smoothing need one-hot labels; :meth:`Recipe.datasets` and
@@ -59,13 +62,14 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 from typing import Any, Dict, Optional
 
 import keras
 
 from tfgated.augment import AUGMENT_POLICIES, augmentation_layer, mixup_batch, pad_crop_flip
 from tfgated.ghost_norm import GhostBatchNormalization, plain_batch_norm, use_ghost_batch_norm
+from tfgated.quantization import check_bits, quantize_model
+from tfgated.schedules import WarmupPiecewiseDecay
 from tfgated.smoothing import SmoothedCrossentropy, SparseLabelSmoothingCrossentropy, check_smoothing
 
 __all__ = [
@@ -186,6 +190,7 @@ class Recipe:
     stabilize_lr: float = 0.001
     stabilize_augment: str = "flip"
     train_on_validation: bool = False
+    precision_bits: int = 32
 
     def __post_init__(self):
         if not _positive_int(self.epochs):
@@ -243,6 +248,7 @@ class Recipe:
         if not _non_negative_number(self.lr_decay_factor) or self.lr_decay_factor > 1:
             raise ValueError(f"Expected lr_decay_factor in [0, 1]. Received: lr_decay_factor={self.lr_decay_factor!r}")
         check_smoothing(self.label_smoothing, self.label_smoothing_spread)
+        check_bits(self.precision_bits)
         for name in ("nesterov", "cosine_decay", "bias_decay", "bn_decay", "gate_decay", "train_on_validation"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"Expected {name} to be True or False. Received: {name}={getattr(self, name)!r}")
@@ -294,7 +300,9 @@ class Recipe:
         ``no_bias_decay`` -> ``bias_decay``; ``autoaugment`` -> ``augment=
         "randaugment"`` (the authors' AutoAugment policy is not available in
         Keras); ``optimizer: "adamw"`` -> ``"adam"`` (decay is decoupled anyway).
-        Keys of other stages (:data:`PRESET_IGNORED`) are skipped. ``overrides``
+        Keys of other stages (:data:`PRESET_IGNORED`) are skipped, ``precision_bits`` among
+        them: a preset's is its deployment precision, so 16-bit quantization-aware training
+        is asked for with the override ``precision_bits=16``. ``overrides``
         are switch names and are validated strictly.
 
         Returns:
@@ -322,6 +330,8 @@ class Recipe:
                 values["augment"] = "randaugment"
             elif key == "optimizer":
                 values["optimizer"] = "adam" if value == "adamw" else value
+            elif key in PRESET_IGNORED:
+                ignored[key] = value
             elif key in PRESET_ALIASES:
                 values[PRESET_ALIASES[key]] = value
             elif key in valid:
@@ -356,10 +366,12 @@ class Recipe:
         return {} if self.activation is None else {"activation": self.activation}
 
     def prepare_model(self, model):
-        """Apply model-level switches (ghost batch norm) to a built model."""
+        """Apply model-level switches to a built model: ghost batch norm, then (``precision_bits=16``)
+        :func:`tfgated.quantization.quantize_model`; undo the latter with
+        :func:`tfgated.quantization.strip_quantization` after training."""
         if self.ghost_batch_norm:
             model = use_ghost_batch_norm(model, self.ghost_batch_norm)
-        return model
+        return quantize_model(model, bits=self.precision_bits)
 
     def for_plain_fit(self):
         """This recipe as a plain ``model.fit`` on integer labels can follow it.
@@ -536,33 +548,6 @@ class Recipe:
         return []
 
 
-@keras.saving.register_keras_serializable(package="tfgated")
-class WarmupPiecewiseDecay(keras.optimizers.schedules.LearningRateSchedule):
-    """Linear warmup from 0 to ``values[0]`` over ``warmup_steps``, then step decay.
-
-    After the warmup the rate is ``values[i]`` between ``boundaries[i - 1]`` and
-    ``boundaries[i]`` (absolute steps), as ``keras.optimizers.schedules.PiecewiseConstantDecay``.
-    """
-
-    def __init__(self, warmup_steps, boundaries, values):
-        if len(values) != len(boundaries) + 1:
-            raise ValueError(
-                f"Expected one more value than boundaries. Received: boundaries={boundaries!r}, values={values!r}"
-            )
-        self.warmup_steps = max(1, int(warmup_steps))
-        self.boundaries = [int(b) for b in boundaries]
-        self.values = [float(v) for v in values]
-        self.piecewise = keras.optimizers.schedules.PiecewiseConstantDecay(self.boundaries, self.values)
-
-    def __call__(self, step):
-        step = keras.ops.cast(step, "float32")
-        warm = self.values[0] * step / float(self.warmup_steps)
-        return keras.ops.where(step < self.warmup_steps, warm, keras.ops.cast(self.piecewise(step), "float32"))
-
-    def get_config(self):
-        return {"warmup_steps": self.warmup_steps, "boundaries": self.boundaries, "values": self.values}
-
-
 def steps_per_epoch(dataset):
     """Batches per epoch of a finite ``tf.data`` dataset (counted if unknown)."""
     n = int(dataset.cardinality())
@@ -589,9 +574,3 @@ def fit_recipe(model, recipe, splits, callbacks=(), verbose="auto", initial_epoc
         callbacks=list(callbacks) + recipe.callbacks(),
         verbose=verbose,
     )
-
-
-def cosine_value(start, end, fraction):
-    """Cosine interpolation from ``start`` (fraction 0) to ``end`` (fraction 1)."""
-    fraction = min(max(float(fraction), 0.0), 1.0)
-    return end + (start - end) * 0.5 * (1.0 + math.cos(math.pi * fraction))

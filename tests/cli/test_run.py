@@ -120,9 +120,11 @@ def test_end_to_end_files_table_and_parity(tiny_run):
     assert rows["prune"]["ops"] < rows["train"]["ops"]
     assert rows["prune"]["sparsity"] == pytest.approx(0.5, abs=0.01)
     assert rows["accelerate"]["params"] > rows["prune"]["params"]
-    assert rows["16-bit"]["bits"] == 16 and rows["accelerate"]["bits"] == 32
-    assert rows["16-bit"]["storage"] < 0.6 * rows["accelerate"]["storage"]
-    assert rows["16-bit"]["ops"] < rows["accelerate"]["ops"]
+    # precision_bits 16: every row is a 16-bit score, counted on float16 weights
+    assert BUDGETS["tiny"].precision_bits == 16
+    assert [r["bits"] for r in summary["rows"]] == [16] * len(summary["rows"])
+    for key in ("storage", "ops", "score", "accuracy", "exit_ratio"):
+        assert rows["16-bit"][key] == rows["accelerate"][key], key  # already 16-bit: rounding changes nothing
     # the export row scores the exported file: the 16-bit model with its exit
     assert {k: v for k, v in rows["export"].items() if k not in ("stage", "accuracy")} == {
         k: v for k, v in rows["16-bit"].items() if k not in ("stage", "accuracy")}
@@ -178,6 +180,14 @@ def test_row_accuracies_are_the_written_models_test_accuracies(tiny_run):
     assert len(y) > 0
     for name, stage in ROW_STAGES.items():
         model = load_model(os.path.join(_stage_dir(run_dir, stage), "model.keras"))
+        for w in model.get_weights():  # every scored model holds float16 values (precision_bits 16)
+            if w.dtype.kind == "f":
+                np.testing.assert_array_equal(w, w.astype(np.float16).astype(w.dtype), err_msg=name)
+        if name == "train":  # counted at 16 bits: about half the storage of the 32-bit count
+            from tfgated.micronet import micronet_score
+
+            assert rows[name]["storage"] == pytest.approx(micronet_score(model, bits=16).params_storage)
+            assert rows[name]["storage"] < 0.6 * micronet_score(model, bits=32).params_storage
         if name in ("accelerate", "16-bit"):
             result = EarlyExitModel(model, rows[name]["threshold"]).predict(x, labels=y)
             assert rows[name]["accuracy"] == result.accuracy, name

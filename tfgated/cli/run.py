@@ -12,7 +12,8 @@ SIPA (Lee, Bae, Oh, Yun, MicroNet Challenge 2019) in seven stages on one dataset
                 fine-tuning between rounds (tfgated.pruning)
   5 accelerate  an early-exit head trained with soft smoothing on the frozen network,
                 confidence threshold calibrated on validation data (tfgated.exits)
-  6 quantize    weights rounded to 16 bits; MicroNet score at 16 bits (tfgated.micronet)
+  6 quantize    weights rounded to 16 bits (after 16-bit training already so); MicroNet
+                score at 16 bits (tfgated.micronet)
   7 export      the 16-bit network WITH its exit written to TFLite (float16, conditional
                 at batch size 1: confident images stop after the exit head) and ONNX (masked
                 form), each checked against Keras in its runtime (tfgated.export); the TFLite
@@ -28,10 +29,14 @@ the anchor); the run ends with the next steps: how to load the final model, the 
 command, the files written with their sizes and a comparison with the nearest shipped
 preset and the anchor (0.925, the Fashion-MNIST benchmark's 2-conv network).
 
-Accuracy is measured on the test split. Stages 1-4 are scored at 32 bits, stage 5 with the
-exit head counted in storage and the *expected* operations (part before the exit and the
-head always, the rest of the network for the examples that do not exit), stage 6 like stage
-5 at 16 bits (16-bit parameters and multiplications, 32-bit additions).
+Accuracy is measured on the test split. Every budget sets ``precision_bits`` 16, as SIPA:
+train, prune and the exit head's training run with 16-bit quantization-aware training
+(weights and activations fake-quantized to float16, :mod:`tfgated.quantization`), the
+searched network is rounded to float16, and every row is scored at 16 bits (16-bit
+parameters and multiplications, 32-bit additions); a budget with ``precision_bits`` 32
+trains in float32 and scores stages 1-4 at 32 bits. Stage 5 counts the exit head in storage
+and the *expected* operations (part before the exit and the head always, the rest of the
+network for the examples that do not exit), stage 6 likewise.
 
 Resuming: the run folder (``--run-dir``, default ``runs/sipa_<dataset>_<budget>``) holds one
 folder per stage, ``NN_<stage>/``, with the stage's files, its model (``model.keras``, where

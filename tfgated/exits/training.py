@@ -31,6 +31,7 @@ from keras import ops
 from tfgated.exits.heads import exit_structure, freeze_main
 from tfgated.exits.layers import EarlyExitCombine, exit_classifier_outputs
 from tfgated.inference import find_layers
+from tfgated.quantization import quantize_model
 from tfgated.smoothing import smooth_labels
 
 __all__ = [
@@ -194,6 +195,7 @@ def train_exit(
     steps_per_epoch=None,
     verbose="auto",
     update_main_statistics=True,
+    bits=32,
 ):
     """Train only the exit head of ``model_with_exit`` (main network's weights frozen).
 
@@ -213,6 +215,10 @@ def train_exit(
         update_main_statistics: True (the reference's behaviour): the main network runs in
             training mode and its batch norm updates its moving statistics, gamma and beta
             fixed; False: the main network runs in inference mode and is left unchanged.
+        bits: 16 trains the head with weights and activations (the frozen features' too)
+            fake-quantized to float16 (:func:`tfgated.quantization.quantize_model`); the head's
+            float32 weights are left unrounded (round them with
+            :func:`tfgated.quantization.round_weights`). 32: plain float32.
 
     Returns:
         The ``keras.callbacks.History`` of the head training.
@@ -223,10 +229,10 @@ def train_exit(
     num_classes = structure.exit_output.shape[-1]
     loss_object = exit_loss(loss, label_spec(train_ds), num_classes)
     points = structure.exit_points[0] if len(structure.exit_points) == 1 else structure.exit_points
-    features = keras.Model(
+    features = quantize_model(keras.Model(
         structure.inputs, (points, structure.main_output) if update_main_statistics else points, name="exit_features"
-    )
-    head = keras.Model(points, structure.exit_output, name="exit_head")
+    ), bits)
+    head = quantize_model(keras.Model(points, structure.exit_output, name="exit_head"), bits)
     trainer = ExitTrainer(features, head, main_statistics=update_main_statistics, name="exit_trainer")
     if optimizer is None:
         steps = steps_per_epoch

@@ -65,6 +65,9 @@ class Budget:
             each round prunes the head and re-stabilizes it for ``e`` epochs
             (backbone frozen, its batch norm updating its statistics).
         parity_examples: test images used by the export parity checks.
+        precision_bits: 16: train, prune and accelerate with 16-bit quantization-aware
+            training (:mod:`tfgated.quantization`) and score every table row at 16 bits;
+            32: float32 training, rows 1-4 scored at 32 bits.
     """
 
     name: str
@@ -91,6 +94,7 @@ class Budget:
     exit_channels: Optional[int]
     exit_prune: Optional[dict]
     parity_examples: int
+    precision_bits: int
 
     def to_dict(self):
         return dataclasses.asdict(self)

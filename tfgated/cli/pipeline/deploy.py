@@ -12,6 +12,7 @@ import numpy as np
 
 from tfgated.cli.pipeline.summary import micronet, score_row
 from tfgated.io import save_model
+from tfgated.quantization import round_weights
 
 __all__ = ["exit_position", "round_to_float16", "stage_accelerate", "stage_export", "stage_quantize"]
 
@@ -81,8 +82,9 @@ def stage_accelerate(run, out):
     run.log(f"[5/7] accelerate: exit head after block {after} ({channels} channels), {budget.exit_epochs} epoch(s)")
     with_exit = attach_exit(model, after=after, channels=channels)
     splits = run.splits()
+    bits = budget.precision_bits
     train_exit(with_exit, splits.train, splits.validation, epochs=budget.exit_epochs, loss="softsmoothing",
-               verbose=run.verbose)
+               verbose=run.verbose, bits=bits)
     exit_rounds = []
     if budget.exit_prune:
         schedule, epochs = budget.exit_prune["schedule"], budget.exit_prune["epochs"]
@@ -90,13 +92,14 @@ def stage_accelerate(run, out):
                 f"re-stabilized {epochs} epoch(s) per round")
         exit_rounds = prune_exit(with_exit, schedule, splits.train, splits.validation, epochs=epochs,
                                  loss="softsmoothing", verbose=run.verbose)
+    round_weights(with_exit, bits)  # the head trained with float16 fake quantization: its weights at float16
     vx, vy = run.validation_arrays()
     main_probs, exit_probs = (np.asarray(p) for p in with_exit.predict(vx, batch_size=256, verbose=0))
     calibration = calibrate_threshold(exit_probs, main_probs, vy, max_accuracy_drop=budget.exit_max_drop)
     save_model(with_exit, run.model_path("accelerate"))
-    result, extra, report = _exit_evaluation(run, with_exit, calibration.threshold, 32)
+    result, extra, report = _exit_evaluation(run, with_exit, calibration.threshold, bits)
     _plot_risk_coverage(run, with_exit)
-    row = score_row("accelerate", result.accuracy, report, 32, extra)
+    row = score_row("accelerate", result.accuracy, report, bits, extra)
     run.log(
         f"[5/7] accelerate: threshold {calibration.threshold:.4f}, {result.exit_ratio:.1%} of test images exit, "
         f"mean MACs {result.mean_macs:,.0f} ({1 - result.mac_saving:.1%} of the network without exit), "
@@ -108,11 +111,7 @@ def stage_accelerate(run, out):
 
 def round_to_float16(model):
     """Round every float weight of ``model`` to the nearest float16 value (in place); returns ``model``."""
-    for variable in model.weights:
-        value = np.asarray(variable.numpy() if hasattr(variable, "numpy") else variable)
-        if value.dtype.kind == "f":
-            variable.assign(value.astype(np.float16).astype(value.dtype))
-    return model
+    return round_weights(model, 16)
 
 
 def stage_quantize(run, out):

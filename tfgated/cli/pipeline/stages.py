@@ -13,6 +13,7 @@ from tfgated.cli.pipeline.budgets import SIPA_PRESETS
 from tfgated.cli.pipeline.state import save_json
 from tfgated.cli.pipeline.summary import micronet, score_row
 from tfgated.io import save_model
+from tfgated.quantization import quantize_model, round_weights, strip_quantization
 
 __all__ = ["stage_improve", "stage_prune", "stage_search", "stage_train"]
 
@@ -104,10 +105,12 @@ def stage_search(run, out):
     else:
         (model, preset), rows = _preset_search(run, hypermodel, base_arch), []
     save_json(os.path.join(out, "searched.json"), preset)
+    bits = budget.precision_bits
+    round_weights(model, bits)  # the search trains at float32; its row is scored at the run's precision
     save_model(model, run.model_path("search"))
     accuracy = run.test_accuracy(model)
     macs = float(complexity.count(model).macs)
-    row = score_row("search", accuracy, micronet(model, 32), 32, {"macs": macs})
+    row = score_row("search", accuracy, micronet(model, bits), bits, {"macs": macs})
     run.log(f"[1/7] search: best {arch_summary(preset['arch'])}; {macs:,.0f} MACs, test accuracy {accuracy:.4f}")
     return {"row": row, "arch": preset["arch"], "trials": len(rows), "budget_macs": threshold,
             "preset": os.path.join(out, "searched.json")}
@@ -131,7 +134,8 @@ def stage_improve(run, out):
     budget = run.budget
     arch = run.need("search")["arch"]
     groups = _groups(budget.improve_groups)
-    base = Recipe.from_dict(budget.base_recipe, epochs=budget.improve_epochs, batch_size=budget.batch_size)
+    base = Recipe.from_dict(budget.base_recipe, epochs=budget.improve_epochs, batch_size=budget.batch_size,
+                            precision_bits=budget.precision_bits)
     count = sum(len(c) for _, c in groups)
     seeds = [run.seed + i for i in range(budget.improve_seeds)] if budget.improve_seeds > 1 else None
     run.log(f"[2/7] improve: baseline + {count} candidate(s), {budget.improve_epochs} epoch(s) each"
@@ -165,8 +169,9 @@ def stage_train(run, out):
     budget = run.budget
     arch = run.need("search")["arch"]
     recipe = Recipe.from_dict(run.need("improve")["recipe"]).replace(
-        epochs=budget.train_epochs, train_on_validation=budget.train_on_validation)
-    run.log(f"[3/7] train: {budget.train_epochs} epoch(s) with the improved recipe"
+        epochs=budget.train_epochs, train_on_validation=budget.train_on_validation,
+        precision_bits=budget.precision_bits)
+    run.log(f"[3/7] train: {budget.train_epochs} epoch(s) with the improved recipe at {budget.precision_bits} bits"
             + (" on train + validation (no validation data)" if budget.train_on_validation else ""))
     keras.utils.set_random_seed(run.seed)
     model = recipe.prepare_model(run.build(arch, recipe.model_overrides()))
@@ -178,13 +183,14 @@ def stage_train(run, out):
     if stabilization is not None:
         fit_recipe(model, stabilization, stabilization.datasets(run.dataset, seed=run.seed, **run.data_kwargs()),
                    verbose=run.verbose)
-    model = plain_batch_norm(model)
+    model = plain_batch_norm(strip_quantization(model))
     save_model(model, run.model_path("train"))
     if os.path.exists(history_csv):
         plots.plot_history(history_csv, os.path.join(run.plots_dir, "train_history.png"))
     accuracy = run.test_accuracy(model)
     run.log(f"[3/7] train: test accuracy {accuracy:.4f}")
-    return {"row": score_row("train", accuracy, micronet(model, 32), 32), "recipe": recipe.to_dict()}
+    bits = budget.precision_bits
+    return {"row": score_row("train", accuracy, micronet(model, bits), bits), "recipe": recipe.to_dict()}
 
 
 def stage_prune(run, out):
@@ -208,7 +214,7 @@ def stage_prune(run, out):
         "epoch(s) each"
     )
     keras.utils.set_random_seed(run.seed)
-    model = run.load_model("train")
+    model = quantize_model(run.load_model("train"), bits=budget.precision_bits)
     splits = tune.datasets(run.dataset, seed=run.seed, **run.data_kwargs())
     tune.compile(model, steps_per_epoch=steps_per_epoch(splits.train))
     rows = iterative_pruning(model, splits.train, splits.validation, IterativePruningOptions(
@@ -216,9 +222,11 @@ def stage_prune(run, out):
         checkpoint_dir=os.path.join(out, "rounds"), fit_kwargs={"verbose": run.verbose}, verbose=1 if run.verbose else 0,
     ))
     strip_pruning(model)
+    model = strip_quantization(model)
     save_model(model, run.model_path("prune"))
     sparsity = sparsity_report(model)["total"]["sparsity"]
     plot_pruning_rounds(rows, os.path.join(run.plots_dir, "pruning.png"))
     accuracy = run.test_accuracy(model)
     run.log(f"[4/7] prune: sparsity {sparsity:.1%}, test accuracy {accuracy:.4f}")
-    return {"row": score_row("prune", accuracy, micronet(model, 32), 32, {"sparsity": sparsity}), "rounds": rows}
+    bits = budget.precision_bits
+    return {"row": score_row("prune", accuracy, micronet(model, bits), bits, {"sparsity": sparsity}), "rounds": rows}

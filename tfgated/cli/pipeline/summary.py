@@ -27,13 +27,17 @@ ACCURACY_PLOT = "accuracy_vs_score.png"
 ANCHOR = {"fashion_mnist": {"accuracy": 0.925, "what": "Fashion-MNIST benchmark, 2-conv network < 100K parameters"}}
 
 #: What the table's columns and rows mean (printed under the console table, written in summary.md).
-LEGEND = """Columns: accuracy = top-1 on the test split; parameters = non-zero / all; storage in 32-bit
+LEGEND = """Columns: bits = the precision of the row's weights and of its MicroNet counting (budget
+  precision_bits; 16: train, prune and accelerate ran with quantization-aware training, weights and
+  activations fake-quantized to float16, and the searched network was rounded to float16);
+  accuracy = top-1 on the test split; parameters = non-zero / all; storage in 32-bit
   parameter equivalents and MicroNet math operations per image, scored against WideResNet-28-10
   (36.5M parameters, 10.49B operations); total score = storage score + ops score (lower is better).
 Rows: search = best searched network (short training); train = it, trained with the recipe the
   improve stage chose (improve itself makes no model: its validation accuracies are in its stage
   line); prune = after global magnitude pruning; accelerate = with the early-exit head, operations
-  expected with exits; 16-bit = weights rounded to 16 bits; export = the written TFLite file
+  expected with exits; 16-bit = weights rounded to 16 bits (at precision_bits 16 they already
+  are: the accelerate row's numbers again); export = the written TFLite file
   (with its exit), its accuracy measured in LiteRT."""
 
 
