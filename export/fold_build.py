@@ -278,7 +278,7 @@ class FoldBuilder(FoldPlan):
             x = L.GlobalAveragePooling1D(name=self._unique(f"{prefix}_pool"))(x)
         elif rank != 2:
             raise FoldError(f"Cannot fold gate {gate.name!r} on a rank-{rank} context.")
-        hidden = L.Dense(gate.hidden_units, use_bias=False, name=self._unique(f"{prefix}_hidden"))
+        hidden = L.Dense(gate.hidden_width, use_bias=False, name=self._unique(f"{prefix}_hidden"))
         x = hidden(x)
         hidden.set_weights(gate.hidden.get_weights())
         norm = self._clone(gate.norm, name=f"{prefix}_norm")
@@ -287,6 +287,8 @@ class FoldBuilder(FoldPlan):
         x = L.ReLU(name=self._unique(f"{prefix}_relu"))(x)
         theta = math.log(gate.threshold / (1.0 - gate.threshold))
         head_kernel, head_bias = gate.head.get_weights()
+        if gate.per_gate_hidden:  # (units, hidden) per gate -> the same map as one block-diagonal Dense
+            head_kernel = _block_diagonal(head_kernel)
         head = L.Dense(gate.units, name=self._unique(f"{prefix}_logits"))
         logits = head(x)
         head.set_weights([head_kernel, (head_bias.astype("float64") - theta).astype("float32")])
@@ -301,3 +303,13 @@ class FoldBuilder(FoldPlan):
             z = L.Maximum(name=self._unique(f"{prefix}_force_open"))([z, onehot])
         return z
 
+
+def _block_diagonal(per_gate_kernel):
+    """The ``(units * hidden, units)`` Dense kernel computing what a per-gate head's
+    ``(units, hidden)`` kernel computes on its ``(units, hidden)`` reshaped input: gate ``g``
+    reads only hidden units ``g * hidden ... (g + 1) * hidden - 1``."""
+    units, hidden = per_gate_kernel.shape
+    kernel = np.zeros((units * hidden, units), dtype=per_gate_kernel.dtype)
+    for g in range(units):
+        kernel[g * hidden:(g + 1) * hidden, g] = per_gate_kernel[g]
+    return kernel
