@@ -194,23 +194,18 @@ def open_indices(mask):
     return ops.cast(ops.nonzero(mask)[0], "int32")
 
 
-def _expand_like(z, rank):
-    for _ in range(rank - 2):
-        z = ops.expand_dims(z, axis=1)
-    return z
-
-
 def run_branch(branch, values, run):
     """The scattered product ``z * f(x)`` of ``branch``: computed on the examples with ``z > 0``,
     zero elsewhere. ``run(node, values)`` runs one inner node."""
-    zv = values[id(branch.z)]
-    idx = open_indices(ops.reshape(zv, (-1,)) > 0)
+    z = ops.reshape(values[id(branch.z)], (-1,))  # one gate value per example
+    idx = open_indices(z > 0)
     local = {id(t): ops.take(values[id(t)], idx, axis=0) for t in branch.external}
     for node in branch.inner:
         run(node, local)
     part = local[id(branch.branch)]
-    product = part * ops.cast(_expand_like(ops.take(zv, idx, axis=0), len(part.shape)), part.dtype)
-    shape = (ops.shape(zv)[0],) + tuple(ops.shape(part)[1:])
+    z_part = ops.reshape(ops.take(z, idx, axis=0), (-1,) + (1,) * (len(part.shape) - 1))
+    product = part * ops.cast(z_part, part.dtype)
+    shape = (ops.shape(z)[0],) + tuple(ops.shape(part)[1:])
     return ops.scatter(ops.expand_dims(idx, 1), product, shape)
 
 

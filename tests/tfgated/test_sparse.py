@@ -6,35 +6,9 @@ import pytest
 
 import tfgated
 from tfgated.sparse import SparseModel, residual_branches, sparse_model
+from tiny_fixtures import residual_model, spread_gates
 
 TOLERANCE = 1e-4
-
-
-def residual_model(blocks=2, name="tiny_residual"):
-    """conv stem, ``blocks`` residual blocks with data-dependent layer gates, softmax head."""
-    inputs = keras.Input((28, 28, 1))
-    x = keras.layers.Conv2D(8, 3, strides=2, padding="same", name="stem")(inputs)
-    x = keras.layers.ReLU(name="stem_relu")(x)
-    gates = []
-    for i in range(blocks):
-        y = keras.layers.Conv2D(8, 3, padding="same", name=f"b{i}_conv1")(x)
-        y = keras.layers.BatchNormalization(name=f"b{i}_bn1")(y)
-        y = keras.layers.ReLU(name=f"b{i}_relu")(y)
-        y = keras.layers.Conv2D(8, 3, padding="same", name=f"b{i}_conv2")(y)
-        x, z = tfgated.residual_gate(x, y, kind="dependent", name=f"b{i}", open_probability=0.5)
-        gates.append(z)
-    x = keras.layers.GlobalAveragePooling2D()(x)
-    out = keras.layers.Dense(10, activation="softmax", name="head")(x)
-    return tfgated.gated_model(inputs, out, gates, target=0.5, name=name)
-
-
-def spread_gates(model, x):
-    """Centre every gate's logit on ``x``: about half of the examples open each gate."""
-    for gate in tfgated.gate_layers(model):
-        context = keras.Model(model.inputs, gate._inbound_nodes[0].input_tensors[0])(x)
-        kernel, bias = gate.head.get_weights()
-        logits = np.asarray(gate.compute_logits(context)) - bias
-        gate.head.set_weights([kernel, -np.median(logits, axis=0) + 1e-3])
 
 
 @pytest.fixture(scope="module")
