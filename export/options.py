@@ -39,7 +39,8 @@ class ExportOptions:
         format: ``"tflite"`` or ``"onnx"``; ``None`` takes it from the file extension.
         quantization: ``"float32"``, ``"float16"`` (weights) or ``"int8"`` (TFLite only; not
             for exits).
-        batch_size: fixed batch size of the exported signature.
+        batch_size: fixed batch size of the exported signature; ``None``: a dynamic batch
+            dimension (the sparse form always has one).
         style: ``"threshold"`` or ``"always_on"`` to export the gates in that style; ``None``
             keeps the model's style (it must be one of these when folding).
         fold: fold the gates into plain layers (``False`` exports the gated model as is).
@@ -63,7 +64,7 @@ class ExportOptions:
 
     format: Optional[str] = None
     quantization: str = "float32"
-    batch_size: int = 1
+    batch_size: Optional[int] = 1
     style: Optional[str] = None
     fold: bool = True
     form: Optional[str] = None
@@ -88,8 +89,12 @@ class ExportOptions:
             raise ValueError(
                 f"Expected quantization to be one of {list(QUANTIZATIONS)}. Received: {self.quantization!r}"
             )
-        if isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int) or self.batch_size < 1:
-            raise ValueError(f"Expected batch_size to be a positive integer. Received: batch_size={self.batch_size}")
+        if self.batch_size is not None and (
+            isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int) or self.batch_size < 1
+        ):
+            raise ValueError(
+                f"Expected batch_size to be a positive integer or None (dynamic). Received: batch_size={self.batch_size}"
+            )
         if self.style is not None and self.style not in STYLES:
             raise ValueError(f"Expected style to be one of {list(STYLES)} or None. Received: style={self.style!r}")
         if self.form is not None and self.form not in FORMS:

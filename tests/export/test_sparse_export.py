@@ -68,3 +68,22 @@ def test_sparse_options_are_checked():
     assert ExportOptions(form="sparse", batch_size=8).resolve_form(FORMATS["onnx"]) == "sparse"
     with pytest.raises(ValueError, match="sparse_max_open_rate in \\[0, 1\\]"):
         ExportOptions(sparse_max_open_rate=1.5)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("fmt", ["tflite", "onnx"])
+def test_sparse_early_exit_file_stitches_both_paths(model, images, fmt, tmp_path):
+    from tfgated.exits import EarlyExitModel, attach_exit
+    from tfgated.export import export_early_exit
+
+    with_exit = attach_exit(model, "b0_add", channels=8)
+    confidence = with_exit.predict(images, verbose=0)[1].max(axis=1)
+    threshold = float(np.median(confidence))  # half of the images exit
+    path = tmp_path / f"exit.{fmt}"
+    result = export_early_exit(with_exit, path, threshold, form="sparse", parity_data=images)
+    assert result.sidecar["early_exit"]["form"] == "sparse" and result.sidecar["input_shape"][0] is None
+    expected = EarlyExitModel(with_exit, threshold).predict(images).probabilities
+    for batch in (1, 7, 64):
+        assert np.max(np.abs(run_file(path, images[:batch]) - expected[:batch])) <= TOLERANCE
+    exits = images[confidence > threshold][:7]  # every example exits: part B on zero examples
+    assert np.max(np.abs(run_file(path, exits) - expected[confidence > threshold][:7])) <= TOLERANCE
