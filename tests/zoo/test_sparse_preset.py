@@ -44,3 +44,22 @@ def test_batches_whose_gate_is_closed_or_open_for_every_image(preset):
         dense = model.predict(batch, verbose=0)
         sparse = tfgated.predict(model, batch, batch_size=7, execution="sparse")
         assert np.max(np.abs(dense - sparse)) <= TOLERANCE
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("fmt", ["tflite", "onnx"])
+def test_sparse_export_matches_threshold_model_in_its_runtime(preset, fmt, tmp_path):
+    from tfgated.export import export
+    from tfgated.export.parity import run_file
+
+    model, x = preset
+    path = tmp_path / f"sparse.{fmt}"
+    result = export(model, path, form="sparse", parity_data=x)
+    forms = result.sidecar["gates"]["forms"]
+    assert "sparse" in forms.values() and set(forms) == set(result.sidecar["gates"]["parity_open_rates"])
+    reference = model.predict(x, verbose=0)
+    values = {k: v[:, 0] for k, v in tfgated.gate_values(model, x).items()}
+    name = max(values, key=lambda k: min(values[k].sum(), (1 - values[k]).sum()))
+    for batch in (x[:1], x[:7], x[:64], x[values[name] == 0][:7], x[values[name] == 1][:7]):
+        index = [int(np.flatnonzero((x == image).all(axis=(1, 2, 3)))[0]) for image in batch]
+        assert np.max(np.abs(run_file(path, batch) - reference[index])) <= TOLERANCE
