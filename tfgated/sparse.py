@@ -12,9 +12,10 @@ which equals the masked form exactly (on an open example ``x + 1 * f(x)``, on a 
 examples whose exit confidence is not above the threshold, runs the rest of the network on
 them and stitches both outputs in order. A sub-batch may be empty.
 
-* :class:`SparseModel` wraps a gated (or early-exit) functional model and runs it this way; it
-  is a Keras model (``predict``, ``save``; loadable with ``safe_mode=True``) that shares the
-  wrapped model's weights. ``tfgated.predict(model, x, execution="sparse")`` uses it.
+* :class:`SparseModel` wraps a gated functional model and runs it this way; it is a Keras model
+  (``predict``, ``save``; loadable with ``safe_mode=True``) that shares the wrapped model's
+  weights. ``tfgated.predict(model, x, execution="sparse")`` uses it;
+  :class:`tfgated.exits.SparseExitModel` is its early-exit counterpart.
 * :func:`sparse_call` is the same walk over any functional model with given gated products;
   the exporter (:mod:`tfgated.export`) traces it over a folded model for the TFLite and ONNX
   files' ``"sparse"`` form.
@@ -268,43 +269,27 @@ class SparseModel(keras.Model):
     """A gated functional model run by gather-run-scatter (see the module docstring).
 
     Shares ``model``'s weights and gates (their inference style decides; in ``threshold`` style
-    the outputs equal ``model``'s up to float rounding). With ``exit_threshold`` the wrapped model
-    is an early-exit model ``[main_probs, exit_probs]`` and the output is one tensor, the
-    probabilities of the path each example took (exit where ``max(exit_probs) > exit_threshold``).
+    the outputs equal ``model``'s up to float rounding). For an early-exit model see
+    :class:`tfgated.exits.SparseExitModel`.
 
     Args:
         model: a functional Keras model.
-        exit_threshold: ``None``, or the exit confidence threshold in ``[0, 1]``.
     """
 
-    def __init__(self, model, exit_threshold=None, **kwargs):
-        kwargs.setdefault("name", f"{model.name}_sparse")
+    def __init__(self, model, **kwargs):
+        kwargs.setdefault("name", f"{getattr(model, 'name', 'model')}_sparse")
         super().__init__(**kwargs)
-        if not isinstance(model, keras.Model) or not hasattr(model, "_nodes_by_depth"):
-            raise ValueError(f"Expected a functional Keras model. Received: {type(model).__name__}")
+        check_functional_model(model)
         self.model = model
-        self.exit_threshold = None if exit_threshold is None else _check_exit_threshold(exit_threshold)
-        if self.exit_threshold is None:
-            self.branches = residual_branches(model)
-            self._call = sparse_call(model, self.branches)
-        else:
-            from tfgated.exits import EarlyExitModel
-
-            split = EarlyExitModel(model, self.exit_threshold)
-            self.branches = residual_branches(split.part_b) if split.part_b is not None else []
-            self._call = sparse_exit_call(split.part_a, split.part_b, self.exit_threshold)
+        self.branches = residual_branches(model)
+        self._call = sparse_call(model, self.branches)
 
     def call(self, inputs, training=False):
-        if training:
-            raise ValueError("SparseModel runs inference only: train the wrapped model. Received: training=True")
+        check_inference(training)
         return self._call(inputs)
 
     def get_config(self):
-        return {
-            "name": self.name,
-            "model": keras.saving.serialize_keras_object(self.model),
-            "exit_threshold": self.exit_threshold,
-        }
+        return {"name": self.name, "model": keras.saving.serialize_keras_object(self.model)}
 
     @classmethod
     def from_config(cls, config, custom_objects=None):
@@ -313,20 +298,23 @@ class SparseModel(keras.Model):
         return cls(model, **config)
 
 
-def _check_exit_threshold(value):
-    from tfgated.exits.runtime import check_threshold
+def check_functional_model(model):
+    """A ValueError unless ``model`` is a functional Keras model."""
+    if not isinstance(model, keras.Model) or not hasattr(model, "_nodes_by_depth"):
+        raise ValueError(f"Expected a functional Keras model. Received: {type(model).__name__}")
 
-    return check_threshold(value)
+
+def check_inference(training):
+    """A ValueError when a sparse model is called for training."""
+    if training:
+        raise ValueError("A sparse model runs inference only: train the wrapped model. Received: training=True")
 
 
 _CACHE = weakref.WeakKeyDictionary()
 
 
-def sparse_model(model, exit_threshold=None):
-    """The :class:`SparseModel` of ``model`` (cached per model and ``exit_threshold``, so its traced
-    predict function is reused)."""
-    key = None if exit_threshold is None else float(exit_threshold)
-    per_model = _CACHE.setdefault(model, {})
-    if key not in per_model:
-        per_model[key] = SparseModel(model, exit_threshold=exit_threshold)
-    return per_model[key]
+def sparse_model(model):
+    """The :class:`SparseModel` of ``model`` (cached per model, so its traced predict function is reused)."""
+    if model not in _CACHE:
+        _CACHE[model] = SparseModel(model)
+    return _CACHE[model]

@@ -76,22 +76,33 @@ def test_argument_checks(model, images):
         tfgated.predict(model, images, execution="fast")
     with pytest.raises(ValueError, match="functional Keras model"):
         SparseModel(keras.layers.Dense(3))
-    with pytest.raises(ValueError, match="inference only"):
+    with pytest.raises(ValueError, match="runs inference only"):
         SparseModel(model)(images[:2], training=True)
 
 
 def test_early_exit_gathers_the_examples_that_stay(model, images):
-    from tfgated.exits import EarlyExitModel, attach_exit
+    from tfgated.exits import EarlyExitModel, SparseExitModel, attach_exit
 
     tfgated.set_inference_style(model, "threshold")
     with_exit = attach_exit(model, "b0_add", channels=8)
     main, exit_probs = with_exit.predict(images, verbose=0)
     threshold = float(np.median(exit_probs.max(axis=1)))  # half the examples exit
     expected = EarlyExitModel(with_exit, threshold).predict(images).probabilities
-    wrapped = SparseModel(with_exit, exit_threshold=threshold)
+    wrapped = SparseExitModel(with_exit, threshold)
     assert [b.name for b in wrapped.branches] == ["b1_add"]  # the gate after the exit is gathered too
     for batch in (1, 7, 64):
         got = wrapped.predict(images[:batch], batch_size=batch, verbose=0)
         assert np.max(np.abs(got - expected[:batch])) <= TOLERANCE
-    everyone = SparseModel(with_exit, exit_threshold=1.0).predict(images, verbose=0)  # nobody exits
+    everyone = SparseExitModel(with_exit, 1.0).predict(images, verbose=0)  # nobody exits
     assert np.max(np.abs(everyone - main)) <= TOLERANCE
+
+
+def test_sparse_exit_model_saves_and_loads_in_safe_mode(model, images, tmp_path):
+    from tfgated.exits import SparseExitModel, attach_exit
+
+    wrapped = SparseExitModel(attach_exit(model, "b0_add", channels=8, name="save_exit"), 0.5)
+    path = tmp_path / "exit.keras"
+    wrapped.save(path)
+    loaded = keras.saving.load_model(path, safe_mode=True)
+    assert isinstance(loaded, SparseExitModel) and loaded.threshold == 0.5
+    np.testing.assert_allclose(loaded.predict(images, verbose=0), wrapped.predict(images, verbose=0), atol=1e-6)

@@ -49,6 +49,7 @@ from tfgated.exits.training import (
 from tfgated.exits.runtime import (
     EarlyExitModel,
     EarlyExitResult,
+    SparseExitModel,
     ThresholdCalibration,
     calibrate_threshold,
     combine_predictions,
@@ -69,6 +70,7 @@ __all__ = [
     "LOSSES",
     "EarlyExitCombine",
     "EarlyExitModel",
+    "SparseExitModel",
     "EarlyExitResult",
     "ExitGate",
     "ExitReach",
