@@ -365,6 +365,26 @@ def _qat_step_time(data):
     return data.get("what", "16-bit training step time"), figures
 
 
+def _conditional_latency(data):
+    what = (
+        f"dense, masked and gather-run-scatter exports of `{data.get('preset')}`, {data.get('images')} test images, "
+        f"batch {'/'.join(str(b) for b in data.get('batch_sizes', []))}, {'/'.join(str(t) for t in data.get('threads', []))} threads"
+    )
+    names = {"litert": "LiteRT", "onnxruntime": "ONNX Runtime"}
+    figures = [f"sparse MAC ratio {data['macs']['sparse']:.3f} of dense"]
+    for r in data.get("latency", []):
+        if r["batch"] in (1, 64, 256) and r["threads"] == 1:
+            figures.append(
+                f"{names.get(r['runtime'], r['runtime'])} batch {r['batch']}: masked {_ratio(r['masked_over_dense'])}, "
+                f"sparse {_ratio(r['sparse_over_dense'])} of dense"
+            )
+    keras = data.get("keras_predict_images_per_s", {})
+    if keras:
+        figures.append(f"Keras predict sparse / masked {keras['sparse_over_masked']:.2f}x")
+    figures += [f"goal {name}: {_met(g.get('goal_met'))}" for name, g in data.get("goals", {}).items()]
+    return what, "; ".join(figures)
+
+
 def _generic(data):
     if isinstance(data, dict):
         what = str(data.get("benchmark") or data.get("description") or "result")
@@ -440,6 +460,7 @@ KINDS = {
     "fp16_gate_decisions": _fp16_gate_decisions,
     "qat_compare": _qat_compare,
     "qat_step_time": _qat_step_time,
+    "conditional_latency": _conditional_latency,
     "generic": _generic,
 }
 

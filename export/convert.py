@@ -15,6 +15,7 @@ import keras
 import numpy as np
 
 from tfgated.export.fold_graph import graph_index, nodes_in_order, run_node
+from tfgated.sparse import exclusive_nodes
 
 
 @dataclasses.dataclass
@@ -41,12 +42,12 @@ class Traced:
 
 
 def input_spec(model, batch_size=1):
-    """``tf.TensorSpec`` of the model's single input with a fixed batch size."""
+    """``tf.TensorSpec`` of the model's single input with a fixed batch size (``None``: dynamic)."""
     import tensorflow as tf
 
     if len(model.inputs) != 1:
         raise ValueError(f"Expected a model with one input. Received: {len(model.inputs)} inputs")
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+    if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1):
         raise ValueError(f"Expected batch_size to be a positive integer. Received: batch_size={batch_size}")
     shape = tuple(model.inputs[0].shape[1:])
     if any(d is None for d in shape):
@@ -76,35 +77,6 @@ def trace(model, call, batch_size=1, style_model=None, float32_scopes=()):
     return Traced(concrete=concrete, function=serve, spec=spec, model=model, float32_scopes=tuple(float32_scopes))
 
 
-def _exclusive_nodes(nodes, consumers, outputs, branch_tensor, producer):
-    """Nodes computing ``branch_tensor`` whose outputs nothing else uses."""
-    exclusive = set()
-    start = producer.get(id(branch_tensor))
-    if start is None:
-        return exclusive
-    ancestors, stack = set(), [start]
-    while stack:
-        node = stack.pop()
-        if id(node) in ancestors:
-            continue
-        ancestors.add(id(node))
-        stack.extend(producer[id(t)] for t in node.input_tensors if id(t) in producer)
-    output_ids = {id(t) for t in outputs}
-    for node in reversed(nodes):
-        if id(node) not in ancestors:
-            continue
-        if node is start:
-            if len(consumers.get(id(branch_tensor), [])) == 1 and id(branch_tensor) not in output_ids:
-                exclusive.add(id(node))
-            continue
-        if any(id(t) in output_ids for t in node.outputs):
-            continue
-        users = [c for t in node.outputs for c in consumers.get(id(t), [])]
-        if users and all(id(c) in exclusive for c in users):
-            exclusive.add(id(node))
-    return exclusive
-
-
 def _branch_plans(model, nodes, conditional):
     """``{id(multiply node): (branch tensor, z tensor, nodes only the branch needs)}``."""
     producer, consumers = graph_index(nodes)
@@ -115,7 +87,7 @@ def _branch_plans(model, nodes, conditional):
         if mul is None:
             raise ValueError(f"No layer {spec['multiply']!r} in model {model.name!r}.")
         branch, z = mul.input_tensors
-        exclusive = _exclusive_nodes(nodes, consumers, model.outputs, branch, producer)
+        exclusive = exclusive_nodes(nodes, consumers, model.outputs, branch, producer)
         plans[id(mul)] = (branch, z, [n for n in nodes if id(n) in exclusive])
     return plans
 

@@ -9,13 +9,16 @@ probabilities of the path each example took:
 * ``"conditional"`` (TFLite at batch size 1, the default there): ``tf.cond(max(exit_probs) >
   threshold, exit_probs, part_b(...))``, so part B does not run for a confident example.
   LiteRT runs it as an ``IF`` op: the saved compute is real.
-* ``"masked"`` (any batch size, and every ONNX file): both paths run and ``tf.where`` selects
-  per example. The outputs are the same; nothing is saved.
+* ``"masked"`` (any batch size): both paths run and ``tf.where`` selects per example. The
+  outputs are the same; nothing is saved.
+* ``"sparse"`` (gather-run-scatter, TFLite and ONNX, a dynamic batch dimension): the examples
+  that do not exit are gathered, part B runs on them (its data-dependent residual gates
+  gathered too) and the two outputs are stitched in order (:func:`tfgated.sparse.sparse_exit_call`).
 
 ONNX has an ``If`` operator, but tf2onnx 1.16 cannot convert the convolutions inside a
 ``tf.cond`` branch: with variable kernels it fails outright, and from a frozen graph it writes
 ``Conv`` nodes that ONNX Runtime rejects ("Attribute dilations has incorrect size"). So an ONNX
-early-exit file is masked, and the sidecar says so.
+early-exit file is masked or sparse, and the sidecar says so.
 
 After writing, the file runs in its real runtime on ``parity_data`` one example at a time
 and must match :meth:`EarlyExitModel.predict` (float32: max abs difference <= 1e-4;
@@ -49,6 +52,7 @@ from tfgated.export.fold_graph import graph_index, nodes_in_order, run_node
 from tfgated.export.options import ExportOptions
 from tfgated.export.parity import write_verified
 from tfgated.export.writers import ExportResult, check_exportable, describe
+from tfgated.sparse import sparse_exit_call
 
 EXIT_FORMS = ("conditional", "masked")
 #: Quantizations an export with exits takes (int8 would move the exit decisions).
@@ -79,7 +83,9 @@ def _exit_request(path, options, overrides, what):
 def _write_exit_file(model, path, target, options, data, x, expected_for, what, info):
     """Verify and write ``data``, then the sidecar with ``info`` (``{key: fields}``)."""
     parity = write_verified(path, data, target, options, x, expected_for, what)
-    sidecar_path, sidecar = describe(path, model, target, options, **info, folded=False, parity=parity)
+    forms = {entry.get("form") for entry in info.values()}
+    shape = {"input_shape": [None] + [int(d) for d in model.inputs[0].shape[1:]]} if "sparse" in forms else {}
+    sidecar_path, sidecar = describe(path, model, target, options, **info, folded=False, parity=parity, **shape)
     return ExportResult(path=os.fspath(path), sidecar_path=sidecar_path, sidecar=sidecar, report=None, parity=parity)
 
 
@@ -101,6 +107,15 @@ def _early_exit_traced(model_with_exit, threshold, batch_size, form):
         if part_b is None:  # the main output itself crosses the split
             return crossing[0]
         return part_b(crossing if len(crossing) > 1 else crossing[0], training=False)
+
+    if form == "sparse":  # gather the examples that stay, run part B on them, stitch
+        sparse = sparse_exit_call(part_a, part_b, limit)
+
+        def call(x):
+            with keras.StatelessScope():
+                return tf.cast(sparse(x), tf.float32)
+
+        return trace(model_with_exit, call, None), split
 
     def call(x):
         with keras.StatelessScope():
@@ -301,6 +316,9 @@ def export_exit_gates(model, path, options=None, **overrides):
     from tfgated.exits import exit_shares
 
     options, target, form = _exit_request(path, options, overrides, "an exit-gate export")
+    fallback = {}
+    if form == "sparse":  # said in the sidecar: the exit gates keep the masked form
+        form, fallback = "masked", {"sparse_fallback": "Gumbel exit gates have no gather-run-scatter form: masked"}
     data = target.convert(_exit_gates_traced(model, options.batch_size, form), options)
     x = options.parity_inputs(model)
     reference = np.asarray(model.predict(x, batch_size=256, verbose=0), "float32")
@@ -310,6 +328,7 @@ def export_exit_gates(model, path, options=None, **overrides):
         "exits": int(len(shares) - 1),
         "rule": "leave at the first exit whose gate probability is above its threshold",
         "parity_exit_shares": [float(v) for v in shares],
+        **fallback,
     }
     return _write_exit_file(
         model, path, target, options, data, x, lambda outputs: (reference, {}), "exit-gate export", {"exit_gates": info}

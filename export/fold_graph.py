@@ -15,6 +15,7 @@ import numpy as np
 
 from tfgated.gates import ChannelMask, GatedResidual, GumbelGate
 from tfgated.losses import GateActivationLoss
+from tfgated.sparse import functional_nodes, graph_index, run_node  # noqa: F401  (re-exported)
 
 L = keras.layers
 
@@ -57,34 +58,8 @@ class FoldError(ValueError):
 
 
 def nodes_in_order(model):
-    """The model's non-input nodes in topological order."""
-    if not hasattr(model, "_nodes_by_depth"):
-        raise FoldError(f"Expected a functional Keras model. Received: {type(model).__name__} {model.name!r}")
-    nodes = []
-    for depth in sorted(model._nodes_by_depth, reverse=True):
-        for node in model._nodes_by_depth[depth]:
-            if node.operation is not None and not node.is_input:
-                nodes.append(node)
-    return nodes
-
-
-def graph_index(nodes):
-    """``(producer, consumers)``: ``{id(tensor): node}`` and ``{id(tensor): [nodes reading it]}``."""
-    producer, consumers = {}, {}
-    for node in nodes:
-        for t in node.outputs:
-            producer[id(t)] = node
-        for t in node.input_tensors:
-            consumers.setdefault(id(t), []).append(node)
-    return producer, consumers
-
-
-def run_node(node, values):
-    """Call ``node``'s layer on the tensors in ``values`` (``{id(tensor): value}``); store its outputs."""
-    args, kwargs = node.arguments.fill_in(values)
-    outs = node.operation(*args, **kwargs)
-    for t, v in zip(node.outputs, keras.tree.flatten(outs)):
-        values[id(t)] = v
+    """The model's non-input nodes in topological order (:func:`tfgated.sparse.functional_nodes`)."""
+    return functional_nodes(model, FoldError)
 
 
 def gate_of(producer, z):

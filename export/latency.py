@@ -18,11 +18,9 @@ from tfgated.export.parity import file_format
 
 
 def _interpreter(path, threads):
-    from ai_edge_litert.interpreter import Interpreter
+    from tfgated.export.parity import litert_interpreter
 
-    interpreter = Interpreter(model_path=os.fspath(path), num_threads=threads)
-    interpreter.allocate_tensors()
-    return interpreter
+    return litert_interpreter(path, threads)
 
 
 def _onnx_session(path, threads):

@@ -20,9 +20,14 @@ from typing import Any, Optional, Sequence
 QUANTIZATIONS = ("float32", "float16", "int8")
 STYLES = ("threshold", "always_on")
 #: How data-dependent decisions (residual gates, exits) run in the file: ``"conditional"``
-#: (``tf.cond``, batch 1, TFLite: the skipped computation is really skipped) or ``"masked"``
-#: (every path runs and a product or ``tf.where`` selects).
-FORMS = ("conditional", "masked")
+#: (``tf.cond``, batch 1, TFLite: the skipped computation is really skipped), ``"masked"``
+#: (every path runs and a product or ``tf.where`` selects) or ``"sparse"`` (gather-run-scatter,
+#: :mod:`tfgated.sparse`: a branch runs on the examples that need it; any batch size, both
+#: formats; the file's batch dimension is dynamic).
+FORMS = ("conditional", "masked", "sparse")
+#: A gate open on more of the parity inputs than this stays masked in the sparse form: gathering
+#: and scattering would cost more than the few closed examples save.
+DEFAULT_SPARSE_MAX_OPEN_RATE = 0.9
 DEFAULT_PARITY_EXAMPLES = 256
 
 
@@ -34,13 +39,16 @@ class ExportOptions:
         format: ``"tflite"`` or ``"onnx"``; ``None`` takes it from the file extension.
         quantization: ``"float32"``, ``"float16"`` (weights) or ``"int8"`` (TFLite only; not
             for exits).
-        batch_size: fixed batch size of the exported signature.
+        batch_size: fixed batch size of the exported signature; ``None``: a dynamic batch
+            dimension (the sparse form always has one).
         style: ``"threshold"`` or ``"always_on"`` to export the gates in that style; ``None``
             keeps the model's style (it must be one of these when folding).
         fold: fold the gates into plain layers (``False`` exports the gated model as is).
-        form: ``"conditional"``, ``"masked"`` or ``None`` (conditional for TFLite at batch
-            size 1, masked otherwise); see :data:`FORMS`. tf2onnx cannot convert convolutions
-            inside conditionals, so ONNX files are masked.
+        form: ``"conditional"``, ``"masked"``, ``"sparse"`` or ``None`` (conditional for TFLite
+            at batch size 1, masked otherwise); see :data:`FORMS`. tf2onnx cannot convert
+            convolutions inside conditionals, so ONNX files are masked or sparse.
+        sparse_max_open_rate: in the sparse form, a gate open on more of the parity inputs
+            than this keeps the masked form (the sidecar says so).
         fold_batchnorm: fold batch norms into the preceding convolutions.
         remove_channels: physically remove closed channels; ``False`` gives the plain
             *masked* model (constant masks, every channel kept).
@@ -56,10 +64,11 @@ class ExportOptions:
 
     format: Optional[str] = None
     quantization: str = "float32"
-    batch_size: int = 1
+    batch_size: Optional[int] = 1
     style: Optional[str] = None
     fold: bool = True
     form: Optional[str] = None
+    sparse_max_open_rate: float = DEFAULT_SPARSE_MAX_OPEN_RATE
     fold_batchnorm: bool = False
     remove_channels: bool = True
     representative_data: Any = None
@@ -80,12 +89,20 @@ class ExportOptions:
             raise ValueError(
                 f"Expected quantization to be one of {list(QUANTIZATIONS)}. Received: {self.quantization!r}"
             )
-        if isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int) or self.batch_size < 1:
-            raise ValueError(f"Expected batch_size to be a positive integer. Received: batch_size={self.batch_size}")
+        if self.batch_size is not None and (
+            isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int) or self.batch_size < 1
+        ):
+            raise ValueError(
+                f"Expected batch_size to be a positive integer or None (dynamic). Received: batch_size={self.batch_size}"
+            )
         if self.style is not None and self.style not in STYLES:
             raise ValueError(f"Expected style to be one of {list(STYLES)} or None. Received: style={self.style!r}")
         if self.form is not None and self.form not in FORMS:
             raise ValueError(f"Expected form to be one of {list(FORMS)}. Received: form={self.form!r}")
+        if isinstance(self.sparse_max_open_rate, bool) or not 0.0 <= float(self.sparse_max_open_rate) <= 1.0:
+            raise ValueError(
+                f"Expected sparse_max_open_rate in [0, 1]. Received: sparse_max_open_rate={self.sparse_max_open_rate!r}"
+            )
         if self.threads is not None and (not isinstance(self.threads, int) or self.threads < 1):
             raise ValueError(f"Expected threads to be a positive integer or None. Received: threads={self.threads!r}")
 
@@ -118,18 +135,18 @@ class ExportOptions:
         return target
 
     def resolve_form(self, target):
-        """``"conditional"`` or ``"masked"`` for the format ``target`` (see :attr:`form`)."""
+        """``"conditional"``, ``"masked"`` or ``"sparse"`` for the format ``target`` (see :attr:`form`)."""
         if self.form is None:
             return "conditional" if self.batch_size == 1 and target.conditional else "masked"
         if self.form == "conditional" and not target.conditional:
             raise ValueError(
                 "tf2onnx cannot convert convolutions inside a conditional branch, so an ONNX file "
-                f"uses form='masked'. Received: form='conditional' with format={target.name!r}"
+                f"uses form='masked' or 'sparse'. Received: form='conditional' with format={target.name!r}"
             )
         if self.form == "conditional" and self.batch_size != 1:
             raise ValueError(
                 "The conditional form decides per example, so it needs batch_size=1. "
-                f"Received: batch_size={self.batch_size} (use form='masked' for larger batches)"
+                f"Received: batch_size={self.batch_size} (use form='masked' or 'sparse' for larger batches)"
             )
         return self.form
 

@@ -21,6 +21,8 @@ import os
 import numpy as np
 
 FLOAT32_TOLERANCE = 1e-4
+#: Examples per run of a file with a dynamic batch dimension.
+DYNAMIC_BATCH = 64
 FLOAT16_MIN_AGREEMENT = 0.995
 #: float16 rounding of a score (its machine epsilon 2**-10, on both of the top two scores):
 #: an example whose Keras top-2 margin is within it may flip in float16 without any error.
@@ -51,15 +53,35 @@ def _batches(x, batch_size):
             yield chunk, batch_size
 
 
-def run_tflite(path, x, threads=None):
-    """Outputs of the TFLite file ``path`` on ``x`` (any number of examples), in LiteRT."""
-    from ai_edge_litert.interpreter import Interpreter
+def litert_interpreter(path, threads=None):
+    """A LiteRT interpreter of ``path`` with its tensors allocated.
+
+    A file with a dynamic batch dimension (the sparse form) runs on LiteRT's builtin kernels:
+    the default XNNPACK delegate cannot resize the data-dependent sub-batches ("BytesRequired
+    number of elements overflowed"); every other file gets the default delegate.
+    """
+    from ai_edge_litert.interpreter import Interpreter, OpResolverType
 
     interpreter = Interpreter(model_path=os.fspath(path), num_threads=threads)
+    if int(interpreter.get_input_details()[0]["shape_signature"][0]) == -1:
+        interpreter = Interpreter(
+            model_path=os.fspath(path), num_threads=threads,
+            experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES,
+        )
     interpreter.allocate_tensors()
+    return interpreter
+
+
+def run_tflite(path, x, threads=None):
+    """Outputs of the TFLite file ``path`` on ``x`` (any number of examples), in LiteRT."""
+    interpreter = litert_interpreter(path, threads)
     inp = interpreter.get_input_details()[0]
     out = interpreter.get_output_details()[0]
     batch = int(inp["shape"][0]) or 1
+    if int(inp["shape_signature"][0]) == -1:  # a dynamic batch (the sparse form): one run per 64 examples
+        batch = min(DYNAMIC_BATCH, max(len(x), 1))
+        interpreter.resize_tensor_input(inp["index"], [batch] + [int(d) for d in inp["shape"][1:]])
+        interpreter.allocate_tensors()
     results = []
     for chunk, n in _batches(np.asarray(x), batch):
         if inp["dtype"] != np.float32:  # fully integer model

@@ -25,6 +25,7 @@ import os
 
 import keras
 
+from tfgated.export import sparse_form
 from tfgated.export.convert import FORMATS, conditional_call, trace  # noqa: F401  (FORMATS re-exported)
 from tfgated.export.fold import count_macs, fold as fold_gates
 from tfgated.export.options import QUANTIZATIONS, ExportOptions  # noqa: F401  (re-exported)
@@ -117,12 +118,17 @@ def _plain_call(model):
     return call
 
 
-def convert(model, target, options, conditional=(), float32_scopes=()):
-    """The file's bytes: ``model`` traced (``conditional`` residual branches under ``tf.cond``)
-    and converted by ``target`` (an entry of :data:`FORMATS`); a float16 TFLite file keeps the
-    constants of the layers named in ``float32_scopes`` in float32."""
-    call = conditional_call(model, conditional) if conditional else _plain_call(model)
-    return target.convert(trace(model, call, options.batch_size, float32_scopes=float32_scopes), options)
+def convert(model, target, options, conditional=(), float32_scopes=(), sparse=None):
+    """The file's bytes: ``model`` traced (``conditional`` residual branches under ``tf.cond``, or
+    the gates of the :class:`~tfgated.export.sparse_form.SparsePlan` ``sparse`` gathered, with a
+    dynamic batch) and converted by ``target`` (an entry of :data:`FORMATS`); a float16 TFLite
+    file keeps the constants of the layers named in ``float32_scopes`` in float32."""
+    if sparse is not None:
+        call, batch_size = sparse_form.sparse_export_call(model, sparse), None
+    else:
+        call = conditional_call(model, conditional) if conditional else _plain_call(model)
+        batch_size = options.batch_size
+    return target.convert(trace(model, call, batch_size, float32_scopes=float32_scopes), options)
 
 
 def gate_scopes(model, report):
@@ -185,14 +191,25 @@ def _apply_pruning_masks(model):
     return pruning is not None
 
 
-def _fold_fields(model, options, report, conditional):
+def _gate_fields(report, conditional, sparse):
+    """The sidecar's ``gates``: the form of the data-dependent gates, and of each one."""
+    if sparse is not None:
+        forms = set(sparse.forms.values())
+        form = forms.pop() if len(forms) == 1 else "mixed" if forms else None
+        return {"dependent_form": form, "conditional": [], **sparse.fields()}
+    form = ("conditional" if conditional else "masked") if report and report.dependent_masked else None
+    return {
+        "dependent_form": form,
+        "conditional": [c["add"] for c in conditional],
+        "forms": {c["add"]: form for c in (report.conditional if report else [])},
+    }
+
+
+def _fold_fields(model, options, report, conditional, sparse=None):
     macs = (report.macs_before, report.macs_after) if report else (count_macs(model),) * 2
     return {
         "folded": bool(options.fold),
-        "gates": {
-            "dependent_form": ("conditional" if conditional else "masked") if report and report.dependent_masked else None,
-            "conditional": [c["add"] for c in conditional],
-        },
+        "gates": _gate_fields(report, conditional, sparse),
         "macs_before_folding": int(macs[0]),
         "macs_after_folding": int(macs[1]),
         "fold_report": report.summary() if report else None,
@@ -215,7 +232,8 @@ def export(model, path, options=None, **overrides):
     A model with pruning masks attached (:mod:`tfgated.pruning`) gets its masks applied first, so
     the file holds exact zeros where the masks do (as after ``strip_pruning``; the masks stay
     attached). Data-dependent residual gates run under ``tf.cond`` in the conditional form
-    (TFLite at batch size 1 by default), masked otherwise.
+    (TFLite at batch size 1 by default), by gather-run-scatter in the sparse form (a dynamic
+    batch dimension; :mod:`tfgated.export.sparse_form`), masked otherwise.
 
     Returns:
         :class:`ExportResult`.
@@ -232,18 +250,27 @@ def export(model, path, options=None, **overrides):
     with gate_style(model, options.style) as inference_style:
         exported, report = prepare(model, options)
         conditional = list(report.conditional) if report is not None and form == "conditional" else []
-        scopes = gate_scopes(model, report)
-        data = convert(exported, target, options, conditional, scopes)
         x = options.parity_inputs(model)
+        sparse = _sparse_plan(exported, report, x, options) if form == "sparse" else None
+        scopes = gate_scopes(model, report)
+        data = convert(exported, target, options, conditional, scopes, sparse)
         parity = write_verified(
             path, data, target, options, x, lambda outputs: (model.predict(x, batch_size=64, verbose=0), {}), "export"
         )
+    shape = {} if sparse is None else {"input_shape": [None] + [int(d) for d in model.inputs[0].shape[1:]]}
     sidecar_path, sidecar = describe(
         path, model, target, options, inference_style=inference_style, pruning_masks_applied=pruned,
-        **_fold_fields(model, options, report, conditional), **_precision_fields(data, target, options, scopes),
-        parity=parity,
+        **_fold_fields(model, options, report, conditional, sparse), **_precision_fields(data, target, options, scopes),
+        parity=parity, **shape,
     )
     return ExportResult(path=os.fspath(path), sidecar_path=sidecar_path, sidecar=sidecar, report=report, parity=parity)
+
+
+def _sparse_plan(exported, report, x, options):
+    """The sparse form's :class:`~tfgated.export.sparse_form.SparsePlan` (folded models only)."""
+    if report is None:
+        raise ValueError("The sparse form gathers the folded gates: it needs fold=True. Received: fold=False")
+    return sparse_form.plan(exported, report, x, options.sparse_max_open_rate)
 
 
 def export_tflite(model, path, options=None, **overrides):

@@ -2,6 +2,7 @@
 root ``conftest.py`` there), so one definition serves the mechanism and the command tests."""
 
 import keras
+import numpy as np
 
 import tfgated
 
@@ -51,3 +52,36 @@ def tiny_residual_gated_model(name="tiny_residual"):
     x = keras.layers.GlobalAveragePooling2D()(keras.layers.ReLU()(x))
     out = keras.layers.Dense(10, activation="softmax", name="head")(x)
     return tfgated.gated_model(inputs, out, [z], target=0.6, name=name)
+
+
+def residual_model(blocks=2, name="tiny_residual"):
+    """conv stem, ``blocks`` residual blocks with data-dependent layer gates, softmax head
+    (the same weights on every call)."""
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((28, 28, 1))
+    x = keras.layers.Conv2D(8, 3, strides=2, padding="same", name="stem")(inputs)
+    x = keras.layers.ReLU(name="stem_relu")(x)
+    gates = []
+    for i in range(blocks):
+        y = keras.layers.Conv2D(8, 3, padding="same", name=f"b{i}_conv1")(x)
+        y = keras.layers.BatchNormalization(name=f"b{i}_bn1")(y)
+        y = keras.layers.ReLU(name=f"b{i}_relu")(y)
+        y = keras.layers.Conv2D(8, 3, padding="same", name=f"b{i}_conv2")(y)
+        x, z = tfgated.residual_gate(x, y, kind="dependent", name=f"b{i}", open_probability=0.5)
+        gates.append(z)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    out = keras.layers.Dense(10, activation="softmax", name="head")(x)
+    return tfgated.gated_model(inputs, out, gates, target=0.5, name=name)
+
+
+def spread_gates(model, x):
+    """Centre every gate's logit on ``x``: between a quarter and three quarters of the examples
+    open each gate, the decision placed in the widest gap between two examples' logits (so that
+    float rounding in another runtime cannot flip it)."""
+    for gate in tfgated.gate_layers(model):
+        context = keras.Model(model.inputs, gate._inbound_nodes[0].input_tensors[0])(x)
+        kernel, bias = gate.head.get_weights()
+        logits = np.sort((np.asarray(gate.compute_logits(context)) - bias)[:, 0])
+        low, high = len(logits) // 4, 3 * len(logits) // 4
+        cut = low + int(np.argmax(np.diff(logits[low:high + 1])))
+        gate.head.set_weights([kernel, np.array([-(logits[cut] + logits[cut + 1]) / 2], "float32")])

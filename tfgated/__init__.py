@@ -43,11 +43,13 @@ _LAZY = {
     "per_gate_loss": "tfgated.losses",
     "gated_model": "tfgated.models",
     "recalibrate_batch_norm": "tfgated.batch_norm",
+    "SparseModel": "tfgated.sparse",
+    "sparse_model": "tfgated.sparse",
 }
 
 #: Modules whose import registers custom objects with Keras (``package="tfgated"``).
 REGISTERING_MODULES = ("tfgated.gates", "tfgated.losses", "tfgated.models", "tfgated.inference",
-                       "tfgated.exits", "tfgated.pruning", "tfgated.recipes")
+                       "tfgated.exits", "tfgated.pruning", "tfgated.recipes", "tfgated.sparse")
 
 __all__ = sorted(_LAZY) + ["register_custom_objects"]
 

@@ -69,7 +69,10 @@ def _export_parser():
     p.add_argument("--no-fold", action="store_true", help="export the gated model as is (masks computed at run time)")
     p.add_argument("--fold-batchnorm", action="store_true", help="also fold batch norms into the preceding convolutions")
     masked = "keep data-dependent residual gates in masked form even at batch size 1 (TFLite)"
-    p.add_argument("--no-conditional", action="store_true", help=masked)
+    forms = p.add_mutually_exclusive_group()
+    forms.add_argument("--no-conditional", action="store_true", help=masked)
+    forms.add_argument("--sparse", action="store_true", help="gather-run-scatter: each data-dependent residual gate "
+                       "(and an early exit) runs its branch only on the examples that need it; dynamic batch size")
     p.add_argument(
         "--exit-threshold",
         type=float,
@@ -80,7 +83,7 @@ def _export_parser():
     )
     p.add_argument(
         "--exit-form",
-        choices=["conditional", "masked"],
+        choices=["conditional", "masked", "sparse"],
         default=None,
         help="early exit as a conditional (TFLite at batch 1, the default there) or masked "
         "(both paths run, tf.where selects; the only form for ONNX)",
@@ -102,7 +105,16 @@ def _bench_parser():
         prog="python -m tfgated.export bench",
         description="Batch-1 latency of exported .tflite (LiteRT) and .onnx (ONNX Runtime) files side by side.",
     )
-    p.add_argument("files", nargs="+", help=".tflite / .onnx files")
+    p.add_argument("files", nargs="*", help=".tflite / .onnx files")
+    p.add_argument("--conditional", metavar="MODEL", default=None,
+                   help="instead of files: export MODEL (a .keras file or a zoo preset with shipped weights) as "
+                   "dense, masked and gather-run-scatter files and time them side by side on real Fashion-MNIST "
+                   "test images, with Keras predict throughput, MAC ratios and the goals of each")
+    p.add_argument("--batch-sizes", default="1,8,64,256", help="with --conditional: batch sizes (default 1,8,64,256)")
+    p.add_argument("--thread-counts", default="1,2", help="with --conditional: runtime threads (default 1,2)")
+    p.add_argument("--images", type=positive_int, default=256, help="with --conditional: test images (default 256)")
+    p.add_argument("--repeats", type=positive_int, default=3, help="with --conditional: timed passes (default 3)")
+    p.add_argument("--dir", default=None, help="with --conditional: where the files go (default: a temporary folder)")
     p.add_argument("--threads", type=positive_int, default=1, help="threads for every runtime (default 1)")
     p.add_argument("--runs", type=positive_int, default=100, help="timed runs per file; the median is reported (default 100)")
     p.add_argument("--warmup", type=int, default=10, help="untimed warm-up runs (default 10)")
@@ -199,7 +211,8 @@ def _options(args, shape, exits, deploy=None):
     quantization = "float16" if args.fp16 else "int8" if args.int8 else "float32"
     if exits and quantization == "int8":
         raise ValueError("Exports with exits support float32 and --fp16. Received: --int8")
-    form = args.exit_form if exits else ("masked" if args.no_conditional else None)
+    form = (args.exit_form or ("sparse" if args.sparse else None)) if exits else (
+        "masked" if args.no_conditional else "sparse" if args.sparse else None)
     return ExportOptions(
         format="tflite" if args.tflite else "onnx",
         quantization=quantization,
@@ -247,8 +260,15 @@ def main_export(argv):
 def _report_text(result):
     """The fold report, naming the form the file really uses for data-dependent gates."""
     text = str(result.report)
-    if (result.sidecar.get("gates") or {}).get("dependent_form") == "conditional":
+    gates = result.sidecar.get("gates") or {}
+    if gates.get("dependent_form") == "conditional":
         text = text.replace("data-dependent gates (masked form)", "data-dependent gates (conditional form, tf.cond)")
+    if gates.get("dependent_form") in ("sparse", "mixed"):
+        text = text.replace("data-dependent gates (masked form)", "data-dependent gates")
+        why = gates.get("masked_because") or {}
+        text += "\n" + "\n".join(
+            f"  {name}: {form}" + (f" ({why[name]})" if name in why else "") for name, form in gates["forms"].items()
+        )
     return text
 
 
@@ -335,8 +355,55 @@ def _export_exit_gates(args, model, options, deploy=None):
     return 0
 
 
+def _positive_ints(text, flag):
+    try:
+        values = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        values = ()
+    if not values or min(values) < 1:
+        raise ValueError(f"Expected {flag} as comma-separated positive integers. Received: {text!r}")
+    return values
+
+
+def bench_conditional(args, argv):
+    """``bench --conditional MODEL``: dense, masked and sparse files side by side (:mod:`tfgated.export.conditional_bench`)."""
+    import tempfile
+
+    from tfgated.export import conditional_bench
+    from tfgated.io import write_atomic
+
+    batch_sizes = _positive_ints(args.batch_sizes, "--batch-sizes")
+    threads = _positive_ints(args.thread_counts, "--thread-counts")
+    model = load_model(args.conditional)
+    shape = tuple(int(d) for d in model.inputs[0].shape[1:])
+    raw = is_preset(args.conditional) and _preset_input(args.conditional) is not None
+    images = fashion_mnist_inputs(shape, n=args.images, raw=raw)
+    with tempfile.TemporaryDirectory() as tmp:
+        directory = args.dir or tmp
+        os.makedirs(directory, exist_ok=True)
+        result = conditional_bench.run(model, images, directory, batch_sizes, threads, args.repeats)
+    result["command"] = "python -m tfgated.export bench " + " ".join(argv)
+    print(conditional_bench.format_rows(result))
+    if args.json:
+        write_atomic(args.json, json.dumps(result, indent=2) + "\n")
+        print(f"wrote {args.json}")
+    return 0
+
+
+def _preset_input(spec):
+    from tfgated import zoo
+
+    return zoo.get_preset(spec).get("input")
+
+
 def main_bench(argv):
     args = _bench_parser().parse_args(argv)
+    if args.conditional:
+        if args.files:
+            raise ValueError("Pass either files or --conditional MODEL to bench. Received: both")
+        return bench_conditional(args, argv)
+    if not args.files:
+        raise ValueError("Expected .tflite/.onnx files to bench, or --conditional MODEL. Received: neither")
     from tfgated.export import latency
     from tfgated.io import write_atomic
 

@@ -52,6 +52,7 @@ from tfgated.exits.training import (
 from tfgated.exits.runtime import (
     EarlyExitModel,
     EarlyExitResult,
+    SparseExitModel,
     ThresholdCalibration,
     calibrate_threshold,
     combine_predictions,
@@ -73,6 +74,7 @@ __all__ = [
     "LOSSES",
     "EarlyExitCombine",
     "EarlyExitModel",
+    "SparseExitModel",
     "EarlyExitResult",
     "ExitGate",
     "ExitReach",

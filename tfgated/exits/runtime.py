@@ -25,10 +25,12 @@ import keras
 import numpy as np
 
 from tfgated.exits.heads import exit_structure
+from tfgated.sparse import SparseModel, check_functional_model, residual_branches, sparse_exit_call
 
 __all__ = [
     "EarlyExitModel",
     "EarlyExitResult",
+    "SparseExitModel",
     "ThresholdCalibration",
     "calibrate_threshold",
     "check_probabilities",
@@ -318,3 +320,28 @@ class EarlyExitModel:
 def early_exit_predict(model_with_exit, x, threshold, batch_size=256, labels=None):
     """One-shot :meth:`EarlyExitModel.predict` (builds the split each call)."""
     return EarlyExitModel(model_with_exit, threshold).predict(x, labels=labels, batch_size=batch_size)
+
+
+@keras.saving.register_keras_serializable(package="tfgated")
+class SparseExitModel(SparseModel):
+    """An early-exit model ``[main_probs, exit_probs]`` run by gather-run-scatter.
+
+    The output is one tensor, the probabilities of the path each example took: the examples
+    whose maximum exit probability is not above ``threshold`` are gathered, the rest of the
+    network runs on them (its data-dependent residual gates gathered too,
+    :func:`tfgated.sparse.sparse_exit_call`) and both outputs are stitched in order. Shares the
+    weights of ``model_with_exit``; loadable with ``safe_mode=True``.
+    """
+
+    def __init__(self, model_with_exit, threshold=0.85, **kwargs):
+        kwargs.setdefault("name", f"{getattr(model_with_exit, 'name', 'model')}_sparse_exit")
+        keras.Model.__init__(self, **kwargs)  # not SparseModel's: the split decides what is gathered
+        check_functional_model(model_with_exit)
+        self.model = model_with_exit
+        self.threshold = check_threshold(threshold)
+        split = EarlyExitModel(model_with_exit, self.threshold)
+        self.branches = residual_branches(split.part_b) if split.part_b is not None else []
+        self._call = sparse_exit_call(split.part_a, split.part_b, self.threshold)
+
+    def get_config(self):
+        return {**super().get_config(), "threshold": self.threshold}
