@@ -273,7 +273,11 @@ def _pipeline(data):
                 for name, entry in sorted(parity.items())
             )
         )
-    figures.append(f"{data.get('total_seconds', 0.0) / 60:.1f} min in all")
+    timing = f"{data.get('total_seconds', 0.0) / 60:.1f} min in all"
+    machine = data.get("machine", {})
+    if "other_cpu_share" in machine:
+        timing += f" on {machine['cpus']} cores, other processes using {machine['other_cpu_share']:.0%} of them"
+    figures.append(timing)
     return what, "; ".join(figures)
 
 

@@ -1,8 +1,8 @@
 """One progress line per pipeline stage: elapsed time and an estimate of the stage's length.
 
 The estimate scales the committed timing of a whole ``small``-budget run
-(``benchmarks/results/pipeline_small_summary.json``: 424 s on two CPU cores, 18,000
-training images, five-block network of about 3M MACs) by the work a budget asks of each
+(``benchmarks/results/pipeline_small_summary.json``: 1748 s on two CPU cores, the full
+training split, five-block network of about 3M MACs) by the work a budget asks of each
 stage, counted in training images times epochs. It is a rough guide (another network,
 another machine load change it), never below the stage's time in a tiny run
 (:data:`MINIMUM_SECONDS`), printed as ``~M:SS``.
@@ -21,18 +21,18 @@ import time
 __all__ = ["SECONDS_PER_IMAGE_EPOCH", "StageProgress", "estimate_seconds", "format_duration"]
 
 #: Seconds per training image per epoch of each stage in the committed small run
-#: (stage seconds / (images x epochs x trials or rounds)): search 115.6 s / (4 x 2 x 18,000),
-#: improve 105.7 s / (4 x 2 x 18,000), train 149.6 s / (12 x 18,000), prune 35.5 s / (3 x 18,000),
-#: accelerate 10.9 s / (2 x 18,000); quantize and export per test image (3.5 s / 10,000 each,
-#: plus the exported file's own test pass, about 1 ms per image).
+#: (stage seconds / (images x epochs x trials or rounds)): search 113.6 s / (4 x 1 x 10,800),
+#: improve 199.4 s / (3 x 2 x 10,800), train 1159.5 s / (11 x 54,000), prune 114.5 s / (1 x 54,000),
+#: accelerate 147.5 s / (2 x 54,000); quantize and export per test image (8.0 s and
+#: 5.8 s / 10,000, the export's including the exported file's own test pass).
 SECONDS_PER_IMAGE_EPOCH = {
-    "search": 115.6 / (4 * 2 * 18000),
-    "improve": 105.7 / (4 * 2 * 18000),
-    "train": 149.6 / (12 * 18000),
-    "prune": 35.5 / (3 * 18000),
-    "accelerate": 10.9 / (2 * 18000),
-    "quantize": 3.5 / 10000,
-    "export": 3.5 / 10000 + 1e-3,
+    "search": 113.6 / (4 * 1 * 10800),
+    "improve": 199.4 / (3 * 2 * 10800),
+    "train": 1159.5 / (11 * 54000),
+    "prune": 114.5 / (1 * 54000),
+    "accelerate": 147.5 / (2 * 54000),
+    "quantize": 8.0 / 10000,
+    "export": 5.8 / 10000,
 }
 
 #: The least a stage takes, whatever its budget (building models, compiling, loading, plotting):
