@@ -11,11 +11,9 @@ cores busy throughout.
 from __future__ import annotations
 
 import os
-import platform
-import sys
 import time
 
-__all__ = ["CpuMeter", "machine_info"]
+__all__ = ["CpuMeter"]
 
 _USER_HZ = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
@@ -63,7 +61,3 @@ class CpuMeter:
             record["other_cpu_share"] = other / max(wall * cpus, 1e-9)
         return record
 
-
-def machine_info():
-    """The machine a run ran on: cores, platform, Python."""
-    return {"cpus": os.cpu_count(), "platform": platform.platform(), "python": sys.version.split()[0]}

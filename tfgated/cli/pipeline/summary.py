@@ -152,7 +152,7 @@ def _final_model(run, states):
 def _machine_load(states, times):
     """The machine and how busy other processes kept it over the stages that ran in this process
     (:mod:`tfgated.cli.pipeline.machine`; stages resumed from an earlier process count as run then)."""
-    from tfgated.cli.pipeline.machine import machine_info
+    from tfgated.io import machine_info
 
     records = [states[s]["machine"] for s in STAGES if s in states and "machine" in states[s]]
     info = machine_info()
