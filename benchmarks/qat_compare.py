@@ -111,16 +111,17 @@ def test_arrays():
 def main(argv=None):
     import keras
 
-    from tfgated.quantization import round_weights, strip_quantization
+    from tfgated.quantization import round_weights
+    from tfgated.recipes import Recipe
 
     args = parse_args(argv)
     test = test_arrays()
     rows = {}
     model, seconds = train(args, 32)
-    rows["float32_then_rounded"] = score(round_weights(model, 16), test, seconds)
+    rows["float32_then_rounded"] = score(round_weights(Recipe.finish_model(model), 16), test, seconds)
     qat, seconds = train(args, 16)
     rows["qat16_forward"] = {"test_top1": score(qat, test, count=False)["test_top1"]}
-    rows["qat16"] = score(strip_quantization(qat), test, seconds)
+    rows["qat16"] = score(Recipe.finish_model(qat), test, seconds)
     result = {
         "benchmark": "qat_compare",
         "what": f"the {BUDGET} budget's base SIPA network trained {args.epochs} epochs in float32 then rounded to "

@@ -124,15 +124,20 @@ def use_ghost_batch_norm(model, virtual_batch_size=32):
 
 
 def plain_batch_norm(model):
-    """A clone of ``model`` with every :class:`GhostBatchNormalization` back to
+    """A clone of ``model`` with every :class:`GhostBatchNormalization` and
+    :class:`tfgated.fused_norm.FusedBatchNormalization` back to
     ``keras.layers.BatchNormalization`` (same config and weights); ``model`` itself
-    when it has none. Ghost batch norm only differs in training; exporters take
-    built-in layers only."""
-    if not any(isinstance(layer, GhostBatchNormalization) for layer in model.layers):
+    when it has none. Both only differ in training; exporters take built-in layers only."""
+    from tfgated.fused_norm import FusedBatchNormalization
+
+    def ours(layer):
+        return isinstance(layer, (GhostBatchNormalization, FusedBatchNormalization))
+
+    if not any(ours(layer) for layer in model.layers):
         return model
 
     def plain(layer, config):
-        return keras.layers.BatchNormalization(**config) if isinstance(layer, GhostBatchNormalization) else None
+        return keras.layers.BatchNormalization(**config) if ours(layer) else None
 
     return _clone_replacing(model, plain)
 

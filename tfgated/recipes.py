@@ -67,8 +67,9 @@ from typing import Any, Dict, Optional
 import keras
 
 from tfgated.augment import AUGMENT_POLICIES, augmentation_layer, mixup_batch, pad_crop_flip
+from tfgated.fused_norm import use_fused_batch_norm
 from tfgated.ghost_norm import GhostBatchNormalization, plain_batch_norm, use_ghost_batch_norm
-from tfgated.quantization import check_bits, quantize_model
+from tfgated.quantization import check_bits, quantize_model, strip_quantization
 from tfgated.schedules import WarmupPiecewiseDecay
 from tfgated.smoothing import SmoothedCrossentropy, SparseLabelSmoothingCrossentropy, check_smoothing
 
@@ -366,12 +367,23 @@ class Recipe:
         return {} if self.activation is None else {"activation": self.activation}
 
     def prepare_model(self, model):
-        """Apply model-level switches to a built model: ghost batch norm, then (``precision_bits=16``)
-        :func:`tfgated.quantization.quantize_model`; undo the latter with
-        :func:`tfgated.quantization.strip_quantization` after training."""
+        """Apply model-level switches to a built model: ghost batch norm (else, on TensorFlow, the
+        fused batch-norm kernel: :func:`tfgated.fused_norm.use_fused_batch_norm`, same results,
+        faster), then (``precision_bits=16``) :func:`tfgated.quantization.quantize_model`. Undo it
+        all with :meth:`finish_model` after training."""
         if self.ghost_batch_norm:
             model = use_ghost_batch_norm(model, self.ghost_batch_norm)
+        else:
+            model = use_fused_batch_norm(model)
         return quantize_model(model, bits=self.precision_bits)
+
+    @staticmethod
+    def finish_model(model):
+        """The trained model of a :meth:`prepare_model` result as users load and export it: without
+        quantization wrappers (weights at the trained precision:
+        :func:`tfgated.quantization.strip_quantization`), with Keras' own batch norm
+        (:func:`plain_batch_norm`)."""
+        return plain_batch_norm(strip_quantization(model))
 
     def for_plain_fit(self):
         """This recipe as a plain ``model.fit`` on integer labels can follow it.

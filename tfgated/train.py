@@ -216,7 +216,6 @@ class _RunFolders:
 
 def _train_model(model, recipe, folders, data, config, *, splits, anneal, verbose, callbacks):
     from tfgated.inference import gate_layers
-    from tfgated.quantization import strip_quantization
 
     splits = data.splits(recipe) if splits is None else splits
     config = data.as_config() if config is None else config
@@ -234,7 +233,7 @@ def _train_model(model, recipe, folders, data, config, *, splits, anneal, verbos
         stabilization = recipe.stabilization()
         if stabilization is not None:
             _fit(model, stabilization, data.splits(stabilization), phase, "_stabilize")
-        model = strip_quantization(model)  # precision_bits=16: the plain model, weights at float16
+        model = recipe.finish_model(model)  # Keras' batch norm; precision_bits=16: weights at float16
         save_model(model, folders.write(MODEL_FILE))
         phase.remove_backup("_stabilize")
     train_seconds = time.time() - start

@@ -13,7 +13,7 @@ from tfgated.cli.pipeline.budgets import SIPA_PRESETS
 from tfgated.cli.pipeline.state import save_json
 from tfgated.cli.pipeline.summary import micronet, score_row
 from tfgated.io import save_model
-from tfgated.quantization import quantize_model, round_weights, strip_quantization
+from tfgated.quantization import quantize_model, round_weights
 
 __all__ = ["stage_improve", "stage_prune", "stage_search", "stage_train"]
 
@@ -163,7 +163,6 @@ def stage_train(run, out):
     from tfgated import plots
     from tfgated.callbacks import HistoryLogger
     from tfgated.checkpoints import CrashSafeBackup
-    from tfgated.ghost_norm import plain_batch_norm
     from tfgated.recipes import Recipe, fit_recipe
 
     budget = run.budget
@@ -183,7 +182,7 @@ def stage_train(run, out):
     if stabilization is not None:
         fit_recipe(model, stabilization, stabilization.datasets(run.dataset, seed=run.seed, **run.data_kwargs()),
                    verbose=run.verbose)
-    model = plain_batch_norm(strip_quantization(model))
+    model = recipe.finish_model(model)
     save_model(model, run.model_path("train"))
     if os.path.exists(history_csv):
         plots.plot_history(history_csv, os.path.join(run.plots_dir, "train_history.png"))
@@ -197,6 +196,7 @@ def stage_prune(run, out):
     """Stage 4: iterative global magnitude pruning (layer-wise normalized), fine-tuning between rounds."""
     import keras
 
+    from tfgated.fused_norm import use_fused_batch_norm
     from tfgated.plots import plot_pruning_rounds
     from tfgated.pruning import IterativePruningOptions, iterative_pruning, sparsity_report, strip_pruning
     from tfgated.recipes import Recipe, steps_per_epoch
@@ -214,7 +214,7 @@ def stage_prune(run, out):
         "epoch(s) each"
     )
     keras.utils.set_random_seed(run.seed)
-    model = quantize_model(run.load_model("train"), bits=budget.precision_bits)
+    model = quantize_model(use_fused_batch_norm(run.load_model("train")), bits=budget.precision_bits)
     splits = tune.datasets(run.dataset, seed=run.seed, **run.data_kwargs())
     tune.compile(model, steps_per_epoch=steps_per_epoch(splits.train))
     rows = iterative_pruning(model, splits.train, splits.validation, IterativePruningOptions(
@@ -222,7 +222,7 @@ def stage_prune(run, out):
         checkpoint_dir=os.path.join(out, "rounds"), fit_kwargs={"verbose": run.verbose}, verbose=1 if run.verbose else 0,
     ))
     strip_pruning(model)
-    model = strip_quantization(model)
+    model = Recipe.finish_model(model)
     save_model(model, run.model_path("prune"))
     sparsity = sparsity_report(model)["total"]["sparsity"]
     plot_pruning_rounds(rows, os.path.join(run.plots_dir, "pruning.png"))
