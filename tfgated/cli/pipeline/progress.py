@@ -1,7 +1,7 @@
 """One progress line per pipeline stage: elapsed time and an estimate of the stage's length.
 
 The estimate scales the committed timing of a whole ``small``-budget run
-(``benchmarks/results/pipeline_small_summary.json``: 1748 s on two CPU cores, the full
+(``benchmarks/results/pipeline_small_summary.json``: 1570 s on two CPU cores, the full
 training split, five-block network of about 3M MACs) by the work a budget asks of each
 stage, counted in training images times epochs. It is a rough guide (another network,
 another machine load change it), never below the stage's time in a tiny run
@@ -21,18 +21,18 @@ import time
 __all__ = ["SECONDS_PER_IMAGE_EPOCH", "StageProgress", "estimate_seconds", "format_duration"]
 
 #: Seconds per training image per epoch of each stage in the committed small run
-#: (stage seconds / (images x epochs x trials or rounds)): search 113.6 s / (4 x 1 x 10,800),
-#: improve 199.4 s / (3 x 2 x 10,800), train 1159.5 s / (11 x 54,000), prune 114.5 s / (1 x 54,000),
-#: accelerate 147.5 s / (2 x 54,000); quantize and export per test image (8.0 s and
-#: 5.8 s / 10,000, the export's including the exported file's own test pass).
+#: (stage seconds / (images x epochs x trials or rounds)): search 97.2 s / (4 x 1 x 10,800),
+#: improve 118.5 s / (3 x 2 x 10,800), train 1081.2 s / (14 x 54,000), prune 166.4 s / (2 x 54,000),
+#: accelerate 93.5 s / (2 x 54,000); quantize and export per test image (7.4 s and
+#: 6.0 s / 10,000, the export's including the exported file's own test pass).
 SECONDS_PER_IMAGE_EPOCH = {
-    "search": 113.6 / (4 * 1 * 10800),
-    "improve": 199.4 / (3 * 2 * 10800),
-    "train": 1159.5 / (11 * 54000),
-    "prune": 114.5 / (1 * 54000),
-    "accelerate": 147.5 / (2 * 54000),
-    "quantize": 8.0 / 10000,
-    "export": 5.8 / 10000,
+    "search": 97.2 / (4 * 1 * 10800),
+    "improve": 118.5 / (3 * 2 * 10800),
+    "train": 1081.2 / (14 * 54000),
+    "prune": 166.4 / (2 * 54000),
+    "accelerate": 93.5 / (2 * 54000),
+    "quantize": 7.4 / 10000,
+    "export": 6.0 / 10000,
 }
 
 #: The least a stage takes, whatever its budget (building models, compiling, loading, plotting):
