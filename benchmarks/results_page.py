@@ -17,6 +17,9 @@ import json
 import os
 import sys
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from results_studies import KINDS as STUDY_KINDS  # noqa: E402  (a sibling module of this script)
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RESULTS_DIR = os.path.join(ROOT, "benchmarks", "results")
 PAGE = os.path.join(ROOT, "docs", "results.md")
@@ -465,6 +468,7 @@ KINDS = {
     "qat_compare": _qat_compare,
     "qat_step_time": _qat_step_time,
     "conditional_latency": _conditional_latency,
+    **STUDY_KINDS,
     "generic": _generic,
 }
 

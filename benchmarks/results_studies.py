@@ -1,0 +1,63 @@
+"""Rows of docs/results.md for the papers' claims (issue 24's studies) and for training speed.
+
+Kept apart from ``results_page.py`` (which imports :data:`KINDS` from here) so that each module
+stays small. Every function takes a result file's content and returns ``(what, key figures)``;
+every number has a fixed format, so the page is reproducible.
+"""
+
+
+def _pct(value):
+    return "-" if value is None else f"{100.0 * value:.1f}%"
+
+
+def _acc(value):
+    return "-" if value is None else f"{value:.4f}"
+
+
+def training_speed(data):
+    medians, ratios = data.get("median_ms_per_image", {}), data.get("median_ratio_vs_old_qat16", {})
+    figures = ", ".join(f"{name} {medians[name]:.3f} ms per image (x{ratios[name]:.2f})" for name in medians)
+    return data.get("what", "training speed"), figures + " (x: against the old 16-bit training)"
+
+
+def gate_threshold(data):
+    first, last = (f"{t:g}" for t in (data["thresholds"][0], data["thresholds"][-1]))
+    rows = data.get("rows", [])
+    changed = [r for r in rows if r["decisions_changed"] > 0.001]
+    what = (f"study 3 (Herrmann et al. supplement, Table 1): threshold tau {first} against {last} on "
+            f"{len(rows)} shipped gated Fashion-MNIST presets; claim: a higher tau trades accuracy for MACs")
+    figures = [f"{len(changed)} of {len(rows)} presets take a decision differently"]
+    for r in rows:
+        a, b = r["by_threshold"][first], r["by_threshold"][last]
+        if r in changed:
+            figures.append(f"{r['preset']}: top-1 {_acc(a['top1'])} -> {_acc(b['top1'])}, MACs "
+                           f"{_pct(a['mac_ratio'])} -> {_pct(b['mac_ratio'])} of dense")
+    unchanged = [r["preset"] for r in rows if r not in changed]
+    if unchanged:
+        figures.append("unchanged (no gate between the thresholds): " + ", ".join(unchanged))
+    figures.append("paper's numbers: not readable here")
+    return what, "; ".join(figures)
+
+
+def densenet_exit_study(data):
+    paper = data["paper"]
+    what = (f"study 4 (Herrmann et al. supplement, section 1.2), early-exit DenseNet, inference; paper "
+            f"({paper['dataset']}): {_pct(paper['top1'])} top-1 at {_pct(paper['layers_used'])} of the layers, "
+            f"{_pct(paper['no_exit_top1'])} without exits")
+    exits = ", ".join(
+        f"exit {r['exit']}: {_pct(r['share_leaving'])} leave"
+        + ("" if r["top1_on_images_leaving"] is None else
+           f", its top-1 {_acc(r['top1_on_images_leaving'])} on them vs {_acc(r['top1_on_all_images'])} on all")
+        for r in data["exits"]
+    )
+    figures = (f"routed top-1 {_acc(data['routed_top1'])} at {_pct(data['layers_used'])} of the layers and "
+               f"{_pct(data['mac_ratio'])} of the MACs, final classifier on all {_acc(data['no_exit_top1'])}; {exits}; "
+               f"verdict: {data['verdict']}")
+    return what, figures
+
+
+KINDS = {
+    "training_speed": training_speed,
+    "gate_threshold": gate_threshold,
+    "densenet_exit_study": densenet_exit_study,
+}
