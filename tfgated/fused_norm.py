@@ -41,6 +41,10 @@ class FusedBatchNormalization(keras.layers.BatchNormalization):
     is scaled back). Falls back to Keras' computation wherever the fused kernel does not apply.
     """
 
+    #: A batch norm that differs from Keras' only in training (:func:`tfgated.ghost_norm.plain_batch_norm`
+    #: swaps it back).
+    training_variant = True
+
     def _fused_applies(self, inputs, training, mask):
         return (
             bool(training) and self.trainable and mask is None and fused_kernel_available()

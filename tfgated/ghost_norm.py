@@ -28,6 +28,9 @@ class GhostBatchNormalization(keras.layers.BatchNormalization):
             axis (channels-last) is supported, and not ``renorm``.
     """
 
+    #: A batch norm that differs from Keras' only in training (:func:`plain_batch_norm` swaps it back).
+    training_variant = True
+
     def __init__(self, virtual_batch_size=32, **kwargs):
         super().__init__(**kwargs)
         if isinstance(virtual_batch_size, bool) or not isinstance(virtual_batch_size, int) or virtual_batch_size < 1:
@@ -128,10 +131,8 @@ def plain_batch_norm(model):
     :class:`tfgated.fused_norm.FusedBatchNormalization` back to
     ``keras.layers.BatchNormalization`` (same config and weights); ``model`` itself
     when it has none. Both only differ in training; exporters take built-in layers only."""
-    from tfgated.fused_norm import FusedBatchNormalization
-
-    def ours(layer):
-        return isinstance(layer, (GhostBatchNormalization, FusedBatchNormalization))
+    def ours(layer):  # GhostBatchNormalization, tfgated.fused_norm.FusedBatchNormalization
+        return isinstance(layer, keras.layers.BatchNormalization) and getattr(layer, "training_variant", False)
 
     if not any(ours(layer) for layer in model.layers):
         return model
