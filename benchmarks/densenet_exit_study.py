@@ -85,6 +85,7 @@ def main(argv=None):
 
     from tfgated import zoo
     from tfgated.data import load_dataset
+    from tfgated.io import write_json
     from tfgated.train import evaluate_model
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -116,9 +117,7 @@ def main(argv=None):
                         "than on all images, the routed top-1 is within the paper's drop (0.85 points) of the final "
                         "classifier's, and the layers used are at most the paper's share + 5 points",
     }
-    os.makedirs(os.path.dirname(args.out), exist_ok=True)
-    with open(args.out, "w", encoding="utf-8") as f:
-        json.dump(output, f, indent=2)
+    write_json(args.out, output)
     print(json.dumps({k: output[k] for k in ("routed_top1", "no_exit_top1", "layers_used", "macs_saved", "verdict")},
                      indent=2))
     for row in output["exits"]:

@@ -32,18 +32,14 @@ def gated_presets():
     """Shipped Fashion-MNIST presets with weights and gates, in the zoo's order."""
     from tfgated import zoo
 
-    from tfgated.inference import gate_layers
-
-    names = []
-    for name in zoo.list_models("*fashion_mnist*"):
-        if zoo.weights_status(name) == "available" and gate_layers(zoo.build(name)):
-            names.append(name)
-    return names
+    return [name for name in zoo.list_models("*fashion_mnist*")
+            if zoo.weights_status(name) == "available" and zoo.get_preset(name).get("gates")]
 
 
 def main(argv=None):
     from tfgated import zoo
     from tfgated.data import load_dataset
+    from tfgated.io import write_json
     from tfgated.train import evaluate_model
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -80,9 +76,7 @@ def main(argv=None):
         "thresholds": args.thresholds,
         "rows": rows,
     }
-    os.makedirs(os.path.dirname(args.out), exist_ok=True)
-    with open(args.out, "w", encoding="utf-8") as f:
-        json.dump(result, f, indent=2)
+    write_json(args.out, result)
     plot(result, os.path.splitext(args.out)[0] + ".png")
 
 

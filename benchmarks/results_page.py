@@ -17,8 +17,10 @@ import json
 import os
 import sys
 
+# the number formats and the study rows live in sibling modules of this script
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from results_studies import KINDS as STUDY_KINDS  # noqa: E402  (a sibling module of this script)
+from results_formats import _acc, _macs, _met, _ms, _pct, _rate, _ratio, _score  # noqa: E402
+from results_studies import KINDS as STUDY_KINDS  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RESULTS_DIR = os.path.join(ROOT, "benchmarks", "results")
@@ -38,48 +40,6 @@ The command behind each run, its goal and what the figures mean: [benchmarks.md]
 | result | what | key figures | files |
 |---|---|---|---|
 """
-
-
-# ---------------------------------------------------------------------------------------------
-# number formats (fixed, so the page is reproducible)
-
-
-def _acc(value):
-    return "-" if value is None else f"{value:.4f}"
-
-
-def _rate(value):
-    return "-" if value is None else f"{value:.3f}"
-
-
-def _pct(value, digits=1):
-    return "-" if value is None else f"{100.0 * value:.{digits}f}%"
-
-
-def _macs(value):
-    if value is None:
-        return "-"
-    if value >= 1e9:
-        return f"{value / 1e9:.2f}G"
-    if value >= 1e6:
-        return f"{value / 1e6:.2f}M"
-    return f"{value / 1e3:.1f}K"
-
-
-def _ms(value):
-    return f"{value:.3f} ms"
-
-
-def _ratio(value):
-    return f"{value:.3f}x"
-
-
-def _met(flag):
-    return {True: "met", False: "not met"}.get(flag, "-")
-
-
-def _score(value):
-    return f"{value:.3g}"
 
 
 # ---------------------------------------------------------------------------------------------

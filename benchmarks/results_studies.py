@@ -6,12 +6,7 @@ every number has a fixed format, so the page is reproducible.
 """
 
 
-def _pct(value):
-    return "-" if value is None else f"{100.0 * value:.1f}%"
-
-
-def _acc(value):
-    return "-" if value is None else f"{value:.4f}"
+from results_formats import _acc, _pct
 
 
 def training_speed(data):

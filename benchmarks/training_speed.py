@@ -146,6 +146,7 @@ def main(argv=None):
     import numpy as np
 
     from tfgated.data import load_dataset
+    from tfgated.io import write_json
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=5)
@@ -173,9 +174,7 @@ def main(argv=None):
         "versions": {"keras": keras.__version__},
         "machine": {"cpus": os.cpu_count(), "processor": platform.processor() or platform.machine()},
     }
-    os.makedirs(os.path.dirname(args.out), exist_ok=True)
-    with open(args.out, "w", encoding="utf-8") as f:
-        json.dump(result, f, indent=2)
+    write_json(args.out, result)
     print(json.dumps({k: result[k] for k in ("median_ms_per_image", "median_ratio_vs_old_qat16")}, indent=2))
 
 
