@@ -1,24 +1,25 @@
 """Dense, masked and gather-run-scatter (sparse) exports of a gated model, timed side by side.
 
-The gather-run-scatter issue's benchmark: the shipped ``gumbel_resnet_fashion_mnist`` (its
-data-dependent residual gates in threshold style) exported three ways with a dynamic batch
-(:mod:`tfgated.export.conditional_bench`), each file timed on the same real Fashion-MNIST test
-images at batch sizes 1, 8, 64 and 256 in LiteRT and ONNX Runtime at 1 and 2 threads, Keras
-``predict`` throughput in the dense (masked) and sparse executions, and the MAC ratio measured
-per example on those images beside every latency ratio. Each goal of the issue is recorded
-with a ``goal_met`` boolean.
+The gather-run-scatter issue's benchmark, on a shipped preset: ``gumbel_resnet_fashion_mnist``
+(its data-dependent residual gates in threshold style) or ``sipa_fashion_mnist_exit`` (SIPA's
+exit after block 4 at its recipe's threshold 0.85; "dense" is then the network without the
+exit), exported three ways with a dynamic batch (:mod:`tfgated.export.conditional_bench`), each
+file timed on the same real Fashion-MNIST test images at batch sizes 1, 8, 64 and 256 in LiteRT
+and ONNX Runtime at 1 and 2 threads, Keras ``predict`` throughput in the dense (masked) and
+sparse executions, and the MAC ratio measured per example on those images beside every latency
+ratio. Each goal of the issue is recorded with a ``goal_met`` boolean.
 
-    nice -n 15 python benchmarks/conditional_latency.py               # a few minutes on 2 cores
-    nice -n 15 python benchmarks/conditional_latency.py --quick       # smoke run, not written
+    python benchmarks/conditional_latency.py                                   # a few minutes
+    python benchmarks/conditional_latency.py --preset sipa_fashion_mnist_exit
+    python benchmarks/conditional_latency.py --quick                           # smoke run, not written
 
-Writes ``benchmarks/results/conditional_latency.json`` and ``.png``. The early-exit half of the
-issue's goals needs the preset ``sipa_fashion_mnist_exit``, which does not ship yet.
+Writes ``benchmarks/results/conditional_latency.json`` and ``.png`` (another preset:
+``conditional_latency_PRESET.json``). Time it alone: two cores are shared by everything.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import tempfile
@@ -33,10 +34,16 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--preset", default="gumbel_resnet_fashion_mnist", help="zoo preset with shipped weights")
     p.add_argument("--images", type=int, default=256, help="real test images timed (default 256)")
+    p.add_argument("--keras-images", type=int, default=2560,
+                   help="real test images for Keras predict throughput (default 2560: ten batches of 256)")
     p.add_argument("--repeats", type=int, default=3, help="timed passes per file and setting (default 3)")
     p.add_argument("--quick", action="store_true", help="32 images, batch 1 and 8, 1 thread, 1 pass; nothing written")
-    p.add_argument("--output", default=os.path.join(RESULTS, "conditional_latency.json"))
-    return p.parse_args(argv)
+    p.add_argument("--output", default=None, help="default benchmarks/results/conditional_latency[_PRESET].json")
+    args = p.parse_args(argv)
+    if args.output is None:
+        suffix = "" if args.preset == "gumbel_resnet_fashion_mnist" else f"_{args.preset}"
+        args.output = os.path.join(RESULTS, f"conditional_latency{suffix}.json")
+    return args
 
 
 def plot(result, path):
@@ -74,23 +81,29 @@ def main(argv=None):
     from tfgated import zoo
     from tfgated.cli.export import fashion_mnist_inputs
     from tfgated.export import conditional_bench
+    from tfgated.cli.pipeline.machine import CpuMeter
+    from tfgated.io import machine_info, write_json
 
     model = zoo.load(args.preset, compile=False)
     n, batches, threads, repeats = args.images, (1, 8, 64, 256), (1, 2), args.repeats
     if args.quick:
         n, batches, threads, repeats = 32, (1, 8), (1,), 1
-    images = fashion_mnist_inputs(tuple(model.inputs[0].shape[1:]), n=n, raw=zoo.get_preset(args.preset).get("input") is not None)
+    preset = zoo.get_preset(args.preset)
+    shape, raw = tuple(model.inputs[0].shape[1:]), preset.get("input") is not None
+    images = fashion_mnist_inputs(shape, n=n, raw=raw)
+    keras_images = images if args.quick else fashion_mnist_inputs(shape, n=args.keras_images, raw=raw)
+    threshold = (preset.get("recipe") or {}).get("exit", {}).get("threshold") if len(model.outputs) == 2 else None
+    meter = CpuMeter().start()  # timings mean little without the load they ran under
     with tempfile.TemporaryDirectory() as tmp:
-        result = conditional_bench.run(model, images, tmp, batches, threads, repeats)
+        result = conditional_bench.run(model, images, tmp, batches, threads, repeats, exit_threshold=threshold,
+                                       keras_images=keras_images)
     result = {"benchmark": "conditional_latency", "preset": args.preset,
-              "command": "nice -n 15 python benchmarks/conditional_latency.py " + " ".join(argv or sys.argv[1:]),
-              "machine": "2 shared CPU cores (other sessions running)", **result}
+              "command": "python benchmarks/conditional_latency.py " + " ".join(argv or sys.argv[1:]),
+              "machine": machine_info(), "load": meter.stop(), **result}
     print(conditional_bench.format_rows(result))
     if args.quick:
         return 0
-    with open(args.output, "w", encoding="utf-8") as f:
-        json.dump(result, f, indent=2)
-        f.write("\n")
+    write_json(args.output, result)
     plot(result, args.output[: -len(".json")] + ".png")
     print(f"wrote {args.output}")
     return 0

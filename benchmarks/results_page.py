@@ -337,6 +337,9 @@ def _conditional_latency(data):
         f"dense, masked and gather-run-scatter exports of `{data.get('preset')}`, {data.get('images')} test images, "
         f"batch {'/'.join(str(b) for b in data.get('batch_sizes', []))}, {'/'.join(str(t) for t in data.get('threads', []))} threads"
     )
+    if data.get("exit_threshold") is not None:
+        what += (f"; early exit at threshold {data['exit_threshold']:g} ({data['macs']['exit_ratio']:.1%} of the images "
+                 "exit), dense = the network without its exit")
     names = {"litert": "LiteRT", "onnxruntime": "ONNX Runtime"}
     figures = [f"sparse MAC ratio {data['macs']['sparse']:.3f} of dense"]
     for r in data.get("latency", []):

@@ -6,6 +6,10 @@
 ``masked``  threshold-style gates, every branch computed and multiplied by ``z``;
 ``sparse``  threshold-style gates, each branch run on the examples whose gate is open.
 
+An early-exit model ``[main, exit]`` (with ``exit_threshold``) gets the same three:
+``dense`` the main network without its exit, ``masked`` both paths computed and selected,
+``sparse`` the rest of the network run only on the examples that do not exit.
+
 It then times every file on the same real images at each batch size, in LiteRT and ONNX
 Runtime at each thread count (time per image, the median over ``repeats`` passes over the
 images, the runtimes interleaved), measures Keras ``predict`` throughput in both executions,
@@ -50,6 +54,39 @@ def export_forms(model, directory, images, formats=("tflite", "onnx")):
             result = export(model, path, ExportOptions(batch_size=None, parity_data=images, **kwargs))
             files.setdefault(form, {})[fmt] = (path, result.sidecar)
     return files
+
+
+def export_exit_forms(model, threshold, directory, images, formats=("tflite", "onnx")):
+    """The three forms of an early-exit ``model`` (``[main, exit]``): ``dense`` the main network
+    without its exit, ``masked`` both paths computed and ``tf.where`` choosing, ``sparse`` the
+    rest of the network gathered onto the examples that do not exit (``threshold``)."""
+    import keras
+
+    from tfgated.export import ExportOptions, export, export_early_exit
+
+    main = keras.Model(model.inputs, model.outputs[0], name=f"{model.name}_main")
+    files = {}
+    for form in FORMS:
+        for fmt in formats:
+            path = os.path.join(directory, f"{model.name}_{form}.{fmt}")
+            options = ExportOptions(batch_size=None, parity_data=images, form=None if form == "dense" else form)
+            result = export(main, path, options) if form == "dense" else export_early_exit(model, path, threshold, options)
+            files.setdefault(form, {})[fmt] = (path, result.sidecar)
+    return files
+
+
+def exit_mac_ratios(model, threshold, images, files):
+    """MACs per image of each form of an early-exit ``model`` over the main network's, on
+    ``images``: the masked file computes both paths, the sparse one the exit path for every
+    image and the rest for those that stay (the exit share measured on the images)."""
+    from tfgated.exits import EarlyExitModel
+
+    info = next(iter(files["sparse"].values()))[1]["early_exit"]
+    result = EarlyExitModel(model, threshold).predict(images)
+    dense = info["macs_main_without_exit"]
+    mean = result.exit_ratio * info["macs_exit_path"] + (1 - result.exit_ratio) * info["macs_full_path"]
+    return {"dense_macs": int(dense), "dense": 1.0, "masked": float(info["macs_full_path"] / dense),
+            "sparse": float(mean / dense), "exit_ratio": float(result.exit_ratio)}
 
 
 def _runner(path, batch, threads):
@@ -124,21 +161,31 @@ def mac_ratios(model, images, files):
     }
 
 
-def keras_throughput(model, images, batch_size, repeats):
+def keras_throughput(model, images, batch_size, repeats, exit_threshold=None):
     """Images per second of Keras ``predict`` (threshold style) in the dense (masked) and the
-    sparse execution: the best of ``max(repeats, 5)`` passes each, the two executions
-    interleaved pass by pass after a warm-up pass (which traces)."""
+    sparse execution (an early-exit model: both outputs against
+    :class:`tfgated.exits.SparseExitModel` at ``exit_threshold``): the best of
+    ``max(repeats, 5)`` passes each, the two executions interleaved pass by pass after a
+    warm-up pass (which traces)."""
     import tfgated
 
     tfgated.set_inference_style(model, "threshold")
-    executions = {"masked": "dense", "sparse": "sparse"}
-    best = dict.fromkeys(executions, float("inf"))
-    for name, execution in executions.items():
-        tfgated.predict(model, images, batch_size=batch_size, execution=execution)
+    if exit_threshold is None:
+        runners = {name: (lambda e: lambda: tfgated.predict(model, images, batch_size=batch_size, execution=e))(e)
+                   for name, e in {"masked": "dense", "sparse": "sparse"}.items()}
+    else:
+        from tfgated.exits import SparseExitModel
+
+        sparse = SparseExitModel(model, exit_threshold)
+        runners = {"masked": lambda: model.predict(images, batch_size=batch_size, verbose=0),
+                   "sparse": lambda: sparse.predict(images, batch_size=batch_size, verbose=0)}
+    best = dict.fromkeys(runners, float("inf"))
+    for run in runners.values():
+        run()
     for _ in range(max(repeats, 5)):
-        for name, execution in executions.items():
+        for name, run in runners.items():
             start = time.perf_counter()
-            tfgated.predict(model, images, batch_size=batch_size, execution=execution)
+            run()
             best[name] = min(best[name], time.perf_counter() - start)
     result = {name: len(images) / seconds for name, seconds in best.items()}
     result["sparse_over_masked"] = result["sparse"] / result["masked"]
@@ -197,22 +244,35 @@ def goals(rows, macs, keras):
     }
 
 
-def run(model, images, directory, batch_sizes=(1, 8, 64, 256), threads=(1, 2), repeats=3, formats=("tflite", "onnx")):
-    """Export, time and check (see the module docstring); returns the JSON-ready result."""
+def run(model, images, directory, batch_sizes=(1, 8, 64, 256), threads=(1, 2), repeats=3, formats=("tflite", "onnx"),
+        exit_threshold=None, keras_images=None):
+    """Export, time and check (see the module docstring); returns the JSON-ready result. A
+    two-output early-exit model needs ``exit_threshold``. Keras throughput is measured on
+    ``keras_images`` (default ``images``): ``predict`` has a fixed cost per call (tens of ms
+    here), so a throughput needs several batches of the largest size."""
     import tfgated
 
     tfgated.set_inference_style(model, "threshold")
     images = np.asarray(images, "float32")
-    files = export_forms(model, directory, images, formats)
-    macs = mac_ratios(model, images, files)
+    if len(model.outputs) == 2:
+        if exit_threshold is None:
+            raise ValueError("An early-exit model [main, exit] needs exit_threshold.")
+        files = export_exit_forms(model, exit_threshold, directory, images, formats)
+        macs = exit_mac_ratios(model, exit_threshold, images, files)
+    else:
+        files = export_forms(model, directory, images, formats)
+        macs = mac_ratios(model, images, files)
     rows = time_files(files, images, batch_sizes, threads, repeats)
-    keras = keras_throughput(model, images, max(batch_sizes), repeats)
+    keras_images = images if keras_images is None else np.asarray(keras_images, "float32")
+    keras = keras_throughput(model, keras_images, max(batch_sizes), repeats, exit_threshold=exit_threshold)
+    keras["images"] = int(len(keras_images))
     for row in rows:
         row["mac_ratio_sparse"] = macs["sparse"]
         row["mac_ratio_masked"] = macs["masked"]
-    sparse = files["sparse"][formats[0]][1]["gates"]
+    sparse = files["sparse"][formats[0]][1].get("gates") or {}
     return {
         "model": model.name,
+        "exit_threshold": exit_threshold,
         "images": int(len(images)),
         "batch_sizes": list(batch_sizes),
         "threads": list(threads),

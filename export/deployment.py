@@ -69,12 +69,22 @@ class PresetEvaluation:
         """Share of the images whose arg-max class is the label."""
         return float(np.mean(np.argmax(np.asarray(probabilities), axis=-1) == self.labels))
 
-    def sidecar_fields(self, path, model, threads=None):
+    def keras_probabilities(self, model, exit_threshold=None):
+        """The Keras model's probabilities on the images: for an early-exit model ``[main, exit]``
+        with ``exit_threshold``, those of the path each image takes (what the file answers),
+        without a threshold the main classifier's."""
+        if exit_threshold is not None:
+            from tfgated.exits import EarlyExitModel
+
+            return EarlyExitModel(model, exit_threshold).predict(self.images, batch_size=64).probabilities
+        outputs = model.predict(self.images, batch_size=64, verbose=0)
+        return outputs[0] if isinstance(outputs, (list, tuple)) else outputs
+
+    def sidecar_fields(self, path, model, threads=None, exit_threshold=None):
         """The sidecar fields of the file ``path`` exported from ``model``: preset, weights,
-        input contract, class names and ``test_top1`` of the file and of the Keras model."""
-        keras_outputs = model.predict(self.images, batch_size=64, verbose=0)
-        if isinstance(keras_outputs, (list, tuple)):
-            keras_outputs = keras_outputs[0]  # [main, exit]: the main classifier
+        input contract, class names and ``test_top1`` of the file and of the Keras model (for an
+        early exit, at ``exit_threshold``, as the file)."""
+        keras_outputs = self.keras_probabilities(model, exit_threshold)
         return {
             "preset": self.preset,
             "weights": self.weights,

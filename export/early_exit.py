@@ -92,7 +92,7 @@ def _write_exit_file(model, path, target, options, data, x, expected_for, what, 
 # -- SIPA early exit (tfgated.exits) ------------------------------------------------------------
 
 
-def _early_exit_traced(model_with_exit, threshold, batch_size, form):
+def _early_exit_traced(model_with_exit, threshold, batch_size, form, stitch="gather"):
     """``(Traced, EarlyExitModel)`` of the function that returns the taken path's probabilities."""
     import tensorflow as tf
 
@@ -109,7 +109,7 @@ def _early_exit_traced(model_with_exit, threshold, batch_size, form):
         return part_b(crossing if len(crossing) > 1 else crossing[0], training=False)
 
     if form == "sparse":  # gather the examples that stay, run part B on them, stitch
-        sparse = sparse_exit_call(part_a, part_b, limit)
+        sparse = sparse_exit_call(part_a, part_b, limit, stitch=stitch)
 
         def call(x):
             with keras.StatelessScope():
@@ -193,7 +193,7 @@ def export_early_exit(model_with_exit, path, threshold, options=None, **override
         ValueError: not a two-output exit model, bad threshold, form or format.
     """
     options, target, form = _exit_request(path, options, overrides, "an early-exit export")
-    traced, split = _early_exit_traced(model_with_exit, threshold, options.batch_size, form)
+    traced, split = _early_exit_traced(model_with_exit, threshold, options.batch_size, form, options.sparse_stitch)
     data = target.convert(traced, options)
     x = options.parity_inputs(model_with_exit)
     # One Keras pass gives both the parity reference and the exit ratio on the parity data.
@@ -213,6 +213,7 @@ def export_early_exit(model_with_exit, path, threshold, options=None, **override
         "macs_full_path": int(macs["part_a"] + macs["head"] + macs["part_b"]),
         "macs_main_without_exit": int(macs["main"]),
         "parity_exit_ratio": exit_ratio,
+        **({"stitch": options.sparse_stitch} if form == "sparse" else {}),
         "parity_mean_macs": float(macs["part_a"] + macs["head"] + (1.0 - exit_ratio) * macs["part_b"]),
     }
     return _write_exit_file(

@@ -17,6 +17,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Optional, Sequence
 
+from tfgated.sparse import STITCHES
+
 QUANTIZATIONS = ("float32", "float16", "int8")
 STYLES = ("threshold", "always_on")
 #: How data-dependent decisions (residual gates, exits) run in the file: ``"conditional"``
@@ -49,6 +51,11 @@ class ExportOptions:
             convolutions inside conditionals, so ONNX files are masked or sparse.
         sparse_max_open_rate: in the sparse form, a gate open on more of the parity inputs
             than this keeps the masked form (the sidecar says so).
+        sparse_stitch: how the sparse form returns a sub-batch's results to the batch:
+            ``"gather"`` (default: every example gathers its row, a zero row for the closed
+            ones) or ``"scatter"`` (``SCATTER_ND``/``ScatterND`` into zeros). Measured on
+            ``gumbel_resnet_fashion_mnist``: gather 2-8% faster at batch 64 and 256, 1-8%
+            slower at batch 1, in LiteRT and ONNX Runtime.
         fold_batchnorm: fold batch norms into the preceding convolutions.
         remove_channels: physically remove closed channels; ``False`` gives the plain
             *masked* model (constant masks, every channel kept).
@@ -69,6 +76,7 @@ class ExportOptions:
     fold: bool = True
     form: Optional[str] = None
     sparse_max_open_rate: float = DEFAULT_SPARSE_MAX_OPEN_RATE
+    sparse_stitch: str = "gather"
     fold_batchnorm: bool = False
     remove_channels: bool = True
     representative_data: Any = None
@@ -103,6 +111,8 @@ class ExportOptions:
             raise ValueError(
                 f"Expected sparse_max_open_rate in [0, 1]. Received: sparse_max_open_rate={self.sparse_max_open_rate!r}"
             )
+        if self.sparse_stitch not in STITCHES:
+            raise ValueError(f"Expected sparse_stitch to be one of {list(STITCHES)}. Received: sparse_stitch={self.sparse_stitch!r}")
         if self.threads is not None and (not isinstance(self.threads, int) or self.threads < 1):
             raise ValueError(f"Expected threads to be a positive integer or None. Received: threads={self.threads!r}")
 

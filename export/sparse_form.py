@@ -85,9 +85,9 @@ def plan(folded, report, x, max_open_rate):
     return SparsePlan(branches=branches, forms=forms, reasons=reasons, open_rates=rates)
 
 
-def sparse_export_call(folded, sparse_plan):
+def sparse_export_call(folded, sparse_plan, stitch="gather"):
     """The callable traced for a sparse-form file (inference, no random ops)."""
-    call = sparse_call(folded, sparse_plan.branches)
+    call = sparse_call(folded, sparse_plan.branches, stitch=stitch)
 
     def run(x):
         with keras.StatelessScope():

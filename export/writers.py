@@ -124,7 +124,7 @@ def convert(model, target, options, conditional=(), float32_scopes=(), sparse=No
     dynamic batch) and converted by ``target`` (an entry of :data:`FORMATS`); a float16 TFLite
     file keeps the constants of the layers named in ``float32_scopes`` in float32."""
     if sparse is not None:
-        call, batch_size = sparse_form.sparse_export_call(model, sparse), None
+        call, batch_size = sparse_form.sparse_export_call(model, sparse, options.sparse_stitch), None
     else:
         call = conditional_call(model, conditional) if conditional else _plain_call(model)
         batch_size = options.batch_size
@@ -191,12 +191,12 @@ def _apply_pruning_masks(model):
     return pruning is not None
 
 
-def _gate_fields(report, conditional, sparse):
+def _gate_fields(report, conditional, sparse, options):
     """The sidecar's ``gates``: the form of the data-dependent gates, and of each one."""
     if sparse is not None:
         forms = set(sparse.forms.values())
         form = forms.pop() if len(forms) == 1 else "mixed" if forms else None
-        return {"dependent_form": form, "conditional": [], **sparse.fields()}
+        return {"dependent_form": form, "conditional": [], **sparse.fields(), "stitch": options.sparse_stitch}
     form = ("conditional" if conditional else "masked") if report and report.dependent_masked else None
     return {
         "dependent_form": form,
@@ -209,7 +209,7 @@ def _fold_fields(model, options, report, conditional, sparse=None):
     macs = (report.macs_before, report.macs_after) if report else (count_macs(model),) * 2
     return {
         "folded": bool(options.fold),
-        "gates": _gate_fields(report, conditional, sparse),
+        "gates": _gate_fields(report, conditional, sparse, options),
         "macs_before_folding": int(macs[0]),
         "macs_after_folding": int(macs[1]),
         "fold_report": report.summary() if report else None,

@@ -195,25 +195,54 @@ def open_indices(mask):
     return ops.cast(ops.nonzero(mask)[0], "int32")
 
 
-def run_branch(branch, values, run):
-    """The scattered product ``z * f(x)`` of ``branch``: computed on the examples with ``z > 0``,
-    zero elsewhere. ``run(node, values)`` runs one inner node."""
+def gathered_branch(branch, values, run):
+    """``(open, idx, z * f(x))`` of ``branch``: the boolean gate decisions of the batch, the int32
+    indices of the open examples and the gated products of that sub-batch only. ``run(node,
+    values)`` runs one inner node."""
     z = ops.reshape(values[id(branch.z)], (-1,))  # one gate value per example
-    idx = open_indices(z > 0)
+    mask = z > 0
+    idx = open_indices(mask)
     local = {id(t): ops.take(values[id(t)], idx, axis=0) for t in branch.external}
     for node in branch.inner:
         run(node, local)
     part = local[id(branch.branch)]
     z_part = ops.reshape(ops.take(z, idx, axis=0), (-1,) + (1,) * (len(part.shape) - 1))
-    product = part * ops.cast(z_part, part.dtype)
-    shape = (ops.shape(z)[0],) + tuple(ops.shape(part)[1:])
+    return mask, idx, part * ops.cast(z_part, part.dtype)
+
+
+def sub_batch_rows(mask):
+    """int32 ``(batch,)``: for each example its row in the gathered sub-batch where ``mask`` is
+    true, else the row after the last (``n`` open examples: row ``n``)."""
+    m = ops.cast(mask, "int32")
+    return ops.where(mask, ops.cumsum(m) - 1, ops.sum(m))
+
+
+def run_branch(branch, values, run, stitch="scatter"):
+    """The product ``z * f(x)`` of ``branch`` for the whole batch: computed on the examples with
+    ``z > 0``, zero elsewhere. ``stitch``: ``"scatter"`` (``ScatterNd`` into zeros) or
+    ``"gather"`` (a zero row appended to the products and every example gathering its row,
+    :func:`sub_batch_rows`: TensorFlow's CPU scatter kernels copy row by row on one thread,
+    its gather runs on all of them). ``run(node, values)`` runs one inner node."""
+    mask, idx, product = gathered_branch(branch, values, run)
+    if stitch == "gather":
+        zero = ops.zeros((1,) + tuple(product.shape[1:]), product.dtype)
+        return ops.take(ops.concatenate([product, zero], axis=0), sub_batch_rows(mask), axis=0)
+    shape = (ops.shape(mask)[0],) + tuple(ops.shape(product)[1:])
     return ops.scatter(ops.expand_dims(idx, 1), product, shape)
 
 
-def sparse_call(model, branches, nodes=None):
+STITCHES = ("scatter", "gather")
+#: How :class:`SparseModel` stitches (Keras on TensorFlow); the exporter picks per runtime.
+KERAS_STITCH = "gather"
+
+
+def sparse_call(model, branches, nodes=None, stitch="scatter"):
     """A callable ``x -> outputs`` running the functional ``model`` node by node, each of
     ``branches`` (:class:`SparseBranch`) by gather-run-scatter. Inference only (``training``
-    is whatever each node was called with)."""
+    is whatever each node was called with). ``stitch``: how the sub-batch's products return
+    to the batch (:func:`run_branch`)."""
+    if stitch not in STITCHES:
+        raise ValueError(f"Expected stitch to be one of {list(STITCHES)}. Received: stitch={stitch!r}")
     nodes = functional_nodes(model) if nodes is None else nodes
     plans = {id(b.node): b for b in branches}
     skipped = {id(n) for b in branches for n in b.inner}
@@ -223,7 +252,7 @@ def sparse_call(model, branches, nodes=None):
         if plan is None:
             run_node(node, values)
             return
-        product = run_branch(plan, values, run)
+        product = run_branch(plan, values, run, stitch)
         if plan.shortcut is not None:
             product = values[id(plan.shortcut)] + ops.cast(product, values[id(plan.shortcut)].dtype)
         values[id(node.outputs[0])] = product
@@ -240,12 +269,12 @@ def sparse_call(model, branches, nodes=None):
     return call
 
 
-def sparse_exit_call(part_a, part_b, threshold):
+def sparse_exit_call(part_a, part_b, threshold, stitch="scatter"):
     """A callable ``x -> probabilities`` of an early exit split into ``part_a`` (input -> exit
     probabilities and the crossing tensors) and ``part_b`` (crossing tensors -> main output, or
     ``None`` when the main output itself crosses): part B runs on the examples whose maximum
     exit probability is not above ``threshold``, gather-run-scatter inside it too."""
-    rest = None if part_b is None else sparse_call(part_b, residual_branches(part_b))
+    rest = None if part_b is None else sparse_call(part_b, residual_branches(part_b), stitch=stitch)
 
     def call(x):
         outs = keras.tree.flatten(part_a(x, training=False))
@@ -282,7 +311,7 @@ class SparseModel(keras.Model):
         check_functional_model(model)
         self.model = model
         self.branches = residual_branches(model)
-        self._call = sparse_call(model, self.branches)
+        self._call = sparse_call(model, self.branches, stitch=KERAS_STITCH)
 
     def call(self, inputs, training=False):
         check_inference(training)

@@ -152,6 +152,9 @@ def render_card(name, entry):
         ]
         if m.get("gate_activation") is not None:
             lines.append(f"| mean gate activation | {m['gate_activation']:.3f} |")
+        if m.get("exit_ratio") is not None:
+            lines += [f"| images leaving at the exit (threshold {m['exit_threshold']:g}) | {m['exit_ratio']:.1%} |",
+                      f"| top-1 without the exit (main output only) | {m['top1_no_exit']:.4f} |"]
         if m.get("macs") is not None:
             lines.append(f"| measured MACs per image | {m['macs'] / 1e6:.2f}M of {m['dense_macs'] / 1e6:.2f}M |")
         if m.get("micronet_score_16bit") is not None:
@@ -164,25 +167,32 @@ def render_card(name, entry):
         lines.append("")
         if shipped.get("note"):
             lines += [shipped["note"], ""]
-    lines += [
-        f"Train here: `{registry.train_command(name)}`.",
-        "",
-        "## Usage",
-        "",
-        "```python",
-        "from tfgated import zoo",
-        "from tfgated.data import load_dataset",
-        "",
-        f'model = zoo.load("{name}")  # '
-        + ("the shipped weights, compiled per the recipe" if (preset.get("weights") or {}).get("file")
-           else "fresh weights (none shipped), compiled per the recipe"),
-        f'test = load_dataset("{preset.get("dataset") or "fashion_mnist"}", pixels="raw").test  # raw pixels, 0-255',
-        "model.evaluate(test)",
-        "```",
-        "",
-    ]
+    lines += usage_section(name, preset, shipped)
     lines += paper_section(preset, entry)
     return "\n".join(lines)
+
+
+def usage_section(name, preset, shipped):
+    """How to train and run the preset; an early-exit preset (a threshold in its recipe's ``exit``)
+    runs with :class:`tfgated.exits.EarlyExitModel` (``[main, exit]`` outputs take no single label)."""
+    from tfgated.zoo import registry
+
+    threshold = (preset.get("recipe") or {}).get("exit", {}).get("threshold")
+    weights = ("the shipped weights" if shipped.get("file") else "fresh weights (none shipped)")
+    test = f'test = load_dataset("{preset.get("dataset") or "fashion_mnist"}", pixels="raw").test  # raw pixels, 0-255'
+    if threshold is None:
+        train = f"Train here: `{registry.train_command(name)}`."
+        code = ["from tfgated import zoo", "from tfgated.data import load_dataset", "",
+                f'model = zoo.load("{name}")  # {weights}, compiled per the recipe', test, "model.evaluate(test)"]
+    else:
+        train = ("Train the exit head here (on the backbone's weights, frozen): "
+                 + (f"`{shipped['trained_by']}`." if shipped.get("trained_by") else "`tfgated.exits.train_exit`."))
+        code = ["from tfgated import zoo", "from tfgated.data import load_dataset",
+                "from tfgated.exits import EarlyExitModel", "",
+                f'model = zoo.load("{name}")  # {weights}; outputs [main, exit] probabilities', test,
+                f"result = EarlyExitModel(model, threshold={threshold:g}).predict(test)  # the rest runs only where needed",
+                "print(result.accuracy, result.exit_ratio, result.mean_macs)"]
+    return [train, "", "## Usage", "", "```python", *code, "```", ""]
 
 
 def _shown(value):

@@ -121,6 +121,17 @@ SIPA_FASHION = _entry(
     note="A reference point, not a target: the CIFAR-100 model is 10x the classes on 3-channel images.",
 )
 
+SIPA_FASHION_EXIT = _entry(
+    f"{SIPA_PAPER}; numbers from {SIPA_README}",
+    "none for Fashion-MNIST; section 2-4 (exit position table, row MBConvBlock[4], CIFAR-100) for scale",
+    {"cifar100_exit_path_flops_share_block4": _SIPA_EXIT["exit_path_flops_share_block4"],
+     "cifar100_exit_ratio_block4_threshold_085": _SIPA_EXIT["exit_ratio_block4_thresholds_085_088_090"][0],
+     "cifar100_exit_threshold": _SIPA_EXIT["exit_threshold"]},
+    measured={"cifar100_exit_ratio_block4_threshold_085": "exit_ratio", "cifar100_exit_threshold": "exit_threshold"},
+    note="The same exit position and threshold as the CIFAR-100 entry; on Fashion-MNIST's easier images far "
+    "more of them leave at the exit.",
+)
+
 
 # -- Gumbel paper: ResNet ------------------------------------------------------------------
 

@@ -31,8 +31,17 @@ CHECK_EXAMPLES = 1000
 """Test images (the first ones of the test split) on which ``check`` numbers are recorded."""
 
 
+def exit_threshold(preset):
+    """The confidence threshold of an early-exit preset (its recipe's ``exit`` entry), else None."""
+    return (preset.get("recipe") or {}).get("exit", {}).get("threshold")
+
+
 def evaluate_preset(name, path=None, limit=None):
-    """Test-split numbers of preset ``name`` with its shipped weights (or the file ``path``)."""
+    """Test-split numbers of preset ``name`` with its shipped weights (or the file ``path``).
+
+    An early-exit preset (outputs ``[main, exit]``, a threshold in its recipe) is scored with
+    real early-exit inference at that threshold: ``top1``/``top5`` of the path each image took,
+    ``exit_ratio``, the mean ``macs`` per image, and ``top1_no_exit`` of the main output alone."""
     from tfgated import zoo
     from tfgated.data import load_dataset
     from tfgated.train import evaluate_model
@@ -41,27 +50,60 @@ def evaluate_preset(name, path=None, limit=None):
     model = zoo.load(name, weights=path or "default", compile=False)
     # raw pixels: the model normalizes inside its graph with the full training split's statistics
     test = load_dataset(preset["dataset"], batch_size=256, shuffle_buffer=0, limit=limit, pixels="raw").test
-    gated = bool(preset["gates"])
-    style = "threshold" if gated else None
-    result = evaluate_model(model, test, style=style, runs=1)
-    keys = ("top1", "top5", "gate_activation", "macs", "dense_macs", "examples")
-    measured = {k: result[k] for k in keys if k in result}
+    threshold = exit_threshold(preset)
+    if threshold is not None:
+        measured = early_exit_numbers(model, test, threshold)
+
+        def top1(m):
+            return early_exit_numbers(m, test, threshold)["top1"]
+    else:
+        style = "threshold" if preset["gates"] else None
+        result = evaluate_model(model, test, style=style, runs=1)
+        keys = ("top1", "top5", "gate_activation", "macs", "dense_macs", "examples")
+        measured = {k: result[k] for k in keys if k in result}
+
+        def top1(m):
+            return evaluate_model(m, test, style=style, runs=1)["top1"]
     if preset.get("recipe", {}).get("precision_bits") == 16:
-        measured.update(sixteen_bit_numbers(model, test, style))
+        measured.update(sixteen_bit_numbers(model, top1))
     return measured
 
 
-def sixteen_bit_numbers(model, test, style=None):
+def early_exit_numbers(model, test, threshold):
+    """Early-exit inference of the two-output ``model`` on the batches ``test`` at ``threshold``."""
+    import numpy as np
+
+    from tfgated.exits import EarlyExitModel
+
+    import keras
+
+    from tfgated.train import evaluate_model
+
+    x, y = (np.concatenate(parts) for parts in zip(*((np.asarray(a), np.asarray(b)) for a, b in test)))
+    result = EarlyExitModel(model, threshold).predict(x, labels=y)
+    top5 = np.argsort(-result.probabilities, axis=1)[:, :5]
+    main = keras.Model(model.inputs, model.outputs[0])  # scored as a single-output preset is
+    return {
+        "top1": result.accuracy,
+        "top5": float(np.mean(np.any(top5 == y[:, None], axis=1))),
+        "top1_no_exit": evaluate_model(main, test, style=None, runs=1)["top1"],
+        "exit_threshold": float(threshold),
+        "exit_ratio": result.exit_ratio,
+        "macs": result.mean_macs,
+        "dense_macs": int(result.macs["main"]),
+        "examples": int(len(y)),
+    }
+
+
+def sixteen_bit_numbers(model, top1):
     """For presets made for 16-bit deployment (recipe ``precision_bits: 16``, SIPA's workflow):
     the sparsity of the prunable weights, the 16-bit MicroNet score, and the test accuracy
-    with every weight rounded to float16 (activations stay float32, as in a float16 TFLite
-    file run on a CPU), its gates in inference ``style``. ``model`` is left with its float32
-    weights."""
+    ``top1(model)`` with every weight rounded to float16 (activations stay float32, as in a
+    float16 TFLite file run on a CPU). ``model`` is left with its float32 weights."""
     import numpy as np
 
     from tfgated.micronet import micronet_score
     from tfgated.pruning import sparsity_report
-    from tfgated.train import evaluate_model
 
     report = micronet_score(model, bits=16)
     numbers = {
@@ -73,7 +115,7 @@ def sixteen_bit_numbers(model, test, style=None):
     weights = model.get_weights()
     try:
         model.set_weights([np.asarray(w).astype(np.float16).astype(w.dtype) for w in weights])
-        numbers["top1_float16_weights"] = evaluate_model(model, test, style=style, runs=1)["top1"]
+        numbers["top1_float16_weights"] = top1(model)
     finally:
         model.set_weights(weights)
     return numbers
@@ -111,7 +153,7 @@ def ship(name, model_path, trained_by, note=None):
         "file": filename,
         "sha256": registry.sha256_file(final),
         "trained_by": trained_by,
-        "measured": {**measured, "split": "test", "inference_style": "threshold" if registry.get_preset(name)["gates"] else None},
+        "measured": {**measured, "split": "test", "inference_style": _style(registry.get_preset(name))},
     }
     if note:
         entry["note"] = note
@@ -122,6 +164,12 @@ def ship(name, model_path, trained_by, note=None):
     return entry
 
 
+def _style(preset):
+    if exit_threshold(preset) is not None:
+        return "early_exit"
+    return "threshold" if preset["gates"] else None
+
+
 def matches(measured, recorded):
     """Descriptions of the numbers in ``measured`` that differ from ``recorded`` beyond float
     reordering: accuracies by two images or 5e-4, whichever is more (``recorded["examples"]``
@@ -129,7 +177,8 @@ def matches(measured, recorded):
     and scores by one part in a million."""
     examples = recorded.get("examples") or 10000
     accuracy = max(5e-4, 2.5 / examples)  # the half image absorbs float error in k / examples
-    tolerances = {"top1": accuracy, "top5": accuracy, "top1_float16_weights": accuracy, "gate_activation": 5e-3,
+    tolerances = {"top1": accuracy, "top5": accuracy, "top1_float16_weights": accuracy, "top1_no_exit": accuracy,
+                  "gate_activation": 5e-3, "exit_ratio": 5e-3,
                   # data-dependent gates and exits: a decision flipped on one image moves the mean MACs
                   "macs": 1e-3 * abs(recorded.get("macs") or 0.0)}
     differ = []

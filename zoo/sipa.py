@@ -519,6 +519,24 @@ PRESETS = {
                         "learning_rate": 0.01, "start": "sipa_fashion_mnist (shipped weights)"},
         },
     ),
+    "sipa_fashion_mnist_exit": {
+        **_fashion_preset(
+            "sipa_fashion_mnist with SIPA's early-exit head after MBConv block 4 (the fifth, as the "
+            "reference): depthwise 3x3, BN, swish, 1x1 conv to 136 channels, BN, swish, pooling, "
+            "classifier. Outputs [main, exit] probabilities, main first; at SIPA's threshold 0.85 an "
+            "example whose maximum exit probability is above it stops at the exit. The backbone is "
+            "sipa_fashion_mnist's shipped weights, frozen with its batch-norm statistics, so the main "
+            "output is sipa_fashion_mnist's.",
+            recipe={
+                **_FASHION_RECIPE,
+                "exit": {"loss": "softsmoothing (1 + max softmax) * CE", "epochs": 8, "threshold": 0.85,
+                         "freeze_backbone": True, "update_main_statistics": False,
+                         "optimizer": "adam 1e-3, cosine decay", "start": "sipa_fashion_mnist (shipped weights)"},
+            },
+        ),
+        "arch": {**_FASHION_ARCH, "exit_after": 4},
+        "paper": papers.SIPA_FASHION_EXIT,
+    },
     "sipa_fashion_mnist_gated": _fashion_preset(
         "sipa_fashion_mnist with independent Gumbel channel gates on every MBConv block's expansion "
         "channels (8 channels per gate), per-batch activation loss with target rate 0.5: learned "

@@ -39,3 +39,42 @@ def test_goals_compare_latency_with_the_mac_ratio():
     slower = conditional_bench.goals(rows + [_row("litert", 1, 1.2, masked=1.0)], macs, {"sparse_over_masked": 1.1})
     assert slower["never_slower_than_masked"]["slower"][0]["batch"] == 1
     assert not slower["never_slower_than_masked"]["goal_met"] and not slower["keras_predict_batch_256"]["goal_met"]
+
+
+@pytest.mark.slow
+def test_bench_conditional_times_an_early_exit_model(tmp_path, capsys):
+    """``bench --conditional`` on a two-output model: dense (no exit), masked and sparse files of
+    it, the exit share and MAC ratio measured on the same images, a threshold required."""
+    import json
+
+    import numpy as np
+
+    import tfgated
+    from tfgated.cli.export import fashion_mnist_inputs
+    from tfgated.exits import EarlyExitModel, attach_exit
+    from tiny_fixtures import residual_model, spread_gates
+
+    images = fashion_mnist_inputs((28, 28, 1), n=16)
+    model = residual_model()
+    spread_gates(model, images)
+    tfgated.set_inference_style(model, "threshold")
+    with_exit = attach_exit(model, "b0_add", channels=8)
+    threshold = float(np.median(with_exit.predict(images, verbose=0)[1].max(axis=1)))
+    path = tmp_path / "exit.keras"
+    with_exit.save(path)
+    common = ["bench", "--conditional", str(path), "--images", "16", "--keras-images", "16", "--batch-sizes", "1,8",
+              "--thread-counts", "1", "--repeats", "1"]
+    assert export_main(common) == 2  # a .keras file has no recipe: the threshold must be given
+    assert "--exit-threshold" in capsys.readouterr().err
+    out = tmp_path / "bench.json"
+    assert export_main(common + ["--exit-threshold", str(threshold), "--json", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert result["exit_threshold"] == threshold
+    expected = EarlyExitModel(with_exit, threshold).predict(images)
+    macs = result["macs"]
+    assert macs["exit_ratio"] == pytest.approx(expected.exit_ratio) and 0 < macs["exit_ratio"] < 1
+    assert macs["sparse"] == pytest.approx(expected.mean_macs / expected.macs["main"], rel=1e-6)
+    assert macs["masked"] > 1.0 > macs["sparse"]  # both paths and the head, against the exit's saving
+    assert {(r["runtime"], r["batch"]) for r in result["latency"]} == {
+        (rt, b) for rt in ("litert", "onnxruntime") for b in (1, 8)}
+    assert result["keras_predict_images_per_s"]["images"] == 16

@@ -26,12 +26,14 @@ def model(images):
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("stitch", ["gather", "scatter"])
 @pytest.mark.parametrize("fmt", ["tflite", "onnx"])
-def test_sparse_file_matches_keras_at_every_batch_size(model, images, fmt, tmp_path):
+def test_sparse_file_matches_keras_at_every_batch_size(model, images, fmt, stitch, tmp_path):
     path = tmp_path / f"sparse.{fmt}"
-    result = export(model, path, form="sparse", parity_data=images)
+    result = export(model, path, form="sparse", parity_data=images, sparse_stitch=stitch)
     gates = result.sidecar["gates"]
     assert gates["dependent_form"] == "sparse" and set(gates["forms"].values()) == {"sparse"}
+    assert gates["stitch"] == stitch
     assert result.sidecar["input_shape"][0] is None and result.parity["passed"]
     reference = model.predict(images, verbose=0)
     for batch in (1, 7, 64):
@@ -68,6 +70,8 @@ def test_sparse_options_are_checked():
     assert ExportOptions(form="sparse", batch_size=8).resolve_form(FORMATS["onnx"]) == "sparse"
     with pytest.raises(ValueError, match="sparse_max_open_rate in \\[0, 1\\]"):
         ExportOptions(sparse_max_open_rate=1.5)
+    with pytest.raises(ValueError, match="sparse_stitch to be one of"):
+        ExportOptions(sparse_stitch="add")
 
 
 @pytest.mark.slow

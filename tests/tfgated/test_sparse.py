@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 import tfgated
-from tfgated.sparse import SparseModel, residual_branches, sparse_model
+from tfgated.sparse import SparseModel, residual_branches, sparse_call, sparse_model, sub_batch_rows
 from tiny_fixtures import residual_model, spread_gates
 
 TOLERANCE = 1e-4
@@ -71,6 +71,28 @@ def test_sparse_model_saves_and_loads_in_safe_mode(model, images, tmp_path):
     np.testing.assert_allclose(loaded.predict(images, verbose=0), wrapped.predict(images, verbose=0), atol=1e-6)
 
 
+def test_each_example_finds_its_row_of_the_sub_batch():
+    mask = np.array([False, True, True, False, True])
+    # open examples: rows 0, 1, 2 of the gathered sub-batch; closed ones: the zero row after them
+    assert np.asarray(sub_batch_rows(mask)).tolist() == [3, 0, 1, 3, 2]
+    assert np.asarray(sub_batch_rows(np.zeros(3, bool))).tolist() == [0, 0, 0]
+
+
+@pytest.mark.parametrize("threshold", [0.5, 0.999999, 1e-6])
+def test_gather_and_scatter_stitches_agree(model, images, threshold):
+    """The two ways back from the sub-batch give the masked model's outputs, with some, no and
+    every example open."""
+    tfgated.set_inference_style(model, "threshold", threshold=threshold)
+    try:
+        x = keras.ops.convert_to_tensor(images[:32])
+        dense = np.asarray(model(x, training=False))
+        for stitch in ("gather", "scatter"):
+            out = np.asarray(sparse_call(model, residual_branches(model), stitch=stitch)(x))
+            assert np.max(np.abs(out - dense)) <= TOLERANCE, stitch
+    finally:
+        tfgated.set_inference_style(model, "threshold", threshold=0.5)
+
+
 def test_argument_checks(model, images):
     with pytest.raises(ValueError, match="execution to be one of"):
         tfgated.predict(model, images, execution="fast")
@@ -78,6 +100,8 @@ def test_argument_checks(model, images):
         SparseModel(keras.layers.Dense(3))
     with pytest.raises(ValueError, match="runs inference only"):
         SparseModel(model)(images[:2], training=True)
+    with pytest.raises(ValueError, match="stitch to be one of"):
+        sparse_call(model, residual_branches(model), stitch="scatter_add")
 
 
 def test_early_exit_gathers_the_examples_that_stay(model, images):

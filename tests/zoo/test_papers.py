@@ -87,6 +87,9 @@ RESNET110_DEP_T06 = {**RESNET110_BASELINE, "top1": _pct("94.36"), "flops_share":
 EXPECTED = [
     ("sipa_cifar100", {**SIPA_README_MAIN, **SIPA_README_FINAL}),
     ("sipa_cifar100_exit", {**SIPA_README_EXIT, **SIPA_README_FINAL}),
+    ("sipa_fashion_mnist_exit", {"cifar100_exit_path_flops_share_block4": _pct("38.91"),
+                                 "cifar100_exit_ratio_block4_threshold_085": _pct("36.31"),
+                                 "cifar100_exit_threshold": 0.85}),
     ("sipa_fashion_mnist*", {"cifar100_micronet_score_final": 0.005798, "cifar100_sparsity_after_pruning": 0.64}),
     ("gumbel_resnet50_imagenet_channel_*", {**ABSTRACT, **RESNET50, **CHANNEL50}),
     ("gumbel_resnet50_imagenet_*", {**ABSTRACT, **RESNET50}),

@@ -6,7 +6,8 @@ Export::
     python -m tfgated.export --onnx MODEL -o out.onnx
 
 ``MODEL`` is a ``.keras`` file or a zoo preset name. A two-output early-exit model
-(``[main, exit]``, see ``tfgated.exits``) needs ``--exit-threshold``; its file then
+(``[main, exit]``, see ``tfgated.exits``) needs ``--exit-threshold`` (a preset with an exit takes
+its recipe's by default); its file then
 stops early (TFLite at batch 1: the rest of the network sits in an ``IF`` branch)::
 
     python -m tfgated.export --tflite exit_model.keras --exit-threshold 0.9 -o model.tflite
@@ -114,7 +115,12 @@ def _bench_parser():
     p.add_argument("--thread-counts", default="1,2", help="with --conditional: runtime threads (default 1,2)")
     p.add_argument("--images", type=positive_int, default=256, help="with --conditional: test images (default 256)")
     p.add_argument("--repeats", type=positive_int, default=3, help="with --conditional: timed passes (default 3)")
+    p.add_argument("--keras-images", type=positive_int, default=2560,
+                   help="with --conditional: test images for Keras predict throughput (default 2560)")
     p.add_argument("--dir", default=None, help="with --conditional: where the files go (default: a temporary folder)")
+    p.add_argument("--exit-threshold", type=float, default=None, metavar="T",
+                   help="with --conditional and an early-exit model [main, exit]: its threshold "
+                   "(default: the preset's recipe; required for a .keras file)")
     p.add_argument("--threads", type=positive_int, default=1, help="threads for every runtime (default 1)")
     p.add_argument("--runs", type=positive_int, default=100, help="timed runs per file; the median is reported (default 100)")
     p.add_argument("--warmup", type=int, default=10, help="untimed warm-up runs (default 10)")
@@ -293,11 +299,18 @@ def _preset_evaluation(spec, weights, shape):
     return PresetEvaluation.of_preset(spec, preset, identity, card_top1=card)
 
 
-def _finish_preset(result, model, deploy):
+def _preset_exit_threshold(name):
+    """The exit threshold in preset ``name``'s recipe (SIPA's 0.85 for ``sipa_fashion_mnist_exit``), or None."""
+    from tfgated import zoo
+
+    return (zoo.get_preset(name).get("recipe") or {}).get("exit", {}).get("threshold")
+
+
+def _finish_preset(result, model, deploy, exit_threshold=None):
     """Score the written file and the Keras model on the preset's real test images; amend the sidecar."""
     if deploy is None:
         return
-    fields = deploy.sidecar_fields(result.path, model)
+    fields = deploy.sidecar_fields(result.path, model, exit_threshold=exit_threshold)
     result.sidecar.update(fields)
     from tfgated.export.writers import amend_sidecar
 
@@ -325,16 +338,20 @@ def _export_early_exit(args, model, options, deploy=None):
         raise ValueError(
             f"--exit-threshold needs a two-output early-exit model [main, exit]. Received: {len(model.outputs)} output(s)"
         )
-    if args.exit_threshold is None:
+    threshold, source = args.exit_threshold, "--exit-threshold"
+    spec = args.tflite or args.onnx
+    if threshold is None and is_preset(spec):
+        threshold, source = _preset_exit_threshold(spec), "the preset's recipe"
+    if threshold is None:
         raise ValueError("This model has two outputs [main, exit]: pass --exit-threshold T to export it with its early exit.")
-    result = export_early_exit(model, args.output, args.exit_threshold, options)
+    result = export_early_exit(model, args.output, threshold, options)
     info = result.sidecar["early_exit"]
     print(
-        f"early exit ({info['form']}): threshold {info['threshold']:.4g}; MACs {info['macs_exit_path']:,} on the exit "
-        f"path, {info['macs_full_path']:,} on the full path; {info['parity_exit_ratio']:.1%} of the parity inputs exit"
+        f"early exit ({info['form']}): threshold {info['threshold']:.4g} ({source}); MACs {info['macs_exit_path']:,} on "
+        f"the exit path, {info['macs_full_path']:,} on the full path; {info['parity_exit_ratio']:.1%} of the parity inputs exit"
     )
     _print_parity(result.parity)
-    _finish_preset(result, model, deploy)
+    _finish_preset(result, model, deploy, exit_threshold=threshold)
     print(f"wrote {result.path} and {result.sidecar_path}")
     return 0
 
@@ -378,10 +395,17 @@ def bench_conditional(args, argv):
     shape = tuple(int(d) for d in model.inputs[0].shape[1:])
     raw = is_preset(args.conditional) and _preset_input(args.conditional) is not None
     images = fashion_mnist_inputs(shape, n=args.images, raw=raw)
+    keras_images = fashion_mnist_inputs(shape, n=args.keras_images, raw=raw)
     with tempfile.TemporaryDirectory() as tmp:
         directory = args.dir or tmp
         os.makedirs(directory, exist_ok=True)
-        result = conditional_bench.run(model, images, directory, batch_sizes, threads, args.repeats)
+        threshold = args.exit_threshold
+        if threshold is None and len(model.outputs) == 2 and is_preset(args.conditional):
+            threshold = _preset_exit_threshold(args.conditional)
+        if len(model.outputs) == 2 and threshold is None:
+            raise ValueError("This model has two outputs [main, exit]: pass --exit-threshold T to bench its early exit.")
+        result = conditional_bench.run(model, images, directory, batch_sizes, threads, args.repeats,
+                                       exit_threshold=threshold, keras_images=keras_images)
     result["command"] = "python -m tfgated.export bench " + " ".join(argv)
     print(conditional_bench.format_rows(result))
     if args.json:
