@@ -8,7 +8,7 @@ dataset fed as raw pixels (0-255), beside the card's number on the same images (
 entry of ``zoo/weights/index.json``). Goal: every file within 0.005 of its card.
 
     python benchmarks/preset_exports.py                    # every shipped preset
-    python benchmarks/preset_exports.py --presets gumbel_resnet_fashion_mnist
+    python benchmarks/preset_exports.py --presets gumbel_resnet_fashion_mnist   # updates its rows only
 
 Writes ``benchmarks/results/preset_exports.json`` and ``.md``.
 """
@@ -91,7 +91,8 @@ def markdown(rows):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--presets", nargs="*", default=None, help="default: every preset with shipped weights")
+    parser.add_argument("--presets", nargs="*", default=None,
+                        help="default: every preset with shipped weights; given, only their rows of --output are replaced")
     parser.add_argument("--formats", nargs="*", default=list(FORMATS), choices=list(FORMATS))
     parser.add_argument("--output", default=os.path.join(RESULTS, "preset_exports.json"))
     parser.add_argument("--markdown-only", action="store_true", help="only re-render the .md from the JSON")
@@ -112,6 +113,11 @@ def main(argv=None):
             for fmt in args.formats:
                 rows.append(export_one(name, fmt, folder))
                 print(json.dumps(rows[-1]), flush=True)
+    if args.presets and os.path.exists(args.output):  # update these presets' rows, keep the others'
+        with open(args.output, encoding="utf-8") as f:
+            fresh = {(r["preset"], r["format"]) for r in rows}
+            kept = [r for r in json.load(f)["rows"] if (r["preset"], r["format"]) not in fresh]
+        rows = sorted(kept + rows, key=lambda r: (r["preset"], list(FORMATS).index(r["format"])))
     scored = [r for r in rows if r.get("within_tolerance") is not None]
     result = {
         "benchmark": "preset_exports",

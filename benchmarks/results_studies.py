@@ -1,4 +1,4 @@
-"""Rows of docs/results.md for the papers' claims (issue 24's studies) and for training speed.
+"""Rows of docs/results.md for the papers' claims (issue 24's studies), training speed and the sparse form's stitch.
 
 Kept apart from ``results_page.py`` (which imports :data:`KINDS` from here) so that each module
 stays small. Every function takes a result file's content and returns ``(what, key figures)``;
@@ -51,7 +51,20 @@ def densenet_exit_study(data):
     return what, figures
 
 
+def sparse_stitch(data):
+    what = f"gather against scatter stitch of the sparse form, `{data.get('preset')}`, sparse files and Keras predict"
+    k = data["keras_predict_batch_256"]
+    rows = [r for r in data["files"] if r["batch"] in (1, 256)]
+    names = {"litert": "LiteRT", "onnxruntime": "ONNX Runtime"}
+    figures = [f"Keras predict batch 256 over masked: scatter {k['scatter_over_masked']:.2f}x, "
+               f"gather {k['gather_over_masked']:.2f}x"]
+    figures += [f"{names.get(r['runtime'], r['runtime'])} {r['threads']} thr batch {r['batch']}: gather / scatter "
+                f"{r['gather_over_scatter']:.3f}" for r in rows]
+    return what, "; ".join(figures)
+
+
 KINDS = {
+    "sparse_stitch": sparse_stitch,
     "training_speed": training_speed,
     "gate_threshold": gate_threshold,
     "densenet_exit_study": densenet_exit_study,

@@ -169,7 +169,8 @@ def keras_throughput(model, images, batch_size, repeats, exit_threshold=None):
     warm-up pass (which traces)."""
     import tfgated
 
-    tfgated.set_inference_style(model, "threshold")
+    if tfgated.gate_layers(model):
+        tfgated.set_inference_style(model, "threshold")
     if exit_threshold is None:
         runners = {name: (lambda e: lambda: tfgated.predict(model, images, batch_size=batch_size, execution=e))(e)
                    for name, e in {"masked": "dense", "sparse": "sparse"}.items()}
@@ -252,7 +253,8 @@ def run(model, images, directory, batch_sizes=(1, 8, 64, 256), threads=(1, 2), r
     here), so a throughput needs several batches of the largest size."""
     import tfgated
 
-    tfgated.set_inference_style(model, "threshold")
+    if tfgated.gate_layers(model):  # an early-exit model may have none
+        tfgated.set_inference_style(model, "threshold")
     images = np.asarray(images, "float32")
     if len(model.outputs) == 2:
         if exit_threshold is None:

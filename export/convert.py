@@ -225,10 +225,13 @@ def convert_onnx(function, spec, opset=None):
     """ONNX model bytes for a ``tf.function`` with input signature ``[spec]``."""
     import tf2onnx
 
+    from tfgated.export.onnx_layout import drop_batch_axis_transposes
+
     try:
         proto, _ = tf2onnx.convert.from_function(function, input_signature=[spec], opset=opset)
     except Exception as error:  # noqa: BLE001
         raise RuntimeError(f"ONNX conversion failed: {error}") from error
+    drop_batch_axis_transposes(proto)  # the NHWC round trips tf2onnx leaves around gathers
     return proto.SerializeToString()
 
 

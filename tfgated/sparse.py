@@ -195,6 +195,17 @@ def open_indices(mask):
     return ops.cast(ops.nonzero(mask)[0], "int32")
 
 
+def take_rows(x, idx):
+    """The rows ``idx`` (non-negative int32) of ``x`` along the batch axis."""
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        # keras.ops.take also maps negative indices (Shape, Less, Add, Select: four more nodes for
+        # each gather in an exported graph, and a Shape that pins the layout of its input)
+        return tf.gather(x, idx, axis=0)
+    return ops.take(x, idx, axis=0)
+
+
 def gathered_branch(branch, values, run):
     """``(open, idx, z * f(x))`` of ``branch``: the boolean gate decisions of the batch, the int32
     indices of the open examples and the gated products of that sub-batch only. ``run(node,
@@ -202,11 +213,11 @@ def gathered_branch(branch, values, run):
     z = ops.reshape(values[id(branch.z)], (-1,))  # one gate value per example
     mask = z > 0
     idx = open_indices(mask)
-    local = {id(t): ops.take(values[id(t)], idx, axis=0) for t in branch.external}
+    local = {id(t): take_rows(values[id(t)], idx) for t in branch.external}
     for node in branch.inner:
         run(node, local)
     part = local[id(branch.branch)]
-    z_part = ops.reshape(ops.take(z, idx, axis=0), (-1,) + (1,) * (len(part.shape) - 1))
+    z_part = ops.reshape(take_rows(z, idx), (-1,) + (1,) * (len(part.shape) - 1))
     return mask, idx, part * ops.cast(z_part, part.dtype)
 
 
@@ -226,7 +237,7 @@ def run_branch(branch, values, run, stitch="scatter"):
     mask, idx, product = gathered_branch(branch, values, run)
     if stitch == "gather":
         zero = ops.zeros((1,) + tuple(product.shape[1:]), product.dtype)
-        return ops.take(ops.concatenate([product, zero], axis=0), sub_batch_rows(mask), axis=0)
+        return take_rows(ops.concatenate([product, zero]), sub_batch_rows(mask))
     shape = (ops.shape(mask)[0],) + tuple(ops.shape(product)[1:])
     return ops.scatter(ops.expand_dims(idx, 1), product, shape)
 
@@ -281,7 +292,7 @@ def sparse_exit_call(part_a, part_b, threshold, stitch="scatter"):
         exit_probs, crossing = outs[0], outs[1:]
         stay = ops.max(exit_probs, axis=-1) <= threshold
         idx = open_indices(stay)
-        gathered = [ops.take(c, idx, axis=0) for c in crossing]
+        gathered = [take_rows(c, idx) for c in crossing]
         main = gathered[0] if rest is None else rest(gathered if len(gathered) > 1 else gathered[0])
         main = ops.cast(main, exit_probs.dtype)
         scattered = ops.scatter(ops.expand_dims(idx, 1), main, ops.shape(exit_probs))

@@ -78,3 +78,25 @@ def test_bench_conditional_times_an_early_exit_model(tmp_path, capsys):
     assert {(r["runtime"], r["batch"]) for r in result["latency"]} == {
         (rt, b) for rt in ("litert", "onnxruntime") for b in (1, 8)}
     assert result["keras_predict_images_per_s"]["images"] == 16
+
+
+@pytest.mark.slow
+def test_bench_runs_an_early_exit_model_without_gates(tmp_path):
+    """SIPA's early exit has no Gumbel gates: nothing to set an inference style on."""
+    import keras
+    import numpy as np
+
+    from tfgated.exits import attach_exit
+
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((28, 28, 1))
+    x = keras.layers.Conv2D(4, 3, strides=2, padding="same", activation="relu", name="block0_conv")(inputs)
+    x = keras.layers.Conv2D(8, 3, padding="same", activation="relu", name="block1_conv")(x)
+    out = keras.layers.Dense(10, activation="softmax")(keras.layers.GlobalAveragePooling2D()(x))
+    with_exit = attach_exit(keras.Model(inputs, out), "block0_conv", channels=4)
+    images = np.random.default_rng(0).uniform(0, 1, (8, 28, 28, 1)).astype("float32")
+    threshold = float(np.median(with_exit.predict(images, verbose=0)[1].max(axis=1)))
+    result = conditional_bench.run(with_exit, images, str(tmp_path), batch_sizes=(1, 8), threads=(1,), repeats=1,
+                                   formats=("onnx",), exit_threshold=threshold)
+    assert result["macs"]["exit_ratio"] == pytest.approx(0.5)  # the median: half of the images exit
+    assert [r["batch"] for r in result["latency"]] == [1, 8]
