@@ -90,6 +90,10 @@ def drop_batch_axis_transposes(model):
                     found = node, chain
                     break
         if found is None:
+            if removed:  # the NHWC constants the chains no longer read
+                used = {i for n in graph.node for i in n.input} | {o.name for o in graph.output}
+                for init in [i for i in graph.initializer if i.name not in used]:
+                    graph.initializer.remove(init)
             return removed
         first, chain = found
         back = consumers[chain[-1].output[0]][0]

@@ -53,9 +53,10 @@ class ExportOptions:
             than this keeps the masked form (the sidecar says so).
         sparse_stitch: how the sparse form returns a sub-batch's results to the batch:
             ``"gather"`` (default: every example gathers its row, a zero row for the closed
-            ones) or ``"scatter"`` (``SCATTER_ND``/``ScatterND`` into zeros). Measured on
-            ``gumbel_resnet_fashion_mnist``: gather 2-8% faster at batch 64 and 256, 1-8%
-            slower at batch 1, in LiteRT and ONNX Runtime.
+            ones) or ``"scatter"`` (``SCATTER_ND``/``ScatterND`` into zeros). On
+            ``gumbel_resnet_fashion_mnist`` the gather file takes 0.83-1.03x the scatter
+            file's time in LiteRT and ONNX Runtime at batch 1, 64 and 256
+            (``benchmarks/sparse_stitch.py``).
         fold_batchnorm: fold batch norms into the preceding convolutions.
         remove_channels: physically remove closed channels; ``False`` gives the plain
             *masked* model (constant masks, every channel kept).

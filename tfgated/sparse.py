@@ -243,7 +243,7 @@ def run_branch(branch, values, run, stitch="scatter"):
 
 
 STITCHES = ("scatter", "gather")
-#: How :class:`SparseModel` stitches (Keras on TensorFlow); the exporter picks per runtime.
+#: How :class:`SparseModel` stitches in Keras; the exporter takes ``ExportOptions.sparse_stitch`` (also "gather" by default).
 KERAS_STITCH = "gather"
 
 

@@ -248,7 +248,7 @@ def test_layer_gate_counts_without_building(depth, old, paper):
 
 
 def test_old_form_without_downsampling_gates():
-    """``gate_projection_blocks=False``: the form of the shipped Fashion-MNIST weights."""
+    """``gate_projection_blocks=False``: the form of the Fashion-MNIST study presets' weights."""
     model = R.cifar_resnet(input_shape=(8, 8, 1), depth=8, widths=(2, 4, 4), gates={"kind": "independent"},
                            gate_projection_blocks=False)
     assert [g.name for g in tfgated.gate_layers(model)] == ["stage1_block1_gate"]
@@ -258,7 +258,7 @@ def test_old_form_without_downsampling_gates():
     with pytest.raises(ValueError, match="gate_projection_blocks"):
         R.cifar_resnet(depth=8, gates={"kind": "independent"}, gate_projection_blocks="no")
     for name, preset in R.PRESETS.items():
-        shipped_form = name.startswith("gumbel_resnet_fashion_mnist")
+        shipped_form = name.startswith("gumbel_resnet_fashion_mnist_")  # the study presets; the main one is in paper form
         assert (preset["arch"].get("gate_projection_blocks", True) is False) == shipped_form, name
 
 
