@@ -164,6 +164,9 @@ def render_card(name, entry):
                 f"| MicroNet score, 16-bit | {m['micronet_score_16bit']:.6f} "
                 f"({m['micronet_storage_16bit'] / 1e3:,.1f}K storage, {m['micronet_ops_16bit'] / 1e6:.2f}M ops) |",
             ]
+            if m.get("micronet_score_16bit_with_exit") is not None:
+                lines.append(f"| MicroNet score, 16-bit, with the exit (expected ops) | "
+                             f"{m['micronet_score_16bit_with_exit']:.6f} ({m['micronet_ops_16bit_with_exit'] / 1e6:.2f}M ops) |")
         lines.append("")
         if shipped.get("note"):
             lines += [shipped["note"], ""]

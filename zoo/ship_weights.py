@@ -71,16 +71,18 @@ def evaluate_preset(name, path=None, limit=None):
 
 def early_exit_numbers(model, test, threshold):
     """Early-exit inference of the two-output ``model`` on the batches ``test`` at ``threshold``."""
+    import keras
     import numpy as np
 
     from tfgated.exits import EarlyExitModel
-
-    import keras
-
+    from tfgated.micronet import WRN_OPS, micronet_score
     from tfgated.train import evaluate_model
 
     x, y = (np.concatenate(parts) for parts in zip(*((np.asarray(a), np.asarray(b)) for a, b in test)))
-    result = EarlyExitModel(model, threshold).predict(x, labels=y)
+    split = EarlyExitModel(model, threshold)
+    result = split.predict(x, labels=y)
+    report = micronet_score(model, bits=16)  # SIPA's early-exit score: part B's operations where images stay
+    ops = split.expected_ops(report, result.exit_ratio)
     top5 = np.argsort(-result.probabilities, axis=1)[:, :5]
     main = keras.Model(model.inputs, model.outputs[0])  # scored as a single-output preset is
     return {
@@ -89,6 +91,8 @@ def early_exit_numbers(model, test, threshold):
         "top1_no_exit": evaluate_model(main, test, style=None, runs=1)["top1"],
         "exit_threshold": float(threshold),
         "exit_ratio": result.exit_ratio,
+        "micronet_ops_16bit_with_exit": round(ops, 1),
+        "micronet_score_16bit_with_exit": round(report.storage_score + ops / WRN_OPS, 8),
         "macs": result.mean_macs,
         "dense_macs": int(result.macs["main"]),
         "examples": int(len(y)),
@@ -180,7 +184,9 @@ def matches(measured, recorded):
     tolerances = {"top1": accuracy, "top5": accuracy, "top1_float16_weights": accuracy, "top1_no_exit": accuracy,
                   "gate_activation": 5e-3, "exit_ratio": 5e-3,
                   # data-dependent gates and exits: a decision flipped on one image moves the mean MACs
-                  "macs": 1e-3 * abs(recorded.get("macs") or 0.0)}
+                  "macs": 1e-3 * abs(recorded.get("macs") or 0.0),
+                  "micronet_ops_16bit_with_exit": 1e-3 * abs(recorded.get("micronet_ops_16bit_with_exit") or 0.0),
+                  "micronet_score_16bit_with_exit": 1e-3 * abs(recorded.get("micronet_score_16bit_with_exit") or 0.0)}
     differ = []
     for key, value in measured.items():
         if key not in recorded or value is None or recorded[key] is None:

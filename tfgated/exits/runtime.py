@@ -254,6 +254,14 @@ class EarlyExitModel:
     def macs(self):
         return dict(self.structure.macs)
 
+    def expected_ops(self, report, exit_ratio):
+        """Operations per example of a MicroNet ``report`` (:func:`tfgated.micronet.micronet_score`
+        of the two-output model) when a share ``exit_ratio`` of the examples stops at the exit:
+        part B's operations count only for the others (SIPA's "after early exiting" score)."""
+        part_b = {layer.name for layer in self.part_b.layers} if self.part_b is not None else set()
+        ops_b = float(sum(r.ops for r in report.rows if r.name in part_b))
+        return float(report.ops) - float(exit_ratio) * ops_b
+
     def predict_batch(self, x):
         """``(probs, exited)`` numpy arrays for one batch."""
         outs = self.part_a(x, training=False)

@@ -89,3 +89,17 @@ def test_checks_of_labels_probabilities_and_thresholds():
     for bad in (True, "0.5", float("nan"), -0.1):
         with pytest.raises(ValueError, match="threshold"):
             check_threshold(bad)
+
+
+def test_expected_operations_count_part_b_only_for_the_examples_that_stay(tiny_model):
+    from tfgated.micronet import micronet_score
+
+    with_exit = ee.attach_exit(tiny_model(), 0, channels=16)
+    runner = ee.EarlyExitModel(with_exit, 0.5)
+    report = micronet_score(with_exit, bits=16)
+    part_b = {layer.name for layer in runner.part_b.layers}
+    ops_b = sum(r.ops for r in report.rows if r.name in part_b)
+    assert 0 < ops_b < report.ops
+    assert runner.expected_ops(report, 0.0) == pytest.approx(report.ops)  # nobody exits: every layer
+    assert runner.expected_ops(report, 1.0) == pytest.approx(report.ops - ops_b)  # everyone exits
+    assert runner.expected_ops(report, 0.25) == pytest.approx(report.ops - 0.25 * ops_b)

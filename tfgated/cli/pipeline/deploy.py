@@ -42,10 +42,8 @@ def _exit_evaluation(run, model_with_exit, threshold, bits):
     split = EarlyExitModel(model_with_exit, threshold)
     result = split.predict(x, labels=y)
     report = micronet(model_with_exit, bits)
-    part_b = {layer.name for layer in split.part_b.layers} if split.part_b is not None else set()
-    ops_b = float(sum(r.ops for r in report.rows if r.name in part_b))
     extra = {
-        "ops": float(report.ops) - result.exit_ratio * ops_b,
+        "ops": split.expected_ops(report, result.exit_ratio),
         "ops_every_layer": float(report.ops),
         "exit_ratio": result.exit_ratio,
         "threshold": float(threshold),
