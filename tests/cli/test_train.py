@@ -86,6 +86,22 @@ def test_train_bad_epochs_and_unknown_preset(tmp_path, capsys):
     assert not (tmp_path / "r").exists()  # refused before anything is written
 
 
+def test_a_two_output_exit_model_is_refused_in_one_line(tmp_path, capsys):
+    """Its [main, exit] outputs take no single label: a clear refusal instead of Keras' structure error."""
+    import keras
+
+    assert cli_main(["train", "--model", "sipa_fashion_mnist_exit", "--run-dir", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "[main, exit]" in err and "tfgated.exits.train_exit" in err
+    assert not (tmp_path / "r").exists()
+    inputs = keras.Input((8, 8, 1))
+    x = keras.layers.Flatten()(inputs)
+    two = keras.Model(inputs, [keras.layers.Dense(3, activation="softmax")(x), keras.layers.Dense(3)(x)])
+    two.save(tmp_path / "two.keras")
+    assert cli_main(["train", "--model", str(tmp_path / "two.keras"), "--run-dir", str(tmp_path / "r2")]) == 2
+    assert "2 outputs" in capsys.readouterr().err
+
+
 def test_preset_recipe_is_translated():
     model, recipe, preset = resolve_model_and_recipe(
         "gumbel_resnet_fashion_mnist", overrides={"epochs": 1, "ghost_batch_norm": 16}

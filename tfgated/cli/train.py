@@ -99,8 +99,13 @@ def resolve_model_and_recipe(model, overrides=None, *, input_shape=None, num_cla
         recipe = Recipe.from_dict(overrides)
         if recipe.activation is not None:
             raise ValueError("activation is an architecture switch: it needs a zoo preset, not a model file.")
-        return recipe.prepare_model(load_model(model)), recipe, None
+        loaded = load_model(model)
+        if len(loaded.outputs) > 1:
+            raise ValueError(_EXIT_MODEL.format(model=model, outputs=len(loaded.outputs)))
+        return recipe.prepare_model(loaded), recipe, None
     preset = zoo.get_preset(model)
+    if (preset.get("recipe") or {}).get("exit"):
+        raise ValueError(_EXIT_MODEL.format(model=model, outputs=2))
     recipe, _ignored = Recipe.from_preset(preset["recipe"], **overrides)
     kwargs = {}
     if input_shape is not None and tuple(input_shape) != tuple(preset["input_shape"]):
@@ -113,6 +118,13 @@ def resolve_model_and_recipe(model, overrides=None, *, input_shape=None, num_cla
         kwargs["gates"] = {**preset["gates"], **gates}
     keras_model = zoo.load(model, weights=None, compile=False, **kwargs, **recipe.model_overrides())
     return recipe.prepare_model(keras_model), recipe, preset
+
+
+_EXIT_MODEL = (
+    "{model!r} has {outputs} outputs ([main, exit]); train fits a single-output classifier. Train the network "
+    "without its exit (e.g. --model sipa_fashion_mnist), then the exit head on it with tfgated.exits.train_exit "
+    "(benchmarks/train_sipa_exit.py does this for sipa_fashion_mnist_exit)."
+)
 
 
 def _warm_start_source(init_from):
