@@ -300,9 +300,21 @@ def info(name):
     }
 
 
+#: Early-exit presets: the script that trains the exit head on the shipped backbone.
+_EXIT_TRAINERS = {"sipa_fashion_mnist_exit": "python benchmarks/train_sipa_exit.py"}
+
+
 def train_command(name):
-    """The CLI command that trains preset ``name`` on this machine."""
-    return f"python -m tfgated train --model {name}"
+    """The command that trains preset ``name`` on this machine. An early-exit preset (an ``exit``
+    entry in its recipe) trains in two steps, the backbone and then the head
+    (:func:`tfgated.exits.train_exit`), which ``python -m tfgated train`` does not do."""
+    exit_recipe = (get_preset(name).get("recipe") or {}).get("exit")
+    if not exit_recipe:
+        return f"python -m tfgated train --model {name}"
+    if name in _EXIT_TRAINERS:
+        return _EXIT_TRAINERS[name]
+    backbone = name[: -len("_exit")] if name.endswith("_exit") else name
+    return f"python -m tfgated train --model {backbone}`, then its exit head with `tfgated.exits.train_exit"
 
 
 # -- building and loading ----------------------------------------------------------

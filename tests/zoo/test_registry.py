@@ -300,6 +300,10 @@ def test_info_has_the_card_data_and_measured_complexity():
     assert data["weights_status"] == "none"
     assert data["card"] and os.path.exists(data["card"])
     assert data["train_command"] == "python -m tfgated train --model sipa_cifar100"
+    # an early-exit preset trains in two steps, which `python -m tfgated train` refuses to fake
+    assert tfgated.zoo.info("sipa_fashion_mnist_exit")["train_command"] == "python benchmarks/train_sipa_exit.py"
+    with pytest.raises(ValueError, match="train --model sipa_cifar100`, then its exit head with `tfgated.exits.train_exit"):
+        tfgated.zoo.registry.resolve_weights("sipa_cifar100_exit", "default")
 
 
 def test_cli_list_and_info(capsys):
