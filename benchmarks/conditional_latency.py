@@ -92,7 +92,7 @@ def main(argv=None):
     shape, raw = tuple(model.inputs[0].shape[1:]), preset.get("input") is not None
     images = fashion_mnist_inputs(shape, n=n, raw=raw)
     keras_images = images if args.quick else fashion_mnist_inputs(shape, n=args.keras_images, raw=raw)
-    threshold = (preset.get("recipe") or {}).get("exit", {}).get("threshold") if len(model.outputs) == 2 else None
+    threshold = zoo.registry.exit_threshold(args.preset)
     meter = CpuMeter().start()  # timings mean little without the load they ran under
     with tempfile.TemporaryDirectory() as tmp:
         result = conditional_bench.run(model, images, tmp, batches, threads, repeats, exit_threshold=threshold,

@@ -21,6 +21,7 @@ and ``benchmarks/conditional_latency.py`` call it.
 
 from __future__ import annotations
 
+import functools
 import os
 import time
 
@@ -172,8 +173,8 @@ def keras_throughput(model, images, batch_size, repeats, exit_threshold=None):
     if tfgated.gate_layers(model):
         tfgated.set_inference_style(model, "threshold")
     if exit_threshold is None:
-        runners = {name: (lambda e: lambda: tfgated.predict(model, images, batch_size=batch_size, execution=e))(e)
-                   for name, e in {"masked": "dense", "sparse": "sparse"}.items()}
+        runners = {name: functools.partial(tfgated.predict, model, images, batch_size=batch_size, execution=execution)
+                   for name, execution in {"masked": "dense", "sparse": "sparse"}.items()}
     else:
         from tfgated.exits import SparseExitModel
 

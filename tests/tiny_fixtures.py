@@ -85,3 +85,10 @@ def spread_gates(model, x):
         low, high = len(logits) // 4, 3 * len(logits) // 4
         cut = low + int(np.argmax(np.diff(logits[low:high + 1])))
         gate.head.set_weights([kernel, np.array([-(logits[cut] + logits[cut + 1]) / 2], "float32")])
+
+
+def varied_images(n=64, seed=0):
+    """``n`` random 28x28x1 images whose per-image brightness varies (x0.5 to x4), so a
+    :func:`residual_model`'s gates open on some of them and not on others."""
+    rng = np.random.default_rng(seed)
+    return (rng.random((n, 28, 28, 1)) * rng.uniform(0.5, 4, (n, 1, 1, 1))).astype("float32")

@@ -228,7 +228,7 @@ def sub_batch_rows(mask):
     return ops.where(mask, ops.cumsum(m) - 1, ops.sum(m))
 
 
-def run_branch(branch, values, run, stitch="scatter"):
+def run_branch(branch, values, run, stitch="gather"):
     """The product ``z * f(x)`` of ``branch`` for the whole batch: computed on the examples with
     ``z > 0``, zero elsewhere. ``stitch``: ``"scatter"`` (``ScatterNd`` into zeros) or
     ``"gather"`` (a zero row appended to the products and every example gathering its row,
@@ -242,12 +242,12 @@ def run_branch(branch, values, run, stitch="scatter"):
     return ops.scatter(ops.expand_dims(idx, 1), product, shape)
 
 
-STITCHES = ("scatter", "gather")
-#: How :class:`SparseModel` stitches in Keras; the exporter takes ``ExportOptions.sparse_stitch`` (also "gather" by default).
-KERAS_STITCH = "gather"
+#: Ways back from a sub-batch (:func:`run_branch`); "gather" is the default of Keras and of the
+#: exporter (``ExportOptions.sparse_stitch``).
+STITCHES = ("gather", "scatter")
 
 
-def sparse_call(model, branches, nodes=None, stitch="scatter"):
+def sparse_call(model, branches, nodes=None, stitch="gather"):
     """A callable ``x -> outputs`` running the functional ``model`` node by node, each of
     ``branches`` (:class:`SparseBranch`) by gather-run-scatter. Inference only (``training``
     is whatever each node was called with). ``stitch``: how the sub-batch's products return
@@ -280,7 +280,7 @@ def sparse_call(model, branches, nodes=None, stitch="scatter"):
     return call
 
 
-def sparse_exit_call(part_a, part_b, threshold, stitch="scatter"):
+def sparse_exit_call(part_a, part_b, threshold, stitch="gather"):
     """A callable ``x -> probabilities`` of an early exit split into ``part_a`` (input -> exit
     probabilities and the crossing tensors) and ``part_b`` (crossing tensors -> main output, or
     ``None`` when the main output itself crosses): part B runs on the examples whose maximum
@@ -322,7 +322,7 @@ class SparseModel(keras.Model):
         check_functional_model(model)
         self.model = model
         self.branches = residual_branches(model)
-        self._call = sparse_call(model, self.branches, stitch=KERAS_STITCH)
+        self._call = sparse_call(model, self.branches)
 
     def call(self, inputs, training=False):
         check_inference(training)

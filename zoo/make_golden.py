@@ -180,7 +180,7 @@ def usage_section(name, preset, shipped):
     runs with :class:`tfgated.exits.EarlyExitModel` (``[main, exit]`` outputs take no single label)."""
     from tfgated.zoo import registry
 
-    threshold = (preset.get("recipe") or {}).get("exit", {}).get("threshold")
+    threshold = registry.exit_threshold(name)
     weights = ("the shipped weights" if shipped.get("file") else "fresh weights (none shipped)")
     test = f'test = load_dataset("{preset.get("dataset") or "fashion_mnist"}", pixels="raw").test  # raw pixels, 0-255'
     if threshold is None:

@@ -304,12 +304,17 @@ def info(name):
 _EXIT_TRAINERS = {"sipa_fashion_mnist_exit": "python benchmarks/train_sipa_exit.py"}
 
 
+def exit_threshold(name):
+    """The early-exit threshold in preset ``name``'s recipe (its ``exit`` entry; SIPA's 0.85 for
+    ``sipa_fashion_mnist_exit``), or None for a preset without an early exit."""
+    return ((get_preset(name).get("recipe") or {}).get("exit") or {}).get("threshold")
+
+
 def train_command(name):
     """The command that trains preset ``name`` on this machine. An early-exit preset (an ``exit``
     entry in its recipe) trains in two steps, the backbone and then the head
     (:func:`tfgated.exits.train_exit`), which ``python -m tfgated train`` does not do."""
-    exit_recipe = (get_preset(name).get("recipe") or {}).get("exit")
-    if not exit_recipe:
+    if exit_threshold(name) is None:
         return f"python -m tfgated train --model {name}"
     if name in _EXIT_TRAINERS:
         return _EXIT_TRAINERS[name]

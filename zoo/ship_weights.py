@@ -31,11 +31,6 @@ CHECK_EXAMPLES = 1000
 """Test images (the first ones of the test split) on which ``check`` numbers are recorded."""
 
 
-def exit_threshold(preset):
-    """The confidence threshold of an early-exit preset (its recipe's ``exit`` entry), else None."""
-    return (preset.get("recipe") or {}).get("exit", {}).get("threshold")
-
-
 def evaluate_preset(name, path=None, limit=None):
     """Test-split numbers of preset ``name`` with its shipped weights (or the file ``path``).
 
@@ -50,7 +45,7 @@ def evaluate_preset(name, path=None, limit=None):
     model = zoo.load(name, weights=path or "default", compile=False)
     # raw pixels: the model normalizes inside its graph with the full training split's statistics
     test = load_dataset(preset["dataset"], batch_size=256, shuffle_buffer=0, limit=limit, pixels="raw").test
-    threshold = exit_threshold(preset)
+    threshold = zoo.registry.exit_threshold(name)
     if threshold is not None:
         measured = early_exit_numbers(model, test, threshold)
 
@@ -157,7 +152,7 @@ def ship(name, model_path, trained_by, note=None):
         "file": filename,
         "sha256": registry.sha256_file(final),
         "trained_by": trained_by,
-        "measured": {**measured, "split": "test", "inference_style": _style(registry.get_preset(name))},
+        "measured": {**measured, "split": "test", "inference_style": _style(name)},
     }
     if note:
         entry["note"] = note
@@ -168,10 +163,12 @@ def ship(name, model_path, trained_by, note=None):
     return entry
 
 
-def _style(preset):
-    if exit_threshold(preset) is not None:
+def _style(name):
+    from tfgated.zoo import registry
+
+    if registry.exit_threshold(name) is not None:
         return "early_exit"
-    return "threshold" if preset["gates"] else None
+    return "threshold" if registry.get_preset(name)["gates"] else None
 
 
 def matches(measured, recorded):

@@ -7,13 +7,12 @@ import pytest
 import tfgated
 from tfgated.export import export, onnx_layout
 from tfgated.export.parity import run_file
-from tiny_fixtures import residual_model, spread_gates
+from tiny_fixtures import residual_model, spread_gates, varied_images
 
 
 @pytest.fixture(scope="module")
 def images():
-    rng = np.random.default_rng(0)
-    return (rng.random((64, 28, 28, 1)) * rng.uniform(0.5, 4, (64, 1, 1, 1))).astype("float32")
+    return varied_images()
 
 
 @pytest.fixture(scope="module")

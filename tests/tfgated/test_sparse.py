@@ -6,15 +6,14 @@ import pytest
 
 import tfgated
 from tfgated.sparse import SparseModel, residual_branches, sparse_call, sparse_model, sub_batch_rows
-from tiny_fixtures import residual_model, spread_gates
+from tiny_fixtures import residual_model, spread_gates, varied_images
 
 TOLERANCE = 1e-4
 
 
 @pytest.fixture(scope="module")
 def images():
-    rng = np.random.default_rng(0)  # per-image brightness spreads the gate decisions
-    return (rng.random((64, 28, 28, 1)) * rng.uniform(0.5, 4, (64, 1, 1, 1))).astype("float32")
+    return varied_images()
 
 
 @pytest.fixture(scope="module")

@@ -299,13 +299,6 @@ def _preset_evaluation(spec, weights, shape):
     return PresetEvaluation.of_preset(spec, preset, identity, card_top1=card)
 
 
-def _preset_exit_threshold(name):
-    """The exit threshold in preset ``name``'s recipe (SIPA's 0.85 for ``sipa_fashion_mnist_exit``), or None."""
-    from tfgated import zoo
-
-    return (zoo.get_preset(name).get("recipe") or {}).get("exit", {}).get("threshold")
-
-
 def _finish_preset(result, model, deploy, exit_threshold=None):
     """Score the written file and the Keras model on the preset's real test images; amend the sidecar."""
     if deploy is None:
@@ -333,6 +326,7 @@ def _print_parity(p):
 
 def _export_early_exit(args, model, options, deploy=None):
     from tfgated.export import export_early_exit
+    from tfgated.zoo.registry import exit_threshold
 
     if len(model.outputs) != 2:
         raise ValueError(
@@ -341,7 +335,7 @@ def _export_early_exit(args, model, options, deploy=None):
     threshold, source = args.exit_threshold, "--exit-threshold"
     spec = args.tflite or args.onnx
     if threshold is None and is_preset(spec):
-        threshold, source = _preset_exit_threshold(spec), "the preset's recipe"
+        threshold, source = exit_threshold(spec), "the preset's recipe"
     if threshold is None:
         raise ValueError("This model has two outputs [main, exit]: pass --exit-threshold T to export it with its early exit.")
     result = export_early_exit(model, args.output, threshold, options)
@@ -386,6 +380,8 @@ def bench_conditional(args, argv):
     """``bench --conditional MODEL``: dense, masked and sparse files side by side (:mod:`tfgated.export.conditional_bench`)."""
     import tempfile
 
+    from tfgated.zoo.registry import exit_threshold
+
     from tfgated.export import conditional_bench
     from tfgated.io import write_atomic
 
@@ -401,7 +397,7 @@ def bench_conditional(args, argv):
         os.makedirs(directory, exist_ok=True)
         threshold = args.exit_threshold
         if threshold is None and len(model.outputs) == 2 and is_preset(args.conditional):
-            threshold = _preset_exit_threshold(args.conditional)
+            threshold = exit_threshold(args.conditional)
         if len(model.outputs) == 2 and threshold is None:
             raise ValueError("This model has two outputs [main, exit]: pass --exit-threshold T to bench its early exit.")
         result = conditional_bench.run(model, images, directory, batch_sizes, threads, args.repeats,

@@ -104,7 +104,7 @@ def resolve_model_and_recipe(model, overrides=None, *, input_shape=None, num_cla
             raise ValueError(_EXIT_MODEL.format(model=model, outputs=len(loaded.outputs)))
         return recipe.prepare_model(loaded), recipe, None
     preset = zoo.get_preset(model)
-    if (preset.get("recipe") or {}).get("exit"):
+    if zoo.registry.exit_threshold(model) is not None:
         raise ValueError(_EXIT_MODEL.format(model=model, outputs=2))
     recipe, _ignored = Recipe.from_preset(preset["recipe"], **overrides)
     kwargs = {}

@@ -25,7 +25,7 @@ import keras
 import numpy as np
 
 from tfgated.exits.heads import exit_structure
-from tfgated.sparse import KERAS_STITCH, SparseModel, check_functional_model, residual_branches, sparse_exit_call
+from tfgated.sparse import SparseModel, check_functional_model, residual_branches, sparse_exit_call
 
 __all__ = [
     "EarlyExitModel",
@@ -349,7 +349,7 @@ class SparseExitModel(SparseModel):
         self.threshold = check_threshold(threshold)
         split = EarlyExitModel(model_with_exit, self.threshold)
         self.branches = residual_branches(split.part_b) if split.part_b is not None else []
-        self._call = sparse_exit_call(split.part_a, split.part_b, self.threshold, stitch=KERAS_STITCH)
+        self._call = sparse_exit_call(split.part_a, split.part_b, self.threshold)
 
     def get_config(self):
         return {**super().get_config(), "threshold": self.threshold}
