@@ -43,13 +43,11 @@ def parse_args(argv=None):
 
 def keras_rows(model, images, repeats):
     """Images per second of Keras predict: masked, and sparse with each stitch."""
-    from tfgated.sparse import SparseModel, sparse_call
+    from tfgated.sparse import SparseModel
 
     runners = {"masked": model}
     for stitch in STITCHES:
-        sparse = SparseModel(model)
-        sparse._call = sparse_call(model, sparse.branches, stitch=stitch)  # the stitch under test
-        runners[stitch] = sparse
+        runners[stitch] = SparseModel(model, stitch=stitch)
     for run in runners.values():
         run.predict(images, batch_size=256, verbose=0)  # traces
     best = dict.fromkeys(runners, float("inf"))

@@ -152,12 +152,19 @@ def reset_gate_noise(model, seed=None):
 
 
 def predict(model, x, style=None, samples=None, batch_size=256, verbose=0, seed=None, ensemble="mean",
-            execution="dense"):
+            execution="dense", exit_threshold=None):
     """``model.predict`` that honours the ``ensemble`` style.
 
     With ``execution="sparse"`` each data-dependent residual gate runs its branch only on the
     examples whose gate is open (gather-run-scatter, :mod:`tfgated.sparse`): the same outputs
     up to float rounding, less computation where gates close.
+
+    With ``exit_threshold`` the model is an early-exit model with outputs ``[main, exit]``
+    (e.g. ``zoo.load("sipa_fashion_mnist_exit")`` at its recipe's threshold,
+    ``zoo.registry.exit_threshold``) and the result is one array: for each example the exit's
+    probabilities where their maximum is above the threshold, else the main output's. Dense
+    execution computes both outputs for every example; sparse execution runs the rest of the
+    network only on the examples that stay (:class:`tfgated.exits.SparseExitModel`).
 
     For ``ensemble`` the model runs ``samples`` times with stochastic gates and
     the passes are combined by ``ensemble`` (:data:`ENSEMBLES`): ``"mean"`` (the
@@ -173,11 +180,15 @@ def predict(model, x, style=None, samples=None, batch_size=256, verbose=0, seed=
     check_ensemble(ensemble)
     if execution not in EXECUTIONS:
         raise ValueError(f"Expected execution to be one of {list(EXECUTIONS)}. Received: execution={execution!r}")
+    if exit_threshold is not None:
+        exit_threshold = _check_exit_model(model, exit_threshold)
     runner = model
     if execution == "sparse":
         from tfgated.sparse import sparse_model
 
-        runner = sparse_model(model)
+        runner = sparse_model(model, exit_threshold)
+    elif exit_threshold is not None:
+        runner = _MaskedExit(model, exit_threshold)
     previous = get_inference_style(model)
     if style is not None:
         set_inference_style(model, style, samples=samples)
@@ -192,6 +203,31 @@ def predict(model, x, style=None, samples=None, batch_size=256, verbose=0, seed=
     finally:
         if style is not None and previous not in (None, "mixed"):
             set_inference_style(model, previous)
+
+
+def _check_exit_model(model, threshold):
+    """``threshold`` as a float in [0, 1]; a ValueError unless ``model`` has two outputs."""
+    outputs = getattr(model, "outputs", None) or []
+    if len(outputs) != 2:
+        raise ValueError(
+            f"exit_threshold needs an early-exit model with two outputs [main, exit]; {model.name!r} has "
+            f"{len(outputs)}. Received: exit_threshold={threshold!r}"
+        )
+    if isinstance(threshold, bool) or not isinstance(threshold, (int, float, np.floating)) or not 0 <= threshold <= 1:
+        raise ValueError(f"Expected exit_threshold in [0, 1]. Received: exit_threshold={threshold!r}")
+    return float(threshold)
+
+
+class _MaskedExit:
+    """Dense execution of an early exit: both outputs for every example, then a per-example choice."""
+
+    def __init__(self, model, threshold):
+        self.model, self.threshold = model, threshold
+
+    def predict(self, x, batch_size=None, verbose=0):
+        main, exit_probs = self.model.predict(x, batch_size=batch_size, verbose=verbose)
+        leave = np.max(exit_probs, axis=-1, keepdims=True) > self.threshold
+        return np.where(leave, exit_probs, main)
 
 
 def _as_probabilities(outputs):

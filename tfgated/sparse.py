@@ -314,22 +314,25 @@ class SparseModel(keras.Model):
 
     Args:
         model: a functional Keras model.
+        stitch: how each sub-batch's products return to the batch (:data:`STITCHES`):
+            ``"gather"`` (the default; a zero row appended, then one gather) or ``"scatter"``.
     """
 
-    def __init__(self, model, **kwargs):
+    def __init__(self, model, stitch="gather", **kwargs):
         kwargs.setdefault("name", f"{getattr(model, 'name', 'model')}_sparse")
         super().__init__(**kwargs)
         check_functional_model(model)
         self.model = model
+        self.stitch = stitch
         self.branches = residual_branches(model)
-        self._call = sparse_call(model, self.branches)
+        self._call = sparse_call(model, self.branches, stitch=stitch)
 
     def call(self, inputs, training=False):
         check_inference(training)
         return self._call(inputs)
 
     def get_config(self):
-        return {"name": self.name, "model": keras.saving.serialize_keras_object(self.model)}
+        return {"name": self.name, "stitch": self.stitch, "model": keras.saving.serialize_keras_object(self.model)}
 
     @classmethod
     def from_config(cls, config, custom_objects=None):
@@ -353,8 +356,17 @@ def check_inference(training):
 _CACHE = weakref.WeakKeyDictionary()
 
 
-def sparse_model(model):
-    """The :class:`SparseModel` of ``model`` (cached per model, so its traced predict function is reused)."""
-    if model not in _CACHE:
-        _CACHE[model] = SparseModel(model)
-    return _CACHE[model]
+def sparse_model(model, exit_threshold=None):
+    """The :class:`SparseModel` of ``model`` (cached per model, so its traced predict function is
+    reused); with ``exit_threshold``, the :class:`tfgated.exits.SparseExitModel` of an early-exit
+    model ``[main, exit]`` at that threshold."""
+    key = (exit_threshold,)
+    runners = _CACHE.setdefault(model, {})
+    if key not in runners:
+        if exit_threshold is None:
+            runners[key] = SparseModel(model)
+        else:
+            from tfgated.exits.runtime import SparseExitModel  # tfgated.exits imports this module
+
+            runners[key] = SparseExitModel(model, exit_threshold)
+    return runners[key]

@@ -70,6 +70,19 @@ def test_sparse_model_saves_and_loads_in_safe_mode(model, images, tmp_path):
     np.testing.assert_allclose(loaded.predict(images, verbose=0), wrapped.predict(images, verbose=0), atol=1e-6)
 
 
+def test_sparse_model_keeps_its_stitch_through_saving(model, images, tmp_path):
+    tfgated.set_inference_style(model, "threshold")
+    scatter = SparseModel(model, stitch="scatter")
+    path = tmp_path / "scatter.keras"
+    scatter.save(path)
+    loaded = keras.saving.load_model(path, safe_mode=True)
+    assert (loaded.stitch, SparseModel(model).stitch) == ("scatter", "gather")
+    dense = model.predict(images, verbose=0)
+    assert np.max(np.abs(loaded.predict(images, verbose=0) - dense)) <= TOLERANCE
+    with pytest.raises(ValueError, match="stitch to be one of"):
+        SparseModel(model, stitch="scatter_add")
+
+
 def test_each_example_finds_its_row_of_the_sub_batch():
     mask = np.array([False, True, True, False, True])
     # open examples: rows 0, 1, 2 of the gathered sub-batch; closed ones: the zero row after them
@@ -129,3 +142,24 @@ def test_sparse_exit_model_saves_and_loads_in_safe_mode(model, images, tmp_path)
     loaded = keras.saving.load_model(path, safe_mode=True)
     assert isinstance(loaded, SparseExitModel) and loaded.threshold == 0.5
     np.testing.assert_allclose(loaded.predict(images, verbose=0), wrapped.predict(images, verbose=0), atol=1e-6)
+
+
+def test_predict_runs_an_early_exit_densely_and_sparsely(model, images):
+    """tfgated.predict with exit_threshold: one array, the path each example took, the same
+    for dense and sparse execution and for EarlyExitModel's split inference."""
+    from tfgated.exits import EarlyExitModel, attach_exit
+
+    tfgated.set_inference_style(model, "threshold")
+    with_exit = attach_exit(model, "b0_add", channels=8, name="predict_exit")
+    _main, exit_probs = with_exit.predict(images, verbose=0)
+    threshold = float(np.median(exit_probs.max(axis=1)))
+    expected = EarlyExitModel(with_exit, threshold).predict(images).probabilities
+    dense = tfgated.predict(with_exit, images, exit_threshold=threshold)
+    sparse = tfgated.predict(with_exit, images, exit_threshold=threshold, execution="sparse")
+    assert dense.shape == expected.shape
+    assert np.max(np.abs(dense - expected)) <= TOLERANCE
+    assert np.max(np.abs(sparse - expected)) <= TOLERANCE
+    with pytest.raises(ValueError, match="two outputs"):
+        tfgated.predict(model, images, exit_threshold=0.5)
+    with pytest.raises(ValueError, match="exit_threshold in"):
+        tfgated.predict(with_exit, images, exit_threshold=1.5)

@@ -338,18 +338,20 @@ class SparseExitModel(SparseModel):
     whose maximum exit probability is not above ``threshold`` are gathered, the rest of the
     network runs on them (its data-dependent residual gates gathered too,
     :func:`tfgated.sparse.sparse_exit_call`) and both outputs are stitched in order. Shares the
-    weights of ``model_with_exit``; loadable with ``safe_mode=True``.
+    weights of ``model_with_exit``; loadable with ``safe_mode=True``. ``stitch`` as for
+    :class:`~tfgated.sparse.SparseModel`.
     """
 
-    def __init__(self, model_with_exit, threshold=0.85, **kwargs):
+    def __init__(self, model_with_exit, threshold=0.85, stitch="gather", **kwargs):
         kwargs.setdefault("name", f"{getattr(model_with_exit, 'name', 'model')}_sparse_exit")
         keras.Model.__init__(self, **kwargs)  # not SparseModel's: the split decides what is gathered
         check_functional_model(model_with_exit)
         self.model = model_with_exit
         self.threshold = check_threshold(threshold)
+        self.stitch = stitch
         split = EarlyExitModel(model_with_exit, self.threshold)
         self.branches = residual_branches(split.part_b) if split.part_b is not None else []
-        self._call = sparse_exit_call(split.part_a, split.part_b, self.threshold)
+        self._call = sparse_exit_call(split.part_a, split.part_b, self.threshold, stitch=stitch)
 
     def get_config(self):
         return {**super().get_config(), "threshold": self.threshold}
