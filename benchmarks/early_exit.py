@@ -62,7 +62,8 @@ def parse_args(argv=None):
                         "beside --model), else --seed, so calibration never sees training images")
     p.add_argument("--checkpoint-dir", default=None, help="default runs/early_exit[_quick]")
     p.add_argument("--output", default=None,
-                   help="JSON path; risk_coverage.png goes next to it (default benchmarks/results/early_exit.json)")
+                   help="JSON path; risk_coverage.png (STEM_risk_coverage.png for another name) goes next "
+                        "to it (default benchmarks/results/early_exit.json)")
     p.add_argument("--quick", action="store_true",
                    help="smoke run: 600 images, 1 epoch each, positions 2 4, output under runs/")
     args = p.parse_args(argv)
@@ -257,7 +258,9 @@ def main(argv=None):
     for label, two_output in (("crossentropy", ce_model), ("softsmoothing", with_exit)):
         exit_only = keras.Model(two_output.inputs, two_output.outputs[1])
         curves[label] = ee.risk_coverage(np.asarray(exit_only.predict(x_test, verbose=0)), y_test)
-    png = os.path.join(os.path.dirname(os.path.abspath(args.output)), "risk_coverage.png")
+    stem = os.path.splitext(os.path.basename(args.output))[0]  # early_exit.json keeps its risk_coverage.png
+    png = os.path.join(os.path.dirname(os.path.abspath(args.output)),
+                       "risk_coverage.png" if stem == "early_exit" else f"{stem}_risk_coverage.png")
     ee.plot_risk_coverage(curves, png, title=f"Exit after block {position}: risk-coverage on the test split")
     risk = {
         label: {

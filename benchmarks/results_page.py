@@ -134,9 +134,9 @@ def _exit_init(data):
 
 def _early_exit(data):
     config = data.get("config", {})
-    what = f"SIPA early exit on `{config.get('preset')}`, exit heads after blocks " + ", ".join(
-        str(p) for p in config.get("positions", [])
-    )
+    positions = config.get("positions", [])
+    what = (f"SIPA early exit on `{config.get('preset')}`, exit head{'s' if len(positions) > 1 else ''} after "
+            f"block{'s' if len(positions) > 1 else ''} " + ", ".join(str(p) for p in positions))
     no_exit = data.get("no_exit", {})
     figures = [f"no exit {_acc(no_exit.get('test_accuracy'))} at {_macs(no_exit.get('macs_per_example'))} MACs"]
     fixed = data.get("goals", {}).get("at_fixed_thresholds")
