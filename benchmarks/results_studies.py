@@ -64,7 +64,35 @@ def sparse_stitch(data):
     return what, "; ".join(figures)
 
 
+def gate_polarization(data):
+    what = (f"study 1 (Herrmann et al. supplement): polarization of Ind layer gates on `{data['preset']}` (9 gates, "
+            f"target {data['target']:g}), {data['epochs']} epochs per setting; claim: Ind gates polarize, so "
+            f"threshold inference matches sampling; rule: >= 80% of gates below 1% or above 99% open, threshold "
+            f"top-1 >= stochastic")
+    figures = [f"{r['config']}: {_pct(r['polarized_share'])} polarized, threshold {_acc(r['threshold']['top1'])} "
+               f"at activation {r['threshold']['gate_activation']:.3f}, stochastic {_acc(r['stochastic']['top1'])}"
+               for r in data["rows"]]
+    holding = data.get("claim_holds_in") or []
+    verdict = f"reproduced only with {', '.join(holding)}" if holding else "not reproduced in any setting"
+    return what, "; ".join(figures) + f"; verdict: {verdict}"
+
+
+def prune_schedule_study(data):
+    arms = data["arms"]
+    what = (f"study 6 (SIPA Sec. 2.3): one-shot against iterative ({data['rounds']} rounds) magnitude pruning of "
+            f"`sipa_fashion_mnist` to {_pct(data['sparsity'])}, and a dense control, {data['epochs']} fine-tuning "
+            f"epochs of {data['images_per_epoch']:,} images each; claim: iterative pruning keeps accuracy one-shot "
+            f"loses")
+    figures = [f"{name.replace('_', ' ')} {_acc(a['test_top1'])} at {_pct(a['sparsity'])} sparsity "
+               f"(16-bit score {a['score16']:.5f})" for name, a in arms.items()]
+    figures.append(f"iterative - one-shot {100 * data['iterative_minus_one_shot']:+.2f} points, iterative - dense "
+                   f"control {100 * data['iterative_minus_dense_control']:+.2f} points; verdict: {data['verdict']}")
+    return what, "; ".join(figures)
+
+
 KINDS = {
+    "gate_polarization": gate_polarization,
+    "prune_schedule_study": prune_schedule_study,
     "sparse_stitch": sparse_stitch,
     "training_speed": training_speed,
     "gate_threshold": gate_threshold,
