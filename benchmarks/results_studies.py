@@ -68,7 +68,7 @@ def gate_polarization(data):
     what = (f"study 1 (Herrmann et al. supplement): polarization of Ind layer gates on `{data['preset']}` (9 gates, "
             f"target {data['target']:g}), {data['epochs']} epochs per setting; claim: Ind gates polarize, so "
             f"threshold inference matches sampling; rule: >= 80% of gates below 1% or above 99% open, threshold "
-            f"top-1 >= stochastic")
+            f"top-1 >= stochastic, at least one block closed")
     figures = [f"{r['config']}: {_pct(r['polarized_share'])} polarized, threshold {_acc(r['threshold']['top1'])} "
                f"at activation {r['threshold']['gate_activation']:.3f}, stochastic {_acc(r['stochastic']['top1'])}"
                for r in data["rows"]]
