@@ -401,3 +401,16 @@ def test_registry_serves_the_presets():
 def test_argument_errors(call, message):
     with pytest.raises(ValueError, match=message):
         call()
+
+
+@pytest.mark.parametrize("target", [0.4, 0.6])
+def test_shipped_ind_pb_presets_have_polarized_gates(target):
+    """The Ind-PB presets ship weights trained by their polarizing recipe (SGD, gate gradients x100):
+    at least 8 of their 9 gates are open with probability below 1% or above 99%."""
+    name = f"gumbel_resnet_fashion_mnist_ind_pb_t{target}"
+    preset = tfgated.zoo.get_preset(name)
+    assert preset["recipe"]["optimizer"] == "sgd" and preset["gates"]["gradient_scale"] == 100.0
+    model = tfgated.zoo.load(name, weights="default", compile=False)
+    p = np.concatenate([np.ravel(np.asarray(g.probabilities())) for g in tfgated.gate_layers(model)])
+    assert p.size == 9
+    assert np.sum((p < 0.01) | (p > 0.99)) >= 8
