@@ -354,6 +354,14 @@ def check_inference(training):
 
 
 _CACHE = weakref.WeakKeyDictionary()
+#: The early-exit runner (:class:`tfgated.exits.SparseExitModel`), registered by ``tfgated.exits``
+#: when it is imported: it imports this module, so this module cannot import it.
+_EXIT_RUNNERS = []
+
+
+def register_exit_runner(factory):
+    """Make ``factory(model_with_exit, threshold)`` the runner of :func:`sparse_model`'s early exits."""
+    _EXIT_RUNNERS[:] = [factory]
 
 
 def sparse_model(model, exit_threshold=None):
@@ -366,7 +374,9 @@ def sparse_model(model, exit_threshold=None):
         if exit_threshold is None:
             runners[key] = SparseModel(model)
         else:
-            from tfgated.exits.runtime import SparseExitModel  # tfgated.exits imports this module
+            if not _EXIT_RUNNERS:
+                import tfgated
 
-            runners[key] = SparseExitModel(model, exit_threshold)
+                tfgated.register_custom_objects()  # imports tfgated.exits, which registers its runner
+            runners[key] = _EXIT_RUNNERS[0](model, exit_threshold)
     return runners[key]

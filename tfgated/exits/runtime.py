@@ -25,7 +25,13 @@ import keras
 import numpy as np
 
 from tfgated.exits.heads import exit_structure
-from tfgated.sparse import SparseModel, check_functional_model, residual_branches, sparse_exit_call
+from tfgated.sparse import (
+    SparseModel,
+    check_functional_model,
+    register_exit_runner,
+    residual_branches,
+    sparse_exit_call,
+)
 
 __all__ = [
     "EarlyExitModel",
@@ -355,3 +361,6 @@ class SparseExitModel(SparseModel):
 
     def get_config(self):
         return {**super().get_config(), "threshold": self.threshold}
+
+
+register_exit_runner(SparseExitModel)  # tfgated.predict(..., exit_threshold=..., execution="sparse")
