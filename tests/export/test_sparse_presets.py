@@ -86,3 +86,18 @@ def test_sipa_exit_preset_by_name_in_litert_uses_its_threshold(raw_test, tmp_pat
     assert result.exit_ratio == pytest.approx(card(name)["exit_ratio"], abs=0.005)
     assert sidecar["test_top1"]["keras"] == pytest.approx(result.accuracy, abs=1e-9)
     assert sidecar["test_top1"]["file"] == pytest.approx(top1, abs=1e-9)
+
+
+def test_sipa_exit_preset_by_name_in_keras_predict(raw_test):
+    """The same walk without a file: tfgated.predict at the preset's own threshold, dense and sparse,
+    on raw test images, against the card's early-exit top-1."""
+    name = "sipa_fashion_mnist_exit"
+    images, labels = raw_test
+    model = zoo.load(name, compile=False)
+    threshold = registry.exit_threshold(name)
+    expected = EarlyExitModel(model, threshold).predict(images).probabilities
+    for execution in ("dense", "sparse"):
+        got = tfgated.predict(model, images, exit_threshold=threshold, execution=execution)
+        assert np.max(np.abs(got - expected)) <= TOLERANCE, execution
+    top1 = float(np.mean(np.argmax(got, -1) == labels))
+    assert top1 == pytest.approx(card(name)["top1"], abs=0.005)
