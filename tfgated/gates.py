@@ -34,6 +34,7 @@ import contextlib
 import math
 
 import keras
+import numpy as np
 from keras import ops
 
 KINDS = ("independent", "dependent")
@@ -54,6 +55,16 @@ def _check_probability(name, value, *, open_interval=False):
     if not (low_ok and high_ok):
         interval = "(0, 1)" if open_interval else "[0, 1]"
         raise ValueError(f"Expected {name} in {interval}. Received: {name}={value}")
+
+
+def check_unit_interval(name, value):
+    """``value`` as a float in ``[0, 1]``; a ValueError naming ``name`` otherwise (also for bools,
+    NaN and anything that is not a number)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.floating, np.integer)):
+        raise ValueError(f"Expected {name} to be a number. Received: {name}={value!r}")
+    if not 0.0 <= float(value) <= 1.0 or math.isnan(float(value)):
+        raise ValueError(f"Expected {name} in [0, 1]. Received: {name}={value}")
+    return float(value)
 
 
 def check_positive_int(name, value):

@@ -20,7 +20,7 @@ import keras
 import numpy as np
 from keras import ops
 
-from tfgated.gates import GATE_STYLES, GumbelGate, check_seed, check_style
+from tfgated.gates import GATE_STYLES, GumbelGate, check_seed, check_style, check_unit_interval
 from tfgated.losses import GateActivationLoss
 
 STYLES = GATE_STYLES + ("ensemble",)
@@ -213,9 +213,7 @@ def _check_exit_model(model, threshold):
             f"exit_threshold needs an early-exit model with two outputs [main, exit]; {model.name!r} has "
             f"{len(outputs)}. Received: exit_threshold={threshold!r}"
         )
-    if isinstance(threshold, bool) or not isinstance(threshold, (int, float, np.floating)) or not 0 <= threshold <= 1:
-        raise ValueError(f"Expected exit_threshold in [0, 1]. Received: exit_threshold={threshold!r}")
-    return float(threshold)
+    return check_unit_interval("exit_threshold", threshold)
 
 
 class _MaskedExit:

@@ -18,13 +18,13 @@ network; the others continue to the main output.
 from __future__ import annotations
 
 import dataclasses
-import math
 from typing import Optional
 
 import keras
 import numpy as np
 
 from tfgated.exits.heads import exit_structure
+from tfgated.gates import check_unit_interval
 from tfgated.sparse import (
     SparseModel,
     check_functional_model,
@@ -217,11 +217,7 @@ class EarlyExitResult:
 
 def check_threshold(threshold):
     """``threshold`` as a float in ``[0, 1]``; a ValueError naming the value otherwise."""
-    if isinstance(threshold, bool) or not isinstance(threshold, (int, float, np.floating, np.integer)):
-        raise ValueError(f"Expected threshold to be a number. Received: threshold={threshold!r}")
-    if not 0.0 <= float(threshold) <= 1.0 or math.isnan(float(threshold)):
-        raise ValueError(f"Expected threshold in [0, 1]. Received: threshold={threshold}")
-    return float(threshold)
+    return check_unit_interval("threshold", threshold)
 
 
 def _batches(x, batch_size):
