@@ -49,12 +49,13 @@ import time
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+from layer_gating import POLAR_HIGH, POLAR_LOW, first_test_images, polarized_share  # noqa: E402
 RESULTS = os.path.join(HERE, "results")
 RUNS = os.path.join(os.path.dirname(HERE), "runs")
 PRESET = "gumbel_resnet_fashion_mnist"
 DENSE = "resnet_fashion_mnist"
 TARGET = 0.5
-POLAR_LOW, POLAR_HIGH = 0.01, 0.99
 GOAL_SHARE = 0.8
 
 ADAM = {"optimizer": "adam", "learning_rate": 2e-3}
@@ -125,14 +126,6 @@ def train_options(name, args):
     )
 
 
-def polarization(probabilities):
-    """Share of gates whose open probability is below 1% or above 99%."""
-    import numpy as np
-
-    p = np.asarray(probabilities)
-    return float(np.mean((p < POLAR_LOW) | (p > POLAR_HIGH)))
-
-
 def evaluate(model, test, args):
     """Open probabilities, polarization and threshold / always-on / stochastic top-1."""
     import numpy as np
@@ -143,7 +136,7 @@ def evaluate(model, test, args):
     gates = gate_layers(model)
     probabilities = np.concatenate([np.ravel(np.asarray(g.probabilities())) for g in gates]).tolist()
     row = {"gates": len(probabilities), "open_probabilities": probabilities,
-           "polarized_share": polarization(probabilities), "mean_open_probability": float(np.mean(probabilities))}
+           "polarized_share": polarized_share(probabilities), "mean_open_probability": float(np.mean(probabilities))}
     for style in ("threshold", "always_on", "stochastic"):
         result = evaluate_model(model, test, style=style, runs=args.runs)
         result.pop("per_run", None)
@@ -209,14 +202,12 @@ def plot(rows, path):
 def main(argv=None):
     args = parse_args(argv)
     from tfgated.cli.train import train
-    from tfgated.data import load_dataset
     from tfgated.io import load_model, machine_info, write_json
 
     os.makedirs(args.run_dir, exist_ok=True)
     started = time.time()
     command = "python benchmarks/gate_polarization.py " + " ".join(argv if argv is not None else sys.argv[1:])
-    test = load_dataset("fashion_mnist", batch_size=256, shuffle_buffer=0, pixels="raw").test
-    test = test.unbatch().take(args.test_examples).batch(256)
+    test = first_test_images(args.test_examples)
     rows = []
     for i, name in enumerate(args.configs):
         run_dir = os.path.join(args.run_dir, name)

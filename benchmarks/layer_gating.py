@@ -141,6 +141,22 @@ def merged_rows(path, configs, test=None, args=None):
     return rows
 
 
+def polarized_share(rates):
+    """Share of gates whose open rate is below 1% or above 99% (``POLAR_LOW``, ``POLAR_HIGH``)."""
+    import numpy as np
+
+    rates = np.asarray(rates)
+    return float(np.mean((rates < POLAR_LOW) | (rates > POLAR_HIGH)))
+
+
+def first_test_images(examples):
+    """The first ``examples`` Fashion-MNIST test images as raw pixels, in batches of 256."""
+    from tfgated.data import load_dataset
+
+    test = load_dataset("fashion_mnist", batch_size=256, shuffle_buffer=0, pixels="raw").test
+    return test.unbatch().take(examples).batch(256)
+
+
 def evaluate_config(model, test, args):
     """Every inference style, activation and polarization of one trained model."""
     import numpy as np
@@ -161,8 +177,7 @@ def evaluate_config(model, test, args):
     row["gates"] = int(rates["stochastic"].size)
     row["gate_rates"] = rates["stochastic"].tolist()
     row["threshold_gate_rates"] = rates["threshold"].tolist()
-    sampled = rates["stochastic"]
-    row["polarized_share"] = float(np.mean((sampled < POLAR_LOW) | (sampled > POLAR_HIGH)))
+    row["polarized_share"] = polarized_share(rates["stochastic"])
     return row
 
 
@@ -255,14 +270,13 @@ def plot(rows, path):
 
 def main(argv=None):
     args = parse_args(argv)
-    from tfgated.data import load_dataset
     from tfgated.io import machine_info, write_json
     from tfgated.cli.train import TrainOptions, train
     from tfgated.io import load_model
 
     os.makedirs(args.run_dir, exist_ok=True)
     started = time.time()
-    test = load_dataset("fashion_mnist", batch_size=256, shuffle_buffer=0, pixels="raw").test.unbatch().take(args.test_examples).batch(256)
+    test = first_test_images(args.test_examples)
     rows = []
     configs = [(k, l, t) for k in args.kinds for l in args.losses for t in args.targets]
     command = "python benchmarks/layer_gating.py " + " ".join(argv if argv is not None else sys.argv[1:])
