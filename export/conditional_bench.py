@@ -163,24 +163,17 @@ def mac_ratios(model, images, files):
 
 
 def keras_throughput(model, images, batch_size, repeats, exit_threshold=None):
-    """Images per second of Keras ``predict`` (threshold style) in the dense (masked) and the
-    sparse execution (an early-exit model: both outputs against
-    :class:`tfgated.exits.SparseExitModel` at ``exit_threshold``): the best of
-    ``max(repeats, 5)`` passes each, the two executions interleaved pass by pass after a
-    warm-up pass (which traces)."""
+    """Images per second of ``tfgated.predict`` (threshold style) in the dense (masked) and the
+    sparse execution (an early-exit model at ``exit_threshold``: both outputs computed for every
+    image against :class:`tfgated.exits.SparseExitModel`): the best of ``max(repeats, 5)``
+    passes each, the two executions interleaved pass by pass after a warm-up pass (which traces)."""
     import tfgated
 
     if tfgated.gate_layers(model):
         tfgated.set_inference_style(model, "threshold")
-    if exit_threshold is None:
-        runners = {name: functools.partial(tfgated.predict, model, images, batch_size=batch_size, execution=execution)
-                   for name, execution in {"masked": "dense", "sparse": "sparse"}.items()}
-    else:
-        from tfgated.exits import SparseExitModel
-
-        sparse = SparseExitModel(model, exit_threshold)
-        runners = {"masked": lambda: model.predict(images, batch_size=batch_size, verbose=0),
-                   "sparse": lambda: sparse.predict(images, batch_size=batch_size, verbose=0)}
+    runners = {name: functools.partial(tfgated.predict, model, images, batch_size=batch_size, execution=execution,
+                                       exit_threshold=exit_threshold)
+               for name, execution in {"masked": "dense", "sparse": "sparse"}.items()}
     best = dict.fromkeys(runners, float("inf"))
     for run in runners.values():
         run()
