@@ -70,6 +70,8 @@ from tfgated.zoo.registry import make_options, register_family
 
 BN_MOMENTUM = 0.9  # PyTorch's momentum 0.1
 BN_EPSILON = 1e-5
+#: Interpolations of the input upsampling (:attr:`SipaConfig.upsampling`); SIPA's is nearest neighbour.
+UPSAMPLING = ("nearest", "bilinear")
 
 
 # -- block arguments and scaling ---------------------------------------------------
@@ -247,8 +249,10 @@ class SipaConfig:
     Attributes:
         blocks: block strings or dicts (see :func:`decode_block`).
         width, depth: compound scaling coefficients (channels, repeats).
-        resolution, resource: the input is resized (nearest neighbour) by
-            ``round(resolution ** resource, 2)``; no resizing when that is 1.
+        resolution, resource: the input is resized by ``round(resolution ** resource, 2)``;
+            no resizing when that is 1.
+        upsampling: interpolation of that resizing: ``"nearest"`` (SIPA's) or ``"bilinear"``
+            (``benchmarks/sipa_factors.py`` compares them).
         stem_filters, head_filters: unscaled stem and head channels.
         divisor: channel rounding divisor of :func:`round_filters`.
         activation: Keras activation of the whole network (``"swish"``).
@@ -277,8 +281,11 @@ class SipaConfig:
     exit_after: Optional[int] = None
     exit_filters: int = 150
     padding_size: Optional[int] = None
+    upsampling: str = "nearest"
 
     def __post_init__(self):
+        if self.upsampling not in UPSAMPLING:
+            raise ValueError(f"Expected upsampling in {UPSAMPLING}. Received: upsampling={self.upsampling!r}")
         if self.resolution <= 0 or self.resource < 0:
             raise ValueError(
                 "Expected resolution > 0 and resource >= 0. "
@@ -325,7 +332,7 @@ def _stem(inputs, config, padding_size):
     if resolution_coefficient(config.resolution, config.resource) != 1.0:
         height = upsampled_size(inputs.shape[1], config.resolution, config.resource)
         width_px = upsampled_size(inputs.shape[2], config.resolution, config.resource)
-        x = keras.layers.Resizing(height, width_px, interpolation="nearest", name="upsample")(x)
+        x = keras.layers.Resizing(height, width_px, interpolation=config.upsampling, name="upsample")(x)
     x, padding = _conv_padding(x, 3, 2, padding_size, "stem_conv")
     x = keras.layers.Conv2D(
         config.filters(config.stem_filters), 3, strides=2, padding=padding, use_bias=False, name="stem_conv"

@@ -104,6 +104,23 @@ def test_fashion_mnist_presets_resize_inside_the_model():
     assert tfgated.gate_layers(model) == []
 
 
+def test_upsampling_interpolation_is_a_switch_that_survives_saving(tmp_path):
+    image = np.zeros((1, 28, 28, 1), "float32")
+    image[0, 10, 10, 0] = 255.0  # one bright pixel: nearest copies it, bilinear blends it
+    nearest = tfgated.zoo.build("sipa_fashion_mnist")
+    bilinear = tfgated.zoo.build("sipa_fashion_mnist", upsampling="bilinear")
+    assert nearest.get_layer("upsample").get_config()["interpolation"] == "nearest"  # SIPA's default
+    up = {name: keras.Model(m.input, m.get_layer("upsample").output)(image).numpy()
+          for name, m in (("nearest", nearest), ("bilinear", bilinear))}
+    assert len(np.unique(up["nearest"])) == 2  # the normalized background and the pixel
+    assert len(np.unique(up["bilinear"])) > 2
+    bilinear.save(tmp_path / "bilinear.keras")
+    loaded = keras.models.load_model(tmp_path / "bilinear.keras", safe_mode=True)
+    assert loaded.get_layer("upsample").get_config()["interpolation"] == "bilinear"
+    with pytest.raises(ValueError, match="upsampling in"):
+        tfgated.zoo.build("sipa_fashion_mnist", upsampling="bicubic")
+
+
 def test_gated_preset_gates_every_block_and_keeps_non_residual_blocks_open():
     model = tfgated.zoo.build("sipa_fashion_mnist_gated")
     gates = {g.name: g for g in tfgated.gate_layers(model)}
