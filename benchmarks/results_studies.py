@@ -90,7 +90,42 @@ def prune_schedule_study(data):
     return what, "; ".join(figures)
 
 
+def _wins(claim):
+    return f"{claim['wins']} of {claim['of']}"
+
+
+def target_sweep(data):
+    what = (f"study 2 (Herrmann et al. supplement, Table 2) as a sweep: Ind/Dep x PB/PG at targets "
+            f"{', '.join(f'{t:g}' for t in sorted({r['target'] for r in data['rows']}))} on `{data['preset']}` "
+            f"(9 gates), fine-tuned {data['epochs']} epochs from `{data['warm_start_from']}`; claims: PB beats PG, "
+            f"Ind-PB beats Dep-PG, annealing the target from high to low helps at high targets")
+    figures = [f"{r['kind'].capitalize()}-{r['loss'].upper()}{' annealed' if r['annealed'] else ''} t={r['target']:g}: "
+               f"{_acc(r['threshold']['top1'])} at activation {r['threshold']['gate_activation']:.3f}"
+               for r in data["rows"]]
+    c = data["claims"]
+    figures.append(f"Ind-PB beats Ind-PG {_wins(c['ind_pb_beats_ind_pg'])}, Dep-PB beats Dep-PG "
+                   f"{_wins(c['dep_pb_beats_dep_pg'])}, Ind-PB beats Dep-PG {_wins(c['ind_pb_beats_dep_pg'])}, "
+                   f"annealing beats the constant target {_wins(c['annealing_beats_constant'])}, threshold >= "
+                   f"stochastic {_wins(c['threshold_at_least_stochastic'])}; paper's numbers: not readable here")
+    return what, "; ".join(figures)
+
+
+def cond_vs_prune(data):
+    targets = ", ".join(f"{t:g}" for t in sorted({r["target"] for r in data["rows"] if r["target"] is not None}))
+    what = (f"study 3 (Herrmann et al. supplement, Table 1): Cond (data-dependent) against Prune (data-independent) "
+            f"channel gates at targets {targets} on `{data['preset']}`, fine-tuned {data['epochs']} epochs from "
+            f"`{data['warm_start_from']}`")
+    figures = []
+    for r in data["rows"]:
+        label = r["kind"] if r["target"] is None else f"{r['kind']} t={r['target']:g}"
+        figures.append(f"{label}: {_acc(r['top1'])} at {_pct(r['mac_fraction'])} of the MACs")
+    figures.append(f"Cond beats Prune {_wins(data['claims']['cond_beats_prune'])}; paper's numbers: not readable here")
+    return what, "; ".join(figures)
+
+
 KINDS = {
+    "target_sweep": target_sweep,
+    "cond_vs_prune": cond_vs_prune,
     "gate_polarization": gate_polarization,
     "prune_schedule_study": prune_schedule_study,
     "sparse_stitch": sparse_stitch,
