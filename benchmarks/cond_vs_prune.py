@@ -30,7 +30,6 @@ Writes ``benchmarks/results/cond_vs_prune.json`` and ``cond_vs_prune.png`` (top-
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -38,6 +37,9 @@ import time
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+from study_runs import resumable_rows, write_result  # noqa: E402
+
 RESULTS = os.path.join(HERE, "results")
 RUNS = os.path.join(os.path.dirname(HERE), "runs")
 GATED = "gumbel_mobilenet_v2_fashion_mnist"
@@ -159,12 +161,26 @@ def plot(rows, path):
     plt.close(fig)
 
 
+def train_point(point, folder, test, calibration, args):
+    """Fine-tune one configuration in ``folder`` and evaluate it: its row."""
+    from tfgated.cli.train import train
+    from tfgated.io import load_model
+
+    kind, target = point
+    t0 = time.time()
+    options = train_options(kind, target, args)
+    metrics = train(GATED, folder, options)
+    row = {"config": f"{kind}_t{target:g}", "kind": kind, "target": target, "gate_settings": options.gates,
+           "train_seconds": metrics.get("train_seconds"), **evaluate(load_model(folder), test, calibration, args)}
+    row["seconds"] = time.time() - t0
+    return row
+
+
 def main(argv=None):
     args = parse_args(argv)
     from tfgated import zoo
-    from tfgated.cli.train import train
     from tfgated.data import load_dataset
-    from tfgated.io import load_model, machine_info, write_json
+    from tfgated.io import machine_info
 
     os.makedirs(args.run_dir, exist_ok=True)
     started = time.time()
@@ -174,28 +190,11 @@ def main(argv=None):
                                limit=256 * args.recalibrate_batches).train
     dense = {"kind": "dense", "target": None, "preset": DENSE,
              **evaluate(zoo.load(DENSE, weights="default"), test, calibration, args, gated=False)}
-    rows = [dense]
     points = [(kind, target) for target in args.targets for kind in KINDS]
-    for i, (kind, target) in enumerate(points):
-        name = f"{kind}_t{target:g}"
-        run_dir = os.path.join(args.run_dir, name)
-        row_path = os.path.join(run_dir, "cond_vs_prune_row.json")
-        if os.path.exists(row_path):
-            with open(row_path, encoding="utf-8") as f:
-                rows.append(json.load(f))
-            print(f"[{i + 1}/{len(points)}] {name}: loaded from {row_path}", flush=True)
-            continue
-        print(f"[{i + 1}/{len(points)}] {name}: fine-tuning {args.epochs} epoch(s)", flush=True)
-        t0 = time.time()
-        options = train_options(kind, target, args)
-        metrics = train(GATED, run_dir, options)
-        row = {"config": name, "kind": kind, "target": target, "gate_settings": options.gates,
-               "train_seconds": metrics.get("train_seconds"), **evaluate(load_model(run_dir), test, calibration, args)}
-        row["seconds"] = time.time() - t0
-        write_json(row_path, row)
-        rows.append(row)
-        print(f"[{i + 1}/{len(points)}] {name}: top-1 {row['top1']:.4f} at {row['macs'] / row['dense_macs']:.1%} "
-              f"of the MACs", flush=True)
+    rows = [dense] + resumable_rows(
+        points, lambda point: f"{point[0]}_t{point[1]:g}", args.run_dir, "cond_vs_prune_row.json",
+        lambda point, folder: train_point(point, folder, test, calibration, args),
+        lambda row: f"top-1 {row['top1']:.4f} at {row['macs'] / row['dense_macs']:.1%} of the MACs")
     for r in rows:
         r["mac_fraction"] = r["macs"] / dense["macs"]
         r["accuracy_change_points"] = 100.0 * (r["top1"] - dense["top1"])
@@ -222,12 +221,7 @@ def main(argv=None):
         "seconds_total": time.time() - started,
         "machine": machine_info(),
     }
-    write_json(args.output, result, sort_keys=True)
-    png = os.path.splitext(args.output)[0] + ".png"
-    plot(rows, png)
-    print(result["table_markdown"])
-    print(json.dumps(result["claims"], indent=1))
-    print(f"Wrote {args.output} and {png}")
+    write_result(result, args.output, plot)
     return 0
 
 

@@ -41,7 +41,6 @@ probability of every configuration, and threshold against stochastic top-1).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -51,6 +50,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 from layer_gating import POLAR_HIGH, POLAR_LOW, first_test_images, polarized_share  # noqa: E402
+from study_runs import resumable_rows, write_result  # noqa: E402
 RESULTS = os.path.join(HERE, "results")
 RUNS = os.path.join(os.path.dirname(HERE), "runs")
 PRESET = "gumbel_resnet_fashion_mnist"
@@ -199,38 +199,37 @@ def plot(rows, path):
     plt.close(fig)
 
 
+def train_config(name, folder, test, args):
+    """Train configuration ``name`` in ``folder`` and evaluate it: its row."""
+    from tfgated.cli.train import train
+    from tfgated.io import load_model
+
+    t0 = time.time()
+    options = train_options(name, args)
+    metrics = train(PRESET, folder, options)
+    row = {"config": name, "what": CONFIGS[name][0], "recipe_overrides": options.overrides,
+           "gate_settings": options.gates, "init_from": options.init_from,
+           "anneal": list(options.anneal) if options.anneal else None, "epochs": args.epochs,
+           "train_seconds": metrics.get("train_seconds"), **evaluate(load_model(folder), test, args)}
+    row["seconds"] = time.time() - t0
+    return row
+
+
+def _summary(row):
+    return (f"polarized {row['polarized_share']:.0%}, threshold {row['threshold']['top1']:.4f} at activation "
+            f"{row['threshold']['gate_activation']:.3f}, stochastic {row['stochastic']['top1']:.4f}")
+
+
 def main(argv=None):
     args = parse_args(argv)
-    from tfgated.cli.train import train
-    from tfgated.io import load_model, machine_info, write_json
+    from tfgated.io import machine_info
 
     os.makedirs(args.run_dir, exist_ok=True)
     started = time.time()
     command = "python benchmarks/gate_polarization.py " + " ".join(argv if argv is not None else sys.argv[1:])
     test = first_test_images(args.test_examples)
-    rows = []
-    for i, name in enumerate(args.configs):
-        run_dir = os.path.join(args.run_dir, name)
-        row_path = os.path.join(run_dir, "polarization_row.json")
-        if os.path.exists(row_path):
-            with open(row_path, encoding="utf-8") as f:
-                rows.append(json.load(f))
-            print(f"[{i + 1}/{len(args.configs)}] {name}: loaded from {row_path}", flush=True)
-            continue
-        print(f"[{i + 1}/{len(args.configs)}] {name}: {CONFIGS[name][0]}; {args.epochs} epoch(s)", flush=True)
-        t0 = time.time()
-        options = train_options(name, args)
-        metrics = train(PRESET, run_dir, options)
-        row = {"config": name, "what": CONFIGS[name][0], "recipe_overrides": options.overrides,
-               "gate_settings": options.gates, "init_from": options.init_from,
-               "anneal": list(options.anneal) if options.anneal else None, "epochs": args.epochs,
-               "train_seconds": metrics.get("train_seconds"), **evaluate(load_model(run_dir), test, args)}
-        row["seconds"] = time.time() - t0
-        write_json(row_path, row)
-        rows.append(row)
-        print(f"[{i + 1}/{len(args.configs)}] {name}: polarized {row['polarized_share']:.0%}, threshold "
-              f"{row['threshold']['top1']:.4f} at activation {row['threshold']['gate_activation']:.3f}, "
-              f"stochastic {row['stochastic']['top1']:.4f}", flush=True)
+    rows = resumable_rows(args.configs, str, args.run_dir, "polarization_row.json",
+                          lambda name, folder: train_config(name, folder, test, args), _summary)
 
     for row in rows:
         row["claim_holds"] = claim_holds(row)
@@ -259,12 +258,8 @@ def main(argv=None):
         "seconds_all_rows": sum(r.get("seconds", 0.0) for r in rows),
         "machine": machine_info(),
     }
-    write_json(args.output, result, sort_keys=True)
-    png = os.path.splitext(args.output)[0] + ".png"
-    plot(rows, png)
-    print(result["table_markdown"])
+    write_result(result, args.output, plot)
     print(f"claim holds in: {', '.join(holding) or 'none'}")
-    print(f"Wrote {args.output} and {png}")
     return 0
 
 

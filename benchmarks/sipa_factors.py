@@ -30,7 +30,6 @@ Each arm keeps a resumable run folder and a row file under ``runs/sipa_factors/`
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import sys
@@ -39,6 +38,9 @@ import time
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+from study_runs import resumable_rows, write_result  # noqa: E402
+
 RESULTS = os.path.join(HERE, "results")
 RUNS = os.path.join(os.path.dirname(HERE), "runs")
 PRESET = "sipa_fashion_mnist"
@@ -108,40 +110,35 @@ def recipe_overrides(epochs):
     return {**changed, "epochs": epochs}
 
 
-def train_arm(arm, seed, args):
-    """Build the arm's network, train it in its run folder (resumable) and return its row."""
+def arm_name(point):
+    arm, seed = point
+    return arm if seed == 0 else f"{arm}_seed{seed}"
+
+
+def train_arm(point, folder, args):
+    """Build the arm's network, train it in ``folder`` (resumable) and return its row."""
     import keras
 
     from tfgated import zoo
     from tfgated.cli.train import TrainOptions, train
     from tfgated.complexity import count
 
-    name = arm if seed == 0 else f"{arm}_seed{seed}"
-    run_dir = os.path.join(args.run_dir, name)
-    row_path = os.path.join(run_dir, "sipa_factors_row.json")
-    if os.path.exists(row_path):
-        with open(row_path, encoding="utf-8") as f:
-            return json.load(f), True
-    os.makedirs(run_dir, exist_ok=True)
+    arm, seed = point
     overrides = ARMS[arm][2]()
-    initial = os.path.join(run_dir, "initial.keras")
+    initial = os.path.join(folder, "initial.keras")
     if not os.path.exists(initial):
         keras.utils.set_random_seed(seed)
         zoo.load(PRESET, weights=None, compile=False, **overrides).save(initial)
     model_size = count(keras.models.load_model(initial, compile=False))
     t0 = time.time()
-    metrics = train(initial, os.path.join(run_dir, "run"),
+    metrics = train(initial, os.path.join(folder, "run"),
                     TrainOptions(limit=args.limit or None, overrides=recipe_overrides(args.epochs), seed=seed,
                                  verbose=2))
     test = metrics["test"]
-    row = {"arm": arm, "seed": seed, "what": ARMS[arm][0], "factor": ARMS[arm][1],
-           "overrides": {k: list(v) if isinstance(v, tuple) else v for k, v in overrides.items()},
-           "top1": test["top1"], "test_examples": test["examples"], "macs": float(model_size.macs),
-           "params": int(model_size.params), "seconds": time.time() - t0}
-    from tfgated.io import write_json
-
-    write_json(row_path, row)
-    return row, False
+    return {"arm": arm, "seed": seed, "what": ARMS[arm][0], "factor": ARMS[arm][1],
+            "overrides": {k: list(v) if isinstance(v, tuple) else v for k, v in overrides.items()},
+            "top1": test["top1"], "test_examples": test["examples"], "macs": float(model_size.macs),
+            "params": int(model_size.params), "seconds": time.time() - t0}
 
 
 def compare(rows):
@@ -226,19 +223,15 @@ def plot(rows, path):
 
 def main(argv=None):
     args = parse_args(argv)
-    from tfgated.io import machine_info, write_json
+    from tfgated.io import machine_info
 
     os.makedirs(args.run_dir, exist_ok=True)
     started = time.time()
     command = "python benchmarks/sipa_factors.py " + " ".join(argv if argv is not None else sys.argv[1:])
-    jobs = [(REFERENCE, seed) for seed in range(args.seeds)] + [(a, 0) for a in args.arms if a != REFERENCE]
-    rows = []
-    for i, (arm, seed) in enumerate(jobs):
-        print(f"[{i + 1}/{len(jobs)}] {arm} seed {seed}: {ARMS[arm][0]}", flush=True)
-        row, loaded = train_arm(arm, seed, args)
-        rows.append(row)
-        print(f"[{i + 1}/{len(jobs)}] {arm} seed {seed}: {'loaded, ' if loaded else ''}top-1 {row['top1']:.4f} at "
-              f"{row['macs'] / 1e6:.2f}M MACs", flush=True)
+    points = [(REFERENCE, seed) for seed in range(args.seeds)] + [(a, 0) for a in args.arms if a != REFERENCE]
+    rows = resumable_rows(points, arm_name, args.run_dir, "sipa_factors_row.json",
+                          lambda point, folder: train_arm(point, folder, args),
+                          lambda row: f"top-1 {row['top1']:.4f} at {row['macs'] / 1e6:.2f}M MACs")
     comparison = compare(rows)
     result = {
         "benchmark": "sipa_factors",
@@ -258,12 +251,7 @@ def main(argv=None):
         "seconds_total": time.time() - started,
         "machine": machine_info(),
     }
-    write_json(args.output, result, sort_keys=True)
-    png = os.path.splitext(args.output)[0] + ".png"
-    plot(rows, png)
-    print(result["table_markdown"])
-    print(json.dumps(result["verdicts"], indent=1))
-    print(f"Wrote {args.output} and {png}")
+    write_result(result, args.output, plot)
     return 0
 
 

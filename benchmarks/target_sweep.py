@@ -33,7 +33,6 @@ killed sweep restarts where it stopped. Writes ``benchmarks/results/target_sweep
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -43,6 +42,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 from layer_gating import evaluate_config, first_test_images  # noqa: E402
+from study_runs import resumable_rows, write_result  # noqa: E402
 
 RESULTS = os.path.join(HERE, "results")
 RUNS = os.path.join(os.path.dirname(HERE), "runs")
@@ -199,39 +199,37 @@ def plot(rows, path):
     plt.close(fig)
 
 
+def train_point(point, folder, test, args):
+    """Fine-tune one point of the sweep in ``folder`` and evaluate it: its row."""
+    from tfgated.cli.train import train
+    from tfgated.io import load_model
+
+    kind, loss, target, annealed = point
+    t0 = time.time()
+    options = train_options(kind, loss, target, annealed, args)
+    metrics = train(PRESET, folder, options)
+    row = {"config": config_name(*point), "kind": kind, "loss": loss, "target": target, "annealed": annealed,
+           "gate_settings": options.gates, "anneal": list(options.anneal) if options.anneal else None,
+           "train_seconds": metrics.get("train_seconds"), **evaluate_config(load_model(folder), test, args)}
+    row["seconds"] = time.time() - t0
+    return row
+
+
+def _summary(row):
+    return (f"threshold {_top1(row):.4f} at activation {row['threshold']['gate_activation']:.3f}, "
+            f"stochastic {row['stochastic']['top1']:.4f}, polarized {row['polarized_share']:.0%}")
+
+
 def main(argv=None):
     args = parse_args(argv)
-    from tfgated.cli.train import train
-    from tfgated.io import load_model, machine_info, write_json
+    from tfgated.io import machine_info
 
     os.makedirs(args.run_dir, exist_ok=True)
     started = time.time()
     command = "python benchmarks/target_sweep.py " + " ".join(argv if argv is not None else sys.argv[1:])
     test = first_test_images(args.test_examples)
-    points = configurations(args)
-    rows = []
-    for i, (kind, loss, target, annealed) in enumerate(points):
-        name = config_name(kind, loss, target, annealed)
-        run_dir = os.path.join(args.run_dir, name)
-        row_path = os.path.join(run_dir, "sweep_row.json")
-        if os.path.exists(row_path):
-            with open(row_path, encoding="utf-8") as f:
-                rows.append(json.load(f))
-            print(f"[{i + 1}/{len(points)}] {name}: loaded from {row_path}", flush=True)
-            continue
-        print(f"[{i + 1}/{len(points)}] {name}: fine-tuning {args.epochs} epoch(s)", flush=True)
-        t0 = time.time()
-        options = train_options(kind, loss, target, annealed, args)
-        metrics = train(PRESET, run_dir, options)
-        row = {"config": name, "kind": kind, "loss": loss, "target": target, "annealed": annealed,
-               "gate_settings": options.gates, "anneal": list(options.anneal) if options.anneal else None,
-               "train_seconds": metrics.get("train_seconds"), **evaluate_config(load_model(run_dir), test, args)}
-        row["seconds"] = time.time() - t0
-        write_json(row_path, row)
-        rows.append(row)
-        print(f"[{i + 1}/{len(points)}] {name}: threshold {_top1(row):.4f} at activation "
-              f"{row['threshold']['gate_activation']:.3f}, stochastic {row['stochastic']['top1']:.4f}, "
-              f"polarized {row['polarized_share']:.0%}", flush=True)
+    rows = resumable_rows(configurations(args), lambda point: config_name(*point), args.run_dir, "sweep_row.json",
+                          lambda point, folder: train_point(point, folder, test, args), _summary)
 
     result = {
         "benchmark": "target_sweep",
@@ -258,12 +256,7 @@ def main(argv=None):
         "seconds_all_rows": sum(r.get("seconds", 0.0) for r in rows),
         "machine": machine_info(),
     }
-    write_json(args.output, result, sort_keys=True)
-    png = os.path.splitext(args.output)[0] + ".png"
-    plot(rows, png)
-    print(result["table_markdown"])
-    print(json.dumps(result["claims"], indent=1))
-    print(f"Wrote {args.output} and {png}")
+    write_result(result, args.output, plot)
     return 0
 
 
