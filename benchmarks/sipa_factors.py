@@ -18,7 +18,8 @@ arm from scratch under the preset's recipe (SGD 0.05, cosine, label smoothing 0.
 For every arm: test top-1, MACs and parameters, and against ``nearest`` the change in top-1 and in
 MACs. A factor's sensitivity is the change in top-1 per halving of the MACs (``points_per_mac_halving``,
 log2 of the MAC ratio), so factors that cut different amounts of work compare. One seed per arm:
-``--seeds`` repeats the reference arm to put a noise figure beside the differences.
+``--seeds`` repeats the reference arm to put a noise figure beside the differences, and ``--repeat ARM``
+trains an arm with a second seed as well (its mean is then compared).
 
     python benchmarks/sipa_factors.py              # 8 arms + 1 repeat, about 30 minutes on 2 cores
     python benchmarks/sipa_factors.py --quick      # smoke run, output under runs/
@@ -80,6 +81,8 @@ def parse_args(argv=None):
     p.add_argument("--epochs", type=int, default=2, help="training epochs per arm (default 2)")
     p.add_argument("--limit", type=int, default=12000, help="first N training images (default 12000; 0: all)")
     p.add_argument("--seeds", type=int, default=2, help="seeds of the reference arm (default 2: one repeat)")
+    p.add_argument("--repeat", nargs="*", choices=list(ARMS), default=[],
+                   help="arms also trained with seed 1, e.g. one whose difference stands out (default: none)")
     p.add_argument("--run-dir", default=None, help="default runs/sipa_factors[_quick]")
     p.add_argument("--output", default=None, help="JSON path (default benchmarks/results/sipa_factors.json)")
     p.add_argument("--quick", action="store_true", help="smoke run: 3 arms, 256 images, 1 epoch")
@@ -142,19 +145,23 @@ def train_arm(point, folder, args):
 
 
 def compare(rows):
-    """Each arm against the reference arm (mean over its seeds): change in top-1 and in MACs."""
-    refs = [r for r in rows if r["arm"] == REFERENCE]
+    """Each arm (the mean over its seeds) against the reference arm's mean: change in top-1 and in MACs."""
+    by_arm = {}
+    for r in rows:
+        by_arm.setdefault(r["arm"], []).append(r)
+    refs = by_arm[REFERENCE]
     ref_top1 = sum(r["top1"] for r in refs) / len(refs)
     ref_macs = refs[0]["macs"]
     out = []
-    for r in rows:
-        if r["arm"] == REFERENCE:
+    for arm, runs in by_arm.items():
+        if arm == REFERENCE:
             continue
-        ratio = r["macs"] / ref_macs
-        points = 100.0 * (r["top1"] - ref_top1)
+        top1 = sum(r["top1"] for r in runs) / len(runs)
+        ratio = runs[0]["macs"] / ref_macs
+        points = 100.0 * (top1 - ref_top1)
         halvings = -math.log2(ratio)
-        out.append({"arm": r["arm"], "factor": r["factor"], "top1": r["top1"], "top1_change_points": points,
-                    "mac_ratio": ratio,
+        out.append({"arm": arm, "factor": runs[0]["factor"], "top1": top1, "seeds": [r["top1"] for r in runs],
+                    "top1_change_points": points, "mac_ratio": ratio,
                     "points_per_mac_halving": points / halvings if abs(halvings) > 0.05 else None})
     return {"reference_top1": ref_top1, "reference_seeds": [r["top1"] for r in refs],
             "reference_spread_points": 100.0 * (max(r["top1"] for r in refs) - min(r["top1"] for r in refs)),
@@ -229,6 +236,7 @@ def main(argv=None):
     started = time.time()
     command = "python benchmarks/sipa_factors.py " + " ".join(argv if argv is not None else sys.argv[1:])
     points = [(REFERENCE, seed) for seed in range(args.seeds)] + [(a, 0) for a in args.arms if a != REFERENCE]
+    points += [(a, 1) for a in args.repeat if a != REFERENCE]
     rows = resumable_rows(points, arm_name, args.run_dir, "sipa_factors_row.json",
                           lambda point, folder: train_arm(point, folder, args),
                           lambda row: f"top-1 {row['top1']:.4f} at {row['macs'] / 1e6:.2f}M MACs")

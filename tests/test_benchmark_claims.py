@@ -73,6 +73,8 @@ def test_sipa_factor_verdicts_weigh_differences_against_seed_noise(bench):
     assert verdicts["upsampling_helps"]["holds"] is True  # 1.8 points > 0.4 of noise
     assert verdicts["expansion_matters_most"]["largest"] == "expansion_3"
     assert verdicts["expansion_matters_most"]["holds"] is True
+    rows.append(_factor_row("bilinear", 0.895, 25e6, seed=1))  # a repeated arm is compared by its mean
+    assert {a["arm"]: a for a in factors.compare(rows)["arms"]}["bilinear"]["top1"] == pytest.approx(0.897)
     rows[4] = _factor_row("expansion_3", 0.897, 12.5e6)  # within the noise: the claim no longer holds
     verdicts = factors.verdicts(factors.compare(rows))
     assert verdicts["expansion_matters_most"]["largest"] == "width_0.7"
