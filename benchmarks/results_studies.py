@@ -87,6 +87,9 @@ def prune_schedule_study(data):
                f"(16-bit score {a['score16']:.5f})" for name, a in arms.items()]
     figures.append(f"iterative - one-shot {100 * data['iterative_minus_one_shot']:+.2f} points, iterative - dense "
                    f"control {100 * data['iterative_minus_dense_control']:+.2f} points; verdict: {data['verdict']}")
+    if "fine_tune_minus_reinit" in data:
+        figures.append(f"one-shot fine-tuned - re-initialised {100 * data['fine_tune_minus_reinit']:+.2f} points: "
+                       f"{data['reinit_verdict']}")
     return what, "; ".join(figures)
 
 
@@ -123,7 +126,29 @@ def cond_vs_prune(data):
     return what, "; ".join(figures)
 
 
+def sipa_learned_pruning(data):
+    gates = data["gate_settings"]
+    what = (f"study 9: learned channel pruning on `{data['preset']}` (Ind gates of {gates['granularity']} channels, "
+            f"target {gates['target']:g} of the gated MACs, gate gradients x{gates['gradient_scale']:g}, from "
+            f"`{data['warm_start_from']}`), then a frozen-gate fine-tune of {data['fine_tune']['epochs']} epochs, "
+            f"against magnitude pruning to 50%; goal: within 0.5 points of magnitude pruning at 50% of the MACs, "
+            f"removed by folding")
+    figures = []
+    for r in data["rows"]:
+        if "phase" in r:
+            figures.append(f"{r['config']}: {_acc(r['top1'])} at {_pct(r['folded_mac_fraction'])} of the MACs after "
+                           f"folding ({r['polarized_share']:.0%} of {r['gates']} gates polarized)")
+        elif r["config"] == "dense parent":
+            figures.append(f"dense parent: {_acc(r['top1'])}")
+        else:
+            figures.append(f"{r['config']}: {_acc(r['top1'])} (unstructured zeros: every MAC kept in a dense runtime)")
+    c = data["claims"]
+    figures.append(f"gap to magnitude pruning {c['gap_points']:+.2f} points; verdict: {c['verdict']}")
+    return what, "; ".join(figures)
+
+
 KINDS = {
+    "sipa_learned_pruning": sipa_learned_pruning,
     "target_sweep": target_sweep,
     "cond_vs_prune": cond_vs_prune,
     "gate_polarization": gate_polarization,

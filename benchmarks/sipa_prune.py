@@ -74,6 +74,10 @@ def parse_args(argv=None):
     p.add_argument("--label-smoothing", type=float, default=0.0,
                    help="label smoothing of the fine-tuning loss (the SIPA Fashion-MNIST recipe's is 0.1); "
                         "needs --fine-tune-lr, which recompiles the copies")
+    p.add_argument("--reinitialize", action="store_true",
+                   help="after each round's pruning, give the surviving weights a fresh random initialization "
+                        "(the preset built anew with --seed; pruned weights stay zero) and train from there, "
+                        "instead of fine-tuning the trained weights")
     p.add_argument("--no-test", action="store_true",
                    help="skip evaluating every round's checkpoint on the test split")
     p.add_argument("--final", type=float, default=0.7, help="final sparsity (default 0.7)")
@@ -147,6 +151,19 @@ def build_model(args, keras):
         model.compile(optimizer="adam", loss="sparse_categorical_crossentropy",
                       metrics=["accuracy"])
     return model
+
+
+def fresh_weights(args, keras):
+    """The weights of the model to prune built anew, randomly initialized with ``args.seed``."""
+    from tfgated import zoo
+    from tfgated.io import load_model
+
+    keras.utils.set_random_seed(args.seed)
+    if args.model_file:
+        fresh = keras.models.clone_model(load_model(args.model_file, compile=False))
+    else:
+        fresh = zoo.build(args.preset)
+    return fresh.get_weights()
 
 
 def round_cosine(keras, learning_rate):
@@ -330,6 +347,8 @@ def main(argv=None):
         tables[ranking] = pruning.iterative_pruning(
             copy, fine_tune_data, splits.validation, pruning.IterativePruningOptions(
                 schedule=schedule, fine_tune_epochs=epochs_per_round, ranking=ranking,
+                reinitialize=args.reinitialize,
+                initial_weights=fresh_weights(args, keras) if args.reinitialize else None,
                 checkpoint_dir=os.path.join(args.checkpoint_dir, ranking),
                 fit_kwargs={"verbose": 2, "callbacks": callbacks},
             ),
@@ -340,6 +359,7 @@ def main(argv=None):
         evaluate_checkpoints(tables, args, splits.test, keras, base_path)
     payload = {
         "benchmark": "sipa_prune",
+        "reinitialize": args.reinitialize,
         "description": "Iterative magnitude pruning (SIPA) on Fashion-MNIST: validation "
                        "accuracy per round, global ranking with layer-wise L2 normalization "
                        "vs the same sparsity in every layer.",

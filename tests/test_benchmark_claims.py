@@ -13,7 +13,8 @@ BENCHMARKS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file
 def bench():
     sys.path.insert(0, BENCHMARKS)
     try:
-        yield {name: importlib.import_module(name) for name in ("target_sweep", "cond_vs_prune", "sipa_factors")}
+        yield {name: importlib.import_module(name) for name in ("target_sweep", "cond_vs_prune", "sipa_factors",
+                                                                  "sipa_learned_pruning")}
     finally:
         sys.path.remove(BENCHMARKS)
 
@@ -79,3 +80,20 @@ def test_sipa_factor_verdicts_weigh_differences_against_seed_noise(bench):
     verdicts = factors.verdicts(factors.compare(rows))
     assert verdicts["expansion_matters_most"]["largest"] == "width_0.7"
     assert verdicts["expansion_matters_most"]["holds"] is False
+
+
+def _learned(top1, folded):
+    return {"config": f"learned {top1}", "phase": "fine_tune", "top1": top1, "folded_mac_fraction": folded}
+
+
+def test_sipa_learned_pruning_needs_both_the_macs_removed_and_the_accuracy(bench):
+    claims = bench["sipa_learned_pruning"].claims
+    magnitude = [{"config": "magnitude 50%, 4 epochs", "top1": 0.95, "folded_mac_fraction": 1.0},
+                 {"config": "magnitude 50%, 20 epochs (sipa_fashion_mnist_pruned)", "top1": 0.93,
+                  "folded_mac_fraction": 1.0}]
+    met = claims([_learned(0.90, 0.40), _learned(0.926, 0.51)] + magnitude)
+    assert (met["goal_met"], met["gap_points"], met["best_learned"]["top1"]) == (True, 0.4, 0.926)
+    too_costly = claims([_learned(0.93, 0.60)] + magnitude)  # accurate, but folding left 60% of the MACs
+    assert (too_costly["goal_met"], too_costly["macs_goal_met"], too_costly["verdict"]) == (False, False, "not reproduced")
+    too_weak = claims([_learned(0.92, 0.45)] + magnitude)  # 1 point below the 20-epoch magnitude model
+    assert (too_weak["goal_met"], too_weak["macs_goal_met"], too_weak["gap_points"]) == (False, True, 1.0)

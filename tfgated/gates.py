@@ -135,6 +135,8 @@ class GumbelGate(keras.layers.Layer):
             independent gates on a warm-started network see per-gate gradients
             too small to separate them within a few epochs at the network's
             learning rate. Adaptive optimizers (Adam) normalize it away.
+            ``0`` freezes the gates: the network trains around a fixed
+            learned selection (fine-tuning after learned pruning).
 
     Call arguments:
         inputs: the context tensor, rank >= 2 with the batch first. Independent
@@ -189,8 +191,8 @@ class GumbelGate(keras.layers.Layer):
             raise ValueError(f"Expected temperature > 0. Received: temperature={temperature}")
         _check_probability("open_probability", open_probability, open_interval=True)
         _check_probability("threshold", threshold, open_interval=True)
-        if not gradient_scale > 0:
-            raise ValueError(f"Expected gradient_scale > 0. Received: gradient_scale={gradient_scale}")
+        if not gradient_scale >= 0:
+            raise ValueError(f"Expected gradient_scale >= 0. Received: gradient_scale={gradient_scale}")
         check_positive_int("hidden_units", hidden_units)
         check_style(inference_style)
         self.units = units

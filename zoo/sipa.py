@@ -40,8 +40,12 @@ probability exceeds a confidence threshold (see ``tfgated``'s exit utilities).
 
 Channel gates (the "structured alternative" to SIPA's magnitude pruning):
 ``gates={"kind": ..., "granularity": g}`` puts a :func:`tfgated.channel_gate`
-after the expansion convolution's activation of every MBConv block (block 0
-has no expansion: its depthwise channels are gated instead). Dependent gates
+on the expanded channels of every MBConv block, after the depthwise
+convolution's activation and before squeeze-and-excitation: a closed channel is
+then zero into both SE and the projection, so folding removes it from the
+expansion, the depthwise convolution, SE and the projection. (Gated right after
+the expansion, a closed channel would leave the depthwise batch norm as a
+nonzero constant that SE rescales per image, so no fold could drop it.) Dependent gates
 read the block input as context. Blocks without an identity skip keep their
 most probable gate open (``force_open``), so no block can cut the network.
 
@@ -61,6 +65,7 @@ import keras
 import tfgated
 from tfgated.blocks import SIPA_REFERENCE_BLOCKS as REFERENCE_BLOCKS
 from tfgated.blocks import decode_block
+from tfgated.complexity import gate_mac_weights
 from tfgated.gate_settings import GateSettings
 from tfgated.losses import GateActivationLoss
 from tfgated.models import ACTIVATION_LOSS_NAME
@@ -175,16 +180,13 @@ def mbconv_block(
         x = keras.layers.Conv2D(expanded, 1, use_bias=False, name=f"{prefix}_expand_conv")(x)
         x = _bn(f"{prefix}_expand_bn")(x)
         x = keras.layers.Activation(activation, name=f"{prefix}_expand_activation")(x)
-        if gates is not None:
-            x, z = _channel_gate(x, granularity, gates, inputs, f"{prefix}_expand", not residual)
-            zs.append(z)
     x, padding = _conv_padding(x, args["kernel"], args["stride"], padding_size, f"{prefix}_dwconv")
     x = keras.layers.DepthwiseConv2D(
         args["kernel"], strides=args["stride"], padding=padding, use_bias=False, name=f"{prefix}_dwconv"
     )(x)
     x = _bn(f"{prefix}_bn")(x)
     x = keras.layers.Activation(activation, name=f"{prefix}_activation")(x)
-    if gates is not None and args["expand"] == 1:
+    if gates is not None:  # after the depthwise activation: a closed channel is 0 into SE and projection
         x, z = _channel_gate(x, granularity, gates, inputs, f"{prefix}_expand", not residual)
         zs.append(z)
     if args["se_ratio"] is not None and 0 < args["se_ratio"] <= 1:
@@ -393,8 +395,13 @@ def build_sipa(num_classes=100, input_shape=(32, 32, 3), gates=None, name=None, 
             exit_output = exit_head(x, num_classes, config.filters(config.exit_filters), config.activation)
     outputs = _top(x, num_classes, config)
     if settings is not None:
-        outputs = GateActivationLoss(**settings.loss_arguments(), name=ACTIVATION_LOSS_NAME)([outputs, *zs])
-    return keras.Model(inputs, outputs if exit_output is None else [outputs, exit_output], name=name or "sipa")
+        loss_arguments = settings.loss_arguments()
+        by_macs = loss_arguments.pop("gate_weights", None) == "macs"
+        outputs = GateActivationLoss(**loss_arguments, name=ACTIVATION_LOSS_NAME)([outputs, *zs])
+    model = keras.Model(inputs, outputs if exit_output is None else [outputs, exit_output], name=name or "sipa")
+    if settings is not None and by_macs:  # the target is a fraction of the gated MACs
+        model.get_layer(ACTIVATION_LOSS_NAME).set_gate_weights(gate_mac_weights(model))
+    return model
 
 
 CARD_NOTES = """
@@ -545,10 +552,19 @@ PRESETS = {
         "paper": papers.SIPA_FASHION_EXIT,
     },
     "sipa_fashion_mnist_gated": _fashion_preset(
-        "sipa_fashion_mnist with independent Gumbel channel gates on every MBConv block's expansion "
-        "channels (8 channels per gate), per-batch activation loss with target rate 0.5: learned "
-        "structured pruning as an alternative to SIPA's magnitude pruning.",
-        gates={"kind": "independent", "loss_kind": "per_batch", "target": 0.5, "weight": 1.0, "granularity": 8},
+        "sipa_fashion_mnist with independent Gumbel channel gates on every MBConv block's expanded "
+        "channels (8 channels per gate, after the depthwise activation, before squeeze-and-excitation), "
+        "per-batch activation loss with target 0.5 of the gated MACs: learned structured pruning as an "
+        "alternative to SIPA's magnitude pruning; folding removes the closed channels.",
+        recipe={
+            **_FASHION_RECIPE,
+            "learning_rate": 0.01,
+            "epochs": 6,
+            "augment": "pad2_crop_flip",
+            "start": "sipa_fashion_mnist (shipped weights): python -m tfgated train --init-from sipa_fashion_mnist",
+        },
+        gates={"kind": "independent", "loss_kind": "per_batch", "target": 0.5, "target_measure": "macs",
+               "weight": 10.0, "granularity": 8, "open_probability": 0.9, "gradient_scale": 200},
     ),
 }
 

@@ -141,3 +141,25 @@ def test_the_fold_report_says_when_constant_masks_cost_more_than_folding_saved()
     assert "costs 177,600 MACs more than the unfolded one" in str(costly)
     saving = FoldReport("threshold", macs_before=3_047_216, macs_after=656_026, masked_constant={"block_1_project_mask": 12})
     assert "more than the unfolded one" not in str(saving)
+
+
+@pytest.mark.slow
+def test_learned_pruning_sipa_preset_folds_away_what_its_gates_close():
+    """``sipa_fashion_mnist_gated`` as training leaves it (nonzero batch-norm offsets): its gates sit
+    after the depthwise activation, so a closed channel is zero into squeeze-and-excitation and the
+    projection, and the folded graph computes the MACs the gates promise (gated right after the
+    expansion, SE rescaled each closed channel's constant per image and nothing could be removed)."""
+    from tfgated import zoo
+    from tfgated.complexity import expected_macs
+
+    model = randomize(zoo.build("sipa_fashion_mnist_gated"))
+    x = _inputs(model, 4)
+    folded, report = fold(model, style="threshold", return_report=True)
+    _assert_plain(folded)
+    tfgated.set_inference_style(model, "threshold")
+    np.testing.assert_allclose(folded.predict(x, verbose=0), model.predict(x, verbose=0), atol=1e-5, rtol=0)
+    assert report.masked_constant == {}
+    assert sum(report.channels_removed.values()) > 0
+    promised = expected_macs(model, gate_values=tfgated.gate_values(model, x)).expected
+    assert report.macs_after == pytest.approx(promised, rel=0.01)
+    assert report.macs_after < 0.75 * report.macs_before

@@ -10,16 +10,16 @@ from tfgated.gates import ChannelMask, GatedResidual, GumbelGate
 from tfgated.losses import GateActivationLoss, mean_activation, per_batch_loss, per_gate_loss
 
 
-def small_gated_model(kind="dependent", target=0.5, loss_kind="per_batch", weight=1.0, filters=8):
+def small_gated_model(kind="dependent", target=0.5, loss_kind="per_batch", weight=1.0, filters=8, **gate_kwargs):
     """A model containing every core tfgated layer: both gate kinds, channel mask, gated residual, loss."""
     inputs = keras.Input((28, 28, 1))
     x = keras.layers.Conv2D(filters, 3, strides=2, padding="same", name="stem")(inputs)
     x = keras.layers.ReLU()(x)
-    x, z1 = tfgated.channel_gate(x, granularity=2, kind="independent", name="stem", force_open=True)
+    x, z1 = tfgated.channel_gate(x, granularity=2, kind="independent", name="stem", force_open=True, **gate_kwargs)
     branch = keras.layers.Conv2D(filters, 3, padding="same", name="block1_conv")(x)
-    x, z2 = tfgated.residual_gate(x, branch, kind=kind, name="block1")
+    x, z2 = tfgated.residual_gate(x, branch, kind=kind, name="block1", **gate_kwargs)
     branch = keras.layers.Conv2D(filters, 3, padding="same", name="block2_conv")(x)
-    x, z3 = tfgated.residual_gate(x, branch, kind="independent", name="block2")
+    x, z3 = tfgated.residual_gate(x, branch, kind="independent", name="block2", **gate_kwargs)
     x = keras.layers.GlobalAveragePooling2D()(x)
     outputs = keras.layers.Dense(10, activation="softmax", name="classifier")(x)
     return tfgated.gated_model(inputs, outputs, [z1, z2, z3], target=target, loss_kind=loss_kind, weight=weight)
@@ -75,9 +75,20 @@ def test_gradient_scale_multiplies_the_gate_gradient_only(kind):
 
 def test_gradient_scale_is_checked_and_serialized():
     with pytest.raises(ValueError, match="gradient_scale"):
-        GumbelGate(2, gradient_scale=0.0)
+        GumbelGate(2, gradient_scale=-1.0)
     gate = GumbelGate(2, gradient_scale=25.0)
     assert GumbelGate.from_config(gate.get_config()).gradient_scale == 25.0
+
+
+def test_gradient_scale_zero_freezes_the_gates_while_the_network_trains(fashion_mnist_small):
+    x, y = fashion_mnist_small
+    model = small_gated_model(kind="independent", gradient_scale=0.0)
+    model.compile(optimizer=keras.optimizers.SGD(0.1, momentum=0.9), loss="sparse_categorical_crossentropy")
+    logits = model.get_layer("block2_gate").logits.numpy().copy()
+    kernels = [w.numpy().copy() for w in model.trainable_weights if "kernel" in w.path]
+    model.fit(x[:64], y[:64], batch_size=32, epochs=1, verbose=0)
+    np.testing.assert_array_equal(model.get_layer("block2_gate").logits.numpy(), logits)
+    assert any(not np.allclose(w.numpy(), k) for w, k in zip((w for w in model.trainable_weights if "kernel" in w.path), kernels))
 
 
 def test_training_step_moves_gate_logits(fashion_mnist_small):
