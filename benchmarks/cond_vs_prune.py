@@ -9,15 +9,17 @@ both kinds on the small gated MobileNetV2 for Fashion-MNIST (``gumbel_mobilenet_
 * fine-tuned from the trained dense ``mobilenet_v2_fashion_mnist`` (the authors' advice) with SGD
   0.01, momentum 0.9, cosine decay, for ``--epochs`` epochs on the first ``--limit`` training images;
   Prune gates take their gradients x100 (``benchmarks/gate_polarization.py``: the setting under which
-  data-independent gates polarize), Cond gate networks x1; both start open with probability 0.9 and
-  weigh the activation loss 10, so that they reach their targets within the budget;
+  data-independent gates polarize), Cond gate networks x1 (arm ``cond``) and x30 (arm ``cond_x30``,
+  added because at x1 the Cond gates stopped near open, at 86-100% of the MACs); all start open with
+  probability 0.9 and weigh the activation loss 10;
 * evaluated on the first ``--test-examples`` test images after re-estimating the batch-norm
   statistics under threshold inference (``tfgated.train.recalibrate_batch_norm``): threshold
   top-1, the MACs per image measured from the gates taken, and stochastic top-1 (``--runs``).
 
 The dense model is evaluated the same way (its shipped weights), so every row has its MAC share
 and its accuracy change. The claim it checks: at each target, which kind is more accurate, and
-at how many MACs. A Prune model folds into a smaller graph (``tfgated.export``); a Cond model's
+at how many MACs; and, at equal MACs, each Cond model against Prune's accuracy interpolated
+linearly at the Cond model's MAC share (where Prune's rows span it). A Prune model folds into a smaller graph (``tfgated.export``); a Cond model's
 savings need gather-run-scatter or masking at run time (issue 25).
 
     python benchmarks/cond_vs_prune.py               # 6 configurations, about 35 minutes on 2 cores
@@ -44,9 +46,13 @@ RESULTS = os.path.join(HERE, "results")
 RUNS = os.path.join(os.path.dirname(HERE), "runs")
 GATED = "gumbel_mobilenet_v2_fashion_mnist"
 DENSE = "mobilenet_v2_fashion_mnist"
-KINDS = {"prune": "independent", "cond": "dependent"}
+KINDS = {"prune": "independent", "cond": "dependent", "cond_x30": "dependent"}
+#: The gate-gradient multiplier of each arm: Prune's logits x100; Cond's gate networks x1, and x30 in ``cond_x30``,
+#: the arm added because at x1 the Cond gates stopped near open (86-100% of the MACs), too far from Prune's MACs to
+#: compare the two at equal cost.
+GRADIENT_SCALES = {"prune": 100.0, "cond": 1.0, "cond_x30": 30.0}
+COLORS = {"prune": "#1f77b4", "cond": "#d62728", "cond_x30": "#ff7f0e"}
 RECIPE = {"optimizer": "sgd", "learning_rate": 0.01, "momentum": 0.9}
-PRUNE_GRADIENT_SCALE = 100.0
 #: Both kinds start their gates open with probability 0.9 (the presets: 0.982, where the sigmoid's slope is 0.018) and
 #: weigh the activation loss 10: at the presets' settings neither reached its target in the budget (a first run: Prune
 #: x500 stopped at activation 0.68 for t=0.3, Cond gates stayed open, 1.000).
@@ -84,8 +90,8 @@ def train_options(kind, target, args):
     from tfgated.cli.train import TrainOptions
 
     gates = {"kind": KINDS[kind], "target": target, **GATE_SETTINGS}
-    if kind == "prune":
-        gates["gradient_scale"] = PRUNE_GRADIENT_SCALE
+    if GRADIENT_SCALES[kind] != 1.0:
+        gates["gradient_scale"] = GRADIENT_SCALES[kind]
     return TrainOptions(limit=args.limit or None, overrides={**RECIPE, "epochs": args.epochs}, gates=gates,
                         init_from=DENSE, verbose=2)
 
@@ -110,18 +116,42 @@ def evaluate(model, test, calibration, args, gated=True):
     return row
 
 
+def _prune_at(prune_rows, mac_fraction):
+    """Prune's top-1 interpolated linearly at ``mac_fraction`` between its rows; None outside their range."""
+    line = sorted((r["mac_fraction"], r["top1"]) for r in prune_rows)
+    for (m0, a0), (m1, a1) in zip(line, line[1:]):
+        if m0 <= mac_fraction <= m1:
+            return a0 if m1 == m0 else a0 + (a1 - a0) * (mac_fraction - m0) / (m1 - m0)
+    return None
+
+
 def claims(rows):
-    """At each target: is Cond more accurate than Prune (threshold inference), and at what MAC share."""
+    """Per Cond arm: at each target, is it more accurate than Prune (threshold inference), and at what MAC
+    share; and against Prune's accuracy interpolated at the Cond model's own MAC share (equal MACs)."""
     by = {(r["kind"], r["target"]): r for r in rows if r["kind"] != "dense"}
-    pairs = []
-    for target in sorted({t for _, t in by}):
-        cond, prune = by.get(("cond", target)), by.get(("prune", target))
-        if cond and prune:
-            pairs.append({"target": target,
-                          "cond": {"top1": cond["top1"], "mac_fraction": cond["mac_fraction"]},
-                          "prune": {"top1": prune["top1"], "mac_fraction": prune["mac_fraction"]},
-                          "cond_better": bool(cond["top1"] > prune["top1"])})
-    return {"cond_beats_prune": {"pairs": pairs, "wins": sum(p["cond_better"] for p in pairs), "of": len(pairs)}}
+    prune_rows = [r for r in rows if r["kind"] == "prune"]
+    result = {}
+    for arm in (k for k in KINDS if k != "prune"):
+        pairs, equal = [], []
+        for target in sorted({t for _, t in by}):
+            cond, prune = by.get((arm, target)), by.get(("prune", target))
+            if cond and prune:
+                pairs.append({"target": target,
+                              "cond": {"top1": cond["top1"], "mac_fraction": cond["mac_fraction"]},
+                              "prune": {"top1": prune["top1"], "mac_fraction": prune["mac_fraction"]},
+                              "cond_better": bool(cond["top1"] > prune["top1"])})
+            if cond:
+                at = _prune_at(prune_rows, cond["mac_fraction"])
+                if at is not None:
+                    equal.append({"target": target, "mac_fraction": cond["mac_fraction"], "cond": cond["top1"],
+                                  "prune_interpolated": at, "cond_better": bool(cond["top1"] > at)})
+        if not pairs:
+            continue
+        key = "cond_beats_prune" if arm == "cond" else f"{arm}_beats_prune"
+        result[key] = {"pairs": pairs, "wins": sum(p["cond_better"] for p in pairs), "of": len(pairs)}
+        result[key.replace("beats_prune", "beats_prune_at_equal_macs")] = {
+            "pairs": equal, "wins": sum(p["cond_better"] for p in equal), "of": len(equal)}
+    return result
 
 
 def table(rows):
@@ -145,10 +175,10 @@ def plot(rows, path):
     from tfgated.io import save_figure
 
     fig, ax = plt.subplots(figsize=(6, 4))
-    for kind, color in (("prune", "#1f77b4"), ("cond", "#d62728")):
+    for kind, color in COLORS.items():
         line = sorted((r for r in rows if r["kind"] == kind), key=lambda r: r["mac_fraction"])
         ax.plot([r["mac_fraction"] for r in line], [r["top1"] for r in line], "o-", color=color,
-                label=f"{kind.capitalize()} ({KINDS[kind]} gates)")
+                label=f"{kind.capitalize()} ({KINDS[kind]} gates, gradients x{GRADIENT_SCALES[kind]:g})")
         for r in line:
             ax.annotate(f"t={r['target']:g}", (r["mac_fraction"], r["top1"]), fontsize=7, xytext=(4, -10),
                         textcoords="offset points")
@@ -208,7 +238,7 @@ def main(argv=None):
         "preset": GATED,
         "warm_start_from": DENSE,
         "recipe_overrides": RECIPE,
-        "prune_gradient_scale": PRUNE_GRADIENT_SCALE,
+        "gradient_scales": GRADIENT_SCALES,
         "gate_settings": GATE_SETTINGS,
         "epochs": args.epochs,
         "train_images": args.limit or "all (54,000 after the validation split)",

@@ -122,7 +122,13 @@ def cond_vs_prune(data):
     for r in data["rows"]:
         label = r["kind"] if r["target"] is None else f"{r['kind']} t={r['target']:g}"
         figures.append(f"{label}: {_acc(r['top1'])} at {_pct(r['mac_fraction'])} of the MACs")
-    figures.append(f"Cond beats Prune {_wins(data['claims']['cond_beats_prune'])}; paper's numbers: not readable here")
+    claims = data["claims"]
+    for key in sorted(k for k in claims if not k.endswith("_at_equal_macs")):
+        arm = key[: -len("_beats_prune")].replace("cond_x", "Cond x").replace("cond", "Cond")
+        equal = claims.get(key.replace("beats_prune", "beats_prune_at_equal_macs"))
+        at_equal = f", at equal MACs {_wins(equal)}" if equal and equal["of"] else ", at equal MACs: no overlap"
+        figures.append(f"{arm} beats Prune at the same target {_wins(claims[key])}{at_equal}")
+    figures.append("paper's numbers: not readable here")
     return what, "; ".join(figures)
 
 

@@ -97,3 +97,15 @@ def test_sipa_learned_pruning_needs_both_the_macs_removed_and_the_accuracy(bench
     assert (too_costly["goal_met"], too_costly["macs_goal_met"], too_costly["verdict"]) == (False, False, "not reproduced")
     too_weak = claims([_learned(0.92, 0.45)] + magnitude)  # 1 point below the 20-epoch magnitude model
     assert (too_weak["goal_met"], too_weak["macs_goal_met"], too_weak["gap_points"]) == (False, True, 1.0)
+
+
+def test_cond_vs_prune_compares_at_equal_macs_by_interpolating_prune(bench):
+    def row(kind, target, top1, macs):
+        return {"kind": kind, "target": target, "top1": top1, "mac_fraction": macs}
+
+    rows = [row("dense", None, 0.92, 1.0), row("prune", 0.3, 0.80, 0.30), row("prune", 0.5, 0.84, 0.50),
+            row("cond_x30", 0.3, 0.83, 0.40), row("cond_x30", 0.5, 0.90, 0.90)]
+    claims = bench["cond_vs_prune"].claims(rows)
+    (equal,) = claims["cond_x30_beats_prune_at_equal_macs"]["pairs"]  # 0.90 MACs lies outside Prune's rows
+    assert equal["prune_interpolated"] == pytest.approx(0.82) and equal["cond_better"] is True
+    assert claims["cond_x30_beats_prune"]["wins"] == 2 and "cond_beats_prune" not in claims
