@@ -136,7 +136,7 @@ def test_zoo_presets_fold(name):
 def test_the_fold_report_says_when_constant_masks_cost_more_than_folding_saved():
     from tfgated.export.fold import FoldReport
 
-    # the shipped sipa_fashion_mnist_gated: no channel removable, seven constant masks
+    # the earlier sipa_fashion_mnist_gated (gates before the depthwise and SE): no channel removable, seven constant masks
     costly = FoldReport("threshold", macs_before=25_457_296, macs_after=25_634_896, masked_constant={"block3_expand_mask": 176})
     assert "costs 177,600 MACs more than the unfolded one" in str(costly)
     saving = FoldReport("threshold", macs_before=3_047_216, macs_after=656_026, masked_constant={"block_1_project_mask": 12})

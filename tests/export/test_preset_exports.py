@@ -80,3 +80,21 @@ def test_exporting_a_preset_without_weights_is_refused(tmp_path, capsys):
     assert len(err.splitlines()) == 1
     assert "python -m tfgated train --model gumbel_densenet_cifar10_exit" in err and "--weights none" in err
     assert not path.exists()
+
+
+@needs_fmnist
+@pytest.mark.slow
+def test_the_learned_pruning_preset_exported_by_name_computes_the_macs_its_card_promises(raw_test, tmp_path):
+    """``sipa_fashion_mnist_gated``: the MACs its card counts under threshold inference are the MACs
+    the exported file computes (the closed channels are gone, not masked), at the card's top-1."""
+    name = "sipa_fashion_mnist_gated"
+    path = str(tmp_path / "sipa_gated.tflite")
+    assert export_main(["--tflite", name, "-o", path]) == 0
+    with open(path + ".json", encoding="utf-8") as f:
+        sidecar = json.load(f)
+    promised = registry.weights_index()[name]["measured"]["macs"]
+    assert sidecar["macs_after_folding"] == pytest.approx(promised, rel=0.01)
+    assert sidecar["macs_after_folding"] < 0.6 * sidecar["macs_before_folding"]
+    images, labels = raw_test
+    top1 = float(np.mean(np.argmax(run_file(path, images.astype("float32")), -1) == labels))
+    assert top1 == pytest.approx(card_top1(name), abs=0.005)

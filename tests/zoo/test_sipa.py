@@ -130,10 +130,14 @@ def test_gated_preset_gates_every_block_and_keeps_non_residual_blocks_open():
     assert {name for name, g in gates.items() if not g.force_open} == {
         "block3_expand_gate", "block6_expand_gate", "block8_expand_gate"}
     assert all(g.kind == "independent" for g in gates.values())
+    # after the depthwise activation, before squeeze-and-excitation: a closed channel is zero into both
     mask = model.get_layer("block5_expand_mask")
-    assert mask.input[0] is model.get_layer("block5_expand_activation").output
+    assert mask.input[0] is model.get_layer("block5_activation").output
+    assert model.get_layer("block5_se_squeeze").input is mask.output
     loss = model.get_layer("activation_loss")
     assert loss.loss_kind == "per_batch" and loss.target == pytest.approx(0.5)
+    # the target is a fraction of the gated MACs: each gate tensor weighs the MACs it controls
+    assert loss.gate_weights[5] > loss.gate_weights[0] > 0
 
 
 def test_closed_gates_zero_their_expansion_channels():
