@@ -12,7 +12,11 @@ projection. Two phases, both ``python -m tfgated train`` runs (:func:`tfgated.cl
    gate steps), per-batch activation loss weighing 10 with its target a fraction (0.5) of the gated
    MACs (``target_measure="macs"``);
 2. **fine-tune**: the gates frozen (``gradient_scale=0``, activation loss weight 0) and the network
-   trained ``--fine-tune-epochs`` more around the learned selection, SGD 0.01 cosine again.
+   trained ``--fine-tune-epochs`` more around the learned selection, SGD 0.01 cosine again. The
+   gates end the first phase far from polarized, so frozen gates still sample other channels in
+   training than threshold inference keeps;
+3. **hardened fine-tune**: the same, after each gate's logit is set to +-10 by its threshold
+   decision (the folded network is unchanged, the training samples now equal it).
 
 Each phase is scored on the full test split under threshold inference: top-1, the share of
 polarized gates (open probability < 1% or > 99%), the MACs per image counted from the gates
@@ -25,7 +29,7 @@ zeros, which a dense runtime still multiplies (their MACs stay 100%).
 The issue's goal: the learned model within 0.5 points of magnitude pruning at 50% of the MACs,
 the MACs really removed by folding.
 
-    python benchmarks/sipa_learned_pruning.py              # both phases: about 2 hours on 2 cores
+    python benchmarks/sipa_learned_pruning.py              # three phases: about 2.5 hours on 2 cores
     python benchmarks/sipa_learned_pruning.py --gates-model runs/train_sipa_fashion_mnist_gated_mac50/model.keras
     python benchmarks/sipa_learned_pruning.py --quick      # smoke run, output under runs/
 
@@ -56,6 +60,8 @@ GOAL_MAC_FRACTION = 0.5
 GOAL_POINTS = 0.5
 #: what the frozen fine-tune changes in the preset's gate settings
 FROZEN_GATES = {"gradient_scale": 0.0, "weight": 0.0}
+#: the hardened fine-tune's gate logits: a Gumbel sample flips such a gate with probability about exp(-10)
+HARD_LOGIT = 10.0
 MAGNITUDE_FILES = (("sipa_prune_long.json", "magnitude 50%, 4 epochs"),
                    ("sipa_prune_ft20.json", "magnitude 50%, 20 epochs (sipa_fashion_mnist_pruned)"))
 
@@ -98,9 +104,27 @@ def gate_phase(args):
     return _train(os.path.join(args.run_dir, "gates"), args, init_from=DENSE)
 
 
-def fine_tune_phase(gates_model, args):
+def hardened(gates_model, args):
+    """``gates_model`` with every gate's logit set to +-HARD_LOGIT by its threshold decision, saved beside
+    the run folders: the same folded network, but training samples it (almost) deterministically."""
+    import numpy as np
+
+    import tfgated
+    from tfgated.io import load_model, save_model
+
+    path = os.path.join(args.run_dir, "gates_hardened.keras")
+    if not os.path.exists(path):
+        model = load_model(gates_model, compile=False)
+        for gate in tfgated.gate_layers(model):
+            open_ = np.asarray(gate.probabilities()) > gate.threshold
+            gate.logits.assign(np.where(open_, HARD_LOGIT, -HARD_LOGIT).astype("float32"))
+        save_model(model, path)
+    return path
+
+
+def fine_tune_phase(gates_model, args, name="fine_tune"):
     overrides = {"epochs": args.fine_tune_epochs, "learning_rate": args.fine_tune_lr}
-    return _train(os.path.join(args.run_dir, "fine_tune"), args, init_from=gates_model, gates=dict(FROZEN_GATES),
+    return _train(os.path.join(args.run_dir, name), args, init_from=gates_model, gates=dict(FROZEN_GATES),
                   overrides=overrides)
 
 
@@ -224,13 +248,15 @@ def main(argv=None):
 
     gates_model = gate_phase(args)
     fine_tuned = fine_tune_phase(gates_model, args)
+    fine_tuned_hard = fine_tune_phase(hardened(gates_model, args), args, name="fine_tune_hardened")
     dense = evaluate_model(zoo.load(DENSE, weights="default", compile=False), test, style=None, runs=1)
     rows = [{"config": "dense parent", "top1": dense["top1"], "macs": float(dense["macs"]),
              "mac_fraction": 1.0, "folded_mac_fraction": 1.0}]
-    for phase, path in (("gates", gates_model), ("fine_tune", fine_tuned)):
+    labels = {"gates": "learned: gates, {} epochs", "fine_tune": "learned: + frozen-gate fine-tune, {} epochs",
+              "fine_tune_hardened": "learned: + hardened frozen-gate fine-tune, {} epochs"}
+    for phase, path in (("gates", gates_model), ("fine_tune", fine_tuned), ("fine_tune_hardened", fine_tuned_hard)):
         epochs = _run_epochs(path)
-        row = {"config": f"learned: gates, {epochs} epochs" if phase == "gates"
-               else f"learned: + frozen-gate fine-tune, {epochs} epochs", "phase": phase, "epochs": epochs,
+        row = {"config": labels[phase].format(epochs), "phase": phase, "epochs": epochs,
                **score(path, test, parity_images)}
         row["mac_fraction"] = row["macs"] / row["dense_macs"]
         row["folded_mac_fraction"] = row["folded_macs"] / row["dense_macs"]
