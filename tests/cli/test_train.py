@@ -130,6 +130,20 @@ def test_gate_settings_replace_the_presets_and_are_recorded(tmp_path):
         resolve_model_and_recipe(str(tmp_path / "m.keras"), gates=gates)
 
 
+def test_gate_flag_reaches_the_options_and_a_dense_preset_refuses_it_in_one_line(tmp_path, capsys):
+    from tfgated.cli.train import _options, build_parser
+
+    args = build_parser().parse_args(["--model", "sipa_fashion_mnist_gated", "--gate", "gradient_scale=0",
+                                      "--gate", "weight=0"])
+    assert _options(args).gates == {"gradient_scale": 0, "weight": 0}
+    assert _options(build_parser().parse_args(["--model", "sipa_fashion_mnist_gated"])).gates is None
+    assert cli_main(["train", "--model", "resnet_fashion_mnist", "--gate", "weight=0",
+                     "--run-dir", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "has no gates" in err
+    assert not (tmp_path / "r").exists()
+
+
 @pytest.mark.slow
 def test_init_from_warm_starts_the_run(tmp_path, model_file, capsys):
     import keras

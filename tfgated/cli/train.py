@@ -277,6 +277,11 @@ def build_parser():
         "--set", action="append", default=[], metavar="SWITCH=VALUE",
         help="override an improving switch, e.g. --set label_smoothing=0.3 --set augment=flip",
     )
+    p.add_argument(
+        "--gate", action="append", default=[], metavar="SETTING=VALUE",
+        help="change a gated preset's gate setting, e.g. --gate gradient_scale=0 --gate weight=0 (freeze the "
+             "gates and fine-tune around them)",
+    )
     p.add_argument("--anneal-target", nargs=3, type=float, metavar=("START", "END", "EPOCHS"), default=None)
     p.add_argument(
         "--init-from", default=None, metavar="MODEL",
@@ -306,6 +311,7 @@ def _options(args):
         limit=args.limit,
         validation_split=args.validation_split,
         overrides=overrides,
+        gates=parse_key_values(args.gate, "--gate") or None,
         init_from=args.init_from,
         anneal=args.anneal_target,
         seed=args.seed,
