@@ -562,6 +562,9 @@ PRESETS = {
             "epochs": 6,
             "augment": "pad2_crop_flip",
             "start": "sipa_fashion_mnist (shipped weights): python -m tfgated train --init-from sipa_fashion_mnist",
+            "fine_tune": {"epochs": 6, "learning_rate": 0.01, "gates": "frozen (--gate gradient_scale=0 --gate "
+                          "weight=0), logits set to +-10 by their threshold decision first",
+                          "command": "python benchmarks/sipa_learned_pruning.py"},
         },
         gates={"kind": "independent", "loss_kind": "per_batch", "target": 0.5, "target_measure": "macs",
                "weight": 10.0, "granularity": 8, "open_probability": 0.9, "gradient_scale": 200},
