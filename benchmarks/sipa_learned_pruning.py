@@ -107,17 +107,13 @@ def gate_phase(args):
 def hardened(gates_model, args):
     """``gates_model`` with every gate's logit set to +-HARD_LOGIT by its threshold decision, saved beside
     the run folders: the same folded network, but training samples it (almost) deterministically."""
-    import numpy as np
-
     import tfgated
     from tfgated.io import load_model, save_model
 
     path = os.path.join(args.run_dir, "gates_hardened.keras")
     if not os.path.exists(path):
         model = load_model(gates_model, compile=False)
-        for gate in tfgated.gate_layers(model):
-            open_ = np.asarray(gate.probabilities()) > gate.threshold
-            gate.logits.assign(np.where(open_, HARD_LOGIT, -HARD_LOGIT).astype("float32"))
+        tfgated.harden_gates(model, HARD_LOGIT)  # what `python -m tfgated train --harden-gates` does
         save_model(model, path)
     return path
 

@@ -34,6 +34,7 @@ _LAZY = {
     "gate_rates": "tfgated.inference",
     "gate_values": "tfgated.inference",
     "get_inference_style": "tfgated.inference",
+    "harden_gates": "tfgated.inference",
     "predict": "tfgated.inference",
     "reset_gate_noise": "tfgated.inference",
     "set_inference_style": "tfgated.inference",

@@ -87,6 +87,41 @@ def gate_layers(model):
     return find_layers(model, GumbelGate)
 
 
+#: the logit magnitude :func:`harden_gates` sets: a Gumbel sample flips such a gate with probability ~exp(-10)
+HARD_LOGIT = 10.0
+
+
+def harden_gates(model, logit=HARD_LOGIT):
+    """Fix every data-independent gate of ``model`` at its threshold decision, in place.
+
+    Each gate's logits become ``+logit`` where its open probability exceeds its threshold and
+    ``-logit`` elsewhere: the same network at threshold inference (and so the same folded
+    export), but training now samples it almost deterministically (a gate flips with
+    probability about ``exp(-logit)``). Fine-tune afterwards with the gates frozen
+    (``gradient_scale=0``, activation loss ``weight=0``; ``python -m tfgated train
+    --harden-gates``) to train the pruned network as it will run.
+
+    Returns:
+        The number of gates hardened. Raises ``ValueError`` for a model without gates, or with
+        data-dependent gates (their decision depends on the input: nothing to fix).
+    """
+    import numpy as np
+
+    if not isinstance(logit, (int, float)) or isinstance(logit, bool) or not logit > 0:
+        raise ValueError(f"Expected logit to be a positive number. Received: logit={logit!r}")
+    gates = gate_layers(model)
+    if not gates:
+        raise ValueError(f"Model {model.name!r} has no tfgated gates to harden.")
+    dependent = [g.name for g in gates if g.kind != "independent"]
+    if dependent:
+        raise ValueError(f"Only data-independent gates can be hardened: {dependent[:3]} decide per input. "
+                         f"Received: a model with {len(dependent)} data-dependent gates.")
+    for gate in gates:
+        open_ = np.asarray(gate.probabilities()) > gate.threshold
+        gate.logits.assign(np.where(open_, logit, -logit).astype(gate.logits.dtype))
+    return len(gates)
+
+
 def activation_loss_layers(model):
     """Every :class:`~tfgated.losses.GateActivationLoss` of ``model``."""
     return find_layers(model, GateActivationLoss)

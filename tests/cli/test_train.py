@@ -164,6 +164,42 @@ def test_init_from_warm_starts_the_run(tmp_path, model_file, capsys):
     assert json.loads((run / "config.json").read_text())["init_from"] == source
 
 
+@pytest.mark.slow
+def test_harden_gates_fine_tunes_the_pruned_network_as_it_will_run(tmp_path, capsys):
+    """The walk of study 9's last phase by the CLI: warm start from a shipped Ind preset,
+    ``--harden-gates``: the run's model keeps the source's threshold decisions as logits +-10,
+    untouched by training (gates frozen), and the run records the switch."""
+    from tfgated import zoo
+
+    preset = "gumbel_resnet_fashion_mnist_ind_pb_t0.6"
+    source = zoo.load(preset, compile=False)
+    decisions = {g.name: np.asarray(g.probabilities()) > g.threshold for g in tfgated.gate_layers(source)}
+    run = tmp_path / "run"
+    argv = ["train", "--model", preset, "--init-from", preset, "--harden-gates", "--limit", "300", "--epochs", "1",
+            "--batch-size", "64", "--run-dir", str(run), "--verbose", "0"]
+    capsys.readouterr()
+    assert cli_main(argv) == 0
+    assert f"Hardened {len(decisions)} gates at their threshold decisions; gates frozen." in capsys.readouterr().out
+    config = json.loads((run / "config.json").read_text())
+    assert config["harden_gates"] is True and config["init_from"] == preset
+    trained = load_model(str(run / "model.keras"))
+    for gate in tfgated.gate_layers(trained):
+        np.testing.assert_array_equal(np.asarray(gate.logits), np.where(decisions[gate.name], 10.0, -10.0))
+    assert trained.get_layer("activation_loss").weight == 0.0
+
+
+def test_harden_gates_needs_a_warm_start_and_a_preset(tmp_path, model_file, capsys):
+    for argv, message in (
+        (["--model", "gumbel_resnet_fashion_mnist_ind_pb_t0.6"], "give it with --init-from"),
+        (["--model", model_file, "--init-from", model_file], "is a model file"),
+    ):
+        capsys.readouterr()
+        assert cli_main(["train", *argv, "--harden-gates", "--run-dir", str(tmp_path / "r"), "--limit", "64"]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and message in err
+        assert not (tmp_path / "r").exists()
+
+
 def test_multi_worker_refuses_overwrite(tmp_path, model_file, capsys):
     rc = cli_main(["train", "--model", model_file, "--run-dir", str(tmp_path / "r"), "--strategy", "multi_worker",
                    "--overwrite"])

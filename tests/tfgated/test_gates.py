@@ -440,3 +440,32 @@ def test_gated_model_targets_a_fraction_of_the_gated_macs(tmp_path):
         GateSettings.from_config({"target_measure": "flops"})
     with pytest.raises(ValueError, match="one gate weight per gate tensor"):
         loss.set_gate_weights([1.0])
+
+
+def test_harden_gates_fixes_each_gate_at_its_threshold_decision(fashion_mnist_small):
+    x, _ = fashion_mnist_small
+    model = small_gated_model(kind="independent")
+    rng = np.random.default_rng(0)
+    gates = tfgated.gate_layers(model)
+    for gate in gates:
+        gate.logits.assign(rng.normal(0.0, 1.5, gate.units).astype("float32"))
+    decisions = [np.asarray(g.probabilities()) > g.threshold for g in gates]
+    tfgated.set_inference_style(model, "threshold")
+    before = model.predict(x[:32], verbose=0)
+    assert tfgated.harden_gates(model) == len(gates) == 3
+    for gate, decision in zip(gates, decisions):
+        np.testing.assert_array_equal(np.asarray(gate.logits), np.where(decision, 10.0, -10.0))
+    np.testing.assert_allclose(model.predict(x[:32], verbose=0), before, atol=1e-6)  # the same network
+    # training samples it: with logits at +-10 a 1,000-sample draw agrees with the decisions
+    gate = gates[1]
+    samples = np.asarray(gate(np.zeros((1000, 1), "float32"), training=True))
+    assert (samples == decisions[1].astype("float32")).all()
+
+
+def test_harden_gates_refuses_what_it_cannot_fix():
+    with pytest.raises(ValueError, match="data-dependent gates"):
+        tfgated.harden_gates(small_gated_model(kind="dependent"))
+    with pytest.raises(ValueError, match="no tfgated gates"):
+        tfgated.harden_gates(keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)]))
+    with pytest.raises(ValueError, match="Received: logit=0"):
+        tfgated.harden_gates(small_gated_model(kind="independent"), logit=0)

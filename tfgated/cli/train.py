@@ -21,6 +21,8 @@ from typing import Any, Optional
 from tfgated.cli.common import add_debug_flag, parse_key_values, positive_float, positive_int, run_command
 
 STRATEGIES = ("default", "mirrored", "multi_worker")
+#: the gate settings of a fine-tune around fixed gates (``--harden-gates``)
+FROZEN_GATES = {"gradient_scale": 0.0, "weight": 0.0}
 
 __all__ = ["STRATEGIES", "TrainOptions", "build_parser", "main", "parse_sets", "resolve_model_and_recipe", "train"]
 
@@ -42,6 +44,10 @@ class TrainOptions:
             layers of the same name and shapes initialize the model
             (:func:`tfgated.train.transfer_weights`), e.g. ``"sipa_fashion_mnist"`` for
             ``"sipa_fashion_mnist_gated"``.
+        harden_gates: after the warm start (``init_from`` required), fix every data-independent
+            gate at its threshold decision (:func:`tfgated.inference.harden_gates`) and freeze
+            the gates (``gradient_scale=0``, ``weight=0`` unless ``gates`` says otherwise): the
+            fine-tune trains the pruned network as its export will run it.
         anneal: optional ``(start, end, epochs)`` of :class:`~tfgated.callbacks.TargetAnnealing`.
         seed: seed of the data split, the initialization and the shuffling.
         verbose: Keras verbosity: ``"auto"``, 0, 1 (progress bar) or 2.
@@ -59,6 +65,7 @@ class TrainOptions:
     overrides: dict = dataclasses.field(default_factory=dict)
     gates: Optional[dict] = None
     init_from: Optional[str] = None
+    harden_gates: bool = False
     anneal: Optional[Any] = None
     seed: int = 42
     verbose: Any = "auto"
@@ -167,6 +174,8 @@ def _run_config(model, data, options, overrides):
         config["gates"] = dict(options.gates)  # only when given, so earlier run folders still resume
     if options.init_from:
         config["init_from"] = os.fspath(options.init_from)  # likewise
+    if options.harden_gates:
+        config["harden_gates"] = True  # likewise
     return config
 
 
@@ -242,9 +251,17 @@ def _train_locked(model, run_dir, options, preset, data, config, callbacks, chie
     recipe = Recipe.from_dict(dict(config["overrides"])) if preset is None else Recipe.from_preset(
         preset["recipe"], **config["overrides"])[0]
     splits = data.splits(recipe)
+    gates = options.gates
+    if options.harden_gates:
+        if not options.init_from:
+            raise ValueError("--harden-gates fixes the gate decisions of a trained model: give it with --init-from.")
+        if is_model_path(model):
+            raise ValueError(f"--harden-gates freezes a zoo preset's gates; {model!r} is a model file: train the "
+                             "preset it was built from, with --init-from the file.")
+        gates = {**FROZEN_GATES, **(gates or {})}
     keras_model, recipe, _ = resolve_model_and_recipe(
         model, config["overrides"], input_shape=splits.info.input_shape, num_classes=splits.info.num_classes,
-        gates=options.gates,
+        gates=gates,
     )
     if options.anneal and not activation_loss_layers(keras_model):
         raise ValueError(f"--anneal-target moves the gates' target rate; {model!r} has no activation loss to anneal.")
@@ -255,6 +272,11 @@ def _train_locked(model, run_dir, options, preset, data, config, callbacks, chie
             return finished
         if source is not None and not main_phase_done(run_dir):
             warm_start(keras_model, source, options.init_from)
+            if options.harden_gates:
+                from tfgated.inference import harden_gates
+
+                print(f"Hardened {harden_gates(keras_model)} gates at their threshold decisions; gates frozen.",
+                      flush=True)
         return train_model(
             keras_model, recipe, run_dir, data, config, splits=splits, anneal=options.anneal,
             verbose=options.verbose, callbacks=callbacks, chief=chief,
@@ -281,6 +303,11 @@ def build_parser():
         "--gate", action="append", default=[], metavar="SETTING=VALUE",
         help="change a gated preset's gate setting, e.g. --gate gradient_scale=0 --gate weight=0 (freeze the "
              "gates and fine-tune around them)",
+    )
+    p.add_argument(
+        "--harden-gates", action="store_true",
+        help="with --init-from: fix every data-independent gate at its threshold decision (logits +-10) and "
+             "freeze the gates, then fine-tune the pruned network as its export will run it",
     )
     p.add_argument("--anneal-target", nargs=3, type=float, metavar=("START", "END", "EPOCHS"), default=None)
     p.add_argument(
@@ -313,6 +340,7 @@ def _options(args):
         overrides=overrides,
         gates=parse_key_values(args.gate, "--gate") or None,
         init_from=args.init_from,
+        harden_gates=args.harden_gates,
         anneal=args.anneal_target,
         seed=args.seed,
         verbose=args.verbose if args.verbose == "auto" else int(args.verbose),
