@@ -1,6 +1,7 @@
 """Data pieces of the training recipes: augmentation policies and mixup.
 
-:func:`augmentation_layer` names the Keras augmentation of a policy,
+:func:`augmentation_layer` names the Keras augmentation of a policy (the AutoAugment
+policies are :class:`tfgated.autoaugment.AutoAugment`),
 :func:`pad_crop_flip` is the ResNet CIFAR crop as a batch function and
 :func:`mixup_batch` a ``tf.data`` map (:class:`tfgated.recipes.Recipe` ``augment``
 and ``mixup``).
@@ -9,6 +10,8 @@ and ``mixup``).
 from __future__ import annotations
 
 import keras
+
+from tfgated.autoaugment import AutoAugment
 
 AUGMENT_POLICIES = (
     "none",
@@ -19,6 +22,8 @@ AUGMENT_POLICIES = (
     "random_resized_crop_flip",
     "randaugment",
     "augmix",
+    "autoaugment_cifar10",
+    "autoaugment_micronet",
 )
 
 
@@ -32,7 +37,10 @@ def augmentation_layer(policy, value_range=(0.0, 1.0), seed=None):
     ``random_resized_crop_flip`` (random zoom-in up to 2x plus flip, an
     approximation of Inception's random-resized crop),
     ``randaugment`` (``keras.layers.RandAugment``, 2 ops, factor 0.5),
-    ``augmix`` (``keras.layers.AugMix``, an AutoAugment-style mixture).
+    ``augmix`` (``keras.layers.AugMix``, an AutoAugment-style mixture),
+    ``autoaugment_cifar10`` (AutoAugment's CIFAR-10 policy, Cubuk et al. 2019) and
+    ``autoaugment_micronet`` (the SIPA authors' policy searched on CIFAR-100), both
+    :class:`tfgated.autoaugment.AutoAugment`.
     Images are float in ``value_range`` (``tfgated.data`` augments in [0, 1]).
     """
     if policy not in AUGMENT_POLICIES:
@@ -60,6 +68,8 @@ def augmentation_layer(policy, value_range=(0.0, 1.0), seed=None):
             ],
             name="augment_random_resized_crop_flip",
         )
+    if policy.startswith("autoaugment_"):
+        return AutoAugment(policy[len("autoaugment_"):], value_range=value_range, seed=seed, name=f"augment_{policy}")
     if policy == "randaugment":
         return keras.layers.RandAugment(value_range=value_range, seed=seed, name="augment_randaugment")
     return keras.layers.AugMix(value_range=value_range, seed=seed, name="augment_augmix")

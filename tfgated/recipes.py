@@ -33,7 +33,9 @@ switch                 piece
                        ``none``, ``flip``, ``shift_flip``,
                        ``pad2_crop_flip``, ``pad4_crop_flip``,
                        ``random_resized_crop_flip``, ``randaugment``,
-                       ``augmix``
+                       ``augmix``, ``autoaugment_cifar10`` (AutoAugment's
+                       CIFAR-10 policy), ``autoaugment_micronet`` (the SIPA
+                       authors' searched CIFAR-100 policy)
 ``stabilize_epochs``   "distribution stabilization": a short fine-tune with a
                        small constant LR (``stabilize_lr``) and only weak
                        augmentation (``stabilize_augment``), no mixup
@@ -299,8 +301,8 @@ class Recipe:
         ``lr_decay_factor``; no schedule -> constant LR; ``warmup: {"epochs":
         e}`` -> ``warmup_epochs`` (linear from 0); ``mixup_alpha`` -> ``mixup``;
         ``no_bias_decay`` -> ``bias_decay``; ``autoaugment`` -> ``augment=
-        "randaugment"`` (the authors' AutoAugment policy is not available in
-        Keras); ``optimizer: "adamw"`` -> ``"adam"`` (decay is decoupled anyway).
+        "autoaugment_micronet"`` (the authors' searched CIFAR-100 policy, whatever the
+        key's value); ``optimizer: "adamw"`` -> ``"adam"`` (decay is decoupled anyway).
         Keys of other stages (:data:`PRESET_IGNORED`) are skipped, ``precision_bits`` among
         them: a preset's is its deployment precision, so 16-bit quantization-aware training
         is asked for with the override ``precision_bits=16``. ``overrides``
@@ -328,7 +330,7 @@ class Recipe:
             elif key == "no_bias_decay":
                 values["bias_decay"] = not value
             elif key == "autoaugment":
-                values["augment"] = "randaugment"
+                values["augment"] = "autoaugment_micronet"
             elif key == "optimizer":
                 values["optimizer"] = "adam" if value == "adamw" else value
             elif key in PRESET_IGNORED:
