@@ -137,12 +137,13 @@ SIPA_GROUPS: List[Tuple[str, List[Candidate]]] = [
     ("stabilization", [Candidate("distribution stabilization", {"stabilize_epochs": 2})]),
 ]
 
-#: The baseline :data:`SIPA_GROUPS` start from (``Recipe`` switches): SGD with momentum at a
+#: The baseline :data:`SIPA_GROUPS` start from (``Recipe`` switches): SGD with plain momentum (the
+#: reference's ``torch.optim.SGD(momentum=0.9)``, no Nesterov) at a
 #: constant learning rate 0.1, the authors' weight decay 1e-5 on every weight (biases and batch
 #: norm included), ReLU, plain batch norm, no smoothing, mixup or augmentation. Against it every
 #: SIPA candidate changes the training (:func:`noop_candidates` is empty at batch size > 32).
 SIPA_BASE: Dict[str, object] = {
-    "optimizer": "sgd", "learning_rate": 0.1, "momentum": 0.9, "nesterov": True,
+    "optimizer": "sgd", "learning_rate": 0.1, "momentum": 0.9, "nesterov": False,
     "cosine_decay": False, "warmup_epochs": 0.0, "weight_decay": 1e-5, "bias_decay": True,
     "bn_decay": True, "ghost_batch_norm": 0, "label_smoothing": 0.0, "mixup": 0.0,
     "augment": "none", "activation": "relu", "stabilize_epochs": 0,

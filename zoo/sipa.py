@@ -436,6 +436,7 @@ _CIFAR_RECIPE = {
     "optimizer": "sgd",
     "learning_rate": 0.13,
     "momentum": 0.9,
+    "nesterov": False,  # the reference: torch.optim.SGD(momentum=0.9)
     "weight_decay": 1e-5,
     "epochs": 1200,
     "batch_size": 128,
