@@ -24,6 +24,7 @@ AUGMENT_POLICIES = (
     "augmix",
     "autoaugment_cifar10",
     "autoaugment_micronet",
+    "autoaugment_micronet_crop_flip",
 )
 
 
@@ -40,7 +41,9 @@ def augmentation_layer(policy, value_range=(0.0, 1.0), seed=None):
     ``augmix`` (``keras.layers.AugMix``, an AutoAugment-style mixture),
     ``autoaugment_cifar10`` (AutoAugment's CIFAR-10 policy, Cubuk et al. 2019) and
     ``autoaugment_micronet`` (the SIPA authors' policy searched on CIFAR-100), both
-    :class:`tfgated.autoaugment.AutoAugment`.
+    :class:`tfgated.autoaugment.AutoAugment`, and ``autoaugment_micronet_crop_flip``, the
+    authors' whole CIFAR-100 training augmentation: their policy, then a 4-pixel pad, random
+    crop and flip (a batch function, like ``pad{2,4}_crop_flip``).
     Images are float in ``value_range`` (``tfgated.data`` augments in [0, 1]).
     """
     if policy not in AUGMENT_POLICIES:
@@ -68,11 +71,25 @@ def augmentation_layer(policy, value_range=(0.0, 1.0), seed=None):
             ],
             name="augment_random_resized_crop_flip",
         )
+    if policy == "autoaugment_micronet_crop_flip":
+        return _then(AutoAugment("micronet", value_range=value_range, seed=seed, name="augment_autoaugment_micronet"),
+                     pad_crop_flip(4, seed=seed))
     if policy.startswith("autoaugment_"):
         return AutoAugment(policy[len("autoaugment_"):], value_range=value_range, seed=seed, name=f"augment_{policy}")
     if policy == "randaugment":
         return keras.layers.RandAugment(value_range=value_range, seed=seed, name="augment_randaugment")
     return keras.layers.AugMix(value_range=value_range, seed=seed, name="augment_augmix")
+
+
+def _then(layer, batch_fn):
+    """A batch function: ``layer`` (in training mode), then ``batch_fn``."""
+
+    def fn(images, training=True):
+        if not training:
+            return images
+        return batch_fn(layer(images, training=True))
+
+    return fn
 
 
 def pad_crop_flip(pad, seed=None):

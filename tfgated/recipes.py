@@ -35,7 +35,9 @@ switch                 piece
                        ``random_resized_crop_flip``, ``randaugment``,
                        ``augmix``, ``autoaugment_cifar10`` (AutoAugment's
                        CIFAR-10 policy), ``autoaugment_micronet`` (the SIPA
-                       authors' searched CIFAR-100 policy)
+                       authors' searched CIFAR-100 policy),
+                       ``autoaugment_micronet_crop_flip`` (that policy, then
+                       their pad-4 crop and flip)
 ``stabilize_epochs``   "distribution stabilization": a short fine-tune with a
                        small constant LR (``stabilize_lr``) and only weak
                        augmentation (``stabilize_augment``), no mixup
@@ -301,8 +303,8 @@ class Recipe:
         ``lr_decay_factor``; no schedule -> constant LR; ``warmup: {"epochs":
         e}`` -> ``warmup_epochs`` (linear from 0); ``mixup_alpha`` -> ``mixup``;
         ``no_bias_decay`` -> ``bias_decay``; ``autoaugment`` -> ``augment=
-        "autoaugment_micronet"`` (the authors' searched CIFAR-100 policy, whatever the
-        key's value); ``optimizer: "adamw"`` -> ``"adam"`` (decay is decoupled anyway).
+        "autoaugment_micronet_crop_flip"`` (the authors' searched CIFAR-100 policy followed
+        by their pad-4 crop and flip, whatever the key's value); ``optimizer: "adamw"`` -> ``"adam"`` (decay is decoupled anyway).
         Keys of other stages (:data:`PRESET_IGNORED`) are skipped, ``precision_bits`` among
         them: a preset's is its deployment precision, so 16-bit quantization-aware training
         is asked for with the override ``precision_bits=16``. ``overrides``
@@ -330,7 +332,7 @@ class Recipe:
             elif key == "no_bias_decay":
                 values["bias_decay"] = not value
             elif key == "autoaugment":
-                values["augment"] = "autoaugment_micronet"
+                values["augment"] = "autoaugment_micronet_crop_flip"
             elif key == "optimizer":
                 values["optimizer"] = "adam" if value == "adamw" else value
             elif key in PRESET_IGNORED:

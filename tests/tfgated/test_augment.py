@@ -315,3 +315,27 @@ def test_config_round_trip_and_registration():
 def test_policies_are_listed():
     assert {"autoaugment_cifar10", "autoaugment_micronet", "randaugment"} <= set(augment.AUGMENT_POLICIES)
     assert augment.augmentation_layer("autoaugment_cifar10").policy == "cifar10"
+
+
+def test_authors_whole_augmentation_is_the_policy_then_pad4_crop_and_flip():
+    """``autoaugment_micronet_crop_flip`` (what a preset's ``autoaugment`` key gives): the policy,
+    then a 4-pixel zero pad and random crop, so some outputs carry zero rows or columns the
+    policy alone (grey fill, images in [0.3, 0.7]) never makes; identity at inference."""
+    x = np.random.default_rng(0).uniform(0.3, 0.7, (64, 32, 32, 3)).astype("float32")
+    fn = augment.augmentation_layer("autoaugment_micronet_crop_flip", seed=5)
+    out = np.asarray(tf.function(fn)(tf.constant(x)))
+    assert out.shape == x.shape and out.min() >= 0.0 and out.max() <= 1.0
+
+    def zero_edges(batch):
+        rows = (np.abs(batch).max(axis=(2, 3)) == 0)[:, [0, -1]].any(axis=1)
+        cols = (np.abs(batch).max(axis=(1, 3)) == 0)[:, [0, -1]].any(axis=1)
+        return int((rows | cols).sum())
+
+    assert zero_edges(out) > 10  # 64 * (1 - (1/9)^2) ~ 63 shifted; the policy's own ops may refill a few
+    alone = np.asarray(augment.augmentation_layer("autoaugment_micronet", seed=5)(x, training=True))
+    assert zero_edges(alone) == 0
+    np.testing.assert_array_equal(np.asarray(fn(tf.constant(x), training=False)), x)
+    from tfgated.recipes import Recipe
+
+    recipe, _ = Recipe.from_preset({"autoaugment": "cifar100 (authors' policy)", "epochs": 1})
+    assert recipe.augment == "autoaugment_micronet_crop_flip"

@@ -251,7 +251,7 @@ def test_from_preset_translates_zoo_vocabulary():
         {"schedule": "cosine", "label_smoothing": 0.3, "mixup_alpha": 1.0, "no_bias_decay": True,
          "autoaugment": "cifar100", "optimizer": "adamw"}
     )
-    assert sipa.cosine_decay and sipa.mixup == 1.0 and not sipa.bias_decay and sipa.augment == "autoaugment_micronet"
+    assert sipa.cosine_decay and sipa.mixup == 1.0 and not sipa.bias_decay and sipa.augment == "autoaugment_micronet_crop_flip"
     assert sipa.optimizer == "adam"
     with pytest.raises(ValueError, match="Unknown improving switch"):
         Recipe.from_preset({}, warp_drive=1)
