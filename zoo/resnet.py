@@ -426,31 +426,24 @@ _FASHION_RECIPE = {
     "note": "Our budget recipe for the 2-core benchmark machine; not from either paper.",
 }
 
-#: The Ind-PB study presets: the setting under which data-independent gates polarize on Fashion-MNIST
+#: The Ind study presets (PB and PG): the setting under which data-independent gates polarize on Fashion-MNIST
 #: (benchmarks/gate_polarization.py, issue 24 study 1): SGD with momentum, and the gate logits' gradient
 #: x100 (``gradient_scale``), so the gates take steps of learning rate x 100 = 5; Adam's steps of about
 #: its learning rate (2e-3) leave a logit that starts at 4 almost where it was.
-_FASHION_IND_PB_RECIPE = {
+_FASHION_IND_RECIPE = {
     **_FASHION_RECIPE,
     "optimizer": "sgd",
     "learning_rate": 0.05,
     "momentum": 0.9,
     "epochs": 6,
-    "note": ("Our budget recipe for Ind gates with the per-batch loss: SGD 0.05 (cosine, momentum 0.9), gate "
+    "note": ("Our budget recipe for Ind gates: SGD 0.05 (cosine, momentum 0.9), gate "
              "gradients x100, 6 epochs from scratch; under it the gates polarize (benchmarks/gate_polarization.py)."),
 }
 
 _FASHION_ARCH = {"depth": 20, "widths": [12, 24, 48]}
-#: The Dep and Ind-PG study presets: their shipped weights (zoo/weights) were trained with the
-#: two downsampling blocks ungated, so they state that form; retrained in the paper's form (9
-#: gates) they would drop this key. ``gumbel_resnet_fashion_mnist`` and the Ind-PB presets are in
-#: the paper's form.
-_FASHION_GATED_ARCH = {**_FASHION_ARCH, "gate_projection_blocks": False}
 _FASHION_WHY = (
-    "ResNet-20 (n=3; gumbel_resnet_fashion_mnist gates all 9 of its blocks as the paper does, the "
-    "2 downsampling blocks on their residual branch while the projection shortcut always runs, and so do "
-    "the Ind-PB study presets; the Dep and Ind-PG study presets gate 7, leaving the downsampling blocks "
-    "ungated, the form their weights were trained with) "
+    "ResNet-20 (n=3; every gated preset gates all 9 of its blocks as the paper does, the "
+    "2 downsampling blocks on their residual branch while the projection shortcut always runs) "
     "at 3/4 width (12/24/48 channels, ~0.16M parameters, "
     "~17.5M MACs per 28x28 image against ~31M at full width). The full-width 0.27M-parameter "
     "ResNet-20 takes ~200 s per Fashion-MNIST epoch on the 2-core machine; at 3/4 width an epoch "
@@ -569,13 +562,13 @@ def _fashion_presets():
         f"Gated ResNet-20 for Fashion-MNIST, {_KIND_WORDS['dep']}, {_LOSS_WORDS['pb']}, t=0.5. " + _FASHION_WHY,
     )
     for kind, loss in _COMBOS:
-        polarizing = (kind, loss) == ("ind", "pb")  # retrained in the paper's form under the polarizing recipe
+        polarizing = kind == "ind"  # Ind gates train under the recipe that polarizes them (study 1)
         for target in (0.4, 0.6):
             presets[f"gumbel_resnet_fashion_mnist_{kind}_{loss}_t{target}"] = _preset(
-                CIFAR_FAMILY, _FASHION_ARCH if polarizing else _FASHION_GATED_ARCH,
+                CIFAR_FAMILY, _FASHION_ARCH,
                 _gates(kind, loss, target, gradient_scale=100.0) if polarizing else _gates(kind, loss, target),
                 "fashion_mnist", (28, 28, 1), 10,
-                _FASHION_IND_PB_RECIPE if polarizing else _FASHION_RECIPE, fashion_paper,
+                _FASHION_IND_RECIPE if polarizing else _FASHION_RECIPE, fashion_paper,
                 f"Gated ResNet-20 for Fashion-MNIST, {_KIND_WORDS[kind]}, {_LOSS_WORDS[loss]}, "
                 f"t={target} (Ind/Dep x PB/PG benchmark). " + _FASHION_WHY,
             )
