@@ -58,10 +58,6 @@ DENSE = "sipa_fashion_mnist"
 POLAR_LOW, POLAR_HIGH = 0.01, 0.99
 GOAL_MAC_FRACTION = 0.5
 GOAL_POINTS = 0.5
-#: what the frozen fine-tune changes in the preset's gate settings
-FROZEN_GATES = {"gradient_scale": 0.0, "weight": 0.0}
-#: the hardened fine-tune's gate logits: a Gumbel sample flips such a gate with probability about exp(-10)
-HARD_LOGIT = 10.0
 MAGNITUDE_FILES = (("sipa_prune_long.json", "magnitude 50%, 4 epochs"),
                    ("sipa_prune_ft20.json", "magnitude 50%, 20 epochs (sipa_fashion_mnist_pruned)"))
 
@@ -105,7 +101,7 @@ def gate_phase(args):
 
 
 def hardened(gates_model, args):
-    """``gates_model`` with every gate's logit set to +-HARD_LOGIT by its threshold decision, saved beside
+    """``gates_model`` with every gate's logit set to +-10 by its threshold decision, saved beside
     the run folders: the same folded network, but training samples it (almost) deterministically."""
     import tfgated
     from tfgated.io import load_model, save_model
@@ -113,12 +109,14 @@ def hardened(gates_model, args):
     path = os.path.join(args.run_dir, "gates_hardened.keras")
     if not os.path.exists(path):
         model = load_model(gates_model, compile=False)
-        tfgated.harden_gates(model, HARD_LOGIT)  # what `python -m tfgated train --harden-gates` does
+        tfgated.harden_gates(model)  # what `python -m tfgated train --harden-gates` does
         save_model(model, path)
     return path
 
 
 def fine_tune_phase(gates_model, args, name="fine_tune"):
+    from tfgated.cli.train import FROZEN_GATES  # what the fine-tunes change in the gate settings
+
     overrides = {"epochs": args.fine_tune_epochs, "learning_rate": args.fine_tune_lr}
     return _train(os.path.join(args.run_dir, name), args, init_from=gates_model, gates=dict(FROZEN_GATES),
                   overrides=overrides)
@@ -230,6 +228,7 @@ def plot(rows, path):
 def main(argv=None):
     args = parse_args(argv)
     from tfgated import zoo
+    from tfgated.cli.train import FROZEN_GATES
     from tfgated.data import load_dataset
     from tfgated.data.fashion_mnist import load_fashion_mnist_arrays
     from tfgated.io import machine_info

@@ -298,7 +298,7 @@ class AutoAugment(keras.layers.Layer):
     agrees with Pillow within one 8-bit level (``tests/tfgated/test_augment.py``).
 
     The authors apply the policy before their pad-4 crop and flip; this layer is the policy
-    alone.
+    alone (the augment policy ``autoaugment_micronet_crop_flip`` of :mod:`tfgated.augment` is both).
 
     Vectorized: each stage partitions the batch by operation (``tf.dynamic_partition``), so
     every example goes through one operation per stage. Speed on 2 CPU cores shared with a
